@@ -1,0 +1,114 @@
+"""Settings of the demo site: SQLite + local folders unless configured otherwise.
+
+Every value comes through :mod:`backup_app.conf`: environment variable
+(``INVENTREE_*``) > ``config/config.yaml`` > default.
+"""
+
+from pathlib import Path
+
+from backup_app.conf import ALL_KEYS, apply_backup_settings, database_engine, load_config
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = BASE_DIR / "data"
+
+CONFIG = load_config(
+    config_file=BASE_DIR / "config" / "config.yaml",
+    template=BASE_DIR / "config" / "config_template.yaml",
+    keys=ALL_KEYS,
+)
+
+SECRET_KEY = CONFIG["secret_key"] or "demo-site-not-secret-change-me"
+DEBUG = CONFIG["debug"]
+ALLOWED_HOSTS = ["*"]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "dbbackup",
+    "backup_app",
+    "config.demo",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+_engine = database_engine(CONFIG["database.ENGINE"], CONFIG.env_name("database.ENGINE"))
+_name = CONFIG["database.NAME"]
+if _engine.endswith("sqlite3"):
+    _name = str(Path(_name) if _name else DATA_DIR / "database.sqlite3")
+    Path(_name).parent.mkdir(parents=True, exist_ok=True)
+elif not _name:
+    _name = "inventree"
+DATABASES = {
+    "default": {
+        "ENGINE": _engine,
+        "NAME": _name,
+        "HOST": CONFIG["database.HOST"],
+        "PORT": CONFIG["database.PORT"],
+        "USER": CONFIG["database.USER"],
+        "PASSWORD": CONFIG["database.PASSWORD"],
+    }
+}
+if _engine.endswith("mysql"):
+    DATABASES["default"]["OPTIONS"] = {"charset": "utf8mb4"}
+    try:  # mysqlclient when installed, else the pure-Python driver
+        import MySQLdb  # noqa: F401
+    except ImportError:
+        import pymysql
+
+        pymysql.install_as_MySQLdb()
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+MEDIA_ROOT = str(Path(CONFIG["media_root"] or DATA_DIR / "media"))
+MEDIA_URL = "/media/"
+STATIC_ROOT = str(Path(CONFIG["static_root"] or DATA_DIR / "static"))
+STATIC_URL = "/static/"
+
+USE_TZ = True
+TIME_ZONE = "UTC"
+
+EMAIL_HOST = CONFIG["email.host"] or "localhost"
+EMAIL_PORT = CONFIG["email.port"]
+EMAIL_HOST_USER = CONFIG["email.username"]
+EMAIL_HOST_PASSWORD = CONFIG["email.password"]
+EMAIL_USE_TLS = CONFIG["email.tls"]
+EMAIL_USE_SSL = CONFIG["email.ssl"]
+DEFAULT_FROM_EMAIL = SERVER_EMAIL = CONFIG["email.sender"] or "inventree@localhost"
+BACKUP_ADMIN_EMAIL = CONFIG["admin_email"]
+ADMINS = []
+
+apply_backup_settings(globals(), config=CONFIG, default_dir=DATA_DIR / "backup")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"backup_app": {"handlers": ["console"], "level": "WARNING"}},
+}
