@@ -86,51 +86,150 @@ class Key:
 
 
 BACKUP_KEYS: tuple[Key, ...] = (
-    Key("backup_storage", "BACKUP_STORAGE", "django.core.files.storage.FileSystemStorage",
-        help="Backup storage backend (dotted path of a Django storage class)."),
-    Key("backup_dir", "BACKUP_DIR", None,
-        help="Backup storage directory (local folder, or the prefix inside a remote store)."),
-    Key("backup_options", "BACKUP_OPTIONS", None, kind="dict",
-        help="Options passed to the storage backend (JSON object in env, mapping in YAML)."),
-    Key("backup_connector_options", "BACKUP_CONNECTOR_OPTIONS", None, kind="dict",
-        help="Options for django-dbbackup's database connector (dict)."),
-    Key("backup_send_email", "BACKUP_SEND_EMAIL", False, kind="bool",
-        help="Email the site admins when a backup or restore fails."),
-    Key("backup_email_prefix", "BACKUP_EMAIL_PREFIX", "[InvenTree Backup]",
-        help="Prefix for the subject line of backup emails."),
-    Key("backup_gpg_recipient", "BACKUP_GPG_RECIPIENT", None,
-        help="GPG recipient (key id, fingerprint or email) used by --encrypt."),
-    Key("backup_date_format", "BACKUP_DATE_FORMAT", "%Y-%m-%d-%H%M%S",
-        help="strftime format of the timestamp in backup filenames."),
-    Key("backup_database_filename_template", "BACKUP_DATABASE_FILENAME_TEMPLATE",
-        "InvenTree-db-{datetime}.{extension}", help="Filename template of database backups."),
-    Key("backup_media_filename_template", "BACKUP_MEDIA_FILENAME_TEMPLATE",
-        "InvenTree-media-{datetime}.{extension}", help="Filename template of media backups."),
-    Key("backup_compression", "BACKUP_COMPRESSION", "gzip", choices=COMPRESSIONS,
-        help="Compression of backup files: gzip, zstd or none."),
-    Key("backup_keep", "BACKUP_KEEP", 10, kind="int", minimum=1,
-        help="Number of complete backup sets kept by --clean."),
-    Key("backup_keep_daily", "BACKUP_KEEP_DAILY", 0, kind="int", minimum=0,
-        help="Also keep the newest set of each of the last N days (0 = unused)."),
-    Key("backup_keep_weekly", "BACKUP_KEEP_WEEKLY", 0, kind="int", minimum=0,
-        help="Also keep the newest set of each of the last N weeks (0 = unused)."),
-    Key("backup_keep_monthly", "BACKUP_KEEP_MONTHLY", 0, kind="int", minimum=0,
-        help="Also keep the newest set of each of the last N months (0 = unused)."),
-    Key("backup_gpg_home", "BACKUP_GPG_HOME", None,
-        help="GnuPG home directory holding the backup keys (default: gpg's own)."),
-    Key("backup_gpg_passphrase_file", "BACKUP_GPG_PASSPHRASE_FILE", None,
-        help="File holding the passphrase of the secret key used to decrypt backups."),
-    Key("backup_gpg_passphrase", "BACKUP_GPG_PASSPHRASE", None, secret=True,
-        help="Passphrase of the secret key used to decrypt backups (prefer the file)."),
-    Key("backup_safety", "BACKUP_SAFETY", True, kind="bool",
-        help="Keep the current state before a restore replaces it."),
-    Key("backup_databases", "BACKUP_DATABASES", None, kind="list",
-        help="Database aliases to back up (default: every alias in DATABASES)."),
+    Key(
+        "backup_storage",
+        "BACKUP_STORAGE",
+        "django.core.files.storage.FileSystemStorage",
+        help="Backup storage backend (dotted path of a Django storage class).",
+    ),
+    Key(
+        "backup_dir",
+        "BACKUP_DIR",
+        None,
+        help="Backup storage directory (local folder, or the prefix inside a remote store).",
+    ),
+    Key(
+        "backup_options",
+        "BACKUP_OPTIONS",
+        None,
+        kind="dict",
+        help="Options passed to the storage backend (JSON object in env, mapping in YAML).",
+    ),
+    Key(
+        "backup_connector_options",
+        "BACKUP_CONNECTOR_OPTIONS",
+        None,
+        kind="dict",
+        help="Options for django-dbbackup's database connector (dict).",
+    ),
+    Key(
+        "backup_send_email",
+        "BACKUP_SEND_EMAIL",
+        False,
+        kind="bool",
+        help="Email the site admins when a backup or restore fails.",
+    ),
+    Key(
+        "backup_email_prefix",
+        "BACKUP_EMAIL_PREFIX",
+        "[InvenTree Backup]",
+        help="Prefix for the subject line of backup emails.",
+    ),
+    Key(
+        "backup_gpg_recipient",
+        "BACKUP_GPG_RECIPIENT",
+        None,
+        help="GPG recipient (key id, fingerprint or email) used by --encrypt.",
+    ),
+    Key(
+        "backup_date_format",
+        "BACKUP_DATE_FORMAT",
+        "%Y-%m-%d-%H%M%S",
+        help="strftime format of the timestamp in backup filenames.",
+    ),
+    Key(
+        "backup_database_filename_template",
+        "BACKUP_DATABASE_FILENAME_TEMPLATE",
+        "InvenTree-db-{datetime}.{extension}",
+        help="Filename template of database backups.",
+    ),
+    Key(
+        "backup_media_filename_template",
+        "BACKUP_MEDIA_FILENAME_TEMPLATE",
+        "InvenTree-media-{datetime}.{extension}",
+        help="Filename template of media backups.",
+    ),
+    Key(
+        "backup_compression",
+        "BACKUP_COMPRESSION",
+        "gzip",
+        choices=COMPRESSIONS,
+        help="Compression of backup files: gzip, zstd or none.",
+    ),
+    Key(
+        "backup_keep",
+        "BACKUP_KEEP",
+        10,
+        kind="int",
+        minimum=1,
+        help="Number of complete backup sets kept by --clean.",
+    ),
+    Key(
+        "backup_keep_daily",
+        "BACKUP_KEEP_DAILY",
+        0,
+        kind="int",
+        minimum=0,
+        help="Also keep the newest set of each of the last N days (0 = unused).",
+    ),
+    Key(
+        "backup_keep_weekly",
+        "BACKUP_KEEP_WEEKLY",
+        0,
+        kind="int",
+        minimum=0,
+        help="Also keep the newest set of each of the last N weeks (0 = unused).",
+    ),
+    Key(
+        "backup_keep_monthly",
+        "BACKUP_KEEP_MONTHLY",
+        0,
+        kind="int",
+        minimum=0,
+        help="Also keep the newest set of each of the last N months (0 = unused).",
+    ),
+    Key(
+        "backup_gpg_home",
+        "BACKUP_GPG_HOME",
+        None,
+        help="GnuPG home directory holding the backup keys (default: gpg's own).",
+    ),
+    Key(
+        "backup_gpg_passphrase_file",
+        "BACKUP_GPG_PASSPHRASE_FILE",
+        None,
+        help="File holding the passphrase of the secret key used to decrypt backups.",
+    ),
+    Key(
+        "backup_gpg_passphrase",
+        "BACKUP_GPG_PASSPHRASE",
+        None,
+        secret=True,
+        help="Passphrase of the secret key used to decrypt backups (prefer the file).",
+    ),
+    Key(
+        "backup_safety",
+        "BACKUP_SAFETY",
+        True,
+        kind="bool",
+        help="Keep the current state before a restore replaces it.",
+    ),
+    Key(
+        "backup_databases",
+        "BACKUP_DATABASES",
+        None,
+        kind="list",
+        help="Database aliases to back up (default: every alias in DATABASES).",
+    ),
 )
 
 SITE_KEYS: tuple[Key, ...] = (
-    Key("database.ENGINE", "DB_ENGINE", "sqlite3",
-        help="Database engine: sqlite3, postgresql, mysql (or a django.db.backends path)."),
+    Key(
+        "database.ENGINE",
+        "DB_ENGINE",
+        "sqlite3",
+        help="Database engine: sqlite3, postgresql, mysql (or a django.db.backends path).",
+    ),
     Key("database.NAME", "DB_NAME", None, help="Database name (SQLite: file path)."),
     Key("database.HOST", "DB_HOST", "", help="Database host."),
     Key("database.PORT", "DB_PORT", "", help="Database port."),
@@ -253,7 +352,9 @@ def coerce(key: Key, raw: Any, where: str) -> Any:
                 try:
                     raw = json.loads(text)
                 except json.JSONDecodeError as err:
-                    raise ConfigError(f"{where}: not valid JSON ({err.msg}); give a JSON list or a comma list") from None
+                    raise ConfigError(
+                        f"{where}: not valid JSON ({err.msg}); give a JSON list or a comma list"
+                    ) from None
             else:
                 raw = [part.strip() for part in text.split(",") if part.strip()]
         if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
@@ -314,9 +415,7 @@ def load_config(
     if environ.get(prefix + "CONFIG_FILE"):
         path = Path(environ[prefix + "CONFIG_FILE"])
         if not path.exists():
-            raise ConfigError(
-                f"{prefix}CONFIG_FILE: {path} does not exist; create it or unset the variable"
-            )
+            raise ConfigError(f"{prefix}CONFIG_FILE: {path} does not exist; create it or unset the variable")
     elif config_file is not None:
         path = Path(config_file)
         if not path.exists() and template is not None:
@@ -362,8 +461,7 @@ def import_storage_class(path: str, where: str = "backup_storage") -> type:
         raise ConfigError(f"{where}: cannot import {path!r} ({err}); {fix}") from None
     if not (isinstance(cls, type) and issubclass(cls, Storage)):
         raise ConfigError(
-            f"{where}: {path!r} is not a Django Storage class; name a subclass of "
-            "django.core.files.storage.Storage"
+            f"{where}: {path!r} is not a Django Storage class; name a subclass of django.core.files.storage.Storage"
         )
     return cls
 
@@ -457,6 +555,10 @@ def apply_backup_settings(
     dir_option = STORAGE_DIR_OPTION.get(storage)
     if backup_dir is not None and dir_option and dir_option not in options:
         options[dir_option] = str(backup_dir)
+    if storage in FILESYSTEM_STORAGES:
+        # Backups are the most sensitive copy of a site's data: owner-only by default.
+        options.setdefault("file_permissions_mode", 0o600)
+        options.setdefault("directory_permissions_mode", 0o700)
 
     storages = dict(namespace.get("STORAGES") or {})
     storages.setdefault("default", {"BACKEND": "django.core.files.storage.FileSystemStorage"})

@@ -28,6 +28,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django_q",
     "dbbackup",
     "backup_app",
     "config.demo",
@@ -103,6 +104,9 @@ EMAIL_USE_SSL = CONFIG["email.ssl"]
 DEFAULT_FROM_EMAIL = SERVER_EMAIL = CONFIG["email.sender"] or "inventree@localhost"
 BACKUP_ADMIN_EMAIL = CONFIG["admin_email"]
 ADMINS = []
+
+# django-q2 runs scheduled backups; the database (ORM) broker needs no extra service.
+Q_CLUSTER = {"name": "backup_app", "orm": "default", "workers": 1, "timeout": 6 * 3600, "retry": 7 * 3600}
 
 apply_backup_settings(globals(), config=CONFIG, default_dir=DATA_DIR / "backup")
 

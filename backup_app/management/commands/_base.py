@@ -1,0 +1,56 @@
+"""Shared plumbing of the backup commands: one-line errors, progress on stderr."""
+
+from __future__ import annotations
+
+import sys
+
+from django.core.management.base import BaseCommand, CommandError
+
+from backup_app.errors import BackupAppError
+from backup_app.secrets import redact
+
+
+class BackupCommand(BaseCommand):
+    """A command whose failures are one line on stderr (a traceback only with --traceback)."""
+
+    # backup_create runs the backup checks itself; the others must work on a half-configured site.
+    requires_system_checks: list[str] = []
+
+    def add_arguments(self, parser):
+        parser.add_argument("--quiet", action="store_true", help="Print nothing but errors.")
+
+    def execute(self, *args, **options):
+        self.quiet = options.get("quiet", False)
+        self._console = None
+        try:
+            return super().execute(*args, **options)
+        except (CommandError, KeyboardInterrupt):
+            raise
+        except BackupAppError as err:
+            if options.get("traceback"):
+                raise
+            raise CommandError(redact(err)) from None
+        except Exception as err:
+            if options.get("traceback"):
+                raise
+            raise CommandError(f"{type(err).__name__}: {redact(err)} (run with --traceback for details)") from None
+
+    @property
+    def console(self):
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=True, highlight=False, soft_wrap=True)
+        return self._console
+
+    def progress(self, message: str) -> None:
+        if not self.quiet:
+            self.console.print(message, markup=False)
+
+    def confirm(self, question: str) -> bool:
+        """Ask on a terminal only; without one the answer is yes (never waits for input)."""
+        if not sys.stdin.isatty():
+            return True
+        from rich.prompt import Confirm
+
+        return Confirm.ask(question, console=self.console, default=False)

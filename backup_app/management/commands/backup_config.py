@@ -1,0 +1,54 @@
+"""``manage.py backup_config``: the resolved configuration and where each value came from."""
+
+import json
+
+from django.conf import settings
+
+from backup_app.conf import redact_value
+
+from ._base import BackupCommand
+
+
+class Command(BackupCommand):
+    help = "Show the backup configuration, where each value came from, and the settings it produced."
+
+    def add_arguments(self, parser):
+        super().add_arguments(parser)
+        parser.add_argument("--json", action="store_true", help="Print JSON.")
+
+    def handle(self, *args, **options):
+        config = settings.BACKUP_APP_CONFIG
+        rows = config.rows()
+        produced = {
+            "STORAGES['dbbackup']": redact_value(settings.STORAGES["dbbackup"]),
+            **{k: redact_value(getattr(settings, k)) for k in sorted(dir(settings)) if k.startswith("DBBACKUP_")},
+        }
+        if options["json"]:
+            self.stdout.write(
+                json.dumps(
+                    {
+                        "file": str(config.file) if config.file else None,
+                        "keys": [dict(zip(("key", "env", "value", "source"), r, strict=True)) for r in rows],
+                        "settings": produced,
+                    },
+                    indent=2,
+                    default=str,
+                )
+            )
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"Configuration (file: {config.file or 'none'})", title_justify="left")
+        for column in ("Key", "Environment variable", "Value", "From"):
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*row)
+        out = Console(file=self.stdout, soft_wrap=False, width=200)
+        out.print(table)
+        settings_table = Table(title="django-dbbackup settings", title_justify="left")
+        settings_table.add_column("Setting")
+        settings_table.add_column("Value")
+        for key, value in produced.items():
+            settings_table.add_row(key, json.dumps(value, default=str))
+        out.print(settings_table)

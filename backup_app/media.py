@@ -1,0 +1,195 @@
+"""Media files: a streaming tar writer over the media storage, and validated extraction.
+
+The archive is a plain (PAX) tar of regular files named by their storage
+names, the layout stock ``mediabackup`` writes and ``mediarestore`` reads.
+Restoring first validates every member (:func:`scan_archive`), then stages the
+files and moves them into place, so a bad archive changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from django.core.files import File
+from django.core.files.storage import storages
+
+from .errors import BackupError, RestoreError
+from .pipeline import CHUNK
+
+#: Folder name prefix of restore staging areas inside MEDIA_ROOT; never archived.
+STAGING_PREFIX = ".backup-restore-"
+MAX_MEMBERS = 10_000_000
+
+
+def media_storage():
+    """The storage media files live in (``STORAGES["default"]``)."""
+    return storages["default"]
+
+
+def iter_media(storage, exclude: set[str] | None = None) -> Iterator[str]:
+    """Every file name in ``storage``, depth first, sorted, skipping staging folders."""
+    exclude = exclude or set()
+    stack = [""]
+    while stack:
+        path = stack.pop()
+        try:
+            dirs, files = storage.listdir(path)
+        except FileNotFoundError:
+            continue
+        for name in sorted(files):
+            full = posixpath.join(path, name) if path else name
+            if full not in exclude:
+                yield full
+        for name in sorted(dirs, reverse=True):
+            if not path and name.startswith(STAGING_PREFIX):
+                continue
+            stack.append(posixpath.join(path, name) if path else name)
+
+
+@dataclass
+class ArchiveStats:
+    files: int = 0
+    bytes: int = 0
+
+
+def write_tar(storage, out: BinaryIO, stats: ArchiveStats | None = None) -> ArchiveStats:
+    """Write every media file of ``storage`` as a tar stream into ``out``."""
+    stats = stats or ArchiveStats()
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, bufsize=CHUNK) as tar:
+        for name in iter_media(storage):
+            info = tarfile.TarInfo(name)
+            info.mode = 0o644
+            try:
+                info.size = storage.size(name)
+                with suppress(NotImplementedError, OSError, AttributeError):
+                    info.mtime = int(storage.get_modified_time(name).timestamp())
+                with storage.open(name, "rb") as fh:
+                    tar.addfile(info, fh)
+            except FileNotFoundError:
+                continue  # deleted while we were walking
+            except OSError as err:
+                raise BackupError(
+                    f"media file {name!r} could not be read ({err}); it changed during the backup, run the backup again"
+                ) from None
+            stats.files += 1
+            stats.bytes += info.size
+    return stats
+
+
+def check_member(member: tarfile.TarInfo) -> str | None:
+    """The safe relative name of a member, None for a directory; RestoreError for anything unsafe."""
+    name = member.name
+    if member.isdir():
+        return None
+    if not member.isreg():
+        kind = "link" if (member.issym() or member.islnk()) else "special file"
+        raise RestoreError(f"media archive member {name!r} is a {kind}; refusing the whole archive")
+    if "\x00" in name or "\\" in name or name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        raise RestoreError(f"media archive member {name!r} has an absolute or unsafe path; refusing the archive")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if not parts or ".." in parts:
+        raise RestoreError(f"media archive member {name!r} points outside the media folder; refusing the archive")
+    if member.size < 0:
+        raise RestoreError(f"media archive member {name!r} has an impossible size; refusing the archive")
+    return "/".join(parts)
+
+
+@dataclass
+class ArchiveContents:
+    """What :func:`scan_archive` found: member names and sizes."""
+
+    members: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def files(self) -> int:
+        return len(self.members)
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.members.values())
+
+
+def scan_archive(stream: BinaryIO) -> ArchiveContents:
+    """Read a whole tar stream and validate every member before anything is written."""
+    contents = ArchiveContents()
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for member in tar:
+                name = check_member(member)
+                if name is None:
+                    continue
+                if name in contents.members:
+                    raise RestoreError(f"media archive holds {name!r} twice; refusing the archive")
+                if len(contents.members) >= MAX_MEMBERS:
+                    raise RestoreError("media archive holds more members than any media folder should")
+                contents.members[name] = member.size
+    except tarfile.TarError as err:
+        raise RestoreError(f"the media archive is damaged or not a tar file ({err})") from None
+    return contents
+
+
+def _place_file(storage, name: str, source: Path) -> None:
+    """Put ``source`` at ``name`` in ``storage``, replacing what is there."""
+    try:
+        target = Path(storage.path(name))
+    except NotImplementedError:
+        if storage.exists(name):
+            storage.delete(name)
+        with open(source, "rb") as fh:
+            saved = storage.save(name, File(fh, name=name))
+        if saved != name:
+            raise RestoreError(f"the media storage saved {name!r} as {saved!r}") from None
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(source, target)
+
+
+def restore_archive(storage, stream: BinaryIO, *, mirror: bool = False) -> dict[str, int]:
+    """Extract a validated tar stream into ``storage``; returns counts.
+
+    Files are staged under MEDIA_ROOT (or a temp folder for remote media
+    storage) and moved into place only after the whole archive was read.
+    With ``mirror``, files not in the archive are deleted afterwards.
+    """
+    try:
+        root = Path(storage.path(""))
+        root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=root))
+    except NotImplementedError:
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX))
+    placed: list[str] = []
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for member in tar:
+                name = check_member(member)
+                if name is None:
+                    continue
+                target = staging / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                src = tar.extractfile(member)
+                with open(target, "wb") as fh:
+                    shutil.copyfileobj(src, fh, CHUNK)
+                placed.append(name)
+        for name in placed:
+            _place_file(storage, name, staging / name)
+        removed = 0
+        if mirror:
+            keep = set(placed)
+            for name in list(iter_media(storage)):
+                if name not in keep:
+                    storage.delete(name)
+                    removed += 1
+        return {"files": len(placed), "removed": removed}
+    except tarfile.TarError as err:
+        raise RestoreError(f"the media archive is damaged ({err}); media left unchanged") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

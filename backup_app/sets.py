@@ -1,0 +1,446 @@
+"""Backup sets: naming, manifests, listing and retention.
+
+A *set* is everything one ``invoke backup`` run wrote: one dump per database,
+one media archive, and a manifest written last.  All its files carry the same
+``{datetime}`` stamp, which is the set's name.  Names are parsed exactly
+against the configured filename templates (never by substring).
+
+Files without a manifest form *legacy* sets when they were written by stock
+django-dbbackup, and *incomplete* sets when a run of ours left a pending
+marker and never finished.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from dbbackup import settings as dbsettings
+from django.core.files.base import ContentFile
+from django.utils import timezone
+
+from .errors import BackupError
+from .pipeline import SUFFIX_TO_COMPRESSION
+from .secrets import redact
+
+MANIFEST_EXT = "manifest.metadata"
+PENDING_EXT = "pending.metadata"
+MANIFEST_FORMAT = "backup_app/1"
+
+#: strftime directive -> regex, for parsing stamps back out of names.
+_DIRECTIVES = {
+    "Y": r"\d{4}",
+    "m": r"\d{2}",
+    "d": r"\d{2}",
+    "H": r"\d{2}",
+    "M": r"\d{2}",
+    "S": r"\d{2}",
+    "y": r"\d{2}",
+    "j": r"\d{3}",
+    "f": r"\d{6}",
+    "I": r"\d{2}",
+    "p": r"(?:AM|PM|am|pm)",
+    "b": r"[A-Za-z]{3}",
+    "a": r"[A-Za-z]{3}",
+    "U": r"\d{2}",
+    "W": r"\d{2}",
+    "z": r"[+-]\d{4}",
+    "%": "%",
+}
+
+
+def date_regex(fmt: str) -> str:
+    out, i = [], 0
+    while i < len(fmt):
+        if fmt[i] == "%" and i + 1 < len(fmt):
+            out.append(_DIRECTIVES.get(fmt[i + 1], ".+?"))
+            i += 2
+        else:
+            out.append(re.escape(fmt[i]))
+            i += 1
+    return "".join(out)
+
+
+def template_regex(template: str, date_format: str) -> re.Pattern:
+    """Compile a filename template (``{datetime}``, ``{databasename}``...) to an exact regex."""
+    groups = {
+        "datetime": f"(?P<datetime>{date_regex(date_format)})",
+        "databasename": r"(?P<databasename>[^/]*?)",
+        "servername": r"(?P<servername>[^/]*?)",
+        "content_type": r"(?P<content_type>db|media)",
+        "extension": r"(?P<extension>[^/]+)",
+    }
+    pattern, pos, seen = [], 0, set()
+    for match in re.finditer(r"\{(\w+)\}", template):
+        key = match.group(1)
+        pattern.append(re.escape(template[pos : match.start()]))
+        if key in seen:
+            pattern.append(f"(?P={key})")
+        else:
+            seen.add(key)
+            pattern.append(groups.get(key, r"[^/]*?"))
+        pos = match.end()
+    pattern.append(re.escape(template[pos:]))
+    return re.compile("^" + "".join(pattern) + "$")
+
+
+@dataclass
+class BackupFile:
+    """One stored file, as its name tells it."""
+
+    name: str
+    kind: str  # db, media, manifest, pending, metadata
+    stamp: str
+    database: str | None = None
+    base_extension: str = ""
+    compression: str | None = None
+    encrypted: bool = False
+    size: int | None = None
+    sha256: str | None = None
+
+    def as_json(self) -> dict:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "size": self.size,
+            "compressed": self.compression is not None,
+            "compression": self.compression,
+            "encrypted": self.encrypted,
+            "sha256": self.sha256,
+            "database": self.database,
+        }
+
+
+def split_extension(extension: str) -> tuple[str, str | None, bool]:
+    """``'psql.bin.gz.gpg'`` -> ``('psql.bin', 'gzip', True)``."""
+    encrypted = extension.endswith(".gpg")
+    if encrypted:
+        extension = extension[: -len(".gpg")]
+    compression = None
+    for suffix, kind in SUFFIX_TO_COMPRESSION.items():
+        if extension.endswith(suffix):
+            compression = kind
+            extension = extension[: -len(suffix)]
+            break
+    return extension, compression, encrypted
+
+
+class Naming:
+    """Renders and parses the names of backup files from the configured templates."""
+
+    def __init__(
+        self,
+        db_template: str | None = None,
+        media_template: str | None = None,
+        date_format: str | None = None,
+    ):
+        self.db_template = db_template or dbsettings.FILENAME_TEMPLATE
+        self.media_template = media_template or dbsettings.MEDIA_FILENAME_TEMPLATE
+        self.date_format = date_format or dbsettings.DATE_FORMAT
+        self._db_re = template_regex(self.db_template, self.date_format)
+        self._media_re = template_regex(self.media_template, self.date_format)
+
+    def stamp(self, when: datetime) -> str:
+        return (
+            timezone.localtime(when).strftime(self.date_format)
+            if timezone.is_aware(when)
+            else when.strftime(self.date_format)
+        )
+
+    def stamp_to_datetime(self, stamp: str) -> datetime | None:
+        try:
+            value = datetime.strptime(stamp, self.date_format)
+        except ValueError:
+            return None
+        return timezone.make_aware(value) if timezone.is_naive(value) else value
+
+    def _render(self, template: str, stamp: str, extension: str, database: str = "", content_type: str = "db") -> str:
+        name = template.format(
+            servername=dbsettings.HOSTNAME,
+            datetime=stamp,
+            databasename=database,
+            extension=extension,
+            content_type=content_type,
+        )
+        return re.sub(r"-+", "-", name).removeprefix("-")
+
+    def db_name(self, stamp: str, alias: str, extension: str) -> str:
+        return self._render(self.db_template, stamp, extension, database=alias)
+
+    def media_name(self, stamp: str, extension: str) -> str:
+        return self._render(self.media_template, stamp, extension, content_type="media")
+
+    def manifest_name(self, stamp: str) -> str:
+        return self.media_name(stamp, MANIFEST_EXT)
+
+    def pending_name(self, stamp: str) -> str:
+        return self.media_name(stamp, PENDING_EXT)
+
+    def parse(self, name: str) -> BackupFile | None:
+        """What a stored name is, or None if it is not a backup file of these templates."""
+        for regex, is_media_template in ((self._media_re, True), (self._db_re, False)):
+            match = regex.match(name)
+            if not match:
+                continue
+            stamp = match.group("datetime")
+            if self.stamp_to_datetime(stamp) is None:
+                continue
+            ext = match.group("extension")
+            if ext == MANIFEST_EXT or ext == PENDING_EXT:
+                if not is_media_template:
+                    continue
+                return BackupFile(name, "manifest" if ext == MANIFEST_EXT else "pending", stamp)
+            if ext.endswith(".metadata"):
+                return BackupFile(name, "metadata", stamp, base_extension=ext)
+            base, compression, encrypted = split_extension(ext)
+            if base == "tar":
+                if not is_media_template:
+                    continue
+                kind, database = "media", None
+            else:
+                if is_media_template and self._db_re.match(name):
+                    continue  # the database template knows it better
+                groups = match.groupdict()
+                kind, database = "db", groups.get("databasename") or None
+            return BackupFile(
+                name,
+                kind,
+                stamp,
+                database=database,
+                base_extension=base,
+                compression=compression,
+                encrypted=encrypted,
+            )
+        return None
+
+
+@dataclass
+class BackupSet:
+    """All the files sharing one stamp, with their manifest if there is one."""
+
+    name: str
+    created: datetime
+    status: str  # complete, incomplete, legacy
+    files: list[BackupFile] = field(default_factory=list)
+    manifest: dict | None = None
+    problems: list[str] = field(default_factory=list)
+    extra: list[BackupFile] = field(default_factory=list)  # stock .metadata sidecars, markers
+
+    @property
+    def complete(self) -> bool:
+        return self.status == "complete"
+
+    @property
+    def db_files(self) -> list[BackupFile]:
+        return [f for f in self.files if f.kind == "db"]
+
+    @property
+    def media_file(self) -> BackupFile | None:
+        return next((f for f in self.files if f.kind == "media"), None)
+
+    @property
+    def size(self) -> int:
+        return sum(f.size or 0 for f in self.files)
+
+    def file(self, name: str) -> BackupFile | None:
+        return next((f for f in self.files if f.name == name), None)
+
+    def all_names(self) -> list[str]:
+        return [f.name for f in self.files] + [f.name for f in self.extra]
+
+    def as_json(self) -> dict:
+        data = {
+            "name": self.name,
+            "created": self.created.isoformat(),
+            "complete": self.complete,
+            "status": self.status,
+            "size": self.size,
+            "compressed": any(f.compression for f in self.files if f.kind != "manifest"),
+            "encrypted": any(f.encrypted for f in self.files),
+            "files": [f.as_json() for f in self.files],
+        }
+        if self.problems:
+            data["problems"] = self.problems
+        return data
+
+
+def manifest_bytes(manifest: dict) -> bytes:
+    return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+
+
+def write_json(storage, name: str, data: dict) -> None:
+    saved = storage.save(name, ContentFile(manifest_bytes(data), name=name))
+    if saved != name:
+        storage.delete(saved)
+        raise BackupError(f"the storage renamed {name} to {saved}; refusing an inexact name")
+
+
+def read_manifest(storage, name: str) -> dict:
+    with storage.open(name, "rb") as fh:
+        data = json.loads(fh.read().decode("utf-8"))
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+        raise ValueError("not a backup_app manifest")
+    return data
+
+
+def list_files(storage) -> list[str]:
+    """Every name in the top folder of the backup storage (one listing request)."""
+    try:
+        return sorted(storage.listdir("")[1])
+    except FileNotFoundError:
+        return []
+
+
+def list_sets(storage, naming: Naming | None = None, names: list[str] | None = None) -> list[BackupSet]:
+    """All backup sets in ``storage``, newest first."""
+    naming = naming or Naming()
+    names = list_files(storage) if names is None else names
+    by_stamp: dict[str, list[BackupFile]] = {}
+    for name in names:
+        parsed = naming.parse(name)
+        if parsed is not None:
+            by_stamp.setdefault(parsed.stamp, []).append(parsed)
+
+    sets = []
+    for stamp, files in by_stamp.items():
+        created = naming.stamp_to_datetime(stamp)
+        manifest_file = next((f for f in files if f.kind == "manifest"), None)
+        pending = [f for f in files if f.kind == "pending"]
+        data_files = [f for f in files if f.kind in ("db", "media")]
+        extra = [f for f in files if f.kind in ("metadata", "pending")]
+        bset = BackupSet(name=stamp, created=created, status="legacy", files=data_files, extra=extra)
+        if manifest_file is not None:
+            try:
+                manifest = read_manifest(storage, manifest_file.name)
+            except Exception as err:
+                bset.status = "incomplete"
+                bset.problems.append(f"manifest {manifest_file.name} unreadable: {redact(err)}")
+                bset.files.append(manifest_file)
+            else:
+                _apply_manifest(bset, manifest, manifest_file)
+        elif pending:
+            bset.status = "incomplete"
+            bset.problems.append("the run that wrote this set did not finish")
+        if bset.status != "complete":
+            for f in bset.files:
+                if f.size is None and f.kind != "manifest":
+                    try:
+                        f.size = storage.size(f.name)
+                    except Exception:
+                        f.size = None
+        if bset.files or bset.extra:
+            sets.append(bset)
+    sets.sort(key=lambda s: (s.created, s.name), reverse=True)
+    return sets
+
+
+def _apply_manifest(bset: BackupSet, manifest: dict, manifest_file: BackupFile) -> None:
+    bset.manifest = manifest
+    with_created = manifest.get("created")
+    if with_created:
+        try:
+            bset.created = datetime.fromisoformat(with_created)
+        except ValueError:
+            pass
+    present = {f.name: f for f in bset.files}
+    missing = []
+    for entry in manifest.get("files", []):
+        stored = present.get(entry["name"])
+        if stored is None:
+            missing.append(entry["name"])
+            continue
+        stored.size = entry.get("size")
+        stored.sha256 = entry.get("sha256")
+        stored.database = entry.get("database") or stored.database
+    listed = {e["name"] for e in manifest.get("files", [])}
+    for f in bset.files:
+        if f.name not in listed:
+            bset.problems.append(f"{f.name} is not named in the manifest")
+    manifest_file.size = len(manifest_bytes(manifest))
+    bset.files = [f for f in bset.files if f.name in listed] + [manifest_file]
+    if missing:
+        bset.status = "incomplete"
+        bset.problems.append("missing: " + ", ".join(missing))
+    else:
+        bset.status = "complete"
+
+
+def retained(sets: list[BackupSet], keep: int, daily: int = 0, weekly: int = 0, monthly: int = 0) -> set[str]:
+    """Names of the complete sets to keep: newest ``keep``, plus newest per day/week/month."""
+    complete = sorted((s for s in sets if s.complete), key=lambda s: s.created, reverse=True)
+    keep_names = {s.name for s in complete[:keep]}
+    for count, bucket in (
+        (daily, lambda d: d.date()),
+        (weekly, lambda d: d.isocalendar()[:2]),
+        (monthly, lambda d: (d.year, d.month)),
+    ):
+        if count <= 0:
+            continue
+        seen: list[Any] = []
+        for s in complete:
+            key = bucket(timezone.localtime(s.created))
+            if key not in seen:
+                seen.append(key)
+                if len(seen) > count:
+                    break
+                keep_names.add(s.name)
+    return keep_names
+
+
+def prune(
+    storage,
+    *,
+    keep: int,
+    daily: int = 0,
+    weekly: int = 0,
+    monthly: int = 0,
+    include_legacy: bool = False,
+    naming: Naming | None = None,
+    protect: set[str] | None = None,
+) -> list[str]:
+    """Delete whole sets beyond the retention rule; returns the deleted file names.
+
+    Complete sets: keep the newest ``keep`` (and the GFS buckets).  Incomplete
+    sets older than the newest complete set are removed (an incomplete set
+    newer than that may be a run still in progress).  Legacy files only with
+    ``include_legacy``, by the same count.  A set's manifest is deleted first,
+    so a set is never listed complete with files missing.
+    """
+    sets = list_sets(storage, naming)
+    protect = protect or set()
+    keep_names = retained(sets, keep, daily, weekly, monthly) | protect
+    newest_complete = max((s.created for s in sets if s.complete), default=None)
+    legacy = [s for s in sets if s.status == "legacy"]
+    doomed: list[BackupSet] = []
+    for s in sets:
+        if s.complete and s.name not in keep_names:
+            doomed.append(s)
+        elif (
+            s.status == "incomplete"
+            and newest_complete is not None
+            and s.created < newest_complete
+            and s.name not in protect
+        ):
+            doomed.append(s)
+    if include_legacy:
+        doomed += legacy[keep:]
+    deleted = []
+    for s in doomed:
+        names = s.all_names()
+        names.sort(key=lambda n: (not n.endswith(MANIFEST_EXT), n))
+        for name in names:
+            storage.delete(name)
+            deleted.append(name)
+    return deleted
+
+
+def age_text(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            n = seconds // size
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return f"{seconds} seconds"
