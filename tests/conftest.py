@@ -1,0 +1,246 @@
+"""Test fixtures: throwaway demo sites on SQLite, PostgreSQL and MariaDB.
+
+End-to-end tests run the real commands (``invoke ...`` / ``manage.py ...``) in
+subprocesses, each with its own folders, config file and database, because
+django-dbbackup reads its settings once per process.
+
+Services: PostgreSQL on 127.0.0.1:5432 and MariaDB on 127.0.0.1:3306.  A test
+needing one that is absent is skipped with the reason, unless
+``BACKUP_TEST_REQUIRE_SERVICES=1`` (set by ``.ci/run``), when it fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+REQUIRE = os.environ.get("BACKUP_TEST_REQUIRE_SERVICES") == "1"
+PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
+MY = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
+
+# In-process imports of backup_app need configured settings: a private demo site.
+_SESSION_DIR = Path(os.environ.get("PYTEST_TMPDIR", "/tmp")) / f"backup-app-tests-{os.getpid()}"
+_SESSION_DIR.mkdir(parents=True, exist_ok=True)
+(_SESSION_DIR / "config.yaml").write_text("")
+for _key in [k for k in os.environ if k.startswith("INVENTREE_")]:
+    del os.environ[_key]
+os.environ.update(
+    {
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "INVENTREE_CONFIG_FILE": str(_SESSION_DIR / "config.yaml"),
+        "INVENTREE_DB_NAME": str(_SESSION_DIR / "db.sqlite3"),
+        "INVENTREE_MEDIA_ROOT": str(_SESSION_DIR / "media"),
+        "INVENTREE_STATIC_ROOT": str(_SESSION_DIR / "static"),
+        "INVENTREE_BACKUP_DIR": str(_SESSION_DIR / "backup"),
+    }
+)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_SESSION_DIR, ignore_errors=True)
+
+
+def service_missing(what: str, err: Exception):
+    """Skip (or fail, when services are required) a test whose service is unreachable."""
+    message = f"{what} is not reachable ({err})"
+    if REQUIRE:
+        pytest.fail(message + " and BACKUP_TEST_REQUIRE_SERVICES=1")
+    pytest.skip(message)
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+@dataclass
+class Site:
+    """A demo site in its own folder: database, media, backup folder and config file."""
+
+    root: Path
+    env: dict = field(default_factory=dict)
+
+    @property
+    def media(self) -> Path:
+        return self.root / "media"
+
+    @property
+    def backups(self) -> Path:
+        return self.root / "backup"
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "config.yaml"
+
+    def run(self, *args: str, check: bool = True, extra_env: dict | None = None, timeout: int = 600) -> Result:
+        """Run a command (``invoke ...``, ``python manage.py ...``) from the repository root."""
+        env = {**self.env, **(extra_env or {})}
+        argv = list(args)
+        if argv[0] == "manage.py":
+            argv = [sys.executable, "manage.py", *argv[1:]]
+        elif argv[0] == "invoke":
+            argv = [sys.executable, "-m", "invoke", *argv[1:]]
+        proc = subprocess.run(
+            argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        )
+        result = Result(proc.returncode, proc.stdout, proc.stderr)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{result.output}")
+        return result
+
+    def manage(self, *args: str, **kwargs) -> Result:
+        return self.run("manage.py", *args, **kwargs)
+
+    def invoke(self, *args: str, **kwargs) -> Result:
+        return self.run("invoke", *args, **kwargs)
+
+    def sets(self, *extra: str) -> list[dict]:
+        return json.loads(self.manage("backup_list", "--json", *extra).stdout)
+
+    def snapshot_db(self, alias: str = "default") -> dict:
+        """``{table: [rows...]}`` of every table, rows sorted, values made comparable."""
+        out = self.run(sys.executable, str(ROOT / "tests" / "snapshot.py"), alias).stdout
+        return json.loads(out)
+
+    def snapshot_media(self) -> dict:
+        return media_hashes(self.media)
+
+    def sql(self, statement: str, alias: str = "default") -> None:
+        self.run(sys.executable, str(ROOT / "tests" / "snapshot.py"), alias, "--execute", statement)
+
+
+def media_hashes(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    result = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            result[path.relative_to(folder).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return result
+
+
+def base_env(root: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("INVENTREE_", "DJANGO_"))}
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "config.settings",
+            "INVENTREE_CONFIG_FILE": str(root / "config.yaml"),
+            "INVENTREE_MEDIA_ROOT": str(root / "media"),
+            "INVENTREE_STATIC_ROOT": str(root / "static"),
+            "INVENTREE_BACKUP_DIR": str(root / "backup"),
+            "INVENTREE_DB_ENGINE": "sqlite3",
+            "INVENTREE_DB_NAME": str(root / "db.sqlite3"),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+def make_site(root: Path, **env: str) -> Site:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "media").mkdir(exist_ok=True)
+    (root / "config.yaml").write_text("")
+    site = Site(root=root, env=base_env(root))
+    site.env.update(env)
+    return site
+
+
+@pytest.fixture
+def sqlite_site(tmp_path) -> Site:
+    site = make_site(tmp_path / "site")
+    site.manage("migrate", "--noinput", "-v0")
+    return site
+
+
+def _pg_connect(dbname: str = "postgres"):
+    import psycopg
+
+    return psycopg.connect(dbname=dbname, autocommit=True, connect_timeout=3, **PG)
+
+
+@pytest.fixture
+def postgres_database():
+    """A fresh, empty PostgreSQL database name; dropped afterwards."""
+    try:
+        conn = _pg_connect()
+    except Exception as err:
+        service_missing("PostgreSQL on 127.0.0.1:5432", err)
+    name = f"backup_test_{uuid.uuid4().hex[:10]}"
+    with conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield name
+    with _pg_connect() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def postgres_site(tmp_path, postgres_database) -> Site:
+    site = make_site(
+        tmp_path / "site",
+        INVENTREE_DB_ENGINE="postgresql",
+        INVENTREE_DB_NAME=postgres_database,
+        INVENTREE_DB_HOST=PG["host"],
+        INVENTREE_DB_PORT=str(PG["port"]),
+        INVENTREE_DB_USER=PG["user"],
+    )
+    site.manage("migrate", "--noinput", "-v0")
+    return site
+
+
+def _my_connect(database: str | None = None):
+    import pymysql
+
+    return pymysql.connect(database=database, connect_timeout=3, autocommit=True, **MY)
+
+
+@pytest.fixture
+def mysql_database():
+    """A fresh, empty MariaDB database name; dropped afterwards."""
+    try:
+        conn = _my_connect()
+    except Exception as err:
+        service_missing("MariaDB on 127.0.0.1:3306", err)
+    name = f"backup_test_{uuid.uuid4().hex[:10]}"
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+    conn.close()
+    yield name
+    conn = _my_connect()
+    with conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+    conn.close()
+
+
+@pytest.fixture
+def mysql_site(tmp_path, mysql_database) -> Site:
+    site = make_site(
+        tmp_path / "site",
+        INVENTREE_DB_ENGINE="mysql",
+        INVENTREE_DB_NAME=mysql_database,
+        INVENTREE_DB_HOST=MY["host"],
+        INVENTREE_DB_PORT=str(MY["port"]),
+        INVENTREE_DB_USER=MY["user"],
+    )
+    site.manage("migrate", "--noinput", "-v0")
+    return site
+
+
+@pytest.fixture(params=["sqlite", "postgres", "mysql"])
+def any_site(request) -> Site:
+    """The same test on each engine."""
+    return request.getfixturevalue(f"{request.param}_site")
