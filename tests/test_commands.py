@@ -85,7 +85,8 @@ def test_no_compress_writes_plain_files(sqlite_site):
 
     assert all(not f["compressed"] for f in data)
     assert sorted(Path(f["name"]).suffix for f in data) == [".sqlite3", ".tar"]
-    assert (sqlite_site.backups / data[0]["name"]).read_bytes()[:6] in (b"SQLite", b"") or data[0]["kind"] == "media"
+    db_file = next(f["name"] for f in data if f["kind"] == "db")
+    assert (sqlite_site.backups / db_file).read_bytes().startswith(b"SQLite format 3\x00")
 
 
 def test_zstd_compression_round_trips(sqlite_site):
