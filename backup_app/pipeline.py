@@ -279,6 +279,15 @@ def store_stream(
     return StoredFile(name=name, size=reader.size, sha256=reader.sha256)
 
 
+def _is_decoding_error(err: BaseException) -> bool:
+    """An error of the decompressor (bad or truncated data), as opposed to a disk or tool error."""
+    if isinstance(err, EOFError):
+        return True
+    if type(err).__name__ in ("BadGzipFile", "ZstdError", "error"):
+        return True
+    return isinstance(err, OSError) and err.errno is None
+
+
 @dataclass
 class ReadResult:
     """Filled in once the stored bytes have been read to the end."""
@@ -339,19 +348,22 @@ def open_stream(
             # Read to the end so that damage after the part a consumer needed is found too.
             while stream.read(CHUNK):
                 pass
-        except (OSError, EOFError, ValueError) as err:
+        except Exception as err:
             if decryptor is not None:
+                # gpg's own failure (wrong key, damaged ciphertext) explains whatever the consumer saw.
                 with suppress(Exception):
                     decryptor.proc.stdout.close()
-                if feeder is not None:
-                    feeder.join()
+                feeder.join()
                 decryptor.proc.wait()
-                if decryptor.proc.returncode:
-                    raise RestoreError(f"gpg could not decrypt {name}: {decryptor.error_text()}") from None
-            what = {"gzip": "gzip", "zstd": "zstd"}.get(compression or "", "")
-            raise RestoreError(
-                f"{name} is damaged or not a {what + ' ' if what else ''}backup file ({redact(err)})"
-            ) from None
+                if decryptor.proc.returncode > 0:
+                    raise RestoreError(
+                        f"gpg could not decrypt {name}: {decryptor.error_text()}; "
+                        "check that the secret key is in backup_gpg_home and its passphrase"
+                    ) from None
+            if _is_decoding_error(err):
+                what = compression + " " if compression else ""
+                raise RestoreError(f"{name} is damaged or not a {what}backup file ({redact(err)})") from None
+            raise
         if decryptor is not None:
             feeder.join()
             decryptor.proc.wait()

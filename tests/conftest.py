@@ -244,3 +244,68 @@ def mysql_site(tmp_path, mysql_database) -> Site:
 def any_site(request) -> Site:
     """The same test on each engine."""
     return request.getfixturevalue(f"{request.param}_site")
+
+
+@dataclass
+class GpgHome:
+    path: Path
+    email: str
+    passphrase: str | None
+
+
+def make_gpg_home(email: str, passphrase: str | None = None) -> GpgHome:
+    """A throwaway GnuPG home with one key pair (ed25519 + cv25519), optionally passphrase-protected."""
+    import tempfile
+
+    if shutil.which("gpg") is None:
+        service_missing("gpg", FileNotFoundError("gpg not on PATH"))
+    home = Path(tempfile.mkdtemp(prefix="gpg-", dir="/tmp"))
+    home.chmod(0o700)
+    subprocess.run(
+        [
+            "gpg",
+            "--batch",
+            "--homedir",
+            str(home),
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase",
+            passphrase or "",
+            "--quick-gen-key",
+            f"Backup Test <{email}>",
+            "future-default",
+            "default",
+            "never",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return GpgHome(home, email, passphrase)
+
+
+def drop_gpg_home(home: GpgHome) -> None:
+    subprocess.run(["gpgconf", "--homedir", str(home.path), "--kill", "all"], capture_output=True)
+    shutil.rmtree(home.path, ignore_errors=True)
+
+
+@pytest.fixture
+def gpg_home():
+    home = make_gpg_home("backup@example.com")
+    yield home
+    drop_gpg_home(home)
+
+
+@pytest.fixture
+def other_gpg_home():
+    home = make_gpg_home("someone-else@example.com")
+    yield home
+    drop_gpg_home(home)
+
+
+def export_public(src: GpgHome, dst: Path) -> None:
+    """Copy ``src``'s public key into the (new) home ``dst``: it can encrypt but not decrypt."""
+    dst.mkdir(mode=0o700, exist_ok=True)
+    key = subprocess.run(
+        ["gpg", "--homedir", str(src.path), "--export", src.email], check=True, capture_output=True
+    ).stdout
+    subprocess.run(["gpg", "--batch", "--homedir", str(dst), "--import"], input=key, check=True, capture_output=True)

@@ -15,6 +15,8 @@ class BackupCommand(BaseCommand):
 
     # backup_create runs the backup checks itself; the others must work on a half-configured site.
     requires_system_checks: list[str] = []
+    #: "backup" or "restore": failures of these are mailed to the admins (backup_send_email).
+    action: str | None = None
 
     def add_arguments(self, parser):
         parser.add_argument("--quiet", action="store_true", help="Print nothing but errors.")
@@ -24,16 +26,22 @@ class BackupCommand(BaseCommand):
         self._console = None
         try:
             return super().execute(*args, **options)
-        except (CommandError, KeyboardInterrupt):
+        except KeyboardInterrupt:
             raise
-        except BackupAppError as err:
-            if options.get("traceback"):
-                raise
-            raise CommandError(redact(err)) from None
         except Exception as err:
-            if options.get("traceback"):
-                raise
-            raise CommandError(f"{type(err).__name__}: {redact(err)} (run with --traceback for details)") from None
+            if self.action:
+                from backup_app.notify import notify_failure
+
+                notify_failure(self.action, err, origin=options.get("origin") or "manual")
+            self._translate(err, options)
+
+    def _translate(self, err: Exception, options: dict):
+        """Re-raise ``err`` as a one-line CommandError (or as it is, with --traceback)."""
+        if isinstance(err, CommandError) or options.get("traceback"):
+            raise err
+        if isinstance(err, BackupAppError):
+            raise CommandError(redact(err)) from None
+        raise CommandError(f"{type(err).__name__}: {redact(err)} (run with --traceback for details)") from None
 
     @property
     def console(self):

@@ -12,6 +12,7 @@ from ._base import BackupCommand
 
 
 class Command(BackupCommand):
+    action = "backup"
     help = "Back up the databases and media files as one backup set."
 
     def add_arguments(self, parser):

@@ -9,6 +9,7 @@ from ._base import BackupCommand
 
 
 class Command(BackupCommand):
+    action = "restore"
     help = "Restore the databases and media files from a backup set (default: the newest complete one)."
 
     def add_arguments(self, parser):
