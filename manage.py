@@ -15,7 +15,9 @@ def main() -> None:
     try:
         execute_from_command_line(sys.argv)
     except ConfigError as err:
-        # A bad setting is the user's to fix: one line, no traceback.
+        # A bad setting is the user's to fix: one line, no traceback unless asked for.
+        if "--traceback" in sys.argv:
+            raise
         print(f"Configuration error: {err}", file=sys.stderr)
         sys.exit(2)
     except ImproperlyConfigured as err:

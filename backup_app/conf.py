@@ -431,7 +431,7 @@ def load_config(
             values[key.name] = Resolved(key, value, "env", env_name)
             continue
         found, raw = _yaml_lookup(data, key.name)
-        if found and raw is not None:
+        if found and raw is not None and raw != "":
             value = coerce(key, raw, f"{path}: {key.name}")
             values[key.name] = Resolved(key, value, "yaml", f"{path}: {key.name}")
             continue
@@ -450,7 +450,8 @@ def import_storage_class(path: str, where: str = "backup_storage") -> type:
 
     try:
         cls = import_string(path)
-    except ImportError as err:
+    except (ImportError, ImproperlyConfigured) as err:
+        # django-storages backends raise ImproperlyConfigured when their packages are missing.
         module = path.rsplit(".", 1)[0]
         extra = STORAGE_EXTRAS.get(module)
         fix = (
@@ -458,7 +459,8 @@ def import_storage_class(path: str, where: str = "backup_storage") -> type:
             if extra
             else "check the dotted path and that its package is installed"
         )
-        raise ConfigError(f"{where}: cannot import {path!r} ({err}); {fix}") from None
+        reason = " ".join(str(err).split()[:12])
+        raise ConfigError(f"{where}: cannot import {path!r} ({reason}); {fix}") from None
     if not (isinstance(cls, type) and issubclass(cls, Storage)):
         raise ConfigError(
             f"{where}: {path!r} is not a Django Storage class; name a subclass of django.core.files.storage.Storage"
@@ -486,21 +488,22 @@ def database_engine(value: str, where: str = "INVENTREE_DB_ENGINE") -> str:
     raise ConfigError(f"{where}: unknown database engine {value!r}; use sqlite3, postgresql or mysql")
 
 
-def _connector_settings(options: dict | None, aliases: list[str]) -> dict[str, dict]:
+def _connector_settings(options: dict | None, aliases: list[str], all_aliases: list[str]) -> dict[str, dict]:
     """Build ``DBBACKUP_CONNECTORS``: one dict per alias, ``django_session`` data excluded.
 
     ``options`` is either one dict applied to every alias, or a dict whose keys
     are all aliases and whose values are dicts (options per alias).
     """
     options = options or {}
-    per_alias = bool(options) and all(k in aliases and isinstance(v, dict) for k, v in options.items())
+    per_alias = bool(options) and all(k in all_aliases and isinstance(v, dict) for k, v in options.items())
     result = {}
     for alias in aliases:
         opts = dict(options.get(alias, {}) if per_alias else options)
-        exclude = opts.pop("EXCLUDE", None) or opts.pop("exclude", None) or []
-        if isinstance(exclude, str):
-            exclude = [exclude]
-        opts["EXCLUDE"] = sorted({"django_session", *exclude})
+        exclude = {"django_session"}
+        for spelling in ("EXCLUDE", "exclude", "Exclude"):
+            value = opts.pop(spelling, None) or []
+            exclude.update([value] if isinstance(value, str) else value)
+        opts["EXCLUDE"] = sorted(exclude)
         result[alias] = opts
     return result
 
@@ -569,7 +572,7 @@ def apply_backup_settings(
     added = {
         "STORAGES": storages,
         "DBBACKUP_DATABASES": databases,
-        "DBBACKUP_CONNECTORS": _connector_settings(config["backup_connector_options"], databases),
+        "DBBACKUP_CONNECTORS": _connector_settings(config["backup_connector_options"], databases, aliases),
         "DBBACKUP_DATE_FORMAT": config["backup_date_format"],
         "DBBACKUP_FILENAME_TEMPLATE": config["backup_database_filename_template"],
         "DBBACKUP_MEDIA_FILENAME_TEMPLATE": config["backup_media_filename_template"],

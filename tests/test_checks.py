@@ -1,0 +1,281 @@
+"""``manage.py check`` reports every backup misconfiguration with a stable id.
+
+Each test runs the real ``manage.py check`` (or ``invoke backup``) of a
+throwaway demo site in a subprocess.  Tests run as root, so an unwritable
+backup folder is one below a regular file: it can never be created.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import Result, Site, make_site
+
+CHECK_IDS = [
+    "backup_app.E001",
+    "backup_app.E002",
+    "backup_app.E003",
+    "backup_app.E004",
+    "backup_app.E005",
+    "backup_app.E006",
+    "backup_app.E007",
+    "backup_app.E008",
+    "backup_app.E009",
+    "backup_app.W001",
+]
+
+TWO_DATABASE_SETTINGS = """\
+from config.settings import *  # noqa: F403
+
+from backup_app.conf import apply_backup_settings
+
+DATABASES = {{**DATABASES, "second": {{"ENGINE": "django.db.backends.sqlite3", "NAME": {second!r}}}}}
+apply_backup_settings(globals(), config=CONFIG, default_dir=DATA_DIR / "backup")
+"""
+
+
+def check(site: Site) -> Result:
+    return site.manage("check", check=False)
+
+
+def reported(result: Result) -> set[str]:
+    return set(re.findall(r"\((backup_app\.[EW]\d{3})\)", result.output))
+
+
+def assert_error(result: Result, check_id: str, *needles: str) -> None:
+    assert result.returncode != 0, result.output
+    assert check_id in reported(result), result.output
+    line = next(line for line in result.stderr.splitlines() if f"({check_id})" in line)
+    for needle in needles:
+        assert needle in line, line
+
+
+def two_database_site(tmp_path: Path, **env: str) -> Site:
+    """A demo site whose DATABASES has a second SQLite alias, ``second``."""
+    (tmp_path / "two_db_settings.py").write_text(TWO_DATABASE_SETTINGS.format(second=str(tmp_path / "second.sqlite3")))
+    pythonpath = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH", "")) if p)
+    return make_site(tmp_path / "site", DJANGO_SETTINGS_MODULE="two_db_settings", PYTHONPATH=pythonpath, **env)
+
+
+def gnupg_home(path: Path) -> Path:
+    path.mkdir()
+    path.chmod(0o700)
+    return path
+
+
+# --- a configured site is quiet --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def configured(tmp_path_factory) -> Result:
+    return check(make_site(tmp_path_factory.mktemp("configured") / "site"))
+
+
+def test_configured_site_passes_check(configured):
+    assert configured.returncode == 0, configured.output
+
+
+@pytest.mark.parametrize("check_id", CHECK_IDS)
+def test_configured_site_reports_nothing(configured, check_id):
+    assert check_id not in reported(configured)
+
+
+# --- E001: backup folder not writable ------------------------------------------
+
+
+def test_e001_backup_folder_that_cannot_be_created(tmp_path):
+    (tmp_path / "afile").write_text("a regular file")
+    site = make_site(tmp_path / "site", INVENTREE_BACKUP_DIR=str(tmp_path / "afile" / "backup"))
+    assert_error(check(site), "backup_app.E001", str(tmp_path / "afile" / "backup"))
+
+
+def test_e001_quiet_for_a_missing_folder_under_a_writable_one(tmp_path):
+    site = make_site(tmp_path / "site", INVENTREE_BACKUP_DIR=str(tmp_path / "not" / "yet" / "backup"))
+    assert "backup_app.E001" not in reported(check(site))
+
+
+# --- E002: backup folder inside MEDIA_ROOT -----------------------------------------
+
+
+def test_e002_backup_folder_inside_media_root(tmp_path):
+    site = make_site(tmp_path / "site")
+    site.env["INVENTREE_BACKUP_DIR"] = str(site.media / "backup")
+    assert_error(check(site), "backup_app.E002", "MEDIA_ROOT")
+
+
+def test_e002_quiet_for_a_sibling_whose_name_starts_like_media(tmp_path):
+    site = make_site(tmp_path / "site")
+    site.env["INVENTREE_BACKUP_DIR"] = str(site.media) + "-backup"
+    assert "backup_app.E002" not in reported(check(site))
+
+
+# --- E003: filename template without {datetime} -----------------------------------
+
+
+@pytest.mark.parametrize(
+    "variable", ["INVENTREE_BACKUP_DATABASE_FILENAME_TEMPLATE", "INVENTREE_BACKUP_MEDIA_FILENAME_TEMPLATE"]
+)
+def test_e003_template_without_datetime(tmp_path, variable):
+    site = make_site(tmp_path / "site", **{variable: "site.{extension}"})
+    assert_error(check(site), "backup_app.E003", variable)
+
+
+# --- E004: several databases, database template without {databasename} -----------------
+
+
+def test_e004_two_databases_and_template_without_databasename(tmp_path):
+    assert_error(check(two_database_site(tmp_path)), "backup_app.E004", "INVENTREE_BACKUP_DATABASE_FILENAME_TEMPLATE")
+
+
+def test_e004_quiet_with_databasename_in_template(tmp_path):
+    site = two_database_site(
+        tmp_path, INVENTREE_BACKUP_DATABASE_FILENAME_TEMPLATE="site-db-{databasename}-{datetime}.{extension}"
+    )
+    result = check(site)
+    assert (result.returncode, reported(result)) == (0, set()), result.output
+
+
+def test_e004_quiet_when_one_database_is_backed_up(tmp_path):
+    result = check(two_database_site(tmp_path, INVENTREE_BACKUP_DATABASES="default"))
+    assert (result.returncode, reported(result)) == (0, set()), result.output
+
+
+# --- E005: GPG recipient without a public key ------------------------------------
+
+
+def test_e005_gpg_recipient_without_key(tmp_path):
+    home = gnupg_home(tmp_path / "gnupg")
+    site = make_site(
+        tmp_path / "site",
+        INVENTREE_BACKUP_GPG_RECIPIENT="backup@example.com",
+        INVENTREE_BACKUP_GPG_HOME=str(home),
+    )
+    assert_error(check(site), "backup_app.E005", "INVENTREE_BACKUP_GPG_RECIPIENT", "'backup@example.com'")
+
+
+def test_e005_quiet_when_the_key_is_in_the_keyring(tmp_path):
+    home = gnupg_home(tmp_path / "gnupg")
+    gpg = ["gpg", "--homedir", str(home), "--batch", "--quiet"]
+    try:
+        subprocess.run(
+            [*gpg, "--passphrase", "", "--quick-gen-key", "Backup <backup@example.com>", "ed25519", "default", "never"],
+            check=True,
+            capture_output=True,
+        )
+        site = make_site(
+            tmp_path / "site",
+            INVENTREE_BACKUP_GPG_RECIPIENT="backup@example.com",
+            INVENTREE_BACKUP_GPG_HOME=str(home),
+        )
+        result = check(site)
+    finally:
+        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], capture_output=True)
+    assert (result.returncode, reported(result)) == (0, set()), result.output
+
+
+# --- E006: storage class that does not import ----------------------------------
+
+
+def test_e006_storage_class_that_does_not_import(tmp_path):
+    site = make_site(tmp_path / "site", INVENTREE_BACKUP_STORAGE="storages.backends.nothere.NoStorage")
+    assert_error(check(site), "backup_app.E006", "INVENTREE_BACKUP_STORAGE", "storages.backends.nothere.NoStorage")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("google") is not None, reason="google-cloud-storage is installed")
+def test_e006_gcs_storage_without_its_packages(tmp_path):
+    site = make_site(tmp_path / "site", INVENTREE_BACKUP_STORAGE="storages.backends.gcloud.GoogleCloudStorage")
+    assert_error(check(site), "backup_app.E006", "INVENTREE_BACKUP_STORAGE", "backup_app[gcs]")
+
+
+def test_e006_quiet_for_a_remote_storage_that_imports(tmp_path):
+    site = make_site(
+        tmp_path / "site",
+        INVENTREE_BACKUP_STORAGE="storages.backends.s3.S3Storage",
+        INVENTREE_BACKUP_OPTIONS='{"bucket_name": "site-backups"}',
+    )
+    result = check(site)
+    assert (result.returncode, reported(result)) == (0, set()), result.output
+
+
+# --- E007: date format ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["%Y-%m-%d", "%Y/%m/%d %H:%M:%S"])
+def test_e007_date_format_that_does_not_round_trip_safely(tmp_path, fmt):
+    site = make_site(tmp_path / "site", INVENTREE_BACKUP_DATE_FORMAT=fmt)
+    assert_error(check(site), "backup_app.E007", "INVENTREE_BACKUP_DATE_FORMAT", repr(fmt))
+
+
+def test_e007_quiet_for_another_complete_format(tmp_path):
+    site = make_site(tmp_path / "site", INVENTREE_BACKUP_DATE_FORMAT="%Y%m%dT%H%M%S")
+    assert "backup_app.E007" not in reported(check(site))
+
+
+# --- E008: template not a plain file name ending in {extension} ----------------------
+
+
+def test_e008_template_with_a_folder(tmp_path):
+    site = make_site(tmp_path / "site", INVENTREE_BACKUP_MEDIA_FILENAME_TEMPLATE="media/{datetime}.{extension}")
+    assert_error(check(site), "backup_app.E008", "INVENTREE_BACKUP_MEDIA_FILENAME_TEMPLATE")
+
+
+# --- E009: GnuPG home that is not a folder ----------------------------------------
+
+
+def test_e009_gpg_home_that_is_not_a_folder(tmp_path):
+    site = make_site(
+        tmp_path / "site",
+        INVENTREE_BACKUP_GPG_RECIPIENT="backup@example.com",
+        INVENTREE_BACKUP_GPG_HOME=str(tmp_path / "no-gnupg"),
+    )
+    assert_error(check(site), "backup_app.E009", "INVENTREE_BACKUP_GPG_HOME")
+
+
+# --- W001: backup_dir unset ------------------------------------------------------
+
+
+def test_w001_backup_dir_unset_warns_but_passes(tmp_path):
+    site = make_site(tmp_path / "site")
+    del site.env["INVENTREE_BACKUP_DIR"]
+    result = check(site)
+    assert (result.returncode, "backup_app.W001" in reported(result)) == (0, True), result.output
+
+
+# --- invoke backup refuses while an error-level check fails ---------------------------
+
+
+@pytest.fixture(scope="module")
+def refused(tmp_path_factory) -> tuple[Site, Result]:
+    site = make_site(
+        tmp_path_factory.mktemp("refused") / "site", INVENTREE_BACKUP_DATABASE_FILENAME_TEMPLATE="db.{extension}"
+    )
+    return site, site.invoke("backup", check=False)
+
+
+def test_invoke_backup_refuses_with_one_line_naming_the_check(refused):
+    _, result = refused
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0
+    assert len(lines) == 1 and "backup_app.E003" in lines[0], result.output
+
+
+def test_invoke_backup_refused_writes_no_file(refused):
+    site, _ = refused
+    assert [path for path in site.backups.rglob("*") if path.is_file()] == []
+
+
+# --- a value that does not parse stops manage.py with one line ----------------------
+
+
+def test_malformed_backup_options_is_one_line_without_traceback(tmp_path):
+    site = make_site(tmp_path / "site", INVENTREE_BACKUP_OPTIONS='{"bucket_name": ')
+    result = check(site)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0
+    assert len(lines) == 1 and "INVENTREE_BACKUP_OPTIONS" in lines[0], result.output
+    assert "Traceback" not in result.output
