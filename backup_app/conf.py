@@ -215,6 +215,20 @@ BACKUP_KEYS: tuple[Key, ...] = (
         help="Keep the current state before a restore replaces it.",
     ),
     Key(
+        "backup_safety_dir",
+        "BACKUP_SAFETY_DIR",
+        None,
+        help="Local folder for the safety copies restores keep (default: backup-safety next to the data).",
+    ),
+    Key(
+        "backup_safety_days",
+        "BACKUP_SAFETY_DAYS",
+        7,
+        kind="int",
+        minimum=0,
+        help="Days a restore's safety copy is kept before it expires.",
+    ),
+    Key(
         "backup_databases",
         "BACKUP_DATABASES",
         None,
@@ -527,6 +541,7 @@ def apply_backup_settings(
     prefix: str = DEFAULT_PREFIX,
     config_file: str | os.PathLike | None = None,
     default_dir: str | os.PathLike | None = None,
+    default_safety_dir: str | os.PathLike | None = None,
 ) -> dict:
     """Add the backup settings to a settings module's ``namespace`` (its ``globals()``).
 
@@ -593,6 +608,12 @@ def apply_backup_settings(
             "GPG_PASSPHRASE_FILE": config["backup_gpg_passphrase_file"],
             "GPG_PASSPHRASE": config["backup_gpg_passphrase"],
             "SAFETY": config["backup_safety"],
+            "SAFETY_DIR": str(
+                config["backup_safety_dir"]
+                or default_safety_dir
+                or Path(namespace.get("BASE_DIR", ".")) / "backup-safety"
+            ),
+            "SAFETY_DAYS": config["backup_safety_days"],
             "DIR": str(backup_dir) if backup_dir is not None else None,
             "DIR_IS_DEFAULT": dir_used_default,
             "EMAIL_PREFIX": prefix_text,

@@ -13,14 +13,16 @@ the command line.
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
+import shutil
 import sqlite3
 import subprocess
 import tempfile
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from dbbackup.db.base import get_connector
 from dbbackup.db.mysql import MysqlDumpConnector
@@ -31,6 +33,11 @@ from django.db import connections
 from .errors import BackupError, RestoreError
 from .pipeline import CHUNK
 from .secrets import redact
+
+if TYPE_CHECKING:
+    from .safety import SafetyRecord
+
+logger = logging.getLogger("backup_app")
 
 #: First bytes of each engine's dump, to refuse a file of the wrong kind before restoring.
 MAGIC = {
@@ -111,8 +118,20 @@ class Engine:
     def dump(self, out: BinaryIO, *, compressed: bool = True) -> None:
         raise NotImplementedError
 
-    def restore(self, stream: BinaryIO) -> None:
+    def restore(self, stream: BinaryIO, safety: SafetyRecord) -> None:
+        """Replace the database with the dump in ``stream``, atomically.
+
+        The replaced state is kept and described in ``safety`` (so that
+        :meth:`rollback` can put it back); on failure the database is unchanged.
+        """
         raise NotImplementedError
+
+    def rollback(self, entry: dict, folder: Path) -> None:
+        """Put back the state a safety ``entry`` kept."""
+        raise NotImplementedError
+
+    def discard(self, entry: dict) -> None:
+        """Drop the state a safety ``entry`` kept (files go with the record's folder)."""
 
     def check_magic(self, head: bytes, name: str) -> None:
         """Refuse a file whose first bytes are not this engine's dump."""
@@ -167,7 +186,7 @@ class SqliteEngine(Engine):
                 while data := fh.read(CHUNK):
                     out.write(data)
 
-    def restore(self, stream: BinaryIO) -> None:
+    def restore(self, stream: BinaryIO, safety: SafetyRecord) -> None:
         path = Path(self.settings["NAME"])
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.restore-", dir=path.parent)
@@ -178,27 +197,67 @@ class SqliteEngine(Engine):
                     fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-            try:
-                check = sqlite3.connect(tmp)
-                try:
-                    result = check.execute("PRAGMA integrity_check").fetchone()[0]
-                finally:
-                    check.close()
-            except sqlite3.DatabaseError as err:
-                raise RestoreError(f"the restored SQLite file fails to open ({err}); database left unchanged") from None
-            if result != "ok":
-                raise RestoreError(
-                    f"the restored SQLite file fails its integrity check ({result}); database left unchanged"
-                )
+            _check_sqlite_file(tmp)
             # No connection may keep the old file (or its WAL) open across the swap.
             connections[self.alias].close()
-            for suffix in ("-wal", "-shm", "-journal"):
-                with suppress(FileNotFoundError):
-                    os.remove(f"{path}{suffix}")
-            os.replace(tmp, path)
+            if path.exists():
+                kept = safety.folder / f"{self.alias}.sqlite3"
+                _checkpoint(path)
+                try:
+                    os.link(path, kept)  # the old file, kept for free
+                except OSError:
+                    shutil.copy2(path, kept)
+                safety.add_database(self.alias, {"kind": "sqlite-file", "file": kept.name, "path": str(path)})
+            else:
+                safety.add_database(self.alias, {"kind": "sqlite-new", "path": str(path)})
+            _swap_sqlite(tmp, path)
         finally:
             with suppress(FileNotFoundError):
                 tmp.unlink()
+
+    def rollback(self, entry: dict, folder: Path) -> None:
+        path = Path(entry["path"])
+        connections[self.alias].close()
+        if entry["kind"] == "sqlite-new":
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                with suppress(FileNotFoundError):
+                    os.remove(f"{path}{suffix}")
+            return
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.rollback-", dir=path.parent)
+        os.close(fd)
+        shutil.copyfile(folder / entry["file"], tmp_name)
+        _swap_sqlite(Path(tmp_name), path)
+
+
+def _check_sqlite_file(path: Path) -> None:
+    try:
+        check = sqlite3.connect(path)
+        try:
+            result = check.execute("PRAGMA integrity_check").fetchone()[0]
+        finally:
+            check.close()
+    except sqlite3.DatabaseError as err:
+        raise RestoreError(f"the restored SQLite file fails to open ({err}); database left unchanged") from None
+    if result != "ok":
+        raise RestoreError(f"the restored SQLite file fails its integrity check ({result}); database left unchanged")
+
+
+def _checkpoint(path: Path) -> None:
+    """Fold a WAL into the main file so the file alone is the whole database."""
+    with suppress(sqlite3.Error):
+        conn = sqlite3.connect(path)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()
+
+
+def _swap_sqlite(new: Path, path: Path) -> None:
+    """Atomically put ``new`` at ``path``; a stale WAL/SHM/journal of the old file is removed first."""
+    for suffix in ("-wal", "-shm", "-journal"):
+        with suppress(FileNotFoundError):
+            os.remove(f"{path}{suffix}")
+    os.replace(new, path)
 
 
 class PostgresEngine(Engine):
@@ -222,9 +281,27 @@ class PostgresEngine(Engine):
         args += _words(self.connector.dump_suffix)
         _run_dump(args, self.env({**(self.connector.dump_env or {}), **pg_env}), out, "PostgreSQL")
 
-    def restore(self, stream: BinaryIO) -> None:
-        connections[self.alias].close()
-        conn, pg_env = self._conn()
+    def _admin(self):
+        """An autocommit connection to the server's maintenance database."""
+        import psycopg
+
+        kwargs = {
+            "dbname": "postgres",
+            "host": self.settings.get("HOST") or None,
+            "port": self.settings.get("PORT") or None,
+            "user": self.settings.get("USER") or None,
+            "password": self.settings.get("PASSWORD") or None,
+            "autocommit": True,
+        }
+        return psycopg.connect(**{k: v for k, v in kwargs.items() if v is not None})
+
+    def _restore_args(self, database: str, *, clean: bool) -> tuple[list[str], dict]:
+        saved = self.connector.settings.get("NAME")
+        self.connector.settings["NAME"] = database
+        try:
+            conn, pg_env = self._conn()
+        finally:
+            self.connector.settings["NAME"] = saved
         args = [
             *_words(self.connector.restore_prefix),
             self.connector.restore_cmd,
@@ -233,17 +310,111 @@ class PostgresEngine(Engine):
             "--single-transaction",
             "--exit-on-error",
         ]
-        if self.connector.drop:
+        if clean and self.connector.drop:
             args += ["--clean", "--if-exists"]
         if getattr(self.connector, "no_owner", True):
             args += ["--no-owner", "--no-privileges"]
         for schema in self.connector.schemas or []:
             args += ["-n", schema]
         args += _words(self.connector.restore_suffix)
+        return args, self.env({**(self.connector.restore_env or {}), **pg_env})
+
+    def restore(self, stream: BinaryIO, safety: SafetyRecord) -> None:
+        """Restore into a new database, then swap names in one transaction (old one kept)."""
+        import psycopg
+        from psycopg import sql
+
+        name = self.settings["NAME"]
+        suffix = safety.name.replace("-", "")[-20:]
+        fresh, kept = f"{name[:30]}_restore_{suffix}", f"{name[:30]}_safety_{suffix}"
+        connections[self.alias].close()
+        admin = None
         try:
-            _run_restore(args, self.env({**(self.connector.restore_env or {}), **pg_env}), stream, "PostgreSQL")
+            admin = self._admin()
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(fresh)))
+        except psycopg.Error as err:
+            if admin is not None:
+                admin.close()
+            return self._restore_in_place(stream, safety, reason=redact(str(err).strip().splitlines()[0]))
+        try:
+            try:
+                args, env = self._restore_args(fresh, clean=False)
+                _run_restore(args, env, stream, "PostgreSQL")
+            except BaseException:
+                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(fresh)))
+                raise
+            with admin.transaction():
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = %s AND pid <> pg_backend_pid()",
+                    (name,),
+                )
+                admin.execute(
+                    sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(name), sql.Identifier(kept))
+                )
+                admin.execute(
+                    sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(fresh), sql.Identifier(name))
+                )
+            safety.add_database(self.alias, {"kind": "pg-database", "database": kept, "name": name})
+        except psycopg.Error as err:
+            raise RestoreError(
+                f"swapping in the restored PostgreSQL database failed ({err}); database left unchanged"
+            ) from None
+        finally:
+            admin.close()
+
+    def _restore_in_place(self, stream: BinaryIO, safety: SafetyRecord, reason: str) -> None:
+        """Without CREATE DATABASE rights: keep a dump, then restore in one transaction."""
+        logger.warning("cannot restore PostgreSQL by swap (%s); restoring in place in one transaction", reason)
+        kept = safety.folder / f"{self.alias}.psql.bin"
+        with open(kept, "wb") as fh:
+            self.dump(fh, compressed=False)
+        safety.add_database(self.alias, {"kind": "pg-dump", "file": kept.name})
+        args, env = self._restore_args(self.settings["NAME"], clean=True)
+        try:
+            _run_restore(args, env, stream, "PostgreSQL")
         except RestoreError as err:
             raise RestoreError(f"{err}; the restore ran in one transaction, database left unchanged") from None
+
+    def rollback(self, entry: dict, folder: Path) -> None:
+        from psycopg import sql
+
+        connections[self.alias].close()
+        if entry["kind"] == "pg-dump":
+            args, env = self._restore_args(self.settings["NAME"], clean=True)
+            with open(folder / entry["file"], "rb") as fh:
+                _run_restore(args, env, fh, "PostgreSQL")
+            return
+        name, kept = entry["name"], entry["database"]
+        trash = f"{kept[:40]}_undone"
+        admin = self._admin()
+        try:
+            with admin.transaction():
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = %s AND pid <> pg_backend_pid()",
+                    (name,),
+                )
+                admin.execute(
+                    sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(name), sql.Identifier(trash))
+                )
+                admin.execute(
+                    sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(kept), sql.Identifier(name))
+                )
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(trash)))
+        finally:
+            admin.close()
+
+    def discard(self, entry: dict) -> None:
+        from psycopg import sql
+
+        if entry["kind"] != "pg-database":
+            return
+        admin = self._admin()
+        try:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(entry["database"])))
+        finally:
+            admin.close()
 
 
 @contextmanager
@@ -289,9 +460,7 @@ class MysqlEngine(Engine):
             args += [*_words(self.connector.dump_suffix), name]
             _run_dump(args, self.env(self.connector.dump_env), out, "MySQL/MariaDB")
 
-    def restore(self, stream: BinaryIO) -> None:
-        connections[self.alias].close()
-        name = self.settings["NAME"]
+    def _feed(self, database: str, stream: BinaryIO) -> None:
         with mysql_option_file(self.settings) as option_file:
             args = [
                 *_words(self.connector.restore_prefix),
@@ -299,9 +468,81 @@ class MysqlEngine(Engine):
                 f"--defaults-extra-file={option_file}",
                 "--default-character-set=utf8mb4",
                 *_words(self.connector.restore_suffix),
-                name,
+                database,
             ]
             _run_restore(args, self.env(self.connector.restore_env), stream, "MySQL/MariaDB")
+
+    @staticmethod
+    def _tables(cursor, database: str) -> list[str]:
+        cursor.execute(
+            "SELECT TABLE_NAME, TABLE_TYPE FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s", [database]
+        )
+        rows = cursor.fetchall()
+        views = [name for name, kind in rows if kind == "VIEW"]
+        if views:
+            raise RestoreError(
+                f"database {database} has views ({', '.join(views[:3])}), which cannot be swapped "
+                "atomically; nothing was changed"
+            )
+        return [name for name, _kind in rows]
+
+    @staticmethod
+    def _move(cursor, moves: list[tuple[str, str, str]]) -> None:
+        """One RENAME TABLE statement: all moves happen, or none."""
+        if moves:
+            cursor.execute(
+                "RENAME TABLE " + ", ".join(f"`{src}`.`{table}` TO `{dst}`.`{table}`" for src, dst, table in moves)
+            )
+
+    def restore(self, stream: BinaryIO, safety: SafetyRecord) -> None:
+        """Restore into a side database, then move all tables in one atomic RENAME TABLE."""
+        name = self.settings["NAME"]
+        suffix = safety.name.replace("-", "")[-20:]
+        fresh, kept = f"{name[:30]}_restore_{suffix}", f"{name[:30]}_safety_{suffix}"
+        connection = connections[self.alias]
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME FROM "
+                "information_schema.SCHEMATA WHERE SCHEMA_NAME = %s",
+                [name],
+            )
+            charset, collation = cursor.fetchone()
+            cursor.execute(f"CREATE DATABASE `{fresh}` CHARACTER SET {charset} COLLATE {collation}")
+        try:
+            self._feed(fresh, stream)
+            with connection.cursor() as cursor:
+                new_tables, old_tables = self._tables(cursor, fresh), self._tables(cursor, name)
+                cursor.execute(f"CREATE DATABASE `{kept}` CHARACTER SET {charset} COLLATE {collation}")
+                try:
+                    self._move(cursor, [(name, kept, t) for t in old_tables] + [(fresh, name, t) for t in new_tables])
+                except Exception as err:
+                    cursor.execute(f"DROP DATABASE IF EXISTS `{kept}`")
+                    raise RestoreError(
+                        f"swapping in the restored tables failed ({err}); database left unchanged"
+                    ) from None
+            safety.add_database(self.alias, {"kind": "mysql-database", "database": kept, "name": name})
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute(f"DROP DATABASE IF EXISTS `{fresh}`")
+            connection.close()
+
+    def rollback(self, entry: dict, folder: Path) -> None:
+        name, kept = entry["name"], entry["database"]
+        trash = f"{kept[:50]}_undone"
+        connection = connections[self.alias]
+        with connection.cursor() as cursor:
+            cursor.execute(f"CREATE DATABASE IF NOT EXISTS `{trash}`")
+            current, saved = self._tables(cursor, name), self._tables(cursor, kept)
+            self._move(cursor, [(name, trash, t) for t in current] + [(kept, name, t) for t in saved])
+            cursor.execute(f"DROP DATABASE IF EXISTS `{trash}`")
+            cursor.execute(f"DROP DATABASE IF EXISTS `{kept}`")
+        connection.close()
+
+    def discard(self, entry: dict) -> None:
+        if entry["kind"] != "mysql-database":
+            return
+        with connections[self.alias].cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{entry['database']}`")
 
 
 ENGINES: dict[str, type[Engine]] = {

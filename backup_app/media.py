@@ -8,7 +8,6 @@ files and moves them into place, so a bad archive changes nothing.
 
 from __future__ import annotations
 
-import os
 import posixpath
 import shutil
 import tarfile
@@ -137,59 +136,99 @@ def scan_archive(stream: BinaryIO) -> ArchiveContents:
     return contents
 
 
-def _place_file(storage, name: str, source: Path) -> None:
-    """Put ``source`` at ``name`` in ``storage``, replacing what is there."""
+def _local_path(storage, name: str) -> Path | None:
     try:
-        target = Path(storage.path(name))
+        return Path(storage.path(name))
     except NotImplementedError:
-        if storage.exists(name):
-            storage.delete(name)
-        with open(source, "rb") as fh:
-            saved = storage.save(name, File(fh, name=name))
-        if saved != name:
-            raise RestoreError(f"the media storage saved {name!r} as {saved!r}") from None
+        return None
+
+
+def _keep_original(storage, name: str, safety_media: Path) -> bool:
+    """Move (or copy, for remote media storage) the current ``name`` aside; False if there is none."""
+    if not storage.exists(name):
+        return False
+    kept = safety_media / name
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    local = _local_path(storage, name)
+    if local is not None:
+        shutil.move(local, kept)
+    else:
+        with storage.open(name, "rb") as src, open(kept, "wb") as dst:
+            shutil.copyfileobj(src, dst, CHUNK)
+        storage.delete(name)
+    return True
+
+
+def _put(storage, name: str, source: Path) -> None:
+    """Put the file ``source`` at ``name`` in ``storage`` (nothing is there now)."""
+    local = _local_path(storage, name)
+    if local is not None:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(source, local)
         return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(source, target)
+    with open(source, "rb") as fh:
+        saved = storage.save(name, File(fh, name=name))
+    if saved != name:
+        raise RestoreError(f"the media storage saved {name!r} as {saved!r}")
 
 
-def restore_archive(storage, stream: BinaryIO, *, mirror: bool = False) -> dict[str, int]:
-    """Extract a validated tar stream into ``storage``; returns counts.
+def restore_archive(storage, stream: BinaryIO, safety_media: Path, *, mirror: bool = False) -> dict:
+    """Extract a validated tar stream into ``storage``.
 
-    Files are staged under MEDIA_ROOT (or a temp folder for remote media
-    storage) and moved into place only after the whole archive was read.
-    With ``mirror``, files not in the archive are deleted afterwards.
+    Files are staged (under MEDIA_ROOT for local media, so moves are renames)
+    and put in place only after the whole archive was read.  Every file that
+    is replaced (or, with ``mirror``, removed) is moved into ``safety_media``;
+    the names that did not exist before are returned in ``created``, so
+    :func:`undo_media` can put everything back.
     """
-    try:
-        root = Path(storage.path(""))
+    root = _local_path(storage, "")
+    if root is not None:
         root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=root))
-    except NotImplementedError:
-        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX))
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=root))
     placed: list[str] = []
+    created: list[str] = []
+    removed = 0
     try:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
-            for member in tar:
-                name = check_member(member)
-                if name is None:
-                    continue
-                target = staging / name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                src = tar.extractfile(member)
-                with open(target, "wb") as fh:
-                    shutil.copyfileobj(src, fh, CHUNK)
-                placed.append(name)
+        try:
+            with tarfile.open(fileobj=stream, mode="r|") as tar:
+                for member in tar:
+                    name = check_member(member)
+                    if name is None:
+                        continue
+                    target = staging / name
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with open(target, "wb") as fh:
+                        shutil.copyfileobj(tar.extractfile(member), fh, CHUNK)
+                    placed.append(name)
+        except tarfile.TarError as err:
+            raise RestoreError(f"the media archive is damaged ({err}); media left unchanged") from None
         for name in placed:
-            _place_file(storage, name, staging / name)
-        removed = 0
+            if not _keep_original(storage, name, safety_media):
+                created.append(name)
+            _put(storage, name, staging / name)
         if mirror:
             keep = set(placed)
             for name in list(iter_media(storage)):
                 if name not in keep:
-                    storage.delete(name)
+                    _keep_original(storage, name, safety_media)
                     removed += 1
-        return {"files": len(placed), "removed": removed}
-    except tarfile.TarError as err:
-        raise RestoreError(f"the media archive is damaged ({err}); media left unchanged") from None
+        return {"files": len(placed), "removed": removed, "created": created}
+    except BaseException:
+        undo_media(storage, safety_media, created)
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def undo_media(storage, safety_media: Path, created: list[str]) -> None:
+    """Delete the ``created`` names and move every kept original back into place."""
+    for name in created:
+        with suppress(FileNotFoundError):
+            storage.delete(name)
+    if not safety_media.is_dir():
+        return
+    for path in sorted(p for p in safety_media.rglob("*") if p.is_file()):
+        name = path.relative_to(safety_media).as_posix()
+        with suppress(FileNotFoundError):
+            storage.delete(name)
+        _put(storage, name, path)

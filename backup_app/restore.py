@@ -22,6 +22,7 @@ from .databases import Engine, engine_for
 from .errors import RestoreError
 from .media import media_storage, restore_archive, scan_archive
 from .pipeline import GpgSpec, ReadResult, open_stream
+from .safety import SafetyRecord, expire, safety_root
 from .secrets import redact
 from .sets import BackupFile, BackupSet, Naming, list_sets, split_extension
 
@@ -39,6 +40,7 @@ class RestoreOptions:
     uncompress: bool = True
     decrypt: bool = False
     interactive: bool = False
+    safety: bool = True
 
 
 @dataclass
@@ -272,29 +274,51 @@ def restore(
         "databases": [],
         "media": None,
         "migrated": [],
+        "safety": None,
     }
-    for index, item in enumerate(plan.databases):
-        say(f"Restoring database '{item.alias}' from {item.file.name}")
-        compression = item.file.compression if opts.uncompress else None
-        try:
+    safety = SafetyRecord.create(safety_root(), report["set"])
+    try:
+        for item in plan.databases:
+            say(f"Restoring database '{item.alias}' from {item.file.name}")
+            compression = item.file.compression if opts.uncompress else None
             with open_stream(
                 storage, item.file.name, compression=compression, encrypted=item.file.encrypted, gpg=gpg
             ) as stream:
-                item.engine.restore(stream)
-        except RestoreError as err:
-            done = ", ".join(i.alias for i in plan.databases[:index]) or "none"
-            raise RestoreError(f"{err} (databases already restored: {done}; media not touched)") from None
-        except Exception as err:
-            raise RestoreError(f"restoring database '{item.alias}' failed: {redact(err)}") from None
-        report["databases"].append(item.alias)
-    if plan.media is not None:
-        say(f"Restoring media files from {plan.media.name}")
-        compression = plan.media.compression if opts.uncompress else None
-        with open_stream(
-            storage, plan.media.name, compression=compression, encrypted=plan.media.encrypted, gpg=gpg
-        ) as stream:
-            report["media"] = restore_archive(media_storage(), stream, mirror=opts.mirror)
-        say(f"  {report['media']['files']} files restored, {report['media']['removed']} removed")
+                item.engine.restore(stream, safety)
+            report["databases"].append(item.alias)
+        if plan.media is not None:
+            say(f"Restoring media files from {plan.media.name}")
+            compression = plan.media.compression if opts.uncompress else None
+            with open_stream(
+                storage, plan.media.name, compression=compression, encrypted=plan.media.encrypted, gpg=gpg
+            ) as stream:
+                media = restore_archive(media_storage(), stream, safety.media_folder, mirror=opts.mirror)
+            safety.set_media(media.pop("created"))
+            report["media"] = media
+            say(f"  {media['files']} files restored, {media['removed']} removed")
+    except BaseException as err:
+        message = redact(err) if isinstance(err, Exception) else "interrupted"
+        try:
+            undone = safety.rollback()
+        except Exception as undo_err:
+            raise RestoreError(
+                f"{message}; putting the old state back ALSO failed ({redact(undo_err)}): the safety copy is in "
+                f"{safety.folder}, run `invoke rollback --name {safety.name}` once the cause is fixed"
+            ) from None
+        safety.discard()
+        what = " and ".join(undone) + " put back as they were" if undone else "nothing had been changed"
+        raise RestoreError(f"{message}; the restore was undone ({what})") from None
+    safety.mark("done")
+    if opts.safety:
+        report["safety"] = safety.name
+        say(
+            f"The replaced state is kept in {safety.folder}; undo this restore with "
+            f"`invoke rollback --name {safety.name}` (kept {settings.BACKUP_APP['SAFETY_DAYS']} days)"
+        )
+    else:
+        safety.discard()
+    for name in expire(settings.BACKUP_APP["SAFETY_DAYS"]):
+        say(f"Removed expired safety copy {name}")
     for item in plan.databases:
         applied = migrate_forward(item.alias)
         if applied:

@@ -404,26 +404,20 @@ def prune(
     """Delete whole sets beyond the retention rule; returns the deleted file names.
 
     Complete sets: keep the newest ``keep`` (and the GFS buckets).  Incomplete
-    sets older than the newest complete set are removed (an incomplete set
-    newer than that may be a run still in progress).  Legacy files only with
-    ``include_legacy``, by the same count.  A set's manifest is deleted first,
+    sets are removed: the caller holds the site lock, so no run of this site
+    is writing one.  Legacy files only with ``include_legacy``, by the same
+    count.  A set's manifest is deleted first,
     so a set is never listed complete with files missing.
     """
     sets = list_sets(storage, naming)
     protect = protect or set()
     keep_names = retained(sets, keep, daily, weekly, monthly) | protect
-    newest_complete = max((s.created for s in sets if s.complete), default=None)
     legacy = [s for s in sets if s.status == "legacy"]
     doomed: list[BackupSet] = []
     for s in sets:
         if s.complete and s.name not in keep_names:
             doomed.append(s)
-        elif (
-            s.status == "incomplete"
-            and newest_complete is not None
-            and s.created < newest_complete
-            and s.name not in protect
-        ):
+        elif s.status == "incomplete" and s.name not in protect:
             doomed.append(s)
     if include_legacy:
         doomed += legacy[keep:]

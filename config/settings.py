@@ -108,7 +108,9 @@ ADMINS = []
 # django-q2 runs scheduled backups; the database (ORM) broker needs no extra service.
 Q_CLUSTER = {"name": "backup_app", "orm": "default", "workers": 1, "timeout": 6 * 3600, "retry": 7 * 3600}
 
-apply_backup_settings(globals(), config=CONFIG, default_dir=DATA_DIR / "backup")
+apply_backup_settings(
+    globals(), config=CONFIG, default_dir=DATA_DIR / "backup", default_safety_dir=DATA_DIR / "safety"
+)
 
 LOGGING = {
     "version": 1,

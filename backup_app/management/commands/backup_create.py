@@ -5,6 +5,7 @@ from django.core.checks import ERROR, run_checks
 from django.core.management.base import CommandError
 
 from backup_app.backup import BackupOptions, create_backup
+from backup_app.locking import site_lock
 from backup_app.sets import prune
 from backup_app.storage import backup_storage, describe
 
@@ -56,27 +57,28 @@ class Command(BackupCommand):
         app = settings.BACKUP_APP
         storage = backup_storage(options["path"])
         self.progress(f"Backing up to {describe(storage)}")
-        create_backup(
-            storage,
-            BackupOptions(
-                compression=app["COMPRESSION"] if options["compress"] else "none",
-                encrypt=options["encrypt"],
-                databases=[] if options["skip_db"] else None,
-                media=not options["skip_media"],
-                origin=options["origin"],
-            ),
-            progress=self.progress,
-        )
-        if options["clean"]:
-            deleted = prune(
+        with site_lock("backup"):
+            create_backup(
                 storage,
-                keep=app["KEEP"],
-                daily=app["KEEP_DAILY"],
-                weekly=app["KEEP_WEEKLY"],
-                monthly=app["KEEP_MONTHLY"],
-                include_legacy=options["clean_legacy"],
+                BackupOptions(
+                    compression=app["COMPRESSION"] if options["compress"] else "none",
+                    encrypt=options["encrypt"],
+                    databases=[] if options["skip_db"] else None,
+                    media=not options["skip_media"],
+                    origin=options["origin"],
+                ),
+                progress=self.progress,
             )
-            if deleted:
-                self.progress(f"Removed {len(deleted)} old files: " + ", ".join(deleted))
-            else:
-                self.progress(f"Nothing to remove (keeping {app['KEEP']} sets)")
+            if options["clean"]:
+                deleted = prune(
+                    storage,
+                    keep=app["KEEP"],
+                    daily=app["KEEP_DAILY"],
+                    weekly=app["KEEP_WEEKLY"],
+                    monthly=app["KEEP_MONTHLY"],
+                    include_legacy=options["clean_legacy"],
+                )
+                if deleted:
+                    self.progress(f"Removed {len(deleted)} old files: " + ", ".join(deleted))
+                else:
+                    self.progress(f"Nothing to remove (keeping {app['KEEP']} sets)")

@@ -2,6 +2,9 @@
 
 import os
 
+from django.conf import settings
+
+from backup_app.locking import site_lock
 from backup_app.restore import RestoreOptions, restore
 from backup_app.storage import backup_storage, describe
 
@@ -46,6 +49,13 @@ class Command(BackupCommand):
             "--mirror", action="store_true", help="Also delete media files that were not in the backup."
         )
         parser.add_argument(
+            "--no-safety-backup",
+            dest="safety",
+            action="store_false",
+            default=None,
+            help="Do not keep the replaced state after a successful restore (backup_safety).",
+        )
+        parser.add_argument(
             "--noinput",
             "--no-input",
             dest="interactive",
@@ -67,19 +77,21 @@ class Command(BackupCommand):
             media_file = os.path.basename(media_file)
         storage = backup_storage(path)
         self.progress(f"Reading backups from {describe(storage)}")
-        restore(
-            storage,
-            RestoreOptions(
-                db_file=db_file,
-                media_file=media_file,
-                skip_db=options["skip_db"],
-                skip_media=options["skip_media"],
-                mirror=options["mirror"],
-                allow_newer=options["restore_allow_newer_version"],
-                uncompress=options["uncompress"],
-                decrypt=options["decrypt"],
-                interactive=options["interactive"],
-            ),
-            progress=self.progress,
-            confirm=self.confirm if options["interactive"] else None,
-        )
+        with site_lock("restore"):
+            restore(
+                storage,
+                RestoreOptions(
+                    db_file=db_file,
+                    media_file=media_file,
+                    skip_db=options["skip_db"],
+                    skip_media=options["skip_media"],
+                    mirror=options["mirror"],
+                    allow_newer=options["restore_allow_newer_version"],
+                    uncompress=options["uncompress"],
+                    decrypt=options["decrypt"],
+                    interactive=options["interactive"],
+                    safety=settings.BACKUP_APP["SAFETY"] if options["safety"] is None else options["safety"],
+                ),
+                progress=self.progress,
+                confirm=self.confirm if options["interactive"] else None,
+            )
