@@ -153,3 +153,22 @@ def demo(c):
     """Create the demo site's database and a few parts with attachments (idempotent)."""
     migrate(c)
     manage(c, "demo_data")
+
+
+@task(help={"name": "Safety copy to roll back to (default: the newest)", "list": "List the safety copies"})
+def rollback(c, name="", list=False):  # noqa: A002 - invoke derives the option name from it
+    """Undo the last restore (or a named one) from the safety copy it kept."""
+    manage(c, "backup_rollback " + _flags(name=name, list=list))
+
+
+@task(
+    name="verify",
+    help={
+        "set": "Verify only this backup set (default: all)",
+        "restore_test": "Also restore into a scratch database and folder and count tables and files",
+        "path": "Verify the backups in this local folder",
+    },
+)
+def verify(c, set="", restore_test=False, path=""):  # noqa: A002 - invoke derives the option name from it
+    """Re-read every file of the backup sets and check it against its manifest."""
+    manage(c, "backup_verify " + _flags(set=set, restore_test=restore_test, path=path))

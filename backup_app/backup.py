@@ -98,6 +98,7 @@ def create_backup(storage, options: BackupOptions, progress: Progress | None = N
             say(f"Backing up database '{alias}' ({engine.vendor}) to {name}")
             t0 = time.monotonic()
             migrations = engine.applied_migrations()
+            tables = engine.table_count()
             stored = store_stream(
                 storage,
                 name,
@@ -114,6 +115,7 @@ def create_backup(storage, options: BackupOptions, progress: Progress | None = N
                     "connector": f"{type(engine.connector).__module__}.{type(engine.connector).__name__}",
                     "file": name,
                     "migrations": migrations,
+                    "tables": tables,
                     "excluded_table_data": engine.exclude,
                 }
             )

@@ -20,6 +20,7 @@ import shutil
 import sqlite3
 import subprocess
 import tempfile
+import time
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -144,6 +145,16 @@ class Engine:
         if self.vendor == "mysql" and head.lstrip()[:2] not in (b"--", b"/*"):
             raise RestoreError(f"{name} is not a MySQL dump; pick the database file of a backup set")
 
+    def table_count(self) -> int:
+        """Number of tables in the live database."""
+        connection = connections[self.alias]
+        with connection.cursor() as cursor:
+            return len(connection.introspection.table_names(cursor))
+
+    def scratch_restore(self, stream: BinaryIO) -> int:
+        """Restore into a throwaway database, count its tables, drop it; returns the count."""
+        raise NotImplementedError
+
     def applied_migrations(self) -> list[list[str]]:
         """``[app, name]`` of every migration recorded in this database, sorted."""
         from django.db.migrations.recorder import MigrationRecorder
@@ -214,6 +225,21 @@ class SqliteEngine(Engine):
         finally:
             with suppress(FileNotFoundError):
                 tmp.unlink()
+
+    def scratch_restore(self, stream: BinaryIO) -> int:
+        with tempfile.TemporaryDirectory(prefix="backup-verify-") as tmp:
+            path = Path(tmp) / "scratch.sqlite3"
+            with open(path, "wb") as fh:
+                while data := stream.read(CHUNK):
+                    fh.write(data)
+            _check_sqlite_file(path)
+            conn = sqlite3.connect(path)
+            try:
+                return conn.execute(
+                    "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+                ).fetchone()[0]
+            finally:
+                conn.close()
 
     def rollback(self, entry: dict, folder: Path) -> None:
         path = Path(entry["path"])
@@ -360,6 +386,34 @@ class PostgresEngine(Engine):
             raise RestoreError(
                 f"swapping in the restored PostgreSQL database failed ({err}); database left unchanged"
             ) from None
+        finally:
+            admin.close()
+
+    def scratch_restore(self, stream: BinaryIO) -> int:
+        from psycopg import sql
+
+        scratch = f"backup_verify_{os.getpid()}_{int(time.time())}"
+        admin = self._admin()
+        try:
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch)))
+            try:
+                args, env = self._restore_args(scratch, clean=False)
+                _run_restore(args, env, stream, "PostgreSQL")
+                import psycopg
+
+                with psycopg.connect(
+                    dbname=scratch,
+                    host=self.settings.get("HOST") or None,
+                    port=self.settings.get("PORT") or None,
+                    user=self.settings.get("USER") or None,
+                    password=self.settings.get("PASSWORD") or None,
+                ) as conn:
+                    return conn.execute(
+                        "SELECT count(*) FROM information_schema.tables WHERE table_type = 'BASE TABLE' "
+                        "AND table_schema NOT IN ('pg_catalog', 'information_schema')"
+                    ).fetchone()[0]
+            finally:
+                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch)))
         finally:
             admin.close()
 
@@ -525,6 +579,19 @@ class MysqlEngine(Engine):
             with connection.cursor() as cursor:
                 cursor.execute(f"DROP DATABASE IF EXISTS `{fresh}`")
             connection.close()
+
+    def scratch_restore(self, stream: BinaryIO) -> int:
+        scratch = f"backup_verify_{os.getpid()}_{int(time.time())}"
+        connection = connections[self.alias]
+        with connection.cursor() as cursor:
+            cursor.execute(f"CREATE DATABASE `{scratch}` CHARACTER SET utf8mb4")
+        try:
+            self._feed(scratch, stream)
+            with connection.cursor() as cursor:
+                return len(self._tables(cursor, scratch))
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute(f"DROP DATABASE IF EXISTS `{scratch}`")
 
     def rollback(self, entry: dict, folder: Path) -> None:
         name, kept = entry["name"], entry["database"]

@@ -213,9 +213,7 @@ def verify_plan(storage, plan: Plan, opts: RestoreOptions, gpg: GpgSpec, say: Pr
                     f"restoring a backup with {len(unknown)} unknown migrations (--restore-allow-newer-version)"
                 )
         say(f"Checking {f.name}")
-        _read_and_check(
-            storage, f, opts, gpg, lambda stream, i=item: i.engine.check_magic(stream.read(64), i.file.name)
-        )
+        read_and_check(storage, f, opts, gpg, lambda stream, i=item: i.engine.check_magic(stream.read(64), i.file.name))
     if plan.media is not None:
         say(f"Checking {plan.media.name}")
         found = {}
@@ -223,7 +221,7 @@ def verify_plan(storage, plan: Plan, opts: RestoreOptions, gpg: GpgSpec, say: Pr
         def scan(stream) -> None:
             found["contents"] = scan_archive(stream)
 
-        _read_and_check(storage, plan.media, opts, gpg, scan)
+        read_and_check(storage, plan.media, opts, gpg, scan)
         expected = plan.media_expected
         contents = found["contents"]
         if expected and (contents.files != expected.get("files") or contents.bytes != expected.get("bytes")):
@@ -235,7 +233,7 @@ def verify_plan(storage, plan: Plan, opts: RestoreOptions, gpg: GpgSpec, say: Pr
     return notes
 
 
-def _read_and_check(storage, f: BackupFile, opts: RestoreOptions, gpg: GpgSpec, consume) -> None:
+def read_and_check(storage, f: BackupFile, opts: RestoreOptions, gpg: GpgSpec, consume) -> None:
     result = ReadResult()
     compression = f.compression if opts.uncompress else None
     with open_stream(storage, f.name, compression=compression, encrypted=f.encrypted, gpg=gpg, result=result) as stream:

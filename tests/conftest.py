@@ -41,6 +41,7 @@ os.environ.update(
         "INVENTREE_MEDIA_ROOT": str(_SESSION_DIR / "media"),
         "INVENTREE_STATIC_ROOT": str(_SESSION_DIR / "static"),
         "INVENTREE_BACKUP_DIR": str(_SESSION_DIR / "backup"),
+        "INVENTREE_BACKUP_SAFETY_DIR": str(_SESSION_DIR / "safety"),
     }
 )
 
@@ -143,6 +144,7 @@ def base_env(root: Path) -> dict:
             "INVENTREE_MEDIA_ROOT": str(root / "media"),
             "INVENTREE_STATIC_ROOT": str(root / "static"),
             "INVENTREE_BACKUP_DIR": str(root / "backup"),
+            "INVENTREE_BACKUP_SAFETY_DIR": str(root / "safety"),
             "INVENTREE_DB_ENGINE": "sqlite3",
             "INVENTREE_DB_NAME": str(root / "db.sqlite3"),
             "PYTHONUNBUFFERED": "1",

@@ -1,0 +1,54 @@
+"""``manage.py backup_verify``: re-read and check backup sets (``invoke verify``)."""
+
+from django.conf import settings
+from django.core.management.base import CommandError
+
+from backup_app.pipeline import GpgSpec
+from backup_app.storage import backup_storage
+from backup_app.verify import verify
+
+from ._base import BackupCommand
+
+
+class Command(BackupCommand):
+    help = "Check backup sets: sizes, SHA-256, decryption, decompression, archive members; optionally restore them."
+
+    def add_arguments(self, parser):
+        super().add_arguments(parser)
+        parser.add_argument("--set", dest="set_name", help="Verify only this set (default: all).")
+        parser.add_argument(
+            "--restore-test",
+            action="store_true",
+            help="Also restore into a scratch database and folder and count tables and files.",
+        )
+        parser.add_argument("--path", help="Verify the backups in this local folder instead of the storage.")
+
+    def handle(self, *args, **options):
+        app = settings.BACKUP_APP
+        passphrase = app.get("GPG_PASSPHRASE")
+        if app.get("GPG_PASSPHRASE_FILE"):
+            from pathlib import Path
+
+            passphrase = Path(app["GPG_PASSPHRASE_FILE"]).read_text().rstrip("\r\n")
+        reports = verify(
+            backup_storage(options["path"]),
+            name=options["set_name"],
+            restore_test=options["restore_test"],
+            gpg=GpgSpec(home=app.get("GPG_HOME"), passphrase=passphrase),
+            say=self.progress,
+        )
+        bad = [r for r in reports if not r.ok]
+        for r in reports:
+            state = "OK" if r.ok else "PROBLEM"
+            self.stdout.write(f"{state:8} {r.name} ({r.status})")
+            for line in r.checked:
+                self.stdout.write(f"         {line}")
+            for line in r.problems:
+                self.stdout.write(f"         ! {line}")
+        if not reports:
+            raise CommandError("there are no backup sets to verify; run `invoke backup` first")
+        if bad:
+            raise CommandError(
+                f"{len(bad)} of {len(reports)} backup sets have problems: "
+                + "; ".join(f"{r.name}: {r.problems[0]}" for r in bad)
+            )
