@@ -172,3 +172,9 @@ def rollback(c, name="", list=False):  # noqa: A002 - invoke derives the option 
 def verify(c, set="", restore_test=False, path=""):  # noqa: A002 - invoke derives the option name from it
     """Re-read every file of the backup sets and check it against its manifest."""
     manage(c, "backup_verify " + _flags(set=set, restore_test=restore_test, path=path))
+
+
+@task(name="backup-check", help={"path": "Check this local folder instead of the configured storage"})
+def backup_check(c, path=""):
+    """Check the backup storage: list, write, read back, compare and delete a small object."""
+    manage(c, "backup_check " + _flags(path=path))
