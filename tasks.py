@@ -68,6 +68,7 @@ def backup(c, clean=False, compress=True, encrypt=False, path="", quiet=False, s
         "restore_allow_newer_version": "Allow restore from a backup made by a newer version",
         "mirror": "Delete media files that were not in the backup",
         "quiet": "Suppress informational output (only show errors)",
+        "safety_backup": "Keep the replaced state so the restore can be undone (default: backup_safety)",
     }
 )
 def restore(
@@ -82,6 +83,7 @@ def restore(
     restore_allow_newer_version=False,
     mirror=False,
     quiet=False,
+    safety_backup=True,
 ):
     """Restore the database and media files from a backup."""
     manage(
@@ -98,7 +100,8 @@ def restore(
             mirror=mirror,
             quiet=quiet,
         )
-        + ("" if uncompress else " --no-uncompress"),
+        + ("" if uncompress else " --no-uncompress")
+        + ("" if safety_backup else " --no-safety-backup"),
     )
 
 

@@ -134,6 +134,10 @@ class Engine:
     def discard(self, entry: dict) -> None:
         """Drop the state a safety ``entry`` kept (files go with the record's folder)."""
 
+    def cleanup_stale(self) -> list[str]:
+        """Remove what a restore killed half way left behind (never the live database); returns names."""
+        return []
+
     def check_magic(self, head: bytes, name: str) -> None:
         """Refuse a file whose first bytes are not this engine's dump."""
         magic = MAGIC.get(self.vendor)
@@ -225,6 +229,14 @@ class SqliteEngine(Engine):
         finally:
             with suppress(FileNotFoundError):
                 tmp.unlink()
+
+    def cleanup_stale(self) -> list[str]:
+        path = Path(self.settings["NAME"])
+        gone = []
+        for stale in path.parent.glob(f".{path.name}.restore-*"):
+            stale.unlink(missing_ok=True)
+            gone.append(stale.name)
+        return gone
 
     def scratch_restore(self, stream: BinaryIO) -> int:
         with tempfile.TemporaryDirectory(prefix="backup-verify-") as tmp:
@@ -388,6 +400,24 @@ class PostgresEngine(Engine):
             ) from None
         finally:
             admin.close()
+
+    def cleanup_stale(self) -> list[str]:
+        from psycopg import sql
+
+        prefix = f"{self.settings['NAME'][:30]}_restore_"
+        admin = self._admin()
+        try:
+            names = [
+                r[0]
+                for r in admin.execute(
+                    "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (prefix,)
+                ).fetchall()
+            ]
+            for name in names:
+                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        finally:
+            admin.close()
+        return names
 
     def scratch_restore(self, stream: BinaryIO) -> int:
         from psycopg import sql
@@ -579,6 +609,18 @@ class MysqlEngine(Engine):
             with connection.cursor() as cursor:
                 cursor.execute(f"DROP DATABASE IF EXISTS `{fresh}`")
             connection.close()
+
+    def cleanup_stale(self) -> list[str]:
+        prefix = f"{self.settings['NAME'][:30]}_restore_"
+        with connections[self.alias].cursor() as cursor:
+            cursor.execute(
+                "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE LEFT(SCHEMA_NAME, %s) = %s",
+                [len(prefix), prefix],
+            )
+            names = [r[0] for r in cursor.fetchall()]
+            for name in names:
+                cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        return names
 
     def scratch_restore(self, stream: BinaryIO) -> int:
         scratch = f"backup_verify_{os.getpid()}_{int(time.time())}"

@@ -234,6 +234,17 @@ def verify_plan(storage, plan: Plan, opts: RestoreOptions, gpg: GpgSpec, say: Pr
 
 
 def read_and_check(storage, f: BackupFile, opts: RestoreOptions, gpg: GpgSpec, consume) -> None:
+    """Read all of ``f`` through ``consume``, checking size and SHA-256 against the manifest."""
+    if f.size is not None:
+        try:
+            stored = storage.size(f.name)
+        except Exception:
+            stored = None
+        if stored is not None and stored != f.size:
+            raise RestoreError(
+                f"{f.name} is {stored} bytes but its manifest says {f.size}; "
+                "the file is truncated or damaged, not restoring"
+            )
     result = ReadResult()
     compression = f.compression if opts.uncompress else None
     with open_stream(storage, f.name, compression=compression, encrypted=f.encrypted, gpg=gpg, result=result) as stream:
@@ -267,6 +278,9 @@ def restore(
     if confirm is not None and not confirm("This replaces " + "; ".join(what) + ". Continue?"):
         raise RestoreError("restore cancelled; nothing was changed")
 
+    for item in plan.databases:
+        for stale in item.engine.cleanup_stale():
+            say(f"Removed {stale}, left behind by an interrupted restore")
     report: dict = {
         "set": plan.set.name if plan.set else None,
         "databases": [],
