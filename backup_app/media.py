@@ -60,10 +60,30 @@ class ArchiveStats:
     bytes: int = 0
 
 
+class _Counting:
+    """A write-only stream that knows its position: lets TarFile write straight through.
+
+    tarfile's stream mode (``w|``) re-buffers every write in a growing bytes
+    object, which costs more than compressing; plain ``w`` mode needs only tell().
+    """
+
+    def __init__(self, out: BinaryIO):
+        self._out = out
+        self._pos = 0
+
+    def write(self, data) -> int:
+        self._out.write(data)
+        self._pos += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._pos
+
+
 def write_tar(storage, out: BinaryIO, stats: ArchiveStats | None = None) -> ArchiveStats:
     """Write every media file of ``storage`` as a tar stream into ``out``."""
     stats = stats or ArchiveStats()
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, bufsize=CHUNK) as tar:
+    with tarfile.TarFile(fileobj=_Counting(out), mode="w", format=tarfile.PAX_FORMAT, copybufsize=CHUNK) as tar:
         for name in iter_media(storage):
             info = tarfile.TarInfo(name)
             info.mode = 0o644
