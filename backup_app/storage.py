@@ -93,12 +93,17 @@ def describe(storage) -> str:
 
 
 class ForwardOnlyReader(io.RawIOBase):
-    """A readable stream that never goes back.
+    """A readable stream that never goes back, and reads fully.
 
     Backends "rewind" a fresh upload (``seek(0)``) and probe for a length
     (``seek(0, SEEK_END)``): a seek to where the stream already is succeeds,
     any other raises :class:`io.UnsupportedOperation`, which the backends take
     as "length unknown, upload in parts".
+
+    ``read(n)`` returns ``n`` bytes unless the stream ends: a pipe gives at
+    most 64 KiB per read, and backends take a short read for the end (GCS
+    resumable uploads stop; boto3 decides "small file" and reads the rest into
+    memory for one PUT; multipart parts would fall under S3's 5 MiB minimum).
     """
 
     def __init__(self, raw: BinaryIO):
@@ -121,16 +126,22 @@ class ForwardOnlyReader(io.RawIOBase):
         return self._pos
 
     def readinto(self, buffer) -> int:
-        data = self._raw.read(len(buffer))
+        data = self.read(len(buffer))
         n = len(data)
         buffer[:n] = data
-        self._pos += n
         return n
 
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:
             return self.readall()
-        data = self._raw.read(size)
+        parts, missing = [], size
+        while missing > 0:
+            data = self._raw.read(missing)
+            if not data:
+                break
+            parts.append(data)
+            missing -= len(data)
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
         self._pos += len(data)
         return data
 
