@@ -5,6 +5,7 @@ from django.core.checks import ERROR, run_checks
 from django.core.management.base import CommandError
 
 from backup_app.backup import BackupOptions, create_backup
+from backup_app.history import note_manifest, record_run
 from backup_app.locking import site_lock
 from backup_app.sets import prune
 from backup_app.storage import backup_storage, describe
@@ -46,6 +47,12 @@ class Command(BackupCommand):
         )
 
     def handle(self, *args, **options):
+        with record_run(options["origin"]) as run:
+            run.partial = bool(options["path"] or options["skip_db"] or options["skip_media"])
+            note_manifest(run, self.backup(**options))
+
+    def backup(self, **options) -> dict:
+        """Write the set (and prune with --clean); returns its manifest."""
         if options["skip_db"] and options["skip_media"]:
             raise CommandError("--skip-db and --skip-media together leave nothing to back up")
         problems = [m for m in run_checks(tags=["backup_app"]) if m.level >= ERROR]
@@ -58,7 +65,7 @@ class Command(BackupCommand):
         storage = backup_storage(options["path"])
         self.progress(f"Backing up to {describe(storage)}")
         with site_lock("backup"):
-            create_backup(
+            manifest = create_backup(
                 storage,
                 BackupOptions(
                     compression=app["COMPRESSION"] if options["compress"] else "none",
@@ -82,3 +89,4 @@ class Command(BackupCommand):
                     self.progress(f"Removed {len(deleted)} old files: " + ", ".join(deleted))
                 else:
                     self.progress(f"Nothing to remove (keeping {app['KEEP']} sets)")
+        return manifest

@@ -4,6 +4,7 @@ import os
 
 from django.conf import settings
 
+from backup_app.history import record_run
 from backup_app.locking import site_lock
 from backup_app.restore import RestoreOptions, restore
 from backup_app.storage import backup_storage, describe
@@ -65,6 +66,11 @@ class Command(BackupCommand):
         )
 
     def handle(self, *args, **options):
+        with record_run("restore") as run:
+            run.set_name = (self.run_restore(**options) or {}).get("set") or ""
+
+    def run_restore(self, **options) -> dict:
+        """Restore the chosen set; returns restore()'s report."""
         path = options["path"]
         db_file, media_file = options["db_file"], options["media_file"]
         # A file given as a path on disk is read from its own folder.
@@ -78,7 +84,7 @@ class Command(BackupCommand):
         storage = backup_storage(path)
         self.progress(f"Reading backups from {describe(storage)}")
         with site_lock("restore"):
-            restore(
+            report = restore(
                 storage,
                 RestoreOptions(
                     db_file=db_file,
@@ -95,3 +101,4 @@ class Command(BackupCommand):
                 progress=self.progress,
                 confirm=self.confirm if options["interactive"] else None,
             )
+        return report
