@@ -105,8 +105,21 @@ DEFAULT_FROM_EMAIL = SERVER_EMAIL = CONFIG["email.sender"] or "inventree@localho
 BACKUP_ADMIN_EMAIL = CONFIG["admin_email"]
 ADMINS = []
 
-# django-q2 runs scheduled backups; the database (ORM) broker needs no extra service.
-Q_CLUSTER = {"name": "backup_app", "orm": "default", "workers": 1, "timeout": 6 * 3600, "retry": 7 * 3600}
+# django-q2 runs scheduled backups; the database (ORM) broker needs no extra service, Redis is
+# used when backup_redis_url is set.  The backup tasks carry their own timeout (6 h,
+# backup_app.schedule.TASK_TIMEOUT); retry stays above it so the ORM broker never hands a running
+# backup out again.  catch_up off: after downtime the hourly check runs once, not once per missed hour.
+Q_CLUSTER = {
+    "name": "backup_app",
+    "workers": 1,
+    "timeout": 6 * 3600,
+    "retry": 7 * 3600,
+    "catch_up": False,
+}
+if CONFIG.get("backup_redis_url"):
+    Q_CLUSTER["redis"] = CONFIG["backup_redis_url"]
+else:
+    Q_CLUSTER["orm"] = "default"
 
 apply_backup_settings(
     globals(), config=CONFIG, default_dir=DATA_DIR / "backup", default_safety_dir=DATA_DIR / "safety"
