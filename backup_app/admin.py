@@ -99,7 +99,7 @@ class BackupSettingsAdmin(admin.ModelAdmin):
 class BackupRunAdmin(admin.ModelAdmin):
     """The history: read-only rows, filters, failed and running runs marked."""
 
-    list_display = ["when", "kind", "result", "set_name", "size_text", "took", "requested_by", "error_text"]
+    list_display = ["when", "kind", "result", "set_text", "size_text", "took", "requested_by", "error_text"]
     list_display_links = ["when"]
     list_filter = ["outcome", "kind", "partial", "started"]
     date_hierarchy = "started"
@@ -126,8 +126,10 @@ class BackupRunAdmin(admin.ModelAdmin):
         return False
 
     @admin.display(description="started", ordering="started")
-    def when(self, run: BackupRun) -> str:
-        return f"{timezone.localtime(run.started):%Y-%m-%d %H:%M:%S}"
+    def when(self, run: BackupRun):
+        return format_html(
+            '<span style="white-space: nowrap">{}</span>', f"{timezone.localtime(run.started):%Y-%m-%d %H:%M:%S}"
+        )
 
     @admin.display(description="outcome", ordering="outcome")
     def result(self, run: BackupRun):
@@ -137,15 +139,25 @@ class BackupRunAdmin(admin.ModelAdmin):
             BackupRun.RUNNING: ("#9a6700", "… running"),
         }
         color, text = style.get(run.outcome, ("inherit", run.outcome))
-        return format_html('<strong class="backup-{}" style="color: {}">{}</strong>', run.outcome, color, text)
+        return format_html(
+            '<strong class="backup-{}" style="color: {}; white-space: nowrap">{}</strong>', run.outcome, color, text
+        )
+
+    @admin.display(description="backup set", ordering="set_name")
+    def set_text(self, run: BackupRun):
+        return format_html('<span style="white-space: nowrap">{}</span>', run.set_name)
 
     @admin.display(description="size", ordering="size")
-    def size_text(self, run: BackupRun) -> str:
-        return size_text(run.size) if run.size is not None else "–"
+    def size_text(self, run: BackupRun):
+        return format_html('<span style="white-space: nowrap">{}</span>', size_text(run.size) if run.size else "–")
 
     @admin.display(description="took")
-    def took(self, run: BackupRun) -> str:
-        return duration_text(run.duration) if run.duration is not None else "–"
+    def took(self, run: BackupRun):
+        seconds = int(run.duration.total_seconds()) if run.duration is not None else None
+        if seconds is None:
+            return "–"
+        text = f"{seconds} s" if seconds < 120 else f"{seconds // 60} min"
+        return format_html('<span style="white-space: nowrap">{}</span>', text)
 
     @admin.display(description="error")
     def error_text(self, run: BackupRun):
