@@ -515,3 +515,34 @@ def test_back_up_now_runs_on_the_redis_broker(redis_site, tmp_path):
 
     assert (run["kind"], run["outcome"], run["requested_by"]) == ("manual", "success", "ops"), run
     assert [s["name"] for s in redis_site.sets()] == [run["set_name"]]
+
+
+# --- the history across restores -------------------------------------------------------------
+
+
+def test_the_history_survives_a_restore(sqlite_site):
+    sqlite_site.manage("backup_create", "--quiet")
+    first = sqlite_site.sets()[0]["name"]
+    sqlite_site.manage("backup_create", "--quiet")
+    db_file = next(f["name"] for s in sqlite_site.sets() if s["name"] == first for f in s["files"] if f["kind"] == "db")
+
+    sqlite_site.manage("backup_restore", "--noinput", "--quiet", "--db-file", db_file)
+
+    history = [(r["kind"], r["outcome"], r["set_name"]) for r in runs(sqlite_site)]
+    second = sqlite_site.sets()[0]["name"]
+    assert history == [("manual", "success", first), ("manual", "success", second), ("restore", "success", first)]
+
+
+def test_a_restore_on_a_new_machine_closes_the_run_its_backup_caught(sqlite_site, tmp_path):
+    from conftest import make_site
+
+    sqlite_site.manage("backup_create", "--quiet")
+    [backup] = sqlite_site.sets()
+    new = make_site(tmp_path / "new-machine")
+    new.manage("migrate", "--noinput", "-v0")
+
+    new.manage("backup_restore", "--noinput", "--quiet", "--path", str(sqlite_site.backups))
+
+    history = [(r["kind"], r["outcome"], r["set_name"]) for r in runs(new)]
+    # The dump was taken while its own run was "running": that run wrote the restored set.
+    assert history == [("manual", "success", backup["name"]), ("restore", "success", backup["name"])]
