@@ -177,7 +177,13 @@ def verify(c, set="", restore_test=False, path=""):  # noqa: A002 - invoke deriv
     manage(c, "backup_verify " + _flags(set=set, restore_test=restore_test, path=path))
 
 
-@task(name="backup-check", help={"path": "Check this local folder instead of the configured storage"})
-def backup_check(c, path=""):
+@task(
+    name="backup-check",
+    help={
+        "path": "Check this local folder instead of the configured storage",
+        "quiet": "Print nothing but errors",
+    },
+)
+def backup_check(c, path="", quiet=False):
     """Check the backup storage: list, write, read back, compare and delete a small object."""
-    manage(c, "backup_check " + _flags(path=path))
+    manage(c, "backup_check " + _flags(path=path, quiet=quiet))

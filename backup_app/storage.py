@@ -35,6 +35,7 @@ from .secrets import redact
 
 #: Bytes fetched per ranged request when reading, and per part when uploading in parts.
 READ_CHUNK = 8 * 1024 * 1024
+S3_PART = 8 * 1024 * 1024
 GCS_UPLOAD_CHUNK = 16 * 1024 * 1024  # a multiple of 256 KiB, as GCS requires
 DROPBOX_CHUNK = 8 * 1024 * 1024
 
@@ -350,7 +351,6 @@ class S3Adapter(Adapter):
     }
 
     def prepare(self, options: dict) -> dict:
-        from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
 
         options = dict(options)
@@ -368,17 +368,35 @@ class S3Adapter(Adapter):
             )
             options["client_config"] = base.merge(Config(**client))
         transfer = options.get("transfer_config")
-        if isinstance(transfer, dict):
-            options["transfer_config"] = TransferConfig(**transfer)
-        elif transfer is None:
-            # Each part of a non-seekable upload is held in memory until sent: bound how many are in flight.
-            options["transfer_config"] = TransferConfig(
-                multipart_chunksize=8 * 1024 * 1024,
-                max_concurrency=4,
-                max_io_queue=8,
-                use_threads=options.get("use_threads", True),
-            )
+        if transfer is None or isinstance(transfer, dict):
+            options["transfer_config"] = self.transfer_config(transfer or {}, options.get("use_threads", True))
         return options
+
+    @staticmethod
+    def transfer_config(given: dict, use_threads: bool = True):
+        """boto3's TransferConfig: our defaults, then the keys given in ``transfer_config``.
+
+        Each part of a non-seekable upload is held in memory (several copies, while
+        it is checksummed and sent) until S3 has it: at most
+        ``max_in_memory_upload_chunks`` parts.  8 MiB parts, two at a time, keep a
+        backup process under ~140 MiB; they allow files up to 80 GB (S3 takes
+        10,000 parts): raise ``multipart_chunksize`` for larger archives.
+        """
+        from boto3.s3.transfer import TransferConfig
+
+        config = TransferConfig(use_threads=use_threads)
+        settings = {
+            "multipart_threshold": S3_PART,
+            "multipart_chunksize": S3_PART,
+            "max_concurrency": 2,
+            "max_in_memory_upload_chunks": 2,
+            **given,
+        }
+        for key, value in settings.items():
+            if not hasattr(config, key):
+                raise ValueError(f"transfer_config: unknown key {key!r}")
+            setattr(config, key, value)  # TransferConfig keeps its aliases in step
+        return config
 
     def describe(self, backend) -> str:
         where = f"s3://{backend.bucket_name}/{backend.location}".rstrip("/")
@@ -703,9 +721,15 @@ class AzureAdapter(Adapter):
         from azure.core import exceptions as aexc
 
         code = getattr(err, "error_code", None) or ""
-        if isinstance(err, aexc.ClientAuthenticationError) or code in (
-            "AuthenticationFailed",
-            "InvalidAuthenticationInfo",
+        code = str(getattr(code, "value", code))
+        if (
+            isinstance(err, aexc.ClientAuthenticationError)
+            and code != "AuthorizationFailure"
+            or code
+            in (
+                "AuthenticationFailed",
+                "InvalidAuthenticationInfo",
+            )
         ):
             return (
                 f"the credentials were rejected ({code or _first_line(err)}); check account_key, sas_token or "
@@ -716,10 +740,15 @@ class AzureAdapter(Adapter):
                 f"container {backend.azure_container!r} does not exist; create it or fix azure_container in "
                 f"{OPTIONS_HINT}"
             )
-        if (
-            code.startswith("AuthorizationPermission")
-            or code == "AuthorizationFailure"
-            or (isinstance(err, aexc.HttpResponseError) and getattr(err, "status_code", None) == 403)
+        if code == "AuthorizationFailure":
+            # Azure says this for a SAS or network rule that does not allow the request, Azurite for a bad key.
+            return (
+                f"the request to {action} {name or 'the container'} was not authorized ({code}); check "
+                f"account_key, sas_token or connection_string in {OPTIONS_HINT}, and that the key or SAS "
+                "allows read, write, delete and list on the container"
+            )
+        if code.startswith("AuthorizationPermission") or (
+            isinstance(err, aexc.HttpResponseError) and getattr(err, "status_code", None) == 403
         ):
             return (
                 f"access denied to {action} {name or 'the container'} ({code or 403}); the account or SAS needs "

@@ -133,6 +133,9 @@ class Remote:
     #: prefix -> every name the server holds under that prefix (the server's view, not ours)
     names: Callable[[str], list[str]]
     extra_env: dict = field(default_factory=dict)
+    #: the local folder the server serves, and one its user may not write to (SFTP, FTP)
+    home: Path | None = None
+    readonly: Path | None = None
 
     def env(self, prefix: str, **overrides) -> dict:
         options, backup_dir = self.configure(prefix, **overrides)
@@ -235,15 +238,6 @@ def s3_server(workdir) -> Iterator[Remote]:
     server.stop()
 
 
-@dataclass
-class SshAccount:
-    user: str
-    key: Path
-    known_hosts: Path
-    data: Path
-    readonly: Path
-
-
 @pytest.fixture(scope="session")
 def sftp_server(workdir) -> Iterator[Remote]:
     """OpenSSH's sshd on a free port: own host key, one authorized ed25519 key, SFTP only.
@@ -322,9 +316,7 @@ def sftp_server(workdir) -> Iterator[Remote]:
         folder = data / prefix
         return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
-    remote = Remote("SFTP", "storages.backends.sftpstorage.SFTPStorage", configure, names)
-    remote.account = SshAccount(user, home / "client", home / "known_hosts", data, readonly)  # type: ignore[attr-defined]
-    yield remote
+    yield Remote("SFTP", "storages.backends.sftpstorage.SFTPStorage", configure, names, home=data, readonly=readonly)
     server.stop()
 
 
@@ -367,7 +359,7 @@ def ftp_server(workdir) -> Iterator[Remote]:
         folder = home / prefix
         return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
-    yield Remote("FTP", "storages.backends.ftp.FTPStorage", configure, names)
+    yield Remote("FTP", "storages.backends.ftp.FTPStorage", configure, names, home=home)
     server.stop()
 
 
@@ -584,3 +576,220 @@ def test_restore_named_file_from_the_remote(remote_site):
     site.invoke("restore", "--media-file", media_file, "--skip-db")
 
     assert (site.media / "doc.txt").read_text() == "first"
+
+
+# --- errors that say what to do ----------------------------------------------------------------
+
+
+def failing_site(sqlite_site, remote: Remote, **overrides) -> RemoteSite:
+    prefix = f"site-{uuid.uuid4().hex[:10]}"
+    (sqlite_site.media / "doc.txt").write_text("data")
+    point_at(sqlite_site, remote, prefix, **overrides)
+    return RemoteSite(sqlite_site, remote, prefix)
+
+
+def backup_fails(target: RemoteSite) -> str:
+    """Run the backup; it must fail with one line and leave nothing on the server."""
+    line = one_line_error(target.site.invoke("backup", "--quiet", check=False))
+    assert target.names() == []
+    return line
+
+
+def test_s3_wrong_secret_key(sqlite_site, s3_server):
+    target = failing_site(sqlite_site, s3_server, secret="not-the-right-secret-key")
+
+    line = backup_fails(target)
+
+    assert "credentials were rejected (SignatureDoesNotMatch)" in line
+    assert "secret_key" in line
+    assert "not-the-right-secret-key" not in line
+
+
+def test_s3_unknown_access_key(sqlite_site, s3_server):
+    target = failing_site(sqlite_site, s3_server)
+    options = json.loads(target.site.env["INVENTREE_BACKUP_OPTIONS"])
+    target.site.env["INVENTREE_BACKUP_OPTIONS"] = json.dumps({**options, "access_key": "AKIAUNKNOWN000000000"})
+
+    line = backup_fails(target)
+
+    assert "credentials were rejected (InvalidAccessKeyId)" in line
+
+
+def test_s3_unknown_bucket(sqlite_site, s3_server):
+    target = failing_site(sqlite_site, s3_server, user="admin", bucket="no-such-bucket")
+
+    line = backup_fails(target)
+
+    assert "bucket 'no-such-bucket' does not exist; create it or fix bucket_name" in line
+
+
+def test_s3_unreachable_endpoint(sqlite_site, s3_server):
+    url = f"http://127.0.0.1:{closed_port()}"
+    target = failing_site(sqlite_site, s3_server, url=url)
+
+    line = backup_fails(target)
+
+    assert f'cannot reach the S3 endpoint (Could not connect to the endpoint URL: "{url}/' in line
+    assert "endpoint_url" in line
+
+
+def test_s3_key_without_write_permission(sqlite_site, s3_server):
+    target = failing_site(sqlite_site, s3_server, user="reader")
+
+    line = backup_fails(target)
+
+    assert "access denied to write" in line
+    assert "s3:PutObject" in line
+
+
+def test_s3_backend_package_missing_names_the_extra(sqlite_site, s3_server, tmp_path):
+    target = failing_site(sqlite_site, s3_server)
+    blocker = tmp_path / "no-boto3"
+    (blocker / "boto3").mkdir(parents=True)
+    (blocker / "boto3" / "__init__.py").write_text("raise ImportError(\"No module named 'boto3'\")\n")
+
+    result = target.site.invoke("backup", "--quiet", check=False, extra_env={"PYTHONPATH": f"{blocker}:{ROOT}"})
+
+    line = one_line_error(result)
+    assert "pip install 'backup_app[s3]'" in line
+    assert target.names() == []
+
+
+def test_s3_check_fails_with_one_line(sqlite_site, s3_server):
+    target = failing_site(sqlite_site, s3_server, user="reader")
+
+    line = one_line_error(target.site.invoke("backup-check", "--quiet", check=False))
+
+    assert "connection check failed at 'write'" in line
+    assert "access denied to write" in line
+    assert target.names() == []
+
+
+def test_sftp_key_not_authorized(sqlite_site, sftp_server):
+    target = failing_site(sqlite_site, sftp_server, key="stranger")
+
+    line = backup_fails(target)
+
+    assert "the SSH login was refused" in line
+    assert "key_filename" in line
+
+
+def test_sftp_unreachable_host(sqlite_site, sftp_server):
+    target = failing_site(sqlite_site, sftp_server, ssh_port=closed_port())
+
+    line = backup_fails(target)
+
+    assert "cannot reach the SSH server" in line
+
+
+def test_sftp_folder_without_write_permission(sqlite_site, sftp_server):
+    target = failing_site(sqlite_site, sftp_server, folder=sftp_server.readonly)
+
+    line = one_line_error(target.site.invoke("backup", "--quiet", check=False))
+
+    assert "permission denied to write" in line
+    assert "root_path" in line
+    assert not (sftp_server.readonly / target.prefix).exists()
+
+
+def test_sftp_host_key_mismatch(sqlite_site, sftp_server):
+    target = failing_site(sqlite_site, sftp_server, known_hosts="wrong_known_hosts")
+
+    line = backup_fails(target)
+
+    assert "host key does not match the one in known_host_file" in line
+
+
+def test_ftp_wrong_password_is_not_printed(sqlite_site, ftp_server):
+    target = failing_site(sqlite_site, ftp_server, password="wrong-ftp-password")
+
+    line = backup_fails(target)
+
+    assert "the FTP login was refused (530" in line
+    assert "wrong-ftp-password" not in line
+
+
+def test_ftp_user_without_write_permission(sqlite_site, ftp_server):
+    target = failing_site(sqlite_site, ftp_server, user="reader")
+    (ftp_server.home / target.prefix).mkdir()
+
+    line = backup_fails(target)
+
+    assert "the FTP server refused to write" in line
+    assert "reader-pw" not in line
+
+
+def test_gcs_unknown_bucket(sqlite_site, gcs_server):
+    target = failing_site(sqlite_site, gcs_server, bucket="no-such-bucket")
+
+    line = backup_fails(target)
+
+    assert "bucket 'no-such-bucket' does not exist" in line
+
+
+def test_azure_wrong_account_key(sqlite_site, azure_server):
+    wrong = AZURITE_KEY[:-8] + "AAAAAAA="
+    target = failing_site(sqlite_site, azure_server, key=wrong)
+
+    line = backup_fails(target)
+
+    assert "not authorized (AuthorizationFailure); check account_key" in line
+
+
+def test_azure_unknown_container(sqlite_site, azure_server):
+    target = failing_site(sqlite_site, azure_server, container_name="no-such-container")
+
+    line = backup_fails(target)
+
+    assert "container 'no-such-container' does not exist" in line
+
+
+# --- large archives stream ---------------------------------------------------------------------
+
+#: Size of the media folder of the streaming test; BACKUP_TEST_STREAM_MB=1024 for the 1 GB measurement.
+STREAM_MB = int(os.environ.get("BACKUP_TEST_STREAM_MB", "256"))
+#: Peak RSS a backup or restore process may reach, whatever the archive's size.
+RSS_LIMIT_MB = 200
+
+RSS_WRAPPER = (
+    "import resource, subprocess, sys; rc = subprocess.call(sys.argv[1:]); "
+    "print('peak-rss-kb', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(rc)"
+)
+
+
+def peak_rss_mb(site: Site, *args: str) -> float:
+    """Run ``invoke *args`` and return the peak RSS of the largest process it started, in MiB."""
+    result = site.run(sys.executable, "-c", RSS_WRAPPER, sys.executable, "-m", "invoke", *args, timeout=1800)
+    kb = int(result.stderr.rsplit("peak-rss-kb", 1)[1].split()[0])
+    return kb / 1024
+
+
+def write_random_media(media: Path, total_mb: int) -> None:
+    """Incompressible files of 32 MiB (gzip cannot shrink them: the archive is as large as the folder)."""
+    block = 1024 * 1024
+    for index in range(0, total_mb, 32):
+        with open(media / f"blob-{index:05d}.bin", "wb") as fh:
+            for _ in range(min(32, total_mb - index)):
+                fh.write(os.urandom(block))
+
+
+def test_large_archive_streams_in_bounded_memory(remote_site):
+    site = remote_site.site
+    write_random_media(site.media, STREAM_MB)
+    before = site.snapshot_media()
+
+    backup_mb = peak_rss_mb(site, "backup", "--skip-db")
+    for path in site.media.iterdir():
+        path.unlink()
+    restore_mb = peak_rss_mb(site, "restore", "--skip-db")
+
+    print(
+        f"{remote_site.remote.label}: {STREAM_MB} MiB media, peak RSS backup {backup_mb:.0f} MiB, "
+        f"restore {restore_mb:.0f} MiB"
+    )
+    [entry] = site.sets()
+    media = next(f for f in entry["files"] if f["kind"] == "media")
+    assert media["size"] > STREAM_MB * 1024 * 1024
+    assert site.snapshot_media() == before
+    assert backup_mb < RSS_LIMIT_MB
+    assert restore_mb < RSS_LIMIT_MB
