@@ -18,7 +18,15 @@ from django.utils.html import format_html
 from django.utils.http import url_has_allowed_host_and_scheme
 
 from .models import BackupRun, BackupSettings
-from .schedule import CLAIM, backup_status, check_soon, duration_text, enqueue_backup_now, size_text
+from .schedule import (
+    CLAIM,
+    backup_status,
+    check_soon,
+    close_stale_runs,
+    duration_text,
+    enqueue_backup_now,
+    size_text,
+)
 
 RUN_PERMISSION = "backup_app.run_backup"
 
@@ -114,6 +122,8 @@ class BackupRunAdmin(admin.ModelAdmin):
         "partial",
         "requested_by",
         "error",
+        "host",
+        "pid",
         "token",
     ]
     fields = readonly_fields
@@ -185,6 +195,7 @@ class BackupRunAdmin(admin.ModelAdmin):
             return HttpResponseNotAllowed(["POST"])
         if not request.user.has_perm(RUN_PERMISSION):
             raise PermissionDenied
+        close_stale_runs()
         running = BackupRun.objects.filter(claim=CLAIM).first()
         if running is not None:
             since = duration_text(timezone.now() - running.started)

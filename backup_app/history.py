@@ -16,6 +16,8 @@ were in progress when that backup was taken; they are closed.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -45,6 +47,8 @@ FIELDS = (
     "partial",
     "requested_by",
     "claim",
+    "host",
+    "pid",
 )
 
 
@@ -94,7 +98,14 @@ def start_run(kind: str, *, claim: str | None = None, requested_by: str = "") ->
     written.  Without a claim a database error is logged and an unsaved row
     returned, so the run itself goes on.
     """
-    run = BackupRun(kind=kind, claim=claim, requested_by=requested_by[:150], started=timezone.now())
+    run = BackupRun(
+        kind=kind,
+        claim=claim,
+        requested_by=requested_by[:150],
+        started=timezone.now(),
+        host=socket.gethostname()[:255],
+        pid=os.getpid(),
+    )
     try:
         _save(run)
     except IntegrityError:

@@ -116,6 +116,9 @@ class BackupRun(models.Model):
         "not counted as the site's latest backup.",
     )
     requested_by = models.CharField(max_length=150, blank=True)
+    # Where the run's process is: a running row whose process is gone is closed at the next check.
+    host = models.CharField(max_length=255, blank=True, editable=False)
+    pid = models.IntegerField(null=True, blank=True, editable=False)
     # Set while a queued (scheduled or admin) backup runs; unique, so only one can hold it.
     claim = models.CharField(max_length=32, null=True, blank=True, unique=True, editable=False)
 

@@ -19,6 +19,8 @@ queued backup can start.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 
@@ -258,14 +260,40 @@ def backup_status(now: datetime | None = None) -> Status:
 
 
 def close_stale_runs(now: datetime | None = None) -> int:
-    """Close ``running`` rows older than :data:`STALE_AFTER` (their process died); returns how many."""
+    """Close ``running`` rows whose process is gone; returns how many.
+
+    A row is stale when its process ran on this host and no longer exists (a
+    worker killed by a deploy or by django-q2's timeout), or, on any host,
+    when it started more than :data:`STALE_AFTER` ago.  Its claim is freed.
+    """
     now = now or timezone.now()
-    return BackupRun.objects.filter(outcome=BackupRun.RUNNING, started__lt=now - STALE_AFTER).update(
+    running = BackupRun.objects.filter(outcome=BackupRun.RUNNING)
+    closed = running.filter(started__lt=now - STALE_AFTER).update(
         outcome=BackupRun.FAILED,
         finished=now,
         claim=None,
         error=f"did not finish within {duration_text(STALE_AFTER)}: the process stopped or the task timed out",
     )
+    host = socket.gethostname()[:255]
+    for run in running.filter(host=host, pid__isnull=False).exclude(pid=os.getpid()):
+        if not _process_exists(run.pid):
+            closed += running.filter(pk=run.pk).update(
+                outcome=BackupRun.FAILED,
+                finished=now,
+                claim=None,
+                error=f"did not finish: its process (pid {run.pid} on {host}) stopped",
+            )
+    return closed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def scheduled_backup() -> str:
@@ -314,6 +342,7 @@ def _check_and_prune(run: BackupRun) -> list[str]:
 
 def backup_now(requested_by: str = "") -> str:
     """A backup asked for in the admin ("Back up now"), run by the worker; no retention applied."""
+    close_stale_runs()
     try:
         run = start_run(BackupRun.MANUAL, claim=CLAIM, requested_by=requested_by)
     except AlreadyRunning:

@@ -197,6 +197,20 @@ def test_stale_running_rows_are_closed_and_free_the_claim(db):
     assert BackupRun.objects.get(pk=fresh.pk).outcome == "running"
 
 
+def test_a_run_whose_process_died_is_closed_at_once(db):
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = start_run("scheduled", claim="backup")
+    BackupRun.objects.filter(pk=dead.pk).update(pid=int(gone.stdout))
+    alive = start_run("manual")  # this process: still running
+
+    assert close_stale_runs() == 1
+
+    dead.refresh_from_db()
+    assert (dead.outcome, dead.claim) == ("failed", None)
+    assert f"pid {gone.stdout.strip()}" in dead.error
+    assert BackupRun.objects.get(pk=alive.pk).outcome == "running"
+
+
 def test_the_schedule_is_registered_once(db):
     from django_q.models import Schedule
 
