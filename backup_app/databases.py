@@ -119,12 +119,22 @@ class Engine:
     def dump(self, out: BinaryIO, *, compressed: bool = True) -> None:
         raise NotImplementedError
 
-    def restore(self, stream: BinaryIO, safety: SafetyRecord) -> None:
-        """Replace the database with the dump in ``stream``, atomically.
+    def stage(self, stream: BinaryIO) -> dict:
+        """Load the dump in ``stream`` somewhere the live database is not (a temp file, a new database).
 
-        The replaced state is kept and described in ``safety`` (so that
-        :meth:`rollback` can put it back); on failure the database is unchanged.
+        Returns what :meth:`commit` or :meth:`abandon` need.  The live database is untouched.
         """
+        raise NotImplementedError
+
+    def commit(self, staged: dict, safety: SafetyRecord) -> None:
+        """Swap the staged database in, atomically; the replaced one is kept and described in ``safety``."""
+        raise NotImplementedError
+
+    def abandon(self, staged: dict) -> None:
+        """Throw a staged database away."""
+
+    def staged_tables(self, staged: dict) -> int:
+        """Number of tables in a staged database."""
         raise NotImplementedError
 
     def rollback(self, entry: dict, folder: Path) -> None:
@@ -156,8 +166,12 @@ class Engine:
             return len(connection.introspection.table_names(cursor))
 
     def scratch_restore(self, stream: BinaryIO) -> int:
-        """Restore into a throwaway database, count its tables, drop it; returns the count."""
-        raise NotImplementedError
+        """Restore into a throwaway place, count its tables, throw it away; returns the count."""
+        staged = self.stage(stream)
+        try:
+            return self.staged_tables(staged)
+        finally:
+            self.abandon(staged)
 
     def applied_migrations(self) -> list[list[str]]:
         """``[app, name]`` of every migration recorded in this database, sorted."""
@@ -201,34 +215,49 @@ class SqliteEngine(Engine):
                 while data := fh.read(CHUNK):
                     out.write(data)
 
-    def restore(self, stream: BinaryIO, safety: SafetyRecord) -> None:
+    def stage(self, stream: BinaryIO) -> dict:
         path = Path(self.settings["NAME"])
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.restore-", dir=path.parent)
-        tmp = Path(tmp_name)
         try:
             with open(fd, "wb") as fh:
                 while data := stream.read(CHUNK):
                     fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-            _check_sqlite_file(tmp)
-            # No connection may keep the old file (or its WAL) open across the swap.
-            connections[self.alias].close()
-            if path.exists():
-                kept = safety.folder / f"{self.alias}.sqlite3"
-                _checkpoint(path)
-                try:
-                    os.link(path, kept)  # the old file, kept for free
-                except OSError:
-                    shutil.copy2(path, kept)
-                safety.add_database(self.alias, {"kind": "sqlite-file", "file": kept.name, "path": str(path)})
-            else:
-                safety.add_database(self.alias, {"kind": "sqlite-new", "path": str(path)})
-            _swap_sqlite(tmp, path)
+            _check_sqlite_file(Path(tmp_name))
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+        return {"file": tmp_name}
+
+    def commit(self, staged: dict, safety: SafetyRecord) -> None:
+        path = Path(self.settings["NAME"])
+        # No connection may keep the old file (or its WAL) open across the swap.
+        connections[self.alias].close()
+        if path.exists():
+            kept = safety.folder / f"{self.alias}.sqlite3"
+            _checkpoint(path)
+            try:
+                os.link(path, kept)  # the old file, kept for free
+            except OSError:
+                shutil.copy2(path, kept)
+            safety.add_database(self.alias, {"kind": "sqlite-file", "file": kept.name, "path": str(path)})
+        else:
+            safety.add_database(self.alias, {"kind": "sqlite-new", "path": str(path)})
+        _swap_sqlite(Path(staged["file"]), path)
+
+    def abandon(self, staged: dict) -> None:
+        Path(staged["file"]).unlink(missing_ok=True)
+
+    def staged_tables(self, staged: dict) -> int:
+        conn = sqlite3.connect(staged["file"])
+        try:
+            return conn.execute(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            ).fetchone()[0]
         finally:
-            with suppress(FileNotFoundError):
-                tmp.unlink()
+            conn.close()
 
     def cleanup_stale(self) -> list[str]:
         path = Path(self.settings["NAME"])
@@ -237,21 +266,6 @@ class SqliteEngine(Engine):
             stale.unlink(missing_ok=True)
             gone.append(stale.name)
         return gone
-
-    def scratch_restore(self, stream: BinaryIO) -> int:
-        with tempfile.TemporaryDirectory(prefix="backup-verify-") as tmp:
-            path = Path(tmp) / "scratch.sqlite3"
-            with open(path, "wb") as fh:
-                while data := stream.read(CHUNK):
-                    fh.write(data)
-            _check_sqlite_file(path)
-            conn = sqlite3.connect(path)
-            try:
-                return conn.execute(
-                    "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
-                ).fetchone()[0]
-            finally:
-                conn.close()
 
     def rollback(self, entry: dict, folder: Path) -> None:
         path = Path(entry["path"])
@@ -357,49 +371,101 @@ class PostgresEngine(Engine):
         args += _words(self.connector.restore_suffix)
         return args, self.env({**(self.connector.restore_env or {}), **pg_env})
 
-    def restore(self, stream: BinaryIO, safety: SafetyRecord) -> None:
-        """Restore into a new database, then swap names in one transaction (old one kept)."""
+    def stage(self, stream: BinaryIO) -> dict:
+        """pg_restore into a new database (or, without CREATE DATABASE rights, into a temp file)."""
         import psycopg
         from psycopg import sql
 
-        name = self.settings["NAME"]
-        suffix = safety.name.replace("-", "")[-20:]
-        fresh, kept = f"{name[:30]}_restore_{suffix}", f"{name[:30]}_safety_{suffix}"
+        fresh = f"{self.settings['NAME'][:30]}_restore_{os.getpid()}_{int(time.time())}"
+        try:
+            with self._admin() as admin:
+                admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(fresh)))
+        except psycopg.Error as err:
+            reason = redact(str(err).strip().splitlines()[0])
+            logger.warning("cannot stage the PostgreSQL restore in a new database (%s); restoring in place", reason)
+            fd, tmp_name = tempfile.mkstemp(prefix="backup-pg-restore-")
+            with open(fd, "wb") as fh:
+                while data := stream.read(CHUNK):
+                    fh.write(data)
+            return {"file": tmp_name}
+        try:
+            args, env = self._restore_args(fresh, clean=False)
+            _run_restore(args, env, stream, "PostgreSQL")
+        except BaseException:
+            self.abandon({"database": fresh})
+            raise
+        return {"database": fresh}
+
+    def commit(self, staged: dict, safety: SafetyRecord) -> None:
+        """Swap names in one transaction: live database aside (kept), staged one in."""
+        from psycopg import sql
+
+        if "file" in staged:
+            return self._commit_in_place(staged, safety)
+        name, fresh = self.settings["NAME"], staged["database"]
+        kept = f"{name[:30]}_safety_{safety.name.replace('-', '')[-20:]}"
         connections[self.alias].close()
-        admin = None
-        try:
-            admin = self._admin()
-            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(fresh)))
-        except psycopg.Error as err:
-            if admin is not None:
-                admin.close()
-            return self._restore_in_place(stream, safety, reason=redact(str(err).strip().splitlines()[0]))
-        try:
+        with self._admin() as admin:
             try:
-                args, env = self._restore_args(fresh, clean=False)
-                _run_restore(args, env, stream, "PostgreSQL")
-            except BaseException:
-                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(fresh)))
-                raise
-            with admin.transaction():
-                admin.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = %s AND pid <> pg_backend_pid()",
-                    (name,),
-                )
-                admin.execute(
-                    sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(name), sql.Identifier(kept))
-                )
-                admin.execute(
-                    sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(fresh), sql.Identifier(name))
-                )
-            safety.add_database(self.alias, {"kind": "pg-database", "database": kept, "name": name})
-        except psycopg.Error as err:
-            raise RestoreError(
-                f"swapping in the restored PostgreSQL database failed ({err}); database left unchanged"
-            ) from None
+                with admin.transaction():
+                    admin.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = %s AND pid <> pg_backend_pid()",
+                        (name,),
+                    )
+                    admin.execute(
+                        sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(name), sql.Identifier(kept))
+                    )
+                    admin.execute(
+                        sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(fresh), sql.Identifier(name))
+                    )
+            except Exception as err:
+                raise RestoreError(
+                    f"swapping in the restored PostgreSQL database failed ({redact(err)}); database left unchanged"
+                ) from None
+        safety.add_database(self.alias, {"kind": "pg-database", "database": kept, "name": name})
+
+    def _commit_in_place(self, staged: dict, safety: SafetyRecord) -> None:
+        """Without CREATE DATABASE rights: keep a dump, then restore in one transaction."""
+        kept = safety.folder / f"{self.alias}.psql.bin"
+        with open(kept, "wb") as fh:
+            self.dump(fh, compressed=False)
+        safety.add_database(self.alias, {"kind": "pg-dump", "file": kept.name})
+        args, env = self._restore_args(self.settings["NAME"], clean=True)
+        try:
+            with open(staged["file"], "rb") as fh:
+                _run_restore(args, env, fh, "PostgreSQL")
+        except RestoreError as err:
+            raise RestoreError(f"{err}; the restore ran in one transaction, database left unchanged") from None
         finally:
-            admin.close()
+            os.unlink(staged["file"])
+
+    def abandon(self, staged: dict) -> None:
+        from psycopg import sql
+
+        if "file" in staged:
+            Path(staged["file"]).unlink(missing_ok=True)
+            return
+        with self._admin() as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(staged["database"])))
+
+    def staged_tables(self, staged: dict) -> int:
+        import psycopg
+
+        if "file" in staged:
+            raise RestoreError("counting tables needs CREATE DATABASE rights on the PostgreSQL server")
+        kwargs = {
+            "dbname": staged["database"],
+            "host": self.settings.get("HOST") or None,
+            "port": self.settings.get("PORT") or None,
+            "user": self.settings.get("USER") or None,
+            "password": self.settings.get("PASSWORD") or None,
+        }
+        with psycopg.connect(**{k: v for k, v in kwargs.items() if v is not None}) as conn:
+            return conn.execute(
+                "SELECT count(*) FROM information_schema.tables WHERE table_type = 'BASE TABLE' "
+                "AND table_schema NOT IN ('pg_catalog', 'information_schema')"
+            ).fetchone()[0]
 
     def cleanup_stale(self) -> list[str]:
         from psycopg import sql
@@ -418,47 +484,6 @@ class PostgresEngine(Engine):
         finally:
             admin.close()
         return names
-
-    def scratch_restore(self, stream: BinaryIO) -> int:
-        from psycopg import sql
-
-        scratch = f"backup_verify_{os.getpid()}_{int(time.time())}"
-        admin = self._admin()
-        try:
-            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch)))
-            try:
-                args, env = self._restore_args(scratch, clean=False)
-                _run_restore(args, env, stream, "PostgreSQL")
-                import psycopg
-
-                with psycopg.connect(
-                    dbname=scratch,
-                    host=self.settings.get("HOST") or None,
-                    port=self.settings.get("PORT") or None,
-                    user=self.settings.get("USER") or None,
-                    password=self.settings.get("PASSWORD") or None,
-                ) as conn:
-                    return conn.execute(
-                        "SELECT count(*) FROM information_schema.tables WHERE table_type = 'BASE TABLE' "
-                        "AND table_schema NOT IN ('pg_catalog', 'information_schema')"
-                    ).fetchone()[0]
-            finally:
-                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch)))
-        finally:
-            admin.close()
-
-    def _restore_in_place(self, stream: BinaryIO, safety: SafetyRecord, reason: str) -> None:
-        """Without CREATE DATABASE rights: keep a dump, then restore in one transaction."""
-        logger.warning("cannot restore PostgreSQL by swap (%s); restoring in place in one transaction", reason)
-        kept = safety.folder / f"{self.alias}.psql.bin"
-        with open(kept, "wb") as fh:
-            self.dump(fh, compressed=False)
-        safety.add_database(self.alias, {"kind": "pg-dump", "file": kept.name})
-        args, env = self._restore_args(self.settings["NAME"], clean=True)
-        try:
-            _run_restore(args, env, stream, "PostgreSQL")
-        except RestoreError as err:
-            raise RestoreError(f"{err}; the restore ran in one transaction, database left unchanged") from None
 
     def rollback(self, entry: dict, folder: Path) -> None:
         from psycopg import sql
@@ -578,37 +603,91 @@ class MysqlEngine(Engine):
                 "RENAME TABLE " + ", ".join(f"`{src}`.`{table}` TO `{dst}`.`{table}`" for src, dst, table in moves)
             )
 
-    def restore(self, stream: BinaryIO, safety: SafetyRecord) -> None:
-        """Restore into a side database, then move all tables in one atomic RENAME TABLE."""
+    def stage(self, stream: BinaryIO) -> dict:
+        """Load the dump into a new side database."""
         name = self.settings["NAME"]
-        suffix = safety.name.replace("-", "")[-20:]
-        fresh, kept = f"{name[:30]}_restore_{suffix}", f"{name[:30]}_safety_{suffix}"
-        connection = connections[self.alias]
-        with connection.cursor() as cursor:
+        fresh = f"{name[:30]}_restore_{os.getpid()}_{int(time.time())}"
+        with connections[self.alias].cursor() as cursor:
             cursor.execute(
                 "SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME FROM "
                 "information_schema.SCHEMATA WHERE SCHEMA_NAME = %s",
                 [name],
             )
             charset, collation = cursor.fetchone()
-            cursor.execute(f"CREATE DATABASE `{fresh}` CHARACTER SET {charset} COLLATE {collation}")
+            try:
+                cursor.execute(f"CREATE DATABASE `{fresh}` CHARACTER SET {charset} COLLATE {collation}")
+            except Exception as err:
+                logger.warning(
+                    "cannot stage the MySQL restore in a side database (%s); restoring in place", redact(err)
+                )
+                fd, tmp_name = tempfile.mkstemp(prefix="backup-mysql-restore-")
+                with open(fd, "wb") as fh:
+                    while data := stream.read(CHUNK):
+                        fh.write(data)
+                return {"file": tmp_name}
         try:
             self._feed(fresh, stream)
-            with connection.cursor() as cursor:
-                new_tables, old_tables = self._tables(cursor, fresh), self._tables(cursor, name)
-                cursor.execute(f"CREATE DATABASE `{kept}` CHARACTER SET {charset} COLLATE {collation}")
-                try:
-                    self._move(cursor, [(name, kept, t) for t in old_tables] + [(fresh, name, t) for t in new_tables])
-                except Exception as err:
-                    cursor.execute(f"DROP DATABASE IF EXISTS `{kept}`")
-                    raise RestoreError(
-                        f"swapping in the restored tables failed ({err}); database left unchanged"
-                    ) from None
-            safety.add_database(self.alias, {"kind": "mysql-database", "database": kept, "name": name})
+        except BaseException:
+            self.abandon({"database": fresh})
+            raise
+        return {"database": fresh, "charset": charset, "collation": collation}
+
+    def commit(self, staged: dict, safety: SafetyRecord) -> None:
+        """Move all tables in one atomic RENAME TABLE: live ones aside (kept), staged ones in."""
+        if "file" in staged:
+            return self._commit_in_place(staged, safety)
+        name, fresh = self.settings["NAME"], staged["database"]
+        kept = f"{name[:30]}_safety_{safety.name.replace('-', '')[-20:]}"
+        connection = connections[self.alias]
+        with connection.cursor() as cursor:
+            new_tables, old_tables = self._tables(cursor, fresh), self._tables(cursor, name)
+            cursor.execute(f"CREATE DATABASE `{kept}` CHARACTER SET {staged['charset']} COLLATE {staged['collation']}")
+            try:
+                self._move(cursor, [(name, kept, t) for t in old_tables] + [(fresh, name, t) for t in new_tables])
+            except Exception as err:
+                cursor.execute(f"DROP DATABASE IF EXISTS `{kept}`")
+                raise RestoreError(
+                    f"swapping in the restored tables failed ({redact(err)}); database left unchanged"
+                ) from None
+            cursor.execute(f"DROP DATABASE IF EXISTS `{fresh}`")
+        connection.close()
+        safety.add_database(self.alias, {"kind": "mysql-database", "database": kept, "name": name})
+
+    def _drop_all_tables(self) -> None:
+        connection = connections[self.alias]
+        with connection.cursor() as cursor:
+            tables = self._tables(cursor, self.settings["NAME"])
+            cursor.execute("SET FOREIGN_KEY_CHECKS = 0")
+            for table in tables:
+                cursor.execute(f"DROP TABLE IF EXISTS `{table}`")
+            cursor.execute("SET FOREIGN_KEY_CHECKS = 1")
+        connection.close()
+
+    def _commit_in_place(self, staged: dict, safety: SafetyRecord) -> None:
+        """Without rights for a side database: keep a dump, replace the tables, roll back from the dump on failure."""
+        kept = safety.folder / f"{self.alias}.dump"
+        with open(kept, "wb") as fh:
+            self.dump(fh, compressed=False)
+        safety.add_database(self.alias, {"kind": "mysql-dump", "file": kept.name})
+        try:
+            self._drop_all_tables()
+            with open(staged["file"], "rb") as fh:
+                self._feed(self.settings["NAME"], fh)
         finally:
-            with connection.cursor() as cursor:
-                cursor.execute(f"DROP DATABASE IF EXISTS `{fresh}`")
-            connection.close()
+            os.unlink(staged["file"])
+
+    def abandon(self, staged: dict) -> None:
+        if "file" in staged:
+            Path(staged["file"]).unlink(missing_ok=True)
+            return
+        with connections[self.alias].cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{staged['database']}`")
+
+    def staged_tables(self, staged: dict) -> int:
+        if "file" in staged:
+            raise RestoreError("counting tables needs the right to create a database on the MySQL server")
+        with connections[self.alias].cursor() as cursor:
+            return len(self._tables(cursor, staged["database"]))
 
     def cleanup_stale(self) -> list[str]:
         prefix = f"{self.settings['NAME'][:30]}_restore_"
@@ -622,20 +701,12 @@ class MysqlEngine(Engine):
                 cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
         return names
 
-    def scratch_restore(self, stream: BinaryIO) -> int:
-        scratch = f"backup_verify_{os.getpid()}_{int(time.time())}"
-        connection = connections[self.alias]
-        with connection.cursor() as cursor:
-            cursor.execute(f"CREATE DATABASE `{scratch}` CHARACTER SET utf8mb4")
-        try:
-            self._feed(scratch, stream)
-            with connection.cursor() as cursor:
-                return len(self._tables(cursor, scratch))
-        finally:
-            with connection.cursor() as cursor:
-                cursor.execute(f"DROP DATABASE IF EXISTS `{scratch}`")
-
     def rollback(self, entry: dict, folder: Path) -> None:
+        if entry["kind"] == "mysql-dump":
+            self._drop_all_tables()
+            with open(folder / entry["file"], "rb") as fh:
+                self._feed(self.settings["NAME"], fh)
+            return
         name, kept = entry["name"], entry["database"]
         trash = f"{kept[:50]}_undone"
         connection = connections[self.alias]

@@ -192,52 +192,89 @@ def _put(storage, name: str, source: Path) -> None:
         raise RestoreError(f"the media storage saved {name!r} as {saved!r}")
 
 
-def restore_archive(storage, stream: BinaryIO, safety_media: Path, *, mirror: bool = False) -> dict:
-    """Extract a validated tar stream into ``storage``.
+@dataclass
+class StagedArchive:
+    """Media files extracted into a staging folder, not yet in place."""
 
-    Files are staged (under MEDIA_ROOT for local media, so moves are renames)
-    and put in place only after the whole archive was read.  Every file that
-    is replaced (or, with ``mirror``, removed) is moved into ``safety_media``;
-    the names that did not exist before are returned in ``created``, so
-    :func:`undo_media` can put everything back.
+    folder: Path
+    names: list[str] = field(default_factory=list)
+
+    @property
+    def bytes(self) -> int:
+        return sum((self.folder / n).stat().st_size for n in self.names)
+
+
+def stage_archive(storage, stream: BinaryIO) -> StagedArchive:
+    """Extract a tar stream into a staging folder, validating each member before it is written.
+
+    The folder is under MEDIA_ROOT for local media (so that putting files in
+    place is a rename), else a temp folder.  Nothing of the live media changes;
+    on any error the staging folder is removed.
     """
     root = _local_path(storage, "")
     if root is not None:
         root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=root))
-    placed: list[str] = []
+    staged = StagedArchive(Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=root)))
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for member in tar:
+                name = check_member(member)
+                if name is None:
+                    continue
+                if len(staged.names) >= MAX_MEMBERS:
+                    raise RestoreError("media archive holds more members than any media folder should")
+                target = staged.folder / name
+                if target.exists():
+                    raise RestoreError(f"media archive holds {name!r} twice; refusing the archive")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with open(target, "wb") as fh:
+                    shutil.copyfileobj(tar.extractfile(member), fh, CHUNK)
+                staged.names.append(name)
+    except tarfile.TarError as err:
+        abandon_archive(staged)
+        raise RestoreError(f"the media archive is damaged or not a tar file ({err}); media left unchanged") from None
+    except BaseException:
+        abandon_archive(staged)
+        raise
+    return staged
+
+
+def abandon_archive(staged: StagedArchive) -> None:
+    shutil.rmtree(staged.folder, ignore_errors=True)
+
+
+def commit_archive(storage, staged: StagedArchive, safety_media: Path, *, mirror: bool = False) -> dict:
+    """Put staged files in place.
+
+    Every file that is replaced (or, with ``mirror``, removed) is moved into
+    ``safety_media``; names that did not exist before are returned in
+    ``created``, so :func:`undo_media` can put everything back.  On failure
+    it is put back at once.
+    """
     created: list[str] = []
     removed = 0
     try:
-        try:
-            with tarfile.open(fileobj=stream, mode="r|") as tar:
-                for member in tar:
-                    name = check_member(member)
-                    if name is None:
-                        continue
-                    target = staging / name
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    with open(target, "wb") as fh:
-                        shutil.copyfileobj(tar.extractfile(member), fh, CHUNK)
-                    placed.append(name)
-        except tarfile.TarError as err:
-            raise RestoreError(f"the media archive is damaged ({err}); media left unchanged") from None
-        for name in placed:
+        for name in staged.names:
             if not _keep_original(storage, name, safety_media):
                 created.append(name)
-            _put(storage, name, staging / name)
+            _put(storage, name, staged.folder / name)
         if mirror:
-            keep = set(placed)
+            keep = set(staged.names)
             for name in list(iter_media(storage)):
                 if name not in keep:
                     _keep_original(storage, name, safety_media)
                     removed += 1
-        return {"files": len(placed), "removed": removed, "created": created}
+        return {"files": len(staged.names), "removed": removed, "created": created}
     except BaseException:
         undo_media(storage, safety_media, created)
         raise
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        abandon_archive(staged)
+
+
+def restore_archive(storage, stream: BinaryIO, safety_media: Path, *, mirror: bool = False) -> dict:
+    """Stage, then commit, a tar stream (see :func:`stage_archive`, :func:`commit_archive`)."""
+    return commit_archive(storage, stage_archive(storage, stream), safety_media, mirror=mirror)
 
 
 def undo_media(storage, safety_media: Path, created: list[str]) -> None:

@@ -1,4 +1,4 @@
-"""Restore a backup set: choose -> verify everything -> confirm -> restore -> migrate forward.
+"""Restore a backup set: choose -> check versions -> confirm -> stage and check -> swap in -> migrate forward.
 
 Nothing is changed until every chosen file has been read in full: checksum
 and size against the manifest, decryption, decompression, the dump's magic
@@ -7,8 +7,10 @@ bytes and every media archive member.  A newer schema is refused.
 
 from __future__ import annotations
 
+import io
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from django.db.migrations.loader import MigrationLoader
 
 from .databases import Engine, engine_for
 from .errors import RestoreError
-from .media import media_storage, restore_archive, scan_archive
+from .media import StagedArchive, abandon_archive, commit_archive, media_storage, stage_archive
 from .pipeline import GpgSpec, ReadResult, open_stream
 from .safety import SafetyRecord, expire, safety_root
 from .secrets import redact
@@ -194,47 +196,52 @@ def _code_migrations() -> set[tuple[str, str]]:
     return set(MigrationLoader(None, ignore_no_migrations=True).disk_migrations)
 
 
-def verify_plan(storage, plan: Plan, opts: RestoreOptions, gpg: GpgSpec, say: Progress) -> list[str]:
-    """Read every chosen file in full and check it; RestoreError on the first problem."""
+def check_versions(plan: Plan, opts: RestoreOptions) -> list[str]:
+    """Refuse a backup whose database has migrations this code does not know (a newer version made it)."""
     notes = []
     known = _code_migrations()
     for item in plan.databases:
-        f = item.file
-        if item.migrations is not None:
-            unknown = sorted({tuple(m) for m in item.migrations} - known)
-            if unknown and not opts.allow_newer:
-                shown = ", ".join(f"{a}.{n}" for a, n in unknown[:3])
-                raise RestoreError(
-                    f"{f.name} was made by a newer version: its database has migrations this code does not "
-                    f"know ({shown}); install that version, or pass --restore-allow-newer-version"
-                )
-            if unknown:
-                notes.append(
-                    f"restoring a backup with {len(unknown)} unknown migrations (--restore-allow-newer-version)"
-                )
-        say(f"Checking {f.name}")
-        read_and_check(storage, f, opts, gpg, lambda stream, i=item: i.engine.check_magic(stream.read(64), i.file.name))
-    if plan.media is not None:
-        say(f"Checking {plan.media.name}")
-        found = {}
-
-        def scan(stream) -> None:
-            found["contents"] = scan_archive(stream)
-
-        read_and_check(storage, plan.media, opts, gpg, scan)
-        expected = plan.media_expected
-        contents = found["contents"]
-        if expected and (contents.files != expected.get("files") or contents.bytes != expected.get("bytes")):
+        if item.migrations is None:
+            continue
+        unknown = sorted({tuple(m) for m in item.migrations} - known)
+        if unknown and not opts.allow_newer:
+            shown = ", ".join(f"{a}.{n}" for a, n in unknown[:3])
             raise RestoreError(
-                f"{plan.media.name} holds {contents.files} files ({contents.bytes} bytes) but its "
-                f"manifest says {expected.get('files')} ({expected.get('bytes')}); not restoring"
+                f"{item.file.name} was made by a newer version: its database has migrations this code does not "
+                f"know ({shown}); install that version, or pass --restore-allow-newer-version"
             )
-        notes.append(f"media archive: {contents.files} files, {contents.bytes:,} bytes, all members safe")
+        if unknown:
+            notes.append(f"restoring a backup with {len(unknown)} unknown migrations (--restore-allow-newer-version)")
     return notes
 
 
-def read_and_check(storage, f: BackupFile, opts: RestoreOptions, gpg: GpgSpec, consume) -> None:
-    """Read all of ``f`` through ``consume``, checking size and SHA-256 against the manifest."""
+class _Prefixed(io.RawIOBase):
+    """A stream that gives ``head`` first, then the rest of ``stream``."""
+
+    def __init__(self, head: bytes, stream):
+        self._head = head
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if self._head:
+            data, self._head = (
+                (self._head, b"") if size < 0 or size >= len(self._head) else (self._head[:size], self._head[size:])
+            )
+            return data
+        return self._stream.read(size)
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+@contextmanager
+def read_checked(storage, f: BackupFile, opts: RestoreOptions, gpg: GpgSpec) -> Iterator:
+    """Yield the decrypted, decompressed content of ``f``; afterwards check size and SHA-256 against the manifest."""
     if f.size is not None:
         try:
             stored = storage.size(f.name)
@@ -242,20 +249,63 @@ def read_and_check(storage, f: BackupFile, opts: RestoreOptions, gpg: GpgSpec, c
             stored = None
         if stored is not None and stored != f.size:
             raise RestoreError(
-                f"{f.name} is {stored} bytes but its manifest says {f.size}; "
-                "the file is truncated or damaged, not restoring"
+                f"{f.name} is {stored} bytes but its manifest says {f.size}; the file is truncated or damaged"
             )
     result = ReadResult()
     compression = f.compression if opts.uncompress else None
     with open_stream(storage, f.name, compression=compression, encrypted=f.encrypted, gpg=gpg, result=result) as stream:
-        consume(stream)
+        yield stream
     if f.size is not None and result.size != f.size:
         raise RestoreError(
-            f"{f.name} is {result.size} bytes but its manifest says {f.size}; "
-            "the file is truncated or damaged, not restoring"
+            f"{f.name} is {result.size} bytes but its manifest says {f.size}; the file is truncated or damaged"
         )
     if f.sha256 and result.sha256 != f.sha256:
-        raise RestoreError(f"{f.name} does not match its SHA-256 in the manifest; the file is damaged, not restoring")
+        raise RestoreError(f"{f.name} does not match its SHA-256 in the manifest; the file is damaged")
+
+
+def read_and_check(storage, f: BackupFile, opts: RestoreOptions, gpg: GpgSpec, consume) -> None:
+    """Read all of ``f`` through ``consume``, checking size and SHA-256 against the manifest."""
+    with read_checked(storage, f, opts, gpg) as stream:
+        consume(stream)
+
+
+def _stage(storage, plan: Plan, opts: RestoreOptions, gpg: GpgSpec, say: Progress):
+    """Load every chosen file into a staging place, checking it on the way; the live site is untouched."""
+    staged_dbs: list[tuple[DbItem, dict]] = []
+    staged_media: StagedArchive | None = None
+    try:
+        for item in plan.databases:
+            say(f"Loading {item.file.name} into a staging database")
+            with read_checked(storage, item.file, opts, gpg) as stream:
+                head = stream.read(64)
+                item.engine.check_magic(head, item.file.name)
+                staged = item.engine.stage(_Prefixed(head, stream))
+                staged_dbs.append((item, staged))
+        if plan.media is not None:
+            say(f"Extracting {plan.media.name} into a staging folder")
+            with read_checked(storage, plan.media, opts, gpg) as stream:
+                staged_media = stage_archive(media_storage(), stream)
+            expected = plan.media_expected
+            if expected and (len(staged_media.names), staged_media.bytes) != (
+                expected.get("files"),
+                expected.get("bytes"),
+            ):
+                raise RestoreError(
+                    f"{plan.media.name} holds {len(staged_media.names)} files but its manifest says "
+                    f"{expected.get('files')}"
+                )
+    except BaseException as err:
+        for item, staged in staged_dbs:
+            with suppress(Exception):
+                item.engine.abandon(staged)
+        if staged_media is not None:
+            abandon_archive(staged_media)
+        if isinstance(err, RestoreError):
+            raise RestoreError(f"{err}; nothing was changed") from None
+        if isinstance(err, Exception):
+            raise RestoreError(f"{redact(err)}; nothing was changed") from None
+        raise
+    return staged_dbs, staged_media
 
 
 def restore(
@@ -264,23 +314,30 @@ def restore(
     progress: Progress | None = None,
     confirm: Callable[[str], bool] | None = None,
 ) -> dict:
-    """Restore the chosen backup; returns a report dict.  RestoreError says what state is left."""
+    """Restore the chosen backup; returns a report dict.  RestoreError says what state is left.
+
+    Stage everything (databases into new databases or temp files, media into a
+    staging folder) while checking checksums, types and archive members; only
+    then swap it all in, keeping the replaced state in a safety record.  A
+    failure while staging changes nothing; a failure while swapping puts back
+    what was already swapped.
+    """
     say = progress or (lambda _msg: None)
     plan = choose(storage, opts)
     say(f"Restoring from {plan.label}")
     gpg = gpg_for_restore(plan, opts.interactive)
-    notes = verify_plan(storage, plan, opts, gpg, say)
-    for note in notes:
+    for note in check_versions(plan, opts):
         say(f"  {note}")
     what = [f"database '{i.alias}' from {i.file.name}" for i in plan.databases]
     if plan.media is not None:
         what.append(f"media files from {plan.media.name}" + (" (mirror: extra files deleted)" if opts.mirror else ""))
     if confirm is not None and not confirm("This replaces " + "; ".join(what) + ". Continue?"):
         raise RestoreError("restore cancelled; nothing was changed")
-
     for item in plan.databases:
         for stale in item.engine.cleanup_stale():
             say(f"Removed {stale}, left behind by an interrupted restore")
+
+    staged_dbs, staged_media = _stage(storage, plan, opts, gpg, say)
     report: dict = {
         "set": plan.set.name if plan.set else None,
         "databases": [],
@@ -290,25 +347,25 @@ def restore(
     }
     safety = SafetyRecord.create(safety_root(), report["set"])
     try:
-        for item in plan.databases:
-            say(f"Restoring database '{item.alias}' from {item.file.name}")
-            compression = item.file.compression if opts.uncompress else None
-            with open_stream(
-                storage, item.file.name, compression=compression, encrypted=item.file.encrypted, gpg=gpg
-            ) as stream:
-                item.engine.restore(stream, safety)
+        while staged_dbs:
+            item, staged = staged_dbs[0]
+            say(f"Swapping in database '{item.alias}'")
+            item.engine.commit(staged, safety)
+            staged_dbs.pop(0)
             report["databases"].append(item.alias)
-        if plan.media is not None:
-            say(f"Restoring media files from {plan.media.name}")
-            compression = plan.media.compression if opts.uncompress else None
-            with open_stream(
-                storage, plan.media.name, compression=compression, encrypted=plan.media.encrypted, gpg=gpg
-            ) as stream:
-                media = restore_archive(media_storage(), stream, safety.media_folder, mirror=opts.mirror)
+        if staged_media is not None:
+            say("Putting media files in place")
+            media = commit_archive(media_storage(), staged_media, safety.media_folder, mirror=opts.mirror)
+            staged_media = None
             safety.set_media(media.pop("created"))
             report["media"] = media
             say(f"  {media['files']} files restored, {media['removed']} removed")
     except BaseException as err:
+        for item, staged in staged_dbs:
+            with suppress(Exception):
+                item.engine.abandon(staged)
+        if staged_media is not None:
+            abandon_archive(staged_media)
         message = redact(err) if isinstance(err, Exception) else "interrupted"
         try:
             undone = safety.rollback()

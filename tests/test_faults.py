@@ -211,7 +211,7 @@ def test_restore_killed_half_way_leaves_the_database_as_it_was(request, engine):
     site.manage("demo_data")
     rows = site.snapshot_db()
 
-    kill_when(start(site, "restore"), "Restoring database", delay=0.3)
+    kill_when(start(site, "restore"), "into a staging database", delay=0.3)
 
     assert site.snapshot_db() == rows
     site.invoke("restore")  # and the next restore cleans up and works
