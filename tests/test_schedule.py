@@ -514,6 +514,18 @@ def redis_site(sqlite_site, tmp_path) -> Site:
     return sqlite_site
 
 
+def test_backup_redis_url_puts_the_demo_site_on_redis(sqlite_site):
+    from backup_app.conf import BACKUP_KEYS
+
+    if "backup_redis_url" not in {key.name for key in BACKUP_KEYS}:
+        pytest.skip("backup_app.conf has no backup_redis_url key yet")
+    sqlite_site.env["INVENTREE_BACKUP_REDIS_URL"] = "redis://127.0.0.1:6379/0"
+
+    out = django_shell(sqlite_site, "from django.conf import settings; print(sorted(settings.Q_CLUSTER))")
+
+    assert "'redis'" in out and "'orm'" not in out
+
+
 def test_back_up_now_runs_on_the_redis_broker(redis_site, tmp_path):
     log = tmp_path / "qcluster.log"
     broker = django_shell(redis_site, "from django_q.brokers import get_broker; print(type(get_broker()).__module__)")
