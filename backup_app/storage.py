@@ -790,7 +790,7 @@ class DropboxAdapter(Adapter):
     def save(self, backend, name: str, content) -> str:
         from dropbox.files import CommitInfo, UploadSessionCursor, WriteMode
 
-        stream = content.file if isinstance(content, File) else content
+        stream = ForwardOnlyReader(content.file if isinstance(content, File) else content)
         path = backend._full_path(name)
         client = backend.client
         chunk = stream.read(DROPBOX_CHUNK)

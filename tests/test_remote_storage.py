@@ -793,3 +793,73 @@ def test_large_archive_streams_in_bounded_memory(remote_site):
     assert site.snapshot_media() == before
     assert backup_mb < RSS_LIMIT_MB
     assert restore_mb < RSS_LIMIT_MB
+
+
+# --- Dropbox: no server can run here -----------------------------------------------------------
+
+
+class FakeDropbox:
+    """Stands in for ``dropbox.Dropbox``: records the upload-session calls, serves downloads.
+
+    Dropbox has no emulator; this checks only what the adapter asks of the SDK.
+    """
+
+    def __init__(self):
+        self.files: dict[str, bytes] = {}
+        self.sessions: dict[str, list[bytes]] = {}
+        self.requests: list[int] = []
+
+    def files_get_metadata(self, path):
+        from dropbox.exceptions import ApiError
+
+        if path not in self.files:
+            raise ApiError("req", "not_found", None, None)
+        return {"path": path}
+
+    def files_upload_session_start(self, data):
+        session_id = f"s{len(self.sessions)}"
+        self.sessions[session_id] = [data]
+        self.requests.append(len(data))
+        return type("Session", (), {"session_id": session_id})()
+
+    def files_upload_session_append_v2(self, data, cursor):
+        assert cursor.offset == sum(map(len, self.sessions[cursor.session_id]))
+        self.sessions[cursor.session_id].append(data)
+        self.requests.append(len(data))
+
+    def files_upload_session_finish(self, data, cursor, commit):
+        assert cursor.offset == sum(map(len, self.sessions[cursor.session_id]))
+        self.files[commit.path] = b"".join(self.sessions.pop(cursor.session_id)) + data
+
+    def files_download(self, path):
+        import io
+
+        if path not in self.files:
+            from dropbox.exceptions import ApiError
+
+            raise ApiError("req", "path/not_found/", None, None)
+        response = type("Response", (), {"raw": io.BytesIO(self.files[path]), "close": lambda self: None})()
+        return {"path": path}, response
+
+
+def test_dropbox_uploads_from_the_stream_in_sessions_and_streams_downloads():
+    pytest.importorskip("dropbox")
+    from storages.backends.dropbox import DropboxStorage
+
+    from backup_app.pipeline import ReadResult, open_stream, store_stream
+    from backup_app.storage import DROPBOX_CHUNK, DropboxAdapter, RemoteStorage
+
+    backend = DropboxStorage(oauth2_access_token="not-a-real-token", root_path="/backups")
+    backend.client = FakeDropbox()
+    storage = RemoteStorage(backend, DropboxAdapter())
+    payload = os.urandom(2 * DROPBOX_CHUNK + 12345)
+
+    stored = store_stream(storage, "InvenTree-media-x.tar", lambda out: out.write(payload))
+    result = ReadResult()
+    with open_stream(storage, "InvenTree-media-x.tar", compression=None, encrypted=False, result=result) as stream:
+        read_back = stream.read()
+
+    assert backend.client.files["/backups/InvenTree-media-x.tar"] == payload
+    assert backend.client.requests == [DROPBOX_CHUNK, DROPBOX_CHUNK, 12345]
+    assert read_back == payload
+    assert result.sha256 == stored.sha256
