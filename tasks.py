@@ -187,3 +187,49 @@ def verify(c, set="", restore_test=False, path=""):  # noqa: A002 - invoke deriv
 def backup_check(c, path="", quiet=False):
     """Check the backup storage: list, write, read back, compare and delete a small object."""
     manage(c, "backup_check " + _flags(path=path, quiet=quiet))
+
+
+@task(
+    help={
+        "size": "Dataset size, about half database and half media: 50M, 0.5G, 2G (default 0.5G)",
+        "engines": "Comma list of sqlite, postgresql, mysql (default sqlite,postgresql)",
+        "variants": "Comma list of raw, ours, ours-zstd, stock (default: all four)",
+        "workdir": "Cache and scratch folder outside the repository (default /tmp/backup-app-bench)",
+        "output": "Results file stem: writes STEM.md and STEM.json (default WORKDIR/results/benchmark-SIZE-TIME)",
+        "seed": "Seed of the dataset generator (default 1)",
+        "repeat": "Time each step N times and report the median (default 1)",
+        "sets": "Backup sets for the listbackups timing (default 2000; 0 skips it)",
+        "keep": "Keep the demo sites and their databases after the run (for inspection)",
+        "note": "Free text stored with the results, e.g. 'shared machine'",
+        "profile": "Also profile this app's backup and restore with py-spy (extra, untimed runs)",
+    }
+)
+def benchmark(
+    c,
+    size="0.5G",
+    engines="",
+    variants="",
+    workdir="",
+    output="",
+    seed=1,
+    repeat=1,
+    sets=2000,
+    keep=False,
+    note="",
+    profile=False,
+):
+    """Time backup and restore against stock django-dbbackup and raw tools (see docs/performance.md)."""
+    args = _flags(
+        size=size,
+        engines=engines,
+        variants=variants,
+        workdir=workdir,
+        output=output,
+        seed=seed,
+        repeat=repeat,
+        keep=keep,
+        note=note,
+        profile=profile,
+    )
+    with c.cd(str(ROOT)):
+        c.run(f"{shlex.quote(sys.executable)} -m bench {args} --sets {int(sets)}", pty=False)

@@ -1,0 +1,539 @@
+"""One benchmark run: dataset, sites, timed backups and restores, listing, report (``python -m bench``).
+
+For each engine a fresh demo site is loaded with the dataset, the caches are
+warmed (media read, database dumped to /dev/null, untimed), then:
+
+backups, each into its own folder:
+  ``raw``        floor: ``pg_dump -Fc -Z0`` / ``sqlite3 .backup`` / ``mariadb-dump``, plus
+                 ``tar -cf - . | zstd -3`` of the media folder
+  ``ours``       ``invoke backup`` (gzip, the default ``backup_compression``)
+  ``ours-zstd``  ``invoke backup`` with ``INVENTREE_BACKUP_COMPRESSION=zstd``
+  ``stock``      ``manage.py dbbackup --noinput --compress`` + ``manage.py mediabackup --noinput --compress``
+
+restores, each onto the live site (database and media as backed up), except ``raw``:
+  ``raw``        ``pg_restore --no-owner`` into a new empty database / ``cp`` of the SQLite file /
+                 ``mariadb < dump``, plus ``zstd -dc | tar -x`` into an empty folder
+  ``ours``       ``invoke restore`` (newest complete set: checks every file first, keeps the safety copy)
+  ``ours-zstd``  the same from the zstd set
+  ``stock``      ``manage.py dbrestore --noinput -z -i NAME`` +
+                 ``manage.py mediarestore --noinput -z --replace -i NAME``
+
+After every restore the rows of each table and the media files are counted
+against the dataset (untimed); safety copies are dropped before the next one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from .dataset import Dataset, ensure_dataset, parse_size, size_label
+from .measure import Measurement, combine, run_measured
+from .report import evaluate_targets, markdown_report
+from .sites import (
+    ENGINES,
+    PG,
+    ROOT,
+    Site,
+    _mariadb_cli,
+    _mariadb_dump_cli,
+    drop_leftovers,
+    folder_stats,
+    mysql_args,
+    pg_args,
+)
+
+VARIANTS = ("raw", "ours", "ours-zstd", "stock")
+DEFAULT_WORKDIR = Path("/tmp/backup-app-bench")
+
+
+@dataclass
+class Config:
+    size: int
+    seed: int = 1
+    engines: list[str] = field(default_factory=lambda: ["sqlite", "postgresql"])
+    variants: list[str] = field(default_factory=lambda: list(VARIANTS))
+    workdir: Path = DEFAULT_WORKDIR
+    output: Path | None = None
+    repeat: int = 1
+    sets: int = 2000
+    keep: bool = False
+    interval: float = 0.02
+    note: str = ""
+    command: str = ""
+    profile_dir: Path | None = None  # set: profile ours with py-spy (extra runs) into this folder
+
+    @property
+    def label(self) -> str:
+        return size_label(self.size)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --- one engine ---------------------------------------------------------------------------------------------
+
+
+def _warm_up(site: Site) -> None:
+    """Read the media files and the database once (untimed), so every variant starts with warm caches."""
+    subprocess.run(["bash", "-c", f"tar -cf - -C {shlex.quote(str(site.media))} . | cat > /dev/null"], check=True)
+    if site.engine == "sqlite":
+        subprocess.run(["cat", str(site.sqlite_path)], stdout=subprocess.DEVNULL, check=True)
+    elif site.engine == "postgresql":
+        subprocess.run(["pg_dump", *pg_args(site.db_name), "-Fc", "-Z0"], stdout=subprocess.DEVNULL, check=True)
+    else:
+        subprocess.run(
+            [_mariadb_dump_cli(), *mysql_args(), "--single-transaction", "--quick", site.db_name],
+            stdout=subprocess.DEVNULL,
+            check=True,
+        )
+
+
+def _backup(site: Site, variant: str, out: Path, interval: float) -> Measurement:
+    out.mkdir(parents=True)
+    if variant == "raw":
+        if site.engine == "sqlite":
+            db = run_measured(
+                "sqlite3 .backup",
+                ["sqlite3", str(site.sqlite_path), f".backup '{out / 'db.sqlite3'}'"],
+                interval=interval,
+            )
+        elif site.engine == "postgresql":
+            db = run_measured(
+                "pg_dump -Fc -Z0",
+                ["pg_dump", *pg_args(site.db_name), "-Fc", "-Z0", "-f", str(out / "db.psql.bin")],
+                interval=interval,
+            )
+        else:
+            db = run_measured(
+                "mariadb-dump",
+                [
+                    _mariadb_dump_cli(),
+                    *mysql_args(),
+                    "--single-transaction",
+                    "--quick",
+                    f"--result-file={out / 'db.sql'}",
+                    site.db_name,
+                ],
+                interval=interval,
+            )
+        media = run_measured(
+            "tar | zstd -3",
+            [
+                "bash",
+                "-c",
+                f"set -o pipefail; tar -cf - -C {shlex.quote(str(site.media))} . "
+                f"| zstd -q -3 -o {shlex.quote(str(out / 'media.tar.zst'))}",
+            ],
+            interval=interval,
+        )
+        return combine("raw", [db, media])
+    if variant in ("ours", "ours-zstd"):
+        compression = "zstd" if variant == "ours-zstd" else None
+        return run_measured(
+            "invoke backup",
+            site.invoke_argv("backup"),
+            env=site.env(out, compression),
+            cwd=ROOT,
+            interval=interval,
+        )
+    env = site.env(out)
+    db = run_measured(
+        "dbbackup", site.manage_argv("dbbackup", "--noinput", "--compress"), env=env, cwd=ROOT, interval=interval
+    )
+    media = run_measured(
+        "mediabackup",
+        site.manage_argv("mediabackup", "--noinput", "--compress"),
+        env=env,
+        cwd=ROOT,
+        interval=interval,
+    )
+    return combine("stock", [db, media])
+
+
+def _restore(site: Site, variant: str, out: Path, dataset: Dataset, interval: float) -> Measurement:
+    if variant == "raw":
+        target = site.root / "raw-restore"
+        (target / "media").mkdir(parents=True)
+        check: dict = {"media": target / "media"}
+        if site.engine == "sqlite":
+            db = run_measured("cp", ["cp", str(out / "db.sqlite3"), str(target / "db.sqlite3")], interval=interval)
+            check["sqlite_path"] = target / "db.sqlite3"
+        elif site.engine == "postgresql":
+            fresh = f"{site.db_name}_raw"
+            subprocess.run(
+                ["createdb", f"--host={PG['host']}", f"--port={PG['port']}", f"--username={PG['user']}", fresh],
+                check=True,
+            )
+            db = run_measured(
+                "pg_restore",
+                ["pg_restore", *pg_args(fresh), "--no-owner", str(out / "db.psql.bin")],
+                interval=interval,
+            )
+            check["database"] = fresh
+        else:
+            fresh = f"{site.db_name}_raw"
+            subprocess.run(
+                [_mariadb_cli(), *mysql_args(), "-e", f"CREATE DATABASE `{fresh}` CHARACTER SET utf8mb4"], check=True
+            )
+            command = " ".join(shlex.quote(a) for a in [_mariadb_cli(), *mysql_args(fresh)])
+            db = run_measured(
+                "mariadb < dump",
+                ["bash", "-c", f"{command} < {shlex.quote(str(out / 'db.sql'))}"],
+                interval=interval,
+            )
+            check["database"] = fresh
+        media = run_measured(
+            "zstd -dc | tar -x",
+            [
+                "bash",
+                "-c",
+                f"set -o pipefail; zstd -q -dc {shlex.quote(str(out / 'media.tar.zst'))} "
+                f"| tar -xf - -C {shlex.quote(str(target / 'media'))}",
+            ],
+            interval=interval,
+        )
+        m = combine("raw", [db, media])
+        try:
+            site.check_restored(dataset, **check)
+        finally:
+            site.drop_side_databases()
+            shutil.rmtree(target, ignore_errors=True)
+        return m
+    if variant in ("ours", "ours-zstd"):
+        m = run_measured("invoke restore", site.invoke_argv("restore"), env=site.env(out), cwd=ROOT, interval=interval)
+        site.check_restored(dataset)
+        site.drop_side_databases()
+        shutil.rmtree(site.safety, ignore_errors=True)
+        return m
+    names = sorted(n for n in os.listdir(out) if not n.endswith(".metadata"))
+    db_file = next(n for n in names if "-db-" in n)
+    media_file = next(n for n in names if "-media-" in n)
+    env = site.env(out)
+    db = run_measured(
+        "dbrestore",
+        site.manage_argv("dbrestore", "--noinput", "-z", "-i", db_file),
+        env=env,
+        cwd=ROOT,
+        interval=interval,
+    )
+    media = run_measured(
+        "mediarestore",
+        site.manage_argv("mediarestore", "--noinput", "-z", "--replace", "-i", media_file),
+        env=env,
+        cwd=ROOT,
+        interval=interval,
+    )
+    m = combine("stock", [db, media])
+    site.check_restored(dataset)
+    return m
+
+
+def _median(runs: list[Measurement]) -> Measurement:
+    """The run with the median wall time; every run's figures are kept in ``extra['runs']``."""
+    ordered = sorted(runs, key=lambda m: m.wall_s)
+    chosen = ordered[(len(ordered) - 1) // 2]
+    if len(runs) > 1:
+        chosen.extra["runs"] = [
+            {"wall_s": m.wall_s, "peak_rss_tree": m.peak_rss_tree, "max_rss_single": m.max_rss_single} for m in runs
+        ]
+        chosen.extra["wall_s_stdev"] = statistics.pstdev(m.wall_s for m in runs)
+    return chosen
+
+
+def _profile(site: Site, dataset: Dataset, cfg: Config) -> dict:
+    """Extra, untimed runs of ``manage.py backup_create`` / ``backup_restore`` under py-spy."""
+    from . import profile
+
+    folder = cfg.profile_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    out = site.root / "out-profile"
+    written = {}
+    for op, argv in (
+        ("backup", site.manage_argv("backup_create")),
+        ("restore", site.manage_argv("backup_restore", "--noinput")),
+    ):
+        folded = folder / f"profile-{cfg.label}-{site.engine}-{op}.folded"
+        proc = profile.record(argv, site.env(out), ROOT, folded)
+        if proc.returncode or not folded.is_file():
+            log(f"[{site.engine}] py-spy {op} failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
+            continue
+        summary = folded.with_suffix(".txt")
+        summary.write_text(profile.summarize(folded))
+        written[op] = {"folded": str(folded), "summary": str(summary)}
+        log(f"[{site.engine}] profile of {op}: {summary}")
+        if op == "restore":
+            site.check_restored(dataset)
+            site.drop_side_databases()
+            shutil.rmtree(site.safety, ignore_errors=True)
+    return written
+
+
+def bench_engine(engine: str, dataset: Dataset, cfg: Config, run_dir: Path) -> dict:
+    site = Site(run_dir / engine, engine, cfg.workdir)
+    result: dict = {"backup": {}, "restore": {}}
+    try:
+        t0 = time.monotonic()
+        log(f"[{engine}] setting up the site ({site.db_name if engine != 'sqlite' else site.sqlite_path})")
+        site.create(dataset)
+        result["setup_s"] = round(time.monotonic() - t0, 1)
+        result["database"] = site.db_name if engine != "sqlite" else str(site.sqlite_path)
+        if engine == "sqlite":
+            result["database_file_bytes"] = site.sqlite_path.stat().st_size
+        log(f"[{engine}] site ready in {result['setup_s']} s; warming caches")
+        _warm_up(site)
+        outs: dict[str, list[Path]] = {}
+        for variant in cfg.variants:
+            runs = []
+            for i in range(cfg.repeat):
+                out = site.root / f"out-{variant}-{i}"
+                m = _backup(site, variant, out, cfg.interval)
+                m.extra["output_bytes"] = folder_stats(out)[1]
+                m.extra["output_files"] = sorted(os.listdir(out))
+                runs.append(m)
+                outs.setdefault(variant, []).append(out)
+                log(
+                    f"[{engine}] backup  {variant:9} {m.wall_s:7.2f} s  tree {m.peak_rss_tree / 2**20:6.0f} MiB  "
+                    f"single {m.max_rss_single / 2**20:6.0f} MiB  out {m.extra['output_bytes'] / 2**20:7.1f} MiB"
+                )
+            chosen = _median(runs)
+            result["backup"][variant] = chosen.as_json()
+        for variant in cfg.variants:
+            runs = []
+            for _ in range(cfg.repeat):
+                m = _restore(site, variant, outs[variant][0], dataset, cfg.interval)
+                runs.append(m)
+                log(
+                    f"[{engine}] restore {variant:9} {m.wall_s:7.2f} s  tree {m.peak_rss_tree / 2**20:6.0f} MiB  "
+                    f"single {m.max_rss_single / 2**20:6.0f} MiB  (rows and files checked)"
+                )
+            result["restore"][variant] = _median(runs).as_json()
+        if cfg.profile_dir is not None:
+            result["profiles"] = _profile(site, dataset, cfg)
+    finally:
+        if cfg.keep:
+            log(f"[{engine}] kept the site in {site.root} (database {site.db_name})")
+        else:
+            site.drop()
+    return result
+
+
+# --- the whole run ------------------------------------------------------------------------------------------
+
+
+def _version(argv: list[str]) -> str:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, check=False).stdout.strip().splitlines()[0]
+    except (OSError, IndexError):
+        return "?"
+
+
+def machine_info() -> dict:
+    import importlib.metadata as md
+
+    def pkg(name: str) -> str:
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            return "-"
+
+    mem = 0
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemTotal:"):
+                mem = int(line.split()[1]) * 1024
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", "backup_app"], cwd=ROOT, capture_output=True, text=True
+    )
+    return {
+        "cpus": os.cpu_count(),
+        "memory_bytes": mem,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "packages": {n: pkg(n) for n in ("django", "django-dbbackup", "isal", "zstandard", "psycopg", "PyMySQL")},
+        "tools": {
+            "pg_dump": _version(["pg_dump", "--version"]),
+            "zstd": _version(["zstd", "--version"]),
+            "sqlite3": _version(["sqlite3", "--version"]),
+            "tar": _version(["tar", "--version"]),
+        },
+        "git_commit": commit.stdout.strip(),
+        "backup_app_modified": bool(dirty.stdout.strip()),
+        "loadavg_start": os.getloadavg(),
+    }
+
+
+def preflight(cfg: Config) -> None:
+    """Stop early, with the reason, when a tool, a server or disk space is missing."""
+    need = ["tar", "zstd", "bash", "cp"]
+    if "sqlite" in cfg.engines:
+        need.append("sqlite3")
+    if "postgresql" in cfg.engines:
+        need += ["pg_dump", "pg_restore", "createdb"]
+    if "mysql" in cfg.engines:
+        need += [_mariadb_cli(), _mariadb_dump_cli()]
+    missing = [t for t in need if shutil.which(t) is None]
+    if missing:
+        raise SystemExit(f"benchmark: missing tools: {', '.join(missing)}")
+    cfg.workdir.mkdir(parents=True, exist_ok=True)
+    # Dataset (media + COPY files) + site media + database + four backups + a restored copy: about 5x the size.
+    free = shutil.disk_usage(cfg.workdir).free
+    if free < cfg.size * 5 + 2 * 1024**3:
+        raise SystemExit(
+            f"benchmark: {free / 1024**3:.1f} GiB free in {cfg.workdir}; a {cfg.label} run needs about "
+            f"{(cfg.size * 5 + 2 * 1024**3) / 1024**3:.1f} GiB (use --workdir on a larger disk)"
+        )
+    if "postgresql" in cfg.engines:
+        from .sites import _pg
+
+        try:
+            _pg().close()
+        except Exception as err:
+            raise SystemExit(f"benchmark: PostgreSQL on {PG['host']}:{PG['port']} is not reachable ({err})") from None
+    if "mysql" in cfg.engines:
+        from .sites import _my
+
+        try:
+            _my().close()
+        except Exception as err:
+            raise SystemExit(f"benchmark: MariaDB is not reachable ({err})") from None
+
+
+def run(cfg: Config) -> dict:
+    preflight(cfg)
+    drop_leftovers(cfg.workdir, log)
+    started = datetime.now(UTC)
+    results: dict = {
+        "meta": {
+            "started": started.isoformat(timespec="seconds"),
+            "command": cfg.command,
+            "size": cfg.size,
+            "label": cfg.label,
+            "seed": cfg.seed,
+            "engines": cfg.engines,
+            "variants": cfg.variants,
+            "repeat": cfg.repeat,
+            "sample_interval_s": cfg.interval,
+            "note": cfg.note,
+            "machine": machine_info(),
+        }
+    }
+    dataset = ensure_dataset(cfg.workdir, cfg.size, cfg.seed, log)
+    results["dataset"] = dataset.info
+    run_dir = cfg.workdir / f"run-{os.getpid()}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        results["engines"] = {}
+        for engine in cfg.engines:
+            results["engines"][engine] = bench_engine(engine, dataset, cfg, run_dir)
+        if cfg.sets:
+            from .listing import bench_listing
+
+            results["listing"] = bench_listing(cfg.sets, run_dir / "listing", cfg.workdir, cfg.interval, log)
+    finally:
+        if not cfg.keep:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    results["meta"]["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+    results["meta"]["machine"]["loadavg_end"] = os.getloadavg()
+    results["meta"]["duration_s"] = round((datetime.now(UTC) - started).total_seconds(), 1)
+    return results
+
+
+def _other_size_results(results_dir: Path, label: str) -> dict | None:
+    """The newest results JSON of another size in ``results_dir`` (for the "same RSS at 2 GB" target)."""
+    if not results_dir.is_dir():
+        return None
+    for path in sorted(results_dir.glob("benchmark-*.json"), key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            data = json.loads(path.read_text())
+        except ValueError:
+            continue
+        if data.get("meta", {}).get("label") != label:
+            return data
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", default="0.5G", help="dataset size, half database, half media (50M, 0.5G, 2G)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the dataset generator")
+    parser.add_argument("--engines", default="sqlite,postgresql", help="comma list of sqlite, postgresql, mysql")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
+    parser.add_argument("--workdir", default=str(DEFAULT_WORKDIR), help="cache and scratch folder (not the repo)")
+    parser.add_argument(
+        "--output", default="", help="results file stem (default <workdir>/results/benchmark-SIZE-TIME)"
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="time each step N times and report the median")
+    parser.add_argument("--sets", type=int, default=2000, help="backup sets for the listbackups timing (0 = skip)")
+    parser.add_argument("--keep", action="store_true", help="keep the sites and databases (for inspection)")
+    parser.add_argument("--interval", type=float, default=0.02, help="RSS sampling interval in seconds")
+    parser.add_argument("--note", default="", help="free text stored with the results (e.g. 'shared machine')")
+    parser.add_argument(
+        "--profile", action="store_true", help="also profile this app's backup and restore with py-spy (extra runs)"
+    )
+    args = parser.parse_args(argv)
+
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    for e in engines:
+        if e not in ENGINES:
+            parser.error(f"unknown engine {e!r}; use {', '.join(ENGINES)}")
+    for v in variants:
+        if v not in VARIANTS:
+            parser.error(f"unknown variant {v!r}; use {', '.join(VARIANTS)}")
+    try:
+        size = parse_size(args.size)
+    except ValueError as err:
+        parser.error(str(err))
+    cfg = Config(
+        size=size,
+        seed=args.seed,
+        engines=engines,
+        variants=[v for v in VARIANTS if v in variants],
+        workdir=Path(args.workdir).resolve(),
+        repeat=max(1, args.repeat),
+        sets=max(0, args.sets),
+        keep=args.keep,
+        interval=args.interval,
+        note=args.note,
+        command="invoke benchmark " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+    )
+    stem = (
+        Path(args.output)
+        if args.output
+        else (cfg.workdir / "results" / f"benchmark-{cfg.label}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}")
+    )
+    if args.profile:
+        from . import profile
+
+        if not profile.available():
+            parser.error("--profile needs py-spy: pip install -e '.[bench]'")
+        cfg.profile_dir = stem.parent
+    results = run(cfg)
+    other = _other_size_results(stem.parent, cfg.label)
+    results["targets"] = evaluate_targets(results, other)
+    text = markdown_report(results)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    md_path, json_path = Path(f"{stem}.md"), Path(f"{stem}.json")
+    md_path.write_text(text)
+    json_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(text)
+    log(f"Results: {md_path} and {json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
