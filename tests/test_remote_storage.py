@@ -477,7 +477,6 @@ def point_at(site: Site, remote: Remote, prefix: str, **overrides) -> None:
     site.env.update(remote.env(prefix, **overrides))
     if not site.env["INVENTREE_BACKUP_DIR"]:
         del site.env["INVENTREE_BACKUP_DIR"]  # the backend has no folder option (FTP: the path is in location)
-    site.env["INVENTREE_BACKUP_SAFETY_DIR"] = str(site.root / "safety")
 
 
 @pytest.fixture
@@ -747,9 +746,10 @@ def test_azure_unknown_container(sqlite_site, azure_server):
 # --- large archives stream ---------------------------------------------------------------------
 
 #: Size of the media folder of the streaming test; BACKUP_TEST_STREAM_MB=1024 for the 1 GB measurement.
-STREAM_MB = int(os.environ.get("BACKUP_TEST_STREAM_MB", "256"))
-#: Peak RSS a backup or restore process may reach, whatever the archive's size.
-RSS_LIMIT_MB = 200
+STREAM_MB = int(os.environ.get("BACKUP_TEST_STREAM_MB", "160"))
+#: Peak RSS a backup or restore process may reach, whatever the archive's size.  Streaming measured
+#: 60-135 MiB here; a backend holding the whole archive would need the process's ~60 MiB + STREAM_MB.
+RSS_LIMIT_MB = 175
 
 RSS_WRAPPER = (
     "import resource, subprocess, sys; rc = subprocess.call(sys.argv[1:]); "
