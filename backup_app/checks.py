@@ -181,3 +181,21 @@ def check_gpg(app_configs=None, **kwargs):
             )
         ]
     return []
+
+
+@register(TAG)
+def check_worker(app_configs=None, **kwargs):
+    """W002: the ORM broker would hand a still-running backup to another worker."""
+    from .schedule import TASK_TIMEOUT
+
+    q = getattr(settings, "Q_CLUSTER", {}) or {}
+    if q.get("orm") and q.get("retry", 60) <= TASK_TIMEOUT:
+        return [
+            Warning(
+                f"Q_CLUSTER['retry'] ({q.get('retry', 60)} s) is not above the backup task timeout ({TASK_TIMEOUT} s): "
+                "the database broker could hand a running backup to a second worker.",
+                hint=f"Set Q_CLUSTER['retry'] above {TASK_TIMEOUT}.",
+                id="backup_app.W002",
+            )
+        ]
+    return []

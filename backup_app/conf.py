@@ -229,6 +229,13 @@ BACKUP_KEYS: tuple[Key, ...] = (
         help="Days a restore's safety copy is kept before it expires.",
     ),
     Key(
+        "backup_redis_url",
+        "BACKUP_REDIS_URL",
+        None,
+        secret=True,
+        help="Redis URL of the django-q2 broker, e.g. redis://127.0.0.1:6379/0 (default: the database broker).",
+    ),
+    Key(
         "backup_databases",
         "BACKUP_DATABASES",
         None,

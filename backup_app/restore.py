@@ -119,19 +119,26 @@ def choose(storage, opts: RestoreOptions) -> Plan:
         if opts.media_file and not opts.skip_media:
             media = _find(sets, opts.media_file, storage)
         named_set = (db_files[0][1] if db_files else None) or (media[1] if media else None)
+        # A complete set's parts belong together.  Stock dbbackup writes the dump and the
+        # archive in separate seconds, so a legacy file goes with the newest legacy other part.
+        legacy = [s for s in sets if s.status == "legacy"]
+        partners = [named_set] if named_set is not None and named_set.complete else [named_set, *legacy]
+        partners = [s for s in partners if s is not None]
         if not opts.skip_db and not db_files:
-            if named_set is None or not named_set.db_files:
+            source = next((s for s in partners if s.db_files), None)
+            if source is None:
                 raise RestoreError(
                     "no database file goes with the named media file; name one with --db-file or pass --skip-db"
                 )
-            db_files = [(f, named_set) for f in named_set.db_files]
+            db_files = [(f, source) for f in source.db_files]
         if not opts.skip_media and media is None:
-            if named_set is None or named_set.media_file is None:
+            source = next((s for s in partners if s.media_file is not None), None)
+            if source is None:
                 raise RestoreError(
                     "no media archive goes with the named database file; name one with "
                     "--media-file or pass --skip-media"
                 )
-            media = (named_set.media_file, named_set)
+            media = (source.media_file, source)
         chosen_set = named_set
     else:
         complete = [s for s in sets if s.complete]
@@ -155,8 +162,6 @@ def choose(storage, opts: RestoreOptions) -> Plan:
             db_files = []
         if opts.skip_media:
             media = None
-        elif media is None and not opts.skip_media and chosen_set is not None and chosen_set.complete:
-            pass  # a set made with --skip-media: restore its databases only
 
     if not db_files and media is None:
         raise RestoreError("nothing to restore: the chosen backup has no database or media file")

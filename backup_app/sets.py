@@ -405,9 +405,10 @@ def prune(
 
     Complete sets: keep the newest ``keep`` (and the GFS buckets).  Incomplete
     sets are removed: the caller holds the site lock, so no run of this site
-    is writing one.  Legacy files only with ``include_legacy``, by the same
-    count.  A set's manifest is deleted first,
-    so a set is never listed complete with files missing.
+    is writing one.  Legacy files only with ``include_legacy``: the newest
+    ``keep`` of each kind (dumps per database, media archives), like stock
+    ``--clean``.  A set's manifest is deleted first, so a set is never listed
+    complete with files missing.
     """
     sets = list_sets(storage, naming)
     protect = protect or set()
@@ -419,8 +420,6 @@ def prune(
             doomed.append(s)
         elif s.status == "incomplete" and s.name not in protect:
             doomed.append(s)
-    if include_legacy:
-        doomed += legacy[keep:]
     deleted = []
     for s in doomed:
         names = s.all_names()
@@ -428,6 +427,16 @@ def prune(
         for name in names:
             storage.delete(name)
             deleted.append(name)
+    if include_legacy:
+        seen: dict[tuple[str, str | None], int] = {}
+        for s in legacy:  # newest first
+            for f in s.files:
+                kind = (f.kind, f.database)
+                seen[kind] = seen.get(kind, 0) + 1
+                if seen[kind] > keep:
+                    for name in [f.name, *(x.name for x in s.extra if x.name.startswith(f.name + "."))]:
+                        storage.delete(name)
+                        deleted.append(name)
     return deleted
 
 
@@ -437,4 +446,4 @@ def age_text(delta: timedelta) -> str:
         if seconds >= size:
             n = seconds // size
             return f"{n} {unit}{'s' if n != 1 else ''}"
-    return f"{seconds} seconds"
+    return f"{seconds} second{'s' if seconds != 1 else ''}"

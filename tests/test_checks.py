@@ -259,9 +259,10 @@ def refused(tmp_path_factory) -> tuple[Site, Result]:
 
 def test_invoke_backup_refuses_with_one_line_naming_the_check(refused):
     _, result = refused
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("CommandError")]
     assert result.returncode != 0
-    assert len(lines) == 1 and "backup_app.E003" in lines[0], result.output
+    assert len(errors) == 1 and "backup_app.E003" in errors[0], result.output
+    assert "Traceback" not in result.stderr
 
 
 def test_invoke_backup_refused_writes_no_file(refused):

@@ -252,6 +252,9 @@ SAMPLES |= {
     "backup_gpg_passphrase_file": ("/run/secrets/gpg", "/run/secrets/gpg"),
     "backup_gpg_passphrase": ("hunter2", "hunter2"),
     "backup_databases": ("default", ["default"]),
+    "backup_safety_dir": ("/srv/safety", "/srv/safety"),
+    "backup_safety_days": ("3", 3),
+    "backup_redis_url": ("redis://127.0.0.1:6379/1", "redis://127.0.0.1:6379/1"),
 }
 BACKUP_KEY_NAMES = [key.name for key in BACKUP_KEYS]
 
