@@ -199,3 +199,21 @@ def check_worker(app_configs=None, **kwargs):
             )
         ]
     return []
+
+
+@register(TAG)
+def check_sftp_host_key(app_configs=None, **kwargs):
+    """W003: SFTP without known_host_file accepts any host key."""
+    storage = settings.STORAGES.get("dbbackup", {})
+    if storage.get("BACKEND") != "storages.backends.sftpstorage.SFTPStorage":
+        return []
+    if storage.get("OPTIONS", {}).get("known_host_file"):
+        return []
+    return [
+        Warning(
+            f"{_env('backup_options')} has no known_host_file: the SFTP backup storage accepts any host key, so a "
+            "machine in the middle could receive your backups.",
+            hint='Add "known_host_file": "/path/to/known_hosts" holding the server\'s key (ssh-keyscan HOST).',
+            id="backup_app.W003",
+        )
+    ]

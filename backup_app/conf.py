@@ -31,7 +31,9 @@ from django.core.exceptions import ImproperlyConfigured
 DEFAULT_PREFIX = "INVENTREE_"
 
 #: Names of settings and option keys whose values must never be shown.
-SECRET_WORDS = re.compile(r"pass|secret|token|key|credential|auth|private|signature", re.IGNORECASE)
+SECRET_WORDS = re.compile(r"pass|secret|token|key|credential|auth|private|signature|connection_string", re.IGNORECASE)
+#: The password in a URL (ftp://user:PASSWORD@host/...), e.g. FTPStorage's location.
+URL_PASSWORD = re.compile(r"(?<=://)([^:/@\s]+):([^@\s]+)@")
 
 #: Extra of this package that brings in each django-storages backend's packages.
 STORAGE_EXTRAS = {
@@ -327,6 +329,8 @@ def redact_value(value: Any, secret: bool = False) -> Any:
         return {k: redact_value(v, secret=bool(SECRET_WORDS.search(str(k)))) for k, v in value.items()}
     if isinstance(value, list):
         return [redact_value(v) for v in value]
+    if isinstance(value, str):
+        return URL_PASSWORD.sub(r"\1:********@", value)
     return value
 
 

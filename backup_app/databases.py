@@ -398,7 +398,6 @@ class PostgresEngine(Engine):
 
     def commit(self, staged: dict, safety: SafetyRecord) -> None:
         """Swap names in one transaction: live database aside (kept), staged one in."""
-        from psycopg import sql
 
         if "file" in staged:
             return self._commit_in_place(staged, safety)
@@ -407,23 +406,27 @@ class PostgresEngine(Engine):
         connections[self.alias].close()
         with self._admin() as admin:
             try:
-                with admin.transaction():
-                    admin.execute(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE datname = %s AND pid <> pg_backend_pid()",
-                        (name,),
-                    )
-                    admin.execute(
-                        sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(name), sql.Identifier(kept))
-                    )
-                    admin.execute(
-                        sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(fresh), sql.Identifier(name))
-                    )
+                self._swap(admin, name, aside=kept, incoming=fresh)
             except Exception as err:
                 raise RestoreError(
                     f"swapping in the restored PostgreSQL database failed ({redact(err)}); database left unchanged"
                 ) from None
         safety.add_database(self.alias, {"kind": "pg-database", "database": kept, "name": name})
+
+    @staticmethod
+    def _swap(admin, live: str, *, aside: str, incoming: str) -> None:
+        """In one transaction: rename ``live`` to ``aside`` and ``incoming`` to ``live``."""
+        from psycopg import sql
+
+        with admin.transaction():
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (live,),
+            )
+            for old, new in ((live, aside), (incoming, live)):
+                admin.execute(
+                    sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new))
+                )
 
     def _commit_in_place(self, staged: dict, safety: SafetyRecord) -> None:
         """Without CREATE DATABASE rights: keep a dump, then restore in one transaction."""
@@ -498,18 +501,7 @@ class PostgresEngine(Engine):
         trash = f"{kept[:40]}_undone"
         admin = self._admin()
         try:
-            with admin.transaction():
-                admin.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = %s AND pid <> pg_backend_pid()",
-                    (name,),
-                )
-                admin.execute(
-                    sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(name), sql.Identifier(trash))
-                )
-                admin.execute(
-                    sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(kept), sql.Identifier(name))
-                )
+            self._swap(admin, name, aside=trash, incoming=kept)
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(trash)))
         finally:
             admin.close()

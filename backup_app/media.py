@@ -137,22 +137,33 @@ class ArchiveContents:
         return sum(self.members.values())
 
 
-def scan_archive(stream: BinaryIO) -> ArchiveContents:
-    """Read a whole tar stream and validate every member before anything is written."""
-    contents = ArchiveContents()
+def iter_members(stream: BinaryIO) -> Iterator[tuple[str, tarfile.TarInfo, tarfile.TarFile]]:
+    """``(safe name, member, tar)`` for each regular file of a tar stream, each checked before it is given.
+
+    Unsafe members, duplicates and absurd counts raise :class:`RestoreError`; so does a damaged archive.
+    """
+    seen: set[str] = set()
     try:
         with tarfile.open(fileobj=stream, mode="r|") as tar:
             for member in tar:
                 name = check_member(member)
                 if name is None:
                     continue
-                if name in contents.members:
+                if name in seen:
                     raise RestoreError(f"media archive holds {name!r} twice; refusing the archive")
-                if len(contents.members) >= MAX_MEMBERS:
+                if len(seen) >= MAX_MEMBERS:
                     raise RestoreError("media archive holds more members than any media folder should")
-                contents.members[name] = member.size
+                seen.add(name)
+                yield name, member, tar
     except tarfile.TarError as err:
-        raise RestoreError(f"the media archive is damaged or not a tar file ({err})") from None
+        raise RestoreError(f"the media archive is damaged or not a tar file ({err}); media left unchanged") from None
+
+
+def scan_archive(stream: BinaryIO) -> ArchiveContents:
+    """Read a whole tar stream and validate every member (nothing is written)."""
+    contents = ArchiveContents()
+    for name, member, _tar in iter_members(stream):
+        contents.members[name] = member.size
     return contents
 
 
@@ -216,23 +227,12 @@ def stage_archive(storage, stream: BinaryIO) -> StagedArchive:
         root.mkdir(parents=True, exist_ok=True)
     staged = StagedArchive(Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=root)))
     try:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
-            for member in tar:
-                name = check_member(member)
-                if name is None:
-                    continue
-                if len(staged.names) >= MAX_MEMBERS:
-                    raise RestoreError("media archive holds more members than any media folder should")
-                target = staged.folder / name
-                if target.exists():
-                    raise RestoreError(f"media archive holds {name!r} twice; refusing the archive")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with open(target, "wb") as fh:
-                    shutil.copyfileobj(tar.extractfile(member), fh, CHUNK)
-                staged.names.append(name)
-    except tarfile.TarError as err:
-        abandon_archive(staged)
-        raise RestoreError(f"the media archive is damaged or not a tar file ({err}); media left unchanged") from None
+        for name, member, tar in iter_members(stream):
+            target = staged.folder / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(target, "wb") as fh:
+                shutil.copyfileobj(tar.extractfile(member), fh, CHUNK)
+            staged.names.append(name)
     except BaseException:
         abandon_archive(staged)
         raise

@@ -274,6 +274,15 @@ def read_and_check(storage, f: BackupFile, opts: RestoreOptions, gpg: GpgSpec, c
         consume(stream)
 
 
+def _abandon(staged_dbs: list[tuple[DbItem, dict]], staged_media: StagedArchive | None) -> None:
+    """Throw away everything staged and not swapped in."""
+    for item, staged in staged_dbs:
+        with suppress(Exception):
+            item.engine.abandon(staged)
+    if staged_media is not None:
+        abandon_archive(staged_media)
+
+
 def _stage(storage, plan: Plan, opts: RestoreOptions, gpg: GpgSpec, say: Progress):
     """Load every chosen file into a staging place, checking it on the way; the live site is untouched."""
     staged_dbs: list[tuple[DbItem, dict]] = []
@@ -300,11 +309,7 @@ def _stage(storage, plan: Plan, opts: RestoreOptions, gpg: GpgSpec, say: Progres
                     f"{expected.get('files')}"
                 )
     except BaseException as err:
-        for item, staged in staged_dbs:
-            with suppress(Exception):
-                item.engine.abandon(staged)
-        if staged_media is not None:
-            abandon_archive(staged_media)
+        _abandon(staged_dbs, staged_media)
         if isinstance(err, RestoreError):
             raise RestoreError(f"{err}; nothing was changed") from None
         if isinstance(err, Exception):
@@ -366,11 +371,7 @@ def restore(
             report["media"] = media
             say(f"  {media['files']} files restored, {media['removed']} removed")
     except BaseException as err:
-        for item, staged in staged_dbs:
-            with suppress(Exception):
-                item.engine.abandon(staged)
-        if staged_media is not None:
-            abandon_archive(staged_media)
+        _abandon(staged_dbs, staged_media)
         message = redact(err) if isinstance(err, Exception) else "interrupted"
         try:
             undone = safety.rollback()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from .conf import SECRET_WORDS
+from .conf import SECRET_WORDS, URL_PASSWORD
 
 MASK = "********"
 
@@ -31,7 +31,10 @@ def known_secrets() -> list[str]:
         found.update(_walk(db, False))
         found.update(_walk({"password": db.get("PASSWORD")}, False))
     storages = getattr(settings, "STORAGES", {})
-    found.update(_walk(storages.get("dbbackup", {}).get("OPTIONS", {}), False))
+    options = storages.get("dbbackup", {}).get("OPTIONS", {})
+    found.update(_walk(options, False))
+    for text in _walk(options, True):
+        found.update(m.group(2) for m in URL_PASSWORD.finditer(text) if len(m.group(2)) >= 3)
     found.update(_walk(getattr(settings, "DBBACKUP_CONNECTORS", {}), False))
     app = getattr(settings, "BACKUP_APP", {})
     if app.get("GPG_PASSPHRASE"):
