@@ -199,7 +199,7 @@ def backup_check(c, path="", quiet=False):
         "seed": "Seed of the dataset generator (default 1)",
         "repeat": "Time each step N times and report the median (default 1)",
         "sets": "Backup sets for the listbackups timing (default 2000; 0 skips it)",
-        "keep": "Keep the demo sites and their databases after the run (for inspection)",
+        "keep": "Keep the demo sites and databases for inspection (the next run drops them)",
         "note": "Free text stored with the results, e.g. 'shared machine'",
         "profile": "Also profile this app's backup and restore with py-spy (extra, untimed runs)",
     }

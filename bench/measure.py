@@ -148,8 +148,12 @@ def run_measured(
     stdout_file: Path | None = None,
     check: bool = True,
     timeout: float = 3600,
+    sync: bool = True,
 ) -> Measurement:
     """Run ``argv`` to the end with no standard input; time it and sample its memory.
+
+    With ``sync`` (the default) dirty pages of earlier steps are written out
+    first (untimed), so their write-back does not run during this step.
 
     ``stdout_file``: send standard output there (a dump) instead of capturing it.
     A non-zero exit raises :class:`RuntimeError` with the end of stderr when ``check``.
@@ -158,6 +162,8 @@ def run_measured(
     out_handle = open(stdout_file, "wb") if stdout_file else subprocess.PIPE  # noqa: SIM115
     rss_file = tempfile.NamedTemporaryFile(prefix="bench-time-", suffix=".txt", delete=False)  # noqa: SIM115
     rss_file.close()
+    if sync:
+        os.sync()
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         [GNU_TIME, "-q", "-f", "%M", "-o", rss_file.name, *m.argv],

@@ -156,7 +156,8 @@ def evaluate_targets(results: dict, other: dict | None = None) -> list[dict]:
         None,
         None,
         None,
-        "not measured (local storage only); see docs/performance.md",
+        "not timed (local storage only): one listing plus one manifest read per complete set, "
+        "sizes from the manifest (see docs/performance.md)",
     )
     return rows
 
@@ -196,7 +197,7 @@ def markdown_report(results: dict) -> str:
         "command and all its child processes, sampled every "
         f"{meta['sample_interval_s'] * 1000:.0f} ms from /proc. Max RSS, one process: the largest single "
         "process (kernel `ru_maxrss`, as GNU time `%M`). Database server processes are not counted. "
-        "Output: bytes written.",
+        "Output: bytes written. Caches are warm; dirty pages are flushed (`sync`, untimed) before every step.",
     ]
     for engine, data in results.get("engines", {}).items():
         name = ENGINE_NAMES.get(engine, engine)

@@ -478,7 +478,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repeat", type=int, default=1, help="time each step N times and report the median")
     parser.add_argument("--sets", type=int, default=2000, help="backup sets for the listbackups timing (0 = skip)")
-    parser.add_argument("--keep", action="store_true", help="keep the sites and databases (for inspection)")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the sites and databases for inspection (until the next run in the same workdir)",
+    )
     parser.add_argument("--interval", type=float, default=0.02, help="RSS sampling interval in seconds")
     parser.add_argument("--note", default="", help="free text stored with the results (e.g. 'shared machine')")
     parser.add_argument(

@@ -140,12 +140,26 @@ def drop_database_family(engine: str, name: str, *, keep_main: bool = False) -> 
     return dropped
 
 
+def _running(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def drop_leftovers(workdir: Path, log: Callable[[str], None] = print) -> None:
-    """Drop the databases of an earlier run that did not get to clean up."""
+    """Drop the databases of an earlier run that did not get to clean up (or was run with ``--keep``)."""
     path = _ledger(workdir)
     if not path.is_file():
         return
     for entry in json.loads(path.read_text()):
+        if entry.get("pid") != os.getpid() and _running(entry.get("pid")):
+            continue  # another benchmark run is using this work folder right now
         try:
             gone = drop_database_family(entry["engine"], entry["name"])
         except Exception as err:  # the server may be gone; try again next time
