@@ -5,13 +5,17 @@ from __future__ import annotations
 import os
 import platform
 import socket
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
 
 import dbbackup
 import django
 from django.conf import settings
+from django.core.files.storage import FileSystemStorage
 from django.utils import timezone
 
 from . import __version__
@@ -90,8 +94,30 @@ def create_backup(storage, options: BackupOptions, progress: Progress | None = N
         "media": None,
         "files": [],
     }
+    media_job = None
+    cancel = threading.Event()
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backup-media")
     try:
         write_json(storage, pending, {"started": manifest["created"], "pid": os.getpid(), "host": manifest["host"]})
+        if options.media:
+            media_name = naming.media_name(stamp, "tar" + suffix)
+            stats = ArchiveStats()
+            say(f"Backing up media files to {media_name}")
+
+            def archive_media():
+                t0 = time.monotonic()
+                stored = store_stream(
+                    storage,
+                    media_name,
+                    lambda out: write_tar(media_storage(), out, stats, cancel=cancel),
+                    compression=options.compression,
+                    gpg=gpg,
+                )
+                return stored, time.monotonic() - t0
+
+            if isinstance(storage, FileSystemStorage):
+                # Dumps and the archive are independent streams: on a local folder, write them at once.
+                media_job = pool.submit(archive_media)
         for alias in aliases:
             engine = engine_for(alias)
             name = naming.db_name(stamp, alias, engine.extension + suffix)
@@ -122,25 +148,20 @@ def create_backup(storage, options: BackupOptions, progress: Progress | None = N
             manifest["files"].append(_entry(stored, "db", options, database=alias))
             say(f"  {stored.size:,} bytes in {time.monotonic() - t0:.1f} s")
         if options.media:
-            name = naming.media_name(stamp, "tar" + suffix)
-            say(f"Backing up media files to {name}")
-            t0 = time.monotonic()
-            stats = ArchiveStats()
-            stored = store_stream(
-                storage,
-                name,
-                lambda out: write_tar(media_storage(), out, stats),
-                compression=options.compression,
-                gpg=gpg,
-            )
-            written.append(name)
-            manifest["media"] = {"file": name, "files": stats.files, "bytes": stats.bytes}
+            stored, seconds = media_job.result() if media_job is not None else archive_media()
+            media_job = None
+            written.append(media_name)
+            manifest["media"] = {"file": media_name, "files": stats.files, "bytes": stats.bytes}
             manifest["files"].append(_entry(stored, "media", options))
-            say(f"  {stats.files} files, {stored.size:,} bytes in {time.monotonic() - t0:.1f} s")
+            say(f"  media: {stats.files} files, {stored.size:,} bytes in {seconds:.1f} s")
         manifest["finished"] = timezone.localtime(timezone.now()).isoformat()
         write_json(storage, naming.manifest_name(stamp), manifest)
         written.append(naming.manifest_name(stamp))
     except BaseException as err:
+        if media_job is not None:
+            cancel.set()
+            with suppress(BaseException):
+                media_job.result()  # its own failure (or the cancel) removed its file
         for name in [*written, pending]:
             try:
                 if storage.exists(name):
@@ -152,6 +173,8 @@ def create_backup(storage, options: BackupOptions, progress: Progress | None = N
         if isinstance(err, KeyboardInterrupt):
             raise BackupError("backup interrupted; the partial set was removed") from None
         raise BackupError(f"backup failed: {redact(err)}") from err
+    finally:
+        pool.shutdown(wait=True)
     try:
         storage.delete(pending)
     except Exception:

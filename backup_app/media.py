@@ -80,11 +80,16 @@ class _Counting:
         return self._pos
 
 
-def write_tar(storage, out: BinaryIO, stats: ArchiveStats | None = None) -> ArchiveStats:
-    """Write every media file of ``storage`` as a tar stream into ``out``."""
+def write_tar(storage, out: BinaryIO, stats: ArchiveStats | None = None, cancel=None) -> ArchiveStats:
+    """Write every media file of ``storage`` as a tar stream into ``out``.
+
+    ``cancel`` (a threading.Event) stops the archive between two files with BackupError.
+    """
     stats = stats or ArchiveStats()
     with tarfile.TarFile(fileobj=_Counting(out), mode="w", format=tarfile.PAX_FORMAT, copybufsize=CHUNK) as tar:
         for name in iter_media(storage):
+            if cancel is not None and cancel.is_set():
+                raise BackupError("media archive cancelled: another part of the backup failed")
             info = tarfile.TarInfo(name)
             info.mode = 0o644
             try:
@@ -226,10 +231,13 @@ def stage_archive(storage, stream: BinaryIO) -> StagedArchive:
     if root is not None:
         root.mkdir(parents=True, exist_ok=True)
     staged = StagedArchive(Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=root)))
+    folders: set[Path] = set()
     try:
         for name, member, tar in iter_members(stream):
             target = staged.folder / name
-            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.parent not in folders:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                folders.add(target.parent)
             with open(target, "wb") as fh:
                 shutil.copyfileobj(tar.extractfile(member), fh, CHUNK)
             staged.names.append(name)
