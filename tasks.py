@@ -202,6 +202,7 @@ def backup_check(c, path="", quiet=False):
         "keep": "Keep the demo sites and databases for inspection (the next run drops them)",
         "note": "Free text stored with the results, e.g. 'shared machine'",
         "profile": "Also profile this app's backup and restore with py-spy (extra, untimed runs)",
+        "source": "Code to measure: a commit, snapshotted with git archive (default HEAD), or . for the working tree",
     }
 )
 def benchmark(
@@ -217,6 +218,7 @@ def benchmark(
     keep=False,
     note="",
     profile=False,
+    source="",
 ):
     """Time backup and restore against stock django-dbbackup and raw tools (see docs/performance.md)."""
     args = _flags(
@@ -230,6 +232,7 @@ def benchmark(
         keep=keep,
         note=note,
         profile=profile,
+        source=source,
     )
     with c.cd(str(ROOT)):
         c.run(f"{shlex.quote(sys.executable)} -m bench {args} --sets {int(sets)}", pty=False)

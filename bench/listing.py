@@ -60,8 +60,10 @@ def replicate_sets(seed_dir: Path, target: Path, count: int) -> int:
     return written
 
 
-def bench_listing(count: int, root: Path, workdir: Path, interval: float, log: Callable[[str], None]) -> dict:
-    site = Site(root, "sqlite", workdir)
+def bench_listing(
+    count: int, root: Path, workdir: Path, interval: float, log: Callable[[str], None], source: Path = ROOT
+) -> dict:
+    site = Site(root, "sqlite", workdir, source)
     try:
         log(f"[listing] making {count} backup sets")
         site.create(None)
@@ -80,7 +82,7 @@ def bench_listing(count: int, root: Path, workdir: Path, interval: float, log: C
             ("manage_backup_list_json", site.manage_argv("backup_list", "--json"), sets_dir),
             ("invoke_listbackups_json_empty", site.invoke_argv("listbackups", "--json"), empty),
         ):
-            m = run_measured(key, argv, env=site.env(folder), cwd=ROOT, interval=interval)
+            m = run_measured(key, argv, env=site.env(folder), cwd=site.source, interval=interval)
             listed = json.loads(m.stdout)
             want = count if folder == sets_dir else 0
             if len(listed) != want or not all(s["complete"] for s in listed):

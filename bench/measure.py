@@ -27,6 +27,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -149,11 +150,13 @@ def run_measured(
     check: bool = True,
     timeout: float = 3600,
     sync: bool = True,
+    prepare: Callable[[], None] | None = None,
 ) -> Measurement:
     """Run ``argv`` to the end with no standard input; time it and sample its memory.
 
-    With ``sync`` (the default) dirty pages of earlier steps are written out
-    first (untimed), so their write-back does not run during this step.
+    ``prepare`` runs first (untimed; e.g. a database checkpoint); then, with
+    ``sync`` (the default), dirty pages of earlier steps are written out, so
+    their write-back does not run during this step.
 
     ``stdout_file``: send standard output there (a dump) instead of capturing it.
     A non-zero exit raises :class:`RuntimeError` with the end of stderr when ``check``.
@@ -162,6 +165,8 @@ def run_measured(
     out_handle = open(stdout_file, "wb") if stdout_file else subprocess.PIPE  # noqa: SIM115
     rss_file = tempfile.NamedTemporaryFile(prefix="bench-time-", suffix=".txt", delete=False)  # noqa: SIM115
     rss_file.close()
+    if prepare is not None:
+        prepare()
     if sync:
         os.sync()
     t0 = time.perf_counter()

@@ -171,13 +171,12 @@ def markdown_report(results: dict) -> str:
     ds = results["dataset"]
     machine = meta["machine"]
     media = ds["media"]
-    dirty = " + uncommitted changes in backup_app/" if machine["backup_app_modified"] else ""
     lines = [
         f"## Benchmark: {meta['label']} dataset (seed {meta['seed']})",
         "",
         f"Command: `{meta['command']}`  ",
         f"Run: {meta['started']} → {meta.get('finished', '?')} ({meta.get('duration_s', '?')} s), "
-        f"git {machine['git_commit']}{dirty}.  ",
+        f"code: {meta.get('source', '?')}.  ",
         f"Machine: {machine['cpus']} CPUs, {machine['memory_bytes'] / 1024**3:.1f} GiB RAM, "
         f"Python {machine['python']}, "
         f"{machine['tools']['pg_dump']}, django-dbbackup {machine['packages']['django-dbbackup']}; "
@@ -197,7 +196,8 @@ def markdown_report(results: dict) -> str:
         "command and all its child processes, sampled every "
         f"{meta['sample_interval_s'] * 1000:.0f} ms from /proc. Max RSS, one process: the largest single "
         "process (kernel `ru_maxrss`, as GNU time `%M`). Database server processes are not counted. "
-        "Output: bytes written. Caches are warm; dirty pages are flushed (`sync`, untimed) before every step.",
+        "Output: bytes written. Caches are warm; before every step (untimed) PostgreSQL checkpoints and "
+        "dirty pages are flushed (`sync`).",
     ]
     for engine, data in results.get("engines", {}).items():
         name = ENGINE_NAMES.get(engine, engine)
@@ -215,6 +215,13 @@ def markdown_report(results: dict) -> str:
                     f"| {op} | {_tool(op, variant, engine)} | {m['wall_s']:.2f} | {_mib(m['peak_rss_tree'])} | "
                     f"{_mib(m['max_rss_single'])} | {out} |"
                 )
+        steps = []
+        for op in ("backup", "restore"):
+            for variant, m in data[op].items():
+                for step in m.get("extra", {}).get("steps", []):
+                    steps.append(f"{op} {variant} `{step['label']}` {step['wall_s']:.2f} s")
+        if steps:
+            lines += ["", "Steps of the two-command variants: " + "; ".join(steps) + "."]
         lines += [
             "",
             "| Ratio | backup, ours (gzip) | backup, ours (zstd) | restore, ours (gzip) | restore, ours (zstd) |",

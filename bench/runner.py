@@ -73,6 +73,9 @@ class Config:
     note: str = ""
     command: str = ""
     profile_dir: Path | None = None  # set: profile ours with py-spy (extra runs) into this folder
+    source: str = "HEAD"  # a commit to snapshot, or "." for the working tree as it is
+    source_dir: Path = ROOT
+    source_label: str = ""
 
     @property
     def label(self) -> str:
@@ -109,12 +112,14 @@ def _backup(site: Site, variant: str, out: Path, interval: float) -> Measurement
                 "sqlite3 .backup",
                 ["sqlite3", str(site.sqlite_path), f".backup '{out / 'db.sqlite3'}'"],
                 interval=interval,
+                prepare=site.quiesce,
             )
         elif site.engine == "postgresql":
             db = run_measured(
                 "pg_dump -Fc -Z0",
                 ["pg_dump", *pg_args(site.db_name), "-Fc", "-Z0", "-f", str(out / "db.psql.bin")],
                 interval=interval,
+                prepare=site.quiesce,
             )
         else:
             db = run_measured(
@@ -128,6 +133,7 @@ def _backup(site: Site, variant: str, out: Path, interval: float) -> Measurement
                     site.db_name,
                 ],
                 interval=interval,
+                prepare=site.quiesce,
             )
         media = run_measured(
             "tar | zstd -3",
@@ -138,6 +144,7 @@ def _backup(site: Site, variant: str, out: Path, interval: float) -> Measurement
                 f"| zstd -q -3 -o {shlex.quote(str(out / 'media.tar.zst'))}",
             ],
             interval=interval,
+            prepare=site.quiesce,
         )
         return combine("raw", [db, media])
     if variant in ("ours", "ours-zstd"):
@@ -146,19 +153,26 @@ def _backup(site: Site, variant: str, out: Path, interval: float) -> Measurement
             "invoke backup",
             site.invoke_argv("backup"),
             env=site.env(out, compression),
-            cwd=ROOT,
+            cwd=site.source,
             interval=interval,
+            prepare=site.quiesce,
         )
     env = site.env(out)
     db = run_measured(
-        "dbbackup", site.manage_argv("dbbackup", "--noinput", "--compress"), env=env, cwd=ROOT, interval=interval
+        "dbbackup",
+        site.manage_argv("dbbackup", "--noinput", "--compress"),
+        env=env,
+        cwd=site.source,
+        interval=interval,
+        prepare=site.quiesce,
     )
     media = run_measured(
         "mediabackup",
         site.manage_argv("mediabackup", "--noinput", "--compress"),
         env=env,
-        cwd=ROOT,
+        cwd=site.source,
         interval=interval,
+        prepare=site.quiesce,
     )
     return combine("stock", [db, media])
 
@@ -169,7 +183,12 @@ def _restore(site: Site, variant: str, out: Path, dataset: Dataset, interval: fl
         (target / "media").mkdir(parents=True)
         check: dict = {"media": target / "media"}
         if site.engine == "sqlite":
-            db = run_measured("cp", ["cp", str(out / "db.sqlite3"), str(target / "db.sqlite3")], interval=interval)
+            db = run_measured(
+                "cp",
+                ["cp", str(out / "db.sqlite3"), str(target / "db.sqlite3")],
+                interval=interval,
+                prepare=site.quiesce,
+            )
             check["sqlite_path"] = target / "db.sqlite3"
         elif site.engine == "postgresql":
             fresh = f"{site.db_name}_raw"
@@ -181,6 +200,7 @@ def _restore(site: Site, variant: str, out: Path, dataset: Dataset, interval: fl
                 "pg_restore",
                 ["pg_restore", *pg_args(fresh), "--no-owner", str(out / "db.psql.bin")],
                 interval=interval,
+                prepare=site.quiesce,
             )
             check["database"] = fresh
         else:
@@ -193,6 +213,7 @@ def _restore(site: Site, variant: str, out: Path, dataset: Dataset, interval: fl
                 "mariadb < dump",
                 ["bash", "-c", f"{command} < {shlex.quote(str(out / 'db.sql'))}"],
                 interval=interval,
+                prepare=site.quiesce,
             )
             check["database"] = fresh
         media = run_measured(
@@ -204,6 +225,7 @@ def _restore(site: Site, variant: str, out: Path, dataset: Dataset, interval: fl
                 f"| tar -xf - -C {shlex.quote(str(target / 'media'))}",
             ],
             interval=interval,
+            prepare=site.quiesce,
         )
         m = combine("raw", [db, media])
         try:
@@ -213,7 +235,14 @@ def _restore(site: Site, variant: str, out: Path, dataset: Dataset, interval: fl
             shutil.rmtree(target, ignore_errors=True)
         return m
     if variant in ("ours", "ours-zstd"):
-        m = run_measured("invoke restore", site.invoke_argv("restore"), env=site.env(out), cwd=ROOT, interval=interval)
+        m = run_measured(
+            "invoke restore",
+            site.invoke_argv("restore"),
+            env=site.env(out),
+            cwd=site.source,
+            interval=interval,
+            prepare=site.quiesce,
+        )
         site.check_restored(dataset)
         site.drop_side_databases()
         shutil.rmtree(site.safety, ignore_errors=True)
@@ -226,15 +255,17 @@ def _restore(site: Site, variant: str, out: Path, dataset: Dataset, interval: fl
         "dbrestore",
         site.manage_argv("dbrestore", "--noinput", "-z", "-i", db_file),
         env=env,
-        cwd=ROOT,
+        cwd=site.source,
         interval=interval,
+        prepare=site.quiesce,
     )
     media = run_measured(
         "mediarestore",
         site.manage_argv("mediarestore", "--noinput", "-z", "--replace", "-i", media_file),
         env=env,
-        cwd=ROOT,
+        cwd=site.source,
         interval=interval,
+        prepare=site.quiesce,
     )
     m = combine("stock", [db, media])
     site.check_restored(dataset)
@@ -266,7 +297,7 @@ def _profile(site: Site, dataset: Dataset, cfg: Config) -> dict:
         ("restore", site.manage_argv("backup_restore", "--noinput")),
     ):
         folded = folder / f"profile-{cfg.label}-{site.engine}-{op}.folded"
-        proc = profile.record(argv, site.env(out), ROOT, folded)
+        proc = profile.record(argv, site.env(out), site.source, folded)
         if proc.returncode or not folded.is_file():
             log(f"[{site.engine}] py-spy {op} failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
             continue
@@ -282,7 +313,7 @@ def _profile(site: Site, dataset: Dataset, cfg: Config) -> dict:
 
 
 def bench_engine(engine: str, dataset: Dataset, cfg: Config, run_dir: Path) -> dict:
-    site = Site(run_dir / engine, engine, cfg.workdir)
+    site = Site(run_dir / engine, engine, cfg.workdir, cfg.source_dir)
     result: dict = {"backup": {}, "restore": {}}
     try:
         t0 = time.monotonic()
@@ -354,10 +385,6 @@ def machine_info() -> dict:
         for line in fh:
             if line.startswith("MemTotal:"):
                 mem = int(line.split()[1]) * 1024
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--", "backup_app"], cwd=ROOT, capture_output=True, text=True
-    )
     return {
         "cpus": os.cpu_count(),
         "memory_bytes": mem,
@@ -370,10 +397,45 @@ def machine_info() -> dict:
             "sqlite3": _version(["sqlite3", "--version"]),
             "tar": _version(["tar", "--version"]),
         },
-        "git_commit": commit.stdout.strip(),
-        "backup_app_modified": bool(dirty.stdout.strip()),
         "loadavg_start": os.getloadavg(),
     }
+
+
+def _git(*args: str) -> str:
+    proc = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"benchmark: git {' '.join(args)}: {proc.stderr.strip()}")
+    return proc.stdout.strip()
+
+
+def prepare_source(cfg: Config) -> None:
+    """Fix the code under test: a snapshot of ``cfg.source`` (cached), or this working tree for ``.``.
+
+    Other developers may be editing the working tree during a run; a snapshot
+    of a commit (``git archive``, no git metadata) is what a run measures by
+    default, so every step of it runs the same code.
+    """
+    if cfg.source == ".":
+        head = _git("rev-parse", "--short=12", "HEAD")
+        dirty = bool(_git("status", "--porcelain", "--", "backup_app", "config", "tasks.py", "manage.py"))
+        cfg.source_dir = ROOT
+        cfg.source_label = f"working tree at {head}" + (" with uncommitted changes" if dirty else "")
+        return
+    sha = _git("rev-parse", "--verify", f"{cfg.source}^{{commit}}")
+    folder = cfg.workdir / f"src-{sha[:12]}"
+    if not (folder / "manage.py").is_file():
+        tmp = cfg.workdir / f"src-{sha[:12]}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        archive = subprocess.Popen(["git", "archive", "--format=tar", sha], cwd=ROOT, stdout=subprocess.PIPE)
+        subprocess.run(["tar", "-xf", "-", "-C", str(tmp)], stdin=archive.stdout, check=True)
+        archive.stdout.close()
+        if archive.wait():
+            raise SystemExit(f"benchmark: git archive {sha} failed")
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    cfg.source_dir = folder
+    cfg.source_label = f"commit {sha[:12]}" + (f" ({cfg.source})" if not sha.startswith(cfg.source) else "")
 
 
 def preflight(cfg: Config) -> None:
@@ -414,6 +476,8 @@ def preflight(cfg: Config) -> None:
 
 def run(cfg: Config) -> dict:
     preflight(cfg)
+    prepare_source(cfg)
+    log(f"Code under test: {cfg.source_label} ({cfg.source_dir})")
     drop_leftovers(cfg.workdir, log)
     started = datetime.now(UTC)
     results: dict = {
@@ -428,6 +492,8 @@ def run(cfg: Config) -> dict:
             "repeat": cfg.repeat,
             "sample_interval_s": cfg.interval,
             "note": cfg.note,
+            "source": cfg.source_label,
+            "source_dir": str(cfg.source_dir),
             "machine": machine_info(),
         }
     }
@@ -442,7 +508,9 @@ def run(cfg: Config) -> dict:
         if cfg.sets:
             from .listing import bench_listing
 
-            results["listing"] = bench_listing(cfg.sets, run_dir / "listing", cfg.workdir, cfg.interval, log)
+            results["listing"] = bench_listing(
+                cfg.sets, run_dir / "listing", cfg.workdir, cfg.interval, log, cfg.source_dir
+            )
     finally:
         if not cfg.keep:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -486,6 +554,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=0.02, help="RSS sampling interval in seconds")
     parser.add_argument("--note", default="", help="free text stored with the results (e.g. 'shared machine')")
     parser.add_argument(
+        "--source",
+        default="HEAD",
+        help="code to measure: a commit (snapshot with git archive; default HEAD) or . for the working tree",
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="also profile this app's backup and restore with py-spy (extra runs)"
     )
     args = parser.parse_args(argv)
@@ -513,6 +586,7 @@ def main(argv: list[str] | None = None) -> int:
         keep=args.keep,
         interval=args.interval,
         note=args.note,
+        source=args.source,
         command="invoke benchmark " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
     )
     stem = (

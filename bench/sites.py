@@ -1,7 +1,7 @@
 """Throwaway demo sites for the benchmark: own folder, own database, configured by ``INVENTREE_*``.
 
 Like ``tests/conftest.py`` (``make_site`` / ``base_env``), every site is the
-repository's demo site (``config.settings``) pointed by environment variables
+demo site (``config.settings``) of the code under test, pointed by environment variables
 at its own database, media folder, backup folder and safety folder.  A site
 is created, migrated, loaded with a :class:`bench.dataset.Dataset` and
 dropped again: PostgreSQL / MariaDB databases are created and dropped (with
@@ -176,10 +176,12 @@ def drop_leftovers(workdir: Path, log: Callable[[str], None] = print) -> None:
 class Site:
     """A demo site in ``root`` on ``engine``; :meth:`env` gives the environment its commands run with."""
 
-    def __init__(self, root: Path, engine: str, workdir: Path):
+    def __init__(self, root: Path, engine: str, workdir: Path, source: Path = ROOT):
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}; use {', '.join(ENGINES)}")
         self.root = root
+        #: The code under test: this repository, or a snapshot of a commit (``--source``).
+        self.source = source
         self.engine = engine
         self.workdir = workdir
         self.db_name = f"bench_{engine[:2]}_{uuid.uuid4().hex[:8]}"
@@ -246,7 +248,7 @@ class Site:
 
     def run(self, argv: list[str], env: dict | None = None) -> str:
         proc = subprocess.run(
-            argv, cwd=ROOT, env=env or self.env(), capture_output=True, text=True, stdin=subprocess.DEVNULL
+            argv, cwd=self.source, env=env or self.env(), capture_output=True, text=True, stdin=subprocess.DEVNULL
         )
         if proc.returncode:
             raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
@@ -331,6 +333,12 @@ class Site:
             check=True,
             capture_output=True,
         )
+
+    def quiesce(self) -> None:
+        """Let the database server write out what earlier steps left in its buffers (before a timed step)."""
+        if self.engine == "postgresql":
+            with _pg() as conn:
+                conn.execute("CHECKPOINT")
 
     # --- checks ---------------------------------------------------------------------------------------------
 
