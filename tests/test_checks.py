@@ -7,7 +7,6 @@ backup folder is one below a regular file: it can never be created.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -186,9 +185,16 @@ def test_e006_storage_class_that_does_not_import(tmp_path):
     assert_error(check(site), "backup_app.E006", "INVENTREE_BACKUP_STORAGE", "storages.backends.nothere.NoStorage")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("google") is not None, reason="google-cloud-storage is installed")
 def test_e006_gcs_storage_without_its_packages(tmp_path):
-    site = make_site(tmp_path / "site", INVENTREE_BACKUP_STORAGE="storages.backends.gcloud.GoogleCloudStorage")
+    # A package named "google" first on the path that cannot be imported: as if google-cloud-storage were missing.
+    blocker = tmp_path / "blocker" / "google"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('google-cloud-storage is not installed')\n")
+    site = make_site(
+        tmp_path / "site",
+        INVENTREE_BACKUP_STORAGE="storages.backends.gcloud.GoogleCloudStorage",
+        PYTHONPATH=str(tmp_path / "blocker"),
+    )
     assert_error(check(site), "backup_app.E006", "INVENTREE_BACKUP_STORAGE", "backup_app[gcs]")
 
 

@@ -6,8 +6,8 @@ Everything runs in-process with explicit ``environ`` dicts and YAML files under
 
 from __future__ import annotations
 
-import importlib.util
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -600,18 +600,24 @@ def test_malformed_json_list_in_backup_databases_is_an_error(tmp_path):
     one_line_error(err.value, "INVENTREE_BACKUP_DATABASES", "not valid JSON")
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("google") is not None, reason="google-cloud-storage is installed: the class imports"
-)
-def test_gcs_storage_without_its_packages_names_the_gcs_extra():
+def without_package(monkeypatch, package: str, backend_module: str) -> None:
+    """Make ``package`` impossible to import (as if not installed) and forget the backend module."""
+    for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, package, None)
+    monkeypatch.delitem(sys.modules, backend_module, raising=False)
+
+
+def test_gcs_storage_without_its_packages_names_the_gcs_extra(monkeypatch):
     # storages.backends.gcloud raises ImproperlyConfigured (not ImportError) when google-cloud-storage is missing.
+    without_package(monkeypatch, "google", "storages.backends.gcloud")
     with pytest.raises(ConfigError) as err:
         import_storage_class("storages.backends.gcloud.GoogleCloudStorage", where="INVENTREE_BACKUP_STORAGE")
     one_line_error(err.value, "INVENTREE_BACKUP_STORAGE", "pip install 'backup_app[gcs]'")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("azure") is not None, reason="azure-storage-blob is installed")
-def test_azure_storage_without_its_packages_names_the_azure_extra():
+def test_azure_storage_without_its_packages_names_the_azure_extra(monkeypatch):
+    without_package(monkeypatch, "azure", "storages.backends.azure_storage")
     with pytest.raises(ConfigError) as err:
         import_storage_class("storages.backends.azure_storage.AzureStorage", where="INVENTREE_BACKUP_STORAGE")
     one_line_error(err.value, "INVENTREE_BACKUP_STORAGE", "pip install 'backup_app[azure]'")
