@@ -137,7 +137,7 @@ def evaluate_targets(results: dict, other: dict | None = None) -> list[dict]:
                     e,
                     None,
                     None,
-                    "needs a run of the other size in the same results folder",
+                    "needs a run of the other size of the same code in the same results folder",
                 )
             r = _ratio(_get(results, e, "backup", variant, "wall_s"), _get(results, e, "backup", "raw", "wall_s"))
             add(

@@ -520,8 +520,8 @@ def run(cfg: Config) -> dict:
     return results
 
 
-def _other_size_results(results_dir: Path, label: str) -> dict | None:
-    """The newest results JSON of another size in ``results_dir`` (for the "same RSS at 2 GB" target)."""
+def _other_size_results(results_dir: Path, label: str, source: str) -> dict | None:
+    """The newest results JSON of another size of the same code in ``results_dir`` (for "same RSS at 2 GB")."""
     if not results_dir.is_dir():
         return None
     for path in sorted(results_dir.glob("benchmark-*.json"), key=lambda p: p.stat().st_mtime, reverse=True):
@@ -529,7 +529,8 @@ def _other_size_results(results_dir: Path, label: str) -> dict | None:
             data = json.loads(path.read_text())
         except ValueError:
             continue
-        if data.get("meta", {}).get("label") != label:
+        meta = data.get("meta", {})
+        if meta.get("label") != label and meta.get("source") == source:
             return data
     return None
 
@@ -601,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--profile needs py-spy: pip install -e '.[bench]'")
         cfg.profile_dir = stem.parent
     results = run(cfg)
-    other = _other_size_results(stem.parent, cfg.label)
+    other = _other_size_results(stem.parent, cfg.label, cfg.source_label)
     results["targets"] = evaluate_targets(results, other)
     text = markdown_report(results)
     stem.parent.mkdir(parents=True, exist_ok=True)
