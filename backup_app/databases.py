@@ -285,7 +285,9 @@ def _check_sqlite_file(path: Path) -> None:
     try:
         check = sqlite3.connect(path)
         try:
-            result = check.execute("PRAGMA integrity_check").fetchone()[0]
+            # quick_check reads every page and checks the b-trees (integrity_check also cross-checks every index
+            # against its table, 3x slower); the bytes themselves are proven by the manifest's SHA-256.
+            result = check.execute("PRAGMA quick_check").fetchone()[0]
         finally:
             check.close()
     except sqlite3.DatabaseError as err:

@@ -179,12 +179,19 @@ def _local_path(storage, name: str) -> Path | None:
         return None
 
 
-def _keep_original(storage, name: str, safety_media: Path) -> bool:
+def _folder(path: Path, made: set[Path]) -> None:
+    """Create ``path`` (and parents) once per restore."""
+    if path not in made:
+        path.mkdir(parents=True, exist_ok=True)
+        made.add(path)
+
+
+def _keep_original(storage, name: str, safety_media: Path, made: set[Path]) -> bool:
     """Move (or copy, for remote media storage) the current ``name`` aside; False if there is none."""
     if not storage.exists(name):
         return False
     kept = safety_media / name
-    kept.parent.mkdir(parents=True, exist_ok=True)
+    _folder(kept.parent, made)
     local = _local_path(storage, name)
     if local is not None:
         shutil.move(local, kept)
@@ -195,11 +202,11 @@ def _keep_original(storage, name: str, safety_media: Path) -> bool:
     return True
 
 
-def _put(storage, name: str, source: Path) -> None:
+def _put(storage, name: str, source: Path, made: set[Path]) -> None:
     """Put the file ``source`` at ``name`` in ``storage`` (nothing is there now)."""
     local = _local_path(storage, name)
     if local is not None:
-        local.parent.mkdir(parents=True, exist_ok=True)
+        _folder(local.parent, made)
         shutil.move(source, local)
         return
     with open(source, "rb") as fh:
@@ -235,9 +242,7 @@ def stage_archive(storage, stream: BinaryIO) -> StagedArchive:
     try:
         for name, member, tar in iter_members(stream):
             target = staged.folder / name
-            if target.parent not in folders:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                folders.add(target.parent)
+            _folder(target.parent, folders)
             with open(target, "wb") as fh:
                 shutil.copyfileobj(tar.extractfile(member), fh, CHUNK)
             staged.names.append(name)
@@ -261,16 +266,17 @@ def commit_archive(storage, staged: StagedArchive, safety_media: Path, *, mirror
     """
     created: list[str] = []
     removed = 0
+    made: set[Path] = set()
     try:
         for name in staged.names:
-            if not _keep_original(storage, name, safety_media):
+            if not _keep_original(storage, name, safety_media, made):
                 created.append(name)
-            _put(storage, name, staged.folder / name)
+            _put(storage, name, staged.folder / name, made)
         if mirror:
             keep = set(staged.names)
             for name in list(iter_media(storage)):
                 if name not in keep:
-                    _keep_original(storage, name, safety_media)
+                    _keep_original(storage, name, safety_media, made)
                     removed += 1
         return {"files": len(staged.names), "removed": removed, "created": created}
     except BaseException:
@@ -292,8 +298,9 @@ def undo_media(storage, safety_media: Path, created: list[str]) -> None:
             storage.delete(name)
     if not safety_media.is_dir():
         return
+    made: set[Path] = set()
     for path in sorted(p for p in safety_media.rglob("*") if p.is_file()):
         name = path.relative_to(safety_media).as_posix()
         with suppress(FileNotFoundError):
             storage.delete(name)
-        _put(storage, name, path)
+        _put(storage, name, path, made)

@@ -278,12 +278,14 @@ def write_json(storage, name: str, data: dict) -> None:
         raise BackupError(f"the storage renamed {name} to {saved}; refusing an inexact name")
 
 
-def read_manifest(storage, name: str) -> dict:
+def read_manifest(storage, name: str) -> tuple[dict, int]:
+    """The manifest's data and its size in bytes."""
     with storage.open(name, "rb") as fh:
-        data = json.loads(fh.read().decode("utf-8"))
+        raw = fh.read()
+    data = json.loads(raw.decode("utf-8"))
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
         raise ValueError("not a backup_app manifest")
-    return data
+    return data, len(raw)
 
 
 def list_files(storage) -> list[str]:
@@ -314,7 +316,7 @@ def list_sets(storage, naming: Naming | None = None, names: list[str] | None = N
         bset = BackupSet(name=stamp, created=created, status="legacy", files=data_files, extra=extra)
         if manifest_file is not None:
             try:
-                manifest = read_manifest(storage, manifest_file.name)
+                manifest, manifest_file.size = read_manifest(storage, manifest_file.name)
             except Exception as err:
                 bset.status = "incomplete"
                 bset.problems.append(f"manifest {manifest_file.name} unreadable: {redact(err)}")
@@ -359,7 +361,6 @@ def _apply_manifest(bset: BackupSet, manifest: dict, manifest_file: BackupFile) 
     for f in bset.files:
         if f.name not in listed:
             bset.problems.append(f"{f.name} is not named in the manifest")
-    manifest_file.size = len(manifest_bytes(manifest))
     bset.files = [f for f in bset.files if f.name in listed] + [manifest_file]
     if missing:
         bset.status = "incomplete"

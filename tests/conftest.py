@@ -187,7 +187,10 @@ def postgres_database():
         conn.execute(f'CREATE DATABASE "{name}"')
     yield name
     with _pg_connect() as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        # The database and those restores kept beside it (<name>_safety_..., <name>_restore_...).
+        rows = conn.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (name,)).fetchall()
+        for (database,) in rows:
+            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
 @pytest.fixture
@@ -224,7 +227,10 @@ def mysql_database():
     yield name
     conn = _my_connect()
     with conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        # The database and those restores kept beside it (<name>_safety_..., <name>_restore_...).
+        cur.execute("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE %s", (name + "%",))
+        for (database,) in cur.fetchall():
+            cur.execute(f"DROP DATABASE IF EXISTS `{database}`")
     conn.close()
 
 
