@@ -98,6 +98,8 @@ def write_tar(storage, out: BinaryIO, stats: ArchiveStats | None = None, cancel=
                     info.mtime = int(storage.get_modified_time(name).timestamp())
                 with storage.open(name, "rb") as fh:
                     tar.addfile(info, fh)
+                # TarFile keeps every member it wrote; a writer never needs them, and they grow with the file count.
+                tar.members.clear()
             except FileNotFoundError:
                 continue  # deleted while we were walking
             except OSError as err:
@@ -150,7 +152,9 @@ def iter_members(stream: BinaryIO) -> Iterator[tuple[str, tarfile.TarInfo, tarfi
     seen: set[str] = set()
     try:
         with tarfile.open(fileobj=stream, mode="r|") as tar:
-            for member in tar:
+            # next() rather than iteration, so that the members read so far can be dropped (memory stays flat).
+            while (member := tar.next()) is not None:
+                tar.members.clear()
                 name = check_member(member)
                 if name is None:
                     continue
