@@ -59,6 +59,15 @@ def _stderr_text(handle) -> str:
     return redact("; ".join(lines[-3:]))
 
 
+def _spool(stream: BinaryIO, prefix: str) -> str:
+    """Write ``stream`` to a private temporary file (for the in-place restore fallbacks); returns its path."""
+    fd, path = tempfile.mkstemp(prefix=prefix)
+    with open(fd, "wb") as fh:
+        while data := stream.read(CHUNK):
+            fh.write(data)
+    return path
+
+
 def _run_dump(args: list[str], env: dict, out: BinaryIO, what: str) -> None:
     """Run a dump tool, copying its stdout into ``out`` as it comes."""
     with tempfile.TemporaryFile() as err:
@@ -385,11 +394,7 @@ class PostgresEngine(Engine):
         except psycopg.Error as err:
             reason = redact(str(err).strip().splitlines()[0])
             logger.warning("cannot stage the PostgreSQL restore in a new database (%s); restoring in place", reason)
-            fd, tmp_name = tempfile.mkstemp(prefix="backup-pg-restore-")
-            with open(fd, "wb") as fh:
-                while data := stream.read(CHUNK):
-                    fh.write(data)
-            return {"file": tmp_name}
+            return {"file": _spool(stream, "backup-pg-restore-")}
         try:
             args, env = self._restore_args(fresh, clean=False)
             _run_restore(args, env, stream, "PostgreSQL")
@@ -614,11 +619,7 @@ class MysqlEngine(Engine):
                 logger.warning(
                     "cannot stage the MySQL restore in a side database (%s); restoring in place", redact(err)
                 )
-                fd, tmp_name = tempfile.mkstemp(prefix="backup-mysql-restore-")
-                with open(fd, "wb") as fh:
-                    while data := stream.read(CHUNK):
-                        fh.write(data)
-                return {"file": tmp_name}
+                return {"file": _spool(stream, "backup-mysql-restore-")}
         try:
             self._feed(fresh, stream)
         except BaseException:

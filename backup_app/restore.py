@@ -180,8 +180,8 @@ def choose(storage, opts: RestoreOptions) -> Plan:
     return plan
 
 
-def gpg_for_restore(plan: Plan, interactive: bool) -> GpgSpec:
-    """GnuPG home and passphrase (file, environment, or a terminal prompt; never argv)."""
+def configured_gpg() -> GpgSpec:
+    """GnuPG home and the passphrase from ``backup_gpg_passphrase_file`` or ``backup_gpg_passphrase`` (never argv)."""
     app = getattr(settings, "BACKUP_APP", {})
     passphrase = app.get("GPG_PASSPHRASE")
     if app.get("GPG_PASSPHRASE_FILE"):
@@ -191,12 +191,19 @@ def gpg_for_restore(plan: Plan, interactive: bool) -> GpgSpec:
             raise RestoreError(
                 f"backup_gpg_passphrase_file {app['GPG_PASSPHRASE_FILE']}: cannot read it ({err.strerror})"
             ) from None
+    return GpgSpec(home=app.get("GPG_HOME"), passphrase=passphrase)
+
+
+def gpg_for_restore(plan: Plan, interactive: bool) -> GpgSpec:
+    """:func:`configured_gpg`, or on a terminal a prompt when the plan has encrypted files and no passphrase."""
+    gpg = configured_gpg()
     encrypted = any(i.file.encrypted for i in plan.databases) or bool(plan.media and plan.media.encrypted)
-    if encrypted and passphrase is None and interactive and sys.stdin.isatty():
+    if encrypted and gpg.passphrase is None and interactive and sys.stdin.isatty():
         from getpass import getpass
 
         passphrase = getpass("GPG passphrase of the backup key (empty if none): ") or None
-    return GpgSpec(home=app.get("GPG_HOME"), passphrase=passphrase)
+        gpg = GpgSpec(home=gpg.home, passphrase=passphrase)
+    return gpg
 
 
 def _code_migrations() -> set[tuple[str, str]]:

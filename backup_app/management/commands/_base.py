@@ -7,6 +7,7 @@ import sys
 from django.core.management.base import BaseCommand, CommandError
 
 from backup_app.errors import BackupAppError
+from backup_app.pipeline import steady_memory
 from backup_app.secrets import redact
 
 
@@ -22,6 +23,7 @@ class BackupCommand(BaseCommand):
         parser.add_argument("--quiet", action="store_true", help="Print nothing but errors.")
 
     def execute(self, *args, **options):
+        steady_memory()
         self.quiet = options.get("quiet", False)
         self._console = None
         try:

@@ -1,9 +1,8 @@
 """``manage.py backup_verify``: re-read and check backup sets (``invoke verify``)."""
 
-from django.conf import settings
 from django.core.management.base import CommandError
 
-from backup_app.pipeline import GpgSpec
+from backup_app.restore import configured_gpg
 from backup_app.storage import backup_storage
 from backup_app.verify import verify
 
@@ -24,17 +23,11 @@ class Command(BackupCommand):
         parser.add_argument("--path", help="Verify the backups in this local folder instead of the storage.")
 
     def handle(self, *args, **options):
-        app = settings.BACKUP_APP
-        passphrase = app.get("GPG_PASSPHRASE")
-        if app.get("GPG_PASSPHRASE_FILE"):
-            from pathlib import Path
-
-            passphrase = Path(app["GPG_PASSPHRASE_FILE"]).read_text().rstrip("\r\n")
         reports = verify(
             backup_storage(options["path"]),
             name=options["set_name"],
             restore_test=options["restore_test"],
-            gpg=GpgSpec(home=app.get("GPG_HOME"), passphrase=passphrase),
+            gpg=configured_gpg(),
             say=self.progress,
         )
         bad = [r for r in reports if not r.ok]
