@@ -193,18 +193,25 @@ def postgres_database():
             conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
-@pytest.fixture
-def postgres_site(tmp_path, postgres_database) -> Site:
+def server_site(root: Path, engine: str, database: str, user: str | None = None, password: str = "") -> Site:
+    """A migrated demo site on the PostgreSQL (``postgresql``) or MariaDB (``mysql``) server of the tests."""
+    server = PG if engine == "postgresql" else MY
     site = make_site(
-        tmp_path / "site",
-        INVENTREE_DB_ENGINE="postgresql",
-        INVENTREE_DB_NAME=postgres_database,
-        INVENTREE_DB_HOST=PG["host"],
-        INVENTREE_DB_PORT=str(PG["port"]),
-        INVENTREE_DB_USER=PG["user"],
+        root,
+        INVENTREE_DB_ENGINE=engine,
+        INVENTREE_DB_NAME=database,
+        INVENTREE_DB_HOST=server["host"],
+        INVENTREE_DB_PORT=str(server["port"]),
+        INVENTREE_DB_USER=user or server["user"],
+        INVENTREE_DB_PASSWORD=password,
     )
     site.manage("migrate", "--noinput", "-v0")
     return site
+
+
+@pytest.fixture
+def postgres_site(tmp_path, postgres_database) -> Site:
+    return server_site(tmp_path / "site", "postgresql", postgres_database)
 
 
 def _my_connect(database: str | None = None):
@@ -236,16 +243,7 @@ def mysql_database():
 
 @pytest.fixture
 def mysql_site(tmp_path, mysql_database) -> Site:
-    site = make_site(
-        tmp_path / "site",
-        INVENTREE_DB_ENGINE="mysql",
-        INVENTREE_DB_NAME=mysql_database,
-        INVENTREE_DB_HOST=MY["host"],
-        INVENTREE_DB_PORT=str(MY["port"]),
-        INVENTREE_DB_USER=MY["user"],
-    )
-    site.manage("migrate", "--noinput", "-v0")
-    return site
+    return server_site(tmp_path / "site", "mysql", mysql_database)
 
 
 @pytest.fixture(params=["sqlite", "postgres", "mysql"])

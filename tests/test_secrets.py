@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import MY, PG, ROOT, _my_connect, _pg_connect, make_site
+from conftest import ROOT, _my_connect, _pg_connect, server_site
 
 DB_PASSWORD = "Db-pa55word-" + uuid.uuid4().hex[:8]
 
@@ -135,16 +135,7 @@ def pg_password_site(tmp_path, postgres_database):
     with _pg_connect() as conn:
         conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{DB_PASSWORD}'")
         conn.execute(f'ALTER DATABASE "{postgres_database}" OWNER TO {role}')
-    site = make_site(
-        tmp_path / "site",
-        INVENTREE_DB_ENGINE="postgresql",
-        INVENTREE_DB_NAME=postgres_database,
-        INVENTREE_DB_HOST=PG["host"],
-        INVENTREE_DB_PORT=str(PG["port"]),
-        INVENTREE_DB_USER=role,
-        INVENTREE_DB_PASSWORD=DB_PASSWORD,
-    )
-    site.manage("migrate", "--noinput", "-v0")
+    site = server_site(tmp_path / "site", "postgresql", postgres_database, role, DB_PASSWORD)
     site.sql(
         "INSERT INTO demo_part (name, description, quantity, created, attachment) "
         "SELECT 'p', repeat(md5(g::text), 200), g, now(), '' FROM generate_series(1, 20000) g"
@@ -165,16 +156,7 @@ def mysql_password_site(tmp_path, mysql_database):
         cur.execute(f"GRANT ALL ON `{mysql_database}`.* TO '{user}'@'%'")
         cur.execute(f"GRANT ALL ON `{mysql_database}`.* TO '{user}'@'localhost'")
     conn.close()
-    site = make_site(
-        tmp_path / "site",
-        INVENTREE_DB_ENGINE="mysql",
-        INVENTREE_DB_NAME=mysql_database,
-        INVENTREE_DB_HOST=MY["host"],
-        INVENTREE_DB_PORT=str(MY["port"]),
-        INVENTREE_DB_USER=user,
-        INVENTREE_DB_PASSWORD=DB_PASSWORD,
-    )
-    site.manage("migrate", "--noinput", "-v0")
+    site = server_site(tmp_path / "site", "mysql", mysql_database, user, DB_PASSWORD)
     site.sql(
         "INSERT INTO demo_part (name, description, quantity, created, attachment) "
         "SELECT 'p', REPEAT(MD5(seq), 200), seq, NOW(), '' FROM seq_1_to_20000"
