@@ -8,6 +8,7 @@ files and moves them into place, so a bad archive changes nothing.
 
 from __future__ import annotations
 
+import os
 import posixpath
 import shutil
 import tarfile
@@ -19,10 +20,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from django.core.files import File
-from django.core.files.storage import storages
+from django.core.files.storage import FileSystemStorage, storages
 
 from .errors import BackupError, RestoreError
-from .pipeline import CHUNK
+from .pipeline import CHUNK, incompressible
 
 #: Folder name prefix of restore staging areas inside MEDIA_ROOT; never archived.
 STAGING_PREFIX = ".backup-restore-"
@@ -60,54 +61,96 @@ class ArchiveStats:
     bytes: int = 0
 
 
-class _Counting:
-    """A write-only stream that knows its position: lets TarFile write straight through.
+#: Files at least this large are probed once; if their start does not compress, they are stored as they are.
+STORE_PROBE_MIN = 64 * 1024
 
-    tarfile's stream mode (``w|``) re-buffers every write in a growing bytes
-    object, which costs more than compressing; plain ``w`` mode needs only tell().
+
+def _plain_local_root(storage) -> Path | None:
+    """MEDIA_ROOT when ``storage`` is a plain FileSystemStorage (files may be read directly), else None."""
+    if isinstance(storage, FileSystemStorage) and type(storage)._open is FileSystemStorage._open:
+        return Path(storage.location)
+    return None
+
+
+def _end_of_archive(written: int) -> bytes:
+    """Two zero blocks, then zeros up to a whole tar record, as tarfile and GNU tar end an archive."""
+    written += 2 * tarfile.BLOCKSIZE
+    return tarfile.NUL * (2 * tarfile.BLOCKSIZE + (-written % tarfile.RECORDSIZE))
+
+
+def _copy_member(src, out: BinaryIO, size: int, buf: memoryview) -> None:
+    """Copy exactly ``size`` bytes of ``src`` into ``out`` and pad them to a tar block.
+
+    The start of a larger file is probed: if it does not compress, the whole file goes into stored blocks
+    (``out.write_stored``, where the stream has it).
     """
-
-    def __init__(self, out: BinaryIO):
-        self._out = out
-        self._pos = 0
-
-    def write(self, data) -> int:
-        self._out.write(data)
-        self._pos += len(data)
-        return len(data)
-
-    def tell(self) -> int:
-        return self._pos
+    write = out.write
+    remaining = size
+    first = True
+    while remaining:
+        if hasattr(src, "readinto"):
+            n = src.readinto(buf[: min(remaining, len(buf))])
+            data = buf[:n]
+        else:
+            data = src.read(min(remaining, len(buf)))
+            n = len(data)
+        if not n:
+            raise OSError(f"file is shorter than its size ({size - remaining} of {size} bytes)")
+        if first:
+            first = False
+            stored = getattr(out, "write_stored", None)
+            if stored is not None and size >= STORE_PROBE_MIN and incompressible(data):
+                write = stored
+        write(data)
+        remaining -= n
+    if size % tarfile.BLOCKSIZE:
+        out.write(tarfile.NUL * (tarfile.BLOCKSIZE - size % tarfile.BLOCKSIZE))
 
 
 def write_tar(storage, out: BinaryIO, stats: ArchiveStats | None = None, cancel=None) -> ArchiveStats:
-    """Write every media file of ``storage`` as a tar stream into ``out``.
+    """Write every media file of ``storage`` as a tar stream (PAX format, what tarfile writes) into ``out``.
 
+    Headers come from :meth:`tarfile.TarInfo.tobuf`; bodies are copied here, so that a file that does not
+    compress can go into stored blocks.  A plain local media folder is read directly (one ``fstat`` per
+    file, size and time from the open file); other storages through their API.
     ``cancel`` (a threading.Event) stops the archive between two files with BackupError.
     """
     stats = stats or ArchiveStats()
-    with tarfile.TarFile(fileobj=_Counting(out), mode="w", format=tarfile.PAX_FORMAT, copybufsize=CHUNK) as tar:
-        for name in iter_media(storage):
-            if cancel is not None and cancel.is_set():
-                raise BackupError("media archive cancelled: another part of the backup failed")
-            info = tarfile.TarInfo(name)
-            info.mode = 0o644
-            try:
+    root = _plain_local_root(storage)
+    buf = memoryview(bytearray(CHUNK))
+    written = 0
+    for name in iter_media(storage):
+        if cancel is not None and cancel.is_set():
+            raise BackupError("media archive cancelled: another part of the backup failed")
+        info = tarfile.TarInfo(name)
+        info.mode = 0o644
+        try:
+            if root is not None:
+                fh = open(root / name, "rb", buffering=0)  # noqa: SIM115 - closed below
+                st = os.fstat(fh.fileno())
+                info.size, info.mtime = st.st_size, int(st.st_mtime)
+            else:
                 info.size = storage.size(name)
                 with suppress(NotImplementedError, OSError, AttributeError):
                     info.mtime = int(storage.get_modified_time(name).timestamp())
-                with storage.open(name, "rb") as fh:
-                    tar.addfile(info, fh)
-                # TarFile keeps every member it wrote; a writer never needs them, and they grow with the file count.
-                tar.members.clear()
-            except FileNotFoundError:
-                continue  # deleted while we were walking
-            except OSError as err:
-                raise BackupError(
-                    f"media file {name!r} could not be read ({err}); it changed during the backup, run the backup again"
-                ) from None
-            stats.files += 1
-            stats.bytes += info.size
+                fh = storage.open(name, "rb")
+        except FileNotFoundError:
+            continue  # deleted while we were walking
+        except OSError as err:
+            raise BackupError(f"media file {name!r} could not be read ({err}); check its permissions") from None
+        try:
+            with fh:
+                header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+                out.write(header)
+                _copy_member(fh, out, info.size, buf)
+        except OSError as err:
+            raise BackupError(
+                f"media file {name!r} could not be read ({err}); it changed during the backup, run the backup again"
+            ) from None
+        written += len(header) + info.size + (-info.size % tarfile.BLOCKSIZE)
+        stats.files += 1
+        stats.bytes += info.size
+    out.write(_end_of_archive(written))
     return stats
 
 

@@ -44,6 +44,7 @@ class Measurement:
     wall_s: float = 0.0
     peak_rss_tree: int = 0  # bytes
     max_rss_single: int = 0  # bytes
+    cpu_s: float = 0.0  # user + system time of the command and every process it waited for
     samples: int = 0
     max_processes: int = 0
     returncode: int = 0
@@ -193,7 +194,7 @@ def run_measured(
         r.start()
     killer = threading.Timer(timeout, proc.kill)
     killer.start()
-    _pid, status, _rusage = os.wait4(proc.pid, 0)
+    _pid, status, rusage = os.wait4(proc.pid, 0)
     killer.cancel()
     m.wall_s = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -203,6 +204,8 @@ def run_measured(
     if stdout_file:
         out_handle.close()
     m.returncode = proc.returncode
+    # GNU time waits for the command, which waits for its children: the rusage of `time` covers the whole tree.
+    m.cpu_s = rusage.ru_utime + rusage.ru_stime
     m.peak_rss_tree = sampler.peak
     m.samples = sampler.samples
     m.max_processes = sampler.max_processes
@@ -223,6 +226,7 @@ def combine(label: str, parts: list[Measurement]) -> Measurement:
     """Several commands run one after the other, as one step: times add, memory peaks take the max."""
     m = Measurement(label=label, argv=[" ; ".join(" ".join(p.argv) for p in parts)])
     m.wall_s = sum(p.wall_s for p in parts)
+    m.cpu_s = sum(p.cpu_s for p in parts)
     m.peak_rss_tree = max((p.peak_rss_tree for p in parts), default=0)
     m.max_rss_single = max((p.max_rss_single for p in parts), default=0)
     m.samples = sum(p.samples for p in parts)
@@ -231,6 +235,7 @@ def combine(label: str, parts: list[Measurement]) -> Measurement:
         {
             "label": p.label,
             "wall_s": p.wall_s,
+            "cpu_s": p.cpu_s,
             "peak_rss_tree": p.peak_rss_tree,
             "max_rss_single": p.max_rss_single,
         }

@@ -34,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -104,22 +105,55 @@ def _warm_up(site: Site) -> None:
         )
 
 
+DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+
+
+def page_cache_reset_available() -> bool:
+    return os.access(DROP_CACHES, os.W_OK)
+
+
+def _prepare(site: Site, inputs: Path) -> Callable[[], None]:
+    """What runs before every timed step (untimed): the same starting state for every variant.
+
+    The database server writes out its buffers; then, where this process may (root), the page cache is
+    dropped and the site and the step's input files are read back in.  Without that reset, creating files
+    on this machine's ext4 right after thousands were deleted costs up to 1 ms per file in the kernel
+    (``tar -x`` of the 0.5 GB media took 6-10 s of system time instead of 0.5-1 s), so a step's time
+    depended on what the step before it had deleted.
+    """
+
+    def prepare() -> None:
+        site.quiesce()
+        if not page_cache_reset_available():
+            return
+        os.sync()
+        DROP_CACHES.write_text("1\n")
+        _warm_up(site)
+        for path in sorted(p for p in inputs.rglob("*") if p.is_file()):
+            with open(path, "rb") as fh:
+                while fh.read(1 << 20):
+                    pass
+
+    return prepare
+
+
 def _backup(site: Site, variant: str, out: Path, interval: float) -> Measurement:
     out.mkdir(parents=True)
+    prep = _prepare(site, out)
     if variant == "raw":
         if site.engine == "sqlite":
             db = run_measured(
                 "sqlite3 .backup",
                 ["sqlite3", str(site.sqlite_path), f".backup '{out / 'db.sqlite3'}'"],
                 interval=interval,
-                prepare=site.quiesce,
+                prepare=prep,
             )
         elif site.engine == "postgresql":
             db = run_measured(
                 "pg_dump -Fc -Z0",
                 ["pg_dump", *pg_args(site.db_name), "-Fc", "-Z0", "-f", str(out / "db.psql.bin")],
                 interval=interval,
-                prepare=site.quiesce,
+                prepare=prep,
             )
         else:
             db = run_measured(
@@ -133,7 +167,7 @@ def _backup(site: Site, variant: str, out: Path, interval: float) -> Measurement
                     site.db_name,
                 ],
                 interval=interval,
-                prepare=site.quiesce,
+                prepare=prep,
             )
         media = run_measured(
             "tar | zstd -3",
@@ -144,7 +178,7 @@ def _backup(site: Site, variant: str, out: Path, interval: float) -> Measurement
                 f"| zstd -q -3 -o {shlex.quote(str(out / 'media.tar.zst'))}",
             ],
             interval=interval,
-            prepare=site.quiesce,
+            prepare=prep,
         )
         return combine("raw", [db, media])
     if variant in ("ours", "ours-zstd"):
@@ -155,7 +189,7 @@ def _backup(site: Site, variant: str, out: Path, interval: float) -> Measurement
             env=site.env(out, compression),
             cwd=site.source,
             interval=interval,
-            prepare=site.quiesce,
+            prepare=prep,
         )
     env = site.env(out)
     db = run_measured(
@@ -164,7 +198,7 @@ def _backup(site: Site, variant: str, out: Path, interval: float) -> Measurement
         env=env,
         cwd=site.source,
         interval=interval,
-        prepare=site.quiesce,
+        prepare=prep,
     )
     media = run_measured(
         "mediabackup",
@@ -172,12 +206,13 @@ def _backup(site: Site, variant: str, out: Path, interval: float) -> Measurement
         env=env,
         cwd=site.source,
         interval=interval,
-        prepare=site.quiesce,
+        prepare=prep,
     )
     return combine("stock", [db, media])
 
 
 def _restore(site: Site, variant: str, out: Path, dataset: Dataset, interval: float) -> Measurement:
+    prep = _prepare(site, out)
     if variant == "raw":
         target = site.root / "raw-restore"
         (target / "media").mkdir(parents=True)
@@ -187,7 +222,7 @@ def _restore(site: Site, variant: str, out: Path, dataset: Dataset, interval: fl
                 "cp",
                 ["cp", str(out / "db.sqlite3"), str(target / "db.sqlite3")],
                 interval=interval,
-                prepare=site.quiesce,
+                prepare=prep,
             )
             check["sqlite_path"] = target / "db.sqlite3"
         elif site.engine == "postgresql":
@@ -200,7 +235,7 @@ def _restore(site: Site, variant: str, out: Path, dataset: Dataset, interval: fl
                 "pg_restore",
                 ["pg_restore", *pg_args(fresh), "--no-owner", str(out / "db.psql.bin")],
                 interval=interval,
-                prepare=site.quiesce,
+                prepare=prep,
             )
             check["database"] = fresh
         else:
@@ -213,7 +248,7 @@ def _restore(site: Site, variant: str, out: Path, dataset: Dataset, interval: fl
                 "mariadb < dump",
                 ["bash", "-c", f"{command} < {shlex.quote(str(out / 'db.sql'))}"],
                 interval=interval,
-                prepare=site.quiesce,
+                prepare=prep,
             )
             check["database"] = fresh
         media = run_measured(
@@ -225,7 +260,7 @@ def _restore(site: Site, variant: str, out: Path, dataset: Dataset, interval: fl
                 f"| tar -xf - -C {shlex.quote(str(target / 'media'))}",
             ],
             interval=interval,
-            prepare=site.quiesce,
+            prepare=prep,
         )
         m = combine("raw", [db, media])
         try:
@@ -241,7 +276,7 @@ def _restore(site: Site, variant: str, out: Path, dataset: Dataset, interval: fl
             env=site.env(out),
             cwd=site.source,
             interval=interval,
-            prepare=site.quiesce,
+            prepare=prep,
         )
         site.check_restored(dataset)
         site.drop_side_databases()
@@ -257,7 +292,7 @@ def _restore(site: Site, variant: str, out: Path, dataset: Dataset, interval: fl
         env=env,
         cwd=site.source,
         interval=interval,
-        prepare=site.quiesce,
+        prepare=prep,
     )
     media = run_measured(
         "mediarestore",
@@ -265,7 +300,7 @@ def _restore(site: Site, variant: str, out: Path, dataset: Dataset, interval: fl
         env=env,
         cwd=site.source,
         interval=interval,
-        prepare=site.quiesce,
+        prepare=prep,
     )
     m = combine("stock", [db, media])
     site.check_restored(dataset)
@@ -278,7 +313,8 @@ def _median(runs: list[Measurement]) -> Measurement:
     chosen = ordered[(len(ordered) - 1) // 2]
     if len(runs) > 1:
         chosen.extra["runs"] = [
-            {"wall_s": m.wall_s, "peak_rss_tree": m.peak_rss_tree, "max_rss_single": m.max_rss_single} for m in runs
+            {"wall_s": m.wall_s, "cpu_s": m.cpu_s, "peak_rss_tree": m.peak_rss_tree, "max_rss_single": m.max_rss_single}
+            for m in runs
         ]
         chosen.extra["wall_s_stdev"] = statistics.pstdev(m.wall_s for m in runs)
     return chosen
@@ -336,7 +372,8 @@ def bench_engine(engine: str, dataset: Dataset, cfg: Config, run_dir: Path) -> d
                 runs.append(m)
                 outs.setdefault(variant, []).append(out)
                 log(
-                    f"[{engine}] backup  {variant:9} {m.wall_s:7.2f} s  tree {m.peak_rss_tree / 2**20:6.0f} MiB  "
+                    f"[{engine}] backup  {variant:9} {m.wall_s:7.2f} s  cpu {m.cpu_s:6.2f} s  "
+                    f"tree {m.peak_rss_tree / 2**20:6.0f} MiB  "
                     f"single {m.max_rss_single / 2**20:6.0f} MiB  out {m.extra['output_bytes'] / 2**20:7.1f} MiB"
                 )
             chosen = _median(runs)
@@ -347,7 +384,8 @@ def bench_engine(engine: str, dataset: Dataset, cfg: Config, run_dir: Path) -> d
                 m = _restore(site, variant, outs[variant][0], dataset, cfg.interval)
                 runs.append(m)
                 log(
-                    f"[{engine}] restore {variant:9} {m.wall_s:7.2f} s  tree {m.peak_rss_tree / 2**20:6.0f} MiB  "
+                    f"[{engine}] restore {variant:9} {m.wall_s:7.2f} s  cpu {m.cpu_s:6.2f} s  "
+                    f"tree {m.peak_rss_tree / 2**20:6.0f} MiB  "
                     f"single {m.max_rss_single / 2**20:6.0f} MiB  (rows and files checked)"
                 )
             result["restore"][variant] = _median(runs).as_json()
@@ -491,6 +529,7 @@ def run(cfg: Config) -> dict:
             "variants": cfg.variants,
             "repeat": cfg.repeat,
             "sample_interval_s": cfg.interval,
+            "page_cache_reset": page_cache_reset_available(),
             "note": cfg.note,
             "source": cfg.source_label,
             "source_dir": str(cfg.source_dir),

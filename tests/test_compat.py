@@ -66,7 +66,7 @@ def add_media(media: Path) -> None:
     """Media beyond the demo datasheets: nested folders, a unicode name, binary and empty files."""
     (media / "parts" / "nested").mkdir(parents=True, exist_ok=True)
     (media / "parts" / "nested" / "Schaltplan ✓ 図面.txt").write_text("Größe\n" * 300)
-    (media / "parts" / "photo.bin").write_bytes(os.urandom(20_000))
+    (media / "parts" / "photo.bin").write_bytes(os.urandom(200_000))
     (media / "parts" / "empty.bin").write_bytes(b"")
 
 

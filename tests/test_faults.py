@@ -221,14 +221,14 @@ def test_restore_killed_half_way_leaves_the_database_as_it_was(request, engine):
 def test_backup_killed_half_way_leaves_an_incomplete_set_that_restore_skips_and_clean_removes(sqlite_site):
     (sqlite_site.media / "doc.txt").write_text("good")
     sqlite_site.invoke("backup")
-    with open(sqlite_site.media / "big.bin", "wb") as fh:
-        fh.write(os.urandom(300 * 1024 * 1024))
+    # The backup stops at this named pipe (opening it waits for a writer): killed there, it is half-way.
+    os.mkfifo(sqlite_site.media / "gate")
 
-    kill_when(start(sqlite_site, "backup"), "Backing up media files", delay=0.3)
+    kill_when(start(sqlite_site, "backup"), "Backing up media files", delay=0.5)
 
     sets = sqlite_site.sets()
     assert [s["status"] for s in sets] == ["incomplete", "complete"]
-    (sqlite_site.media / "big.bin").unlink()
+    (sqlite_site.media / "gate").unlink()
     (sqlite_site.media / "doc.txt").write_text("changed")
     sqlite_site.invoke("restore")
     assert (sqlite_site.media / "doc.txt").read_text() == "good"
@@ -237,8 +237,9 @@ def test_backup_killed_half_way_leaves_an_incomplete_set_that_restore_skips_and_
 
 
 def test_two_backups_at_once_the_second_is_refused(sqlite_site):
-    with open(sqlite_site.media / "big.bin", "wb") as fh:
-        fh.write(os.urandom(200 * 1024 * 1024))
+    # The first backup stops at this named pipe (opening it waits for a writer) while it holds the lock.
+    gate = sqlite_site.media / "gate"
+    os.mkfifo(gate)
     first = start(sqlite_site, "backup")
     for line in first.stderr:
         if "Backing up media files" in line:
@@ -246,6 +247,8 @@ def test_two_backups_at_once_the_second_is_refused(sqlite_site):
 
     second = sqlite_site.invoke("backup", check=False)
 
+    with open(gate, "wb"):
+        pass  # let the first backup go on
     assert first.wait(timeout=300) == 0
     assert second.returncode != 0
     assert "another backup or restore is running" in second.stderr
