@@ -8,6 +8,7 @@ files and moves them into place, so a bad archive changes nothing.
 
 from __future__ import annotations
 
+import io
 import os
 import posixpath
 import shutil
@@ -88,7 +89,7 @@ def _copy_member(src, out: BinaryIO, size: int, buf: memoryview) -> None:
     remaining = size
     first = True
     while remaining:
-        if hasattr(src, "readinto"):
+        if isinstance(src, io.FileIO):
             n = src.readinto(buf[: min(remaining, len(buf))])
             data = buf[:n]
         else:
@@ -194,7 +195,7 @@ def iter_members(stream: BinaryIO) -> Iterator[tuple[str, tarfile.TarInfo, tarfi
     """
     seen: set[str] = set()
     try:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
+        with tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK) as tar:
             # next() rather than iteration, so that the members read so far can be dropped (memory stays flat).
             while (member := tar.next()) is not None:
                 tar.members.clear()
