@@ -13,13 +13,24 @@ from pathlib import Path
 
 from invoke import task
 from invoke.exceptions import Exit, UnexpectedExit
+from invoke.runners import Local
 
 ROOT = Path(__file__).resolve().parent
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 
+class _Local(Local):
+    """invoke's local runner, reading the command's output 64 KiB at a time instead of 1,000 bytes.
+
+    ``listbackups --json`` over 2,000 sets prints 2.3 MB: at 1,000 bytes a read invoke spent a second on it.
+    """
+
+    read_chunk_size = 64 * 1024
+
+
 def manage(c, command: str, **kwargs):
     """Run ``python manage.py <command>`` from the repository root."""
+    c.config.runners.local = _Local
     with c.cd(str(ROOT)):
         return c.run(f"{shlex.quote(sys.executable)} manage.py {command}", pty=False, **kwargs)
 
