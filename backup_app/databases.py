@@ -68,6 +68,14 @@ def _spool(stream: BinaryIO, prefix: str) -> str:
     return path
 
 
+def _pump(src, out: BinaryIO) -> None:
+    """Copy ``src`` (a raw or buffered binary file) into ``out`` through one reused buffer."""
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    while n := src.readinto(buf):
+        out.write(view[:n])
+
+
 def _run_dump(args: list[str], env: dict, out: BinaryIO, what: str) -> None:
     """Run a dump tool, copying its stdout into ``out`` as it comes."""
     with tempfile.TemporaryFile() as err:
@@ -76,8 +84,7 @@ def _run_dump(args: list[str], env: dict, out: BinaryIO, what: str) -> None:
         except FileNotFoundError:
             raise BackupError(f"{args[0]} is not installed; install the {what} client tools") from None
         try:
-            while data := proc.stdout.read(CHUNK):
-                out.write(data)
+            _pump(proc.stdout, out)
         finally:
             proc.stdout.close()
             proc.wait()
@@ -220,9 +227,8 @@ class SqliteEngine(Engine):
                 raise BackupError(f"SQLite backup of {path} failed: {err}") from None
             finally:
                 src.close()
-            with open(snapshot, "rb") as fh:
-                while data := fh.read(CHUNK):
-                    out.write(data)
+            with open(snapshot, "rb", buffering=0) as fh:
+                _pump(fh, out)
 
     def stage(self, stream: BinaryIO) -> dict:
         path = Path(self.settings["NAME"])

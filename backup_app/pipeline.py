@@ -99,12 +99,14 @@ class HashingReader(io.RawIOBase):
         data = self._raw.read(len(buffer))
         n = len(data)
         buffer[:n] = data
+        _TRIM.add(n)
         self.size += n
         self._hash.update(data)
         return n
 
     def read(self, size: int = -1) -> bytes:
         data = self._raw.read(size if size is not None and size >= 0 else CHUNK * 64)
+        _TRIM.add(len(data))
         if size is None or size < 0:
             parts = [data]
             while data:
@@ -122,6 +124,38 @@ class HashingReader(io.RawIOBase):
     @property
     def sha256(self) -> str:
         return self._hash.hexdigest()
+
+
+class _Trimmer:
+    """Give freed heap pages back to the system after every 64 MiB streamed (``malloc_trim``).
+
+    128 KiB stream buffers come from glibc's heaps, where they are reused without page faults; freed
+    pieces between them are not returned on their own, so without this the resident memory of a
+    backup grew with its size (0.5 -> 2 GB SQLite backup: 100 -> 124 MiB).
+    """
+
+    EVERY = 64 * 1024 * 1024
+
+    def __init__(self):
+        self._count = 0
+        self._lock = threading.Lock()
+        try:
+            self._trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            self._trim = None
+
+    def add(self, n: int) -> None:
+        if self._trim is None:
+            return
+        with self._lock:
+            self._count += n
+            if self._count < self.EVERY:
+                return
+            self._count = 0
+        self._trim(0)
+
+
+_TRIM = _Trimmer()
 
 
 def steady_memory() -> None:
