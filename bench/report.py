@@ -197,7 +197,12 @@ def markdown_report(results: dict) -> str:
         f"{meta['sample_interval_s'] * 1000:.0f} ms from /proc. Max RSS, one process: the largest single "
         "process (kernel `ru_maxrss`, as GNU time `%M`). Database server processes are not counted. "
         "Output: bytes written. Caches are warm; before every step (untimed) PostgreSQL checkpoints and "
-        "dirty pages are flushed (`sync`).",
+        "dirty pages are flushed (`sync`)"
+        + (
+            ", then the page cache is dropped and the site and the step's input files are read back in."
+            if meta.get("page_cache_reset")
+            else "."
+        ),
     ]
     for engine, data in results.get("engines", {}).items():
         name = ENGINE_NAMES.get(engine, engine)
