@@ -63,8 +63,7 @@ def _spool(stream: BinaryIO, prefix: str) -> str:
     """Write ``stream`` to a private temporary file (for the in-place restore fallbacks); returns its path."""
     fd, path = tempfile.mkstemp(prefix=prefix)
     with open(fd, "wb") as fh:
-        while data := stream.read(CHUNK):
-            fh.write(data)
+        shutil.copyfileobj(stream, fh, CHUNK)
     return path
 
 

@@ -86,10 +86,11 @@ def _copy_member(src, out: BinaryIO, size: int, buf: memoryview) -> None:
     (``out.write_stored``, where the stream has it).
     """
     write = out.write
+    direct = isinstance(src, io.FileIO)  # a plain file reads into the reused buffer; storage files return bytes
     remaining = size
     first = True
     while remaining:
-        if isinstance(src, io.FileIO):
+        if direct:
             n = src.readinto(buf[: min(remaining, len(buf))])
             data = buf[:n]
         else:
