@@ -175,43 +175,91 @@ def steady_memory() -> None:
 class GzipWriter:
     """A single-member gzip stream (RFC 1952) over ISA-L's raw deflate, with stored passages.
 
-    ISA-L writes standard deflate (stock ``-z`` restores it) several times faster than zlib -9.
-    :meth:`write_stored` puts bytes known not to compress (a JPEG, a ZIP) into stored blocks: a full flush
-    first, so that nothing compressed later refers back across them, then 64 KiB blocks copied as they are.
-    That costs a CRC instead of a futile compression pass.  Closing does not close ``raw``.
+    ISA-L writes standard deflate (stock ``-z`` restores it) several times faster than zlib -9.  Input is
+    compressed in blocks of :data:`CHUNK` bytes, each primed with the 32 KiB before it and ended by a sync
+    flush, through ``isal_zlib._ParallelCompress`` (what ``isal.igzip_threaded`` uses): unlike a
+    ``compressobj``, it lets go of the GIL while it compresses, so the database dump and the media archive,
+    each in its own thread, are compressed on two cores at once.  Where that class is missing (another
+    python-isal), a ``compressobj`` does the same work holding the GIL.
+
+    :meth:`write_stored` puts bytes known not to compress (a JPEG, a ZIP) into stored blocks: nothing before
+    is referred to across them, and they are 64 KiB blocks copied as they are, which costs a CRC instead of a
+    futile compression pass.  Closing does not close ``raw``.
     """
 
     _HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, no mtime, OS unknown
     _STORED_MAX = 0xFFFF
+    _WINDOW = 32 * 1024  # deflate's history: how far back a block may refer
 
     def __init__(self, raw: BinaryIO, level: int = 2):
         from isal import isal_zlib
 
         self._zlib = isal_zlib
         self._raw = raw
-        self._deflate = isal_zlib.compressobj(level, isal_zlib.DEFLATED, -15)
+        parallel = getattr(isal_zlib, "_ParallelCompress", None)
+        # Output room: deflate grows incompressible input by well under 10 %.
+        self._blocks = parallel(buffersize=CHUNK + CHUNK // 10 + 500, level=level) if parallel else None
+        self._deflate = None if self._blocks else isal_zlib.compressobj(level, isal_zlib.DEFLATED, -15)
+        self._buffer = bytearray()  # input not yet compressed (less than one block)
+        self._window = b""  # the last 32 KiB compressed: the dictionary of the next block
+        self._pending = False  # the compressobj holds input it has not flushed
         self._crc = 0
         self._size = 0
-        self._pending = False  # the compressor holds input it has not flushed
         self.closed = False
         raw.write(self._HEADER)
 
     def write(self, data) -> int:
-        self._crc = self._zlib.crc32(data, self._crc)
-        self._size += len(data)
-        out = self._deflate.compress(data)
-        if out:
-            self._raw.write(out)
-        self._pending = True
-        return len(data)
+        view = memoryview(data).cast("B")
+        total = len(view)
+        if self._deflate is not None:
+            self._crc = self._zlib.crc32(view, self._crc)
+            self._size += total
+            out = self._deflate.compress(view)
+            if out:
+                self._raw.write(out)
+            self._pending = True
+            return total
+        if self._buffer:
+            take = CHUNK - len(self._buffer)
+            self._buffer += view[:take]
+            view = view[take:]
+            if len(self._buffer) < CHUNK:
+                return total
+            self._compress(self._buffer)
+            self._buffer = bytearray()
+        while len(view) >= CHUNK:
+            self._compress(view[:CHUNK])
+            view = view[CHUNK:]
+        if view:
+            self._buffer += view
+        return total
+
+    def _compress(self, block) -> None:
+        out, crc = self._blocks.compress_and_crc(block, self._window)
+        self._crc = self._zlib.crc32_combine(self._crc, crc, len(block))
+        self._size += len(block)
+        if len(block) >= self._WINDOW:
+            self._window = bytes(block[-self._WINDOW :])
+        else:
+            self._window = (self._window + bytes(block))[-self._WINDOW :]
+        self._raw.write(out)
+
+    def _flush_buffer(self) -> None:
+        """Compress buffered input and end it on a byte boundary (a sync flush)."""
+        if self._deflate is not None:
+            if self._pending:
+                self._raw.write(self._deflate.flush(self._zlib.Z_FULL_FLUSH))
+                self._pending = False
+        elif self._buffer:
+            self._compress(self._buffer)
+            self._buffer = bytearray()
 
     def write_stored(self, data) -> int:
         view = memoryview(data).cast("B")
         if not view:
             return 0
-        if self._pending:
-            self._raw.write(self._deflate.flush(self._zlib.Z_FULL_FLUSH))
-            self._pending = False
+        self._flush_buffer()
+        self._window = b""  # as after a full flush: nothing later refers back across stored bytes
         self._crc = self._zlib.crc32(view, self._crc)
         self._size += len(view)
         for start in range(0, len(view), self._STORED_MAX):
@@ -225,7 +273,11 @@ class GzipWriter:
         if self.closed:
             return
         self.closed = True
-        self._raw.write(self._deflate.flush(self._zlib.Z_FINISH))
+        if self._deflate is not None:
+            self._raw.write(self._deflate.flush(self._zlib.Z_FINISH))
+        else:
+            self._flush_buffer()
+            self._raw.write(self._zlib.compress(b"", wbits=-15))  # an empty final block
         self._raw.write(struct.pack("<II", self._crc, self._size & 0xFFFFFFFF))
 
 

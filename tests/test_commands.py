@@ -78,6 +78,14 @@ def test_skip_media_writes_only_the_database(sqlite_site):
     assert sorted(f["kind"] for f in entry["files"]) == ["db", "manifest"]
 
 
+def test_backup_create_accepts_stocks_noinput_flag(sqlite_site):
+    sqlite_site.manage("backup_create", "--noinput")
+
+    [entry] = sqlite_site.sets()
+
+    assert entry["complete"]
+
+
 def test_no_compress_writes_plain_files(sqlite_site):
     sqlite_site.invoke("backup", "--no-compress")
 

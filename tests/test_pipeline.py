@@ -52,6 +52,37 @@ def test_gzip_with_stored_passages_is_read_back_by_python_and_gnu_gzip(tmp_path)
     assert gnu.stdout == expected
 
 
+@pytest.fixture(params=["blocks", "compressobj"])
+def gzip_writer_kind(request, monkeypatch):
+    """GzipWriter as built: with python-isal's GIL-free block compressor, or without it (its fallback)."""
+    if request.param == "compressobj":
+        from isal import isal_zlib
+
+        monkeypatch.delattr(isal_zlib, "_ParallelCompress")
+    return request.param
+
+
+def test_gzip_from_a_reused_buffer_in_uneven_writes_reads_back_whole(gzip_writer_kind):
+    rnd = random.Random(7)
+    noise = rnd.randbytes(300_000)
+    raw = io.BytesIO()
+    out = GzipWriter(raw)
+    buffer = bytearray(200_000)  # reused for every write, as the dump pump does
+    expected = bytearray()
+    for _ in range(60):
+        size = rnd.choice([1, 511, 512, 4_096, 131_071, 131_072, 131_073, 200_000])
+        source = TEXT if rnd.random() < 0.8 else noise
+        start = rnd.randrange(len(source) - size)
+        buffer[:size] = source[start : start + size]
+        (out.write_stored if source is noise and rnd.random() < 0.5 else out.write)(memoryview(buffer)[:size])
+        expected += source[start : start + size]
+        buffer[:size] = b"\0" * size  # the caller overwrites its buffer at once
+    out.close()
+
+    assert gzip.decompress(raw.getvalue()) == bytes(expected)
+    assert len(raw.getvalue()) < len(expected) // 2
+
+
 def test_incompressible_tells_random_bytes_from_text():
     assert incompressible(os.urandom(64 * 1024))
     assert not incompressible(TEXT[: 64 * 1024])

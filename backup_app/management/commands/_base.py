@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 
 from django.core.management.base import BaseCommand, CommandError
@@ -24,6 +25,10 @@ class BackupCommand(BaseCommand):
 
     def execute(self, *args, **options):
         steady_memory()
+        # The loaded site (Django, the apps, the modules: some 70,000 objects) lives until the process exits:
+        # take it out of the collector's sight, or every full collection and the ones at exit walk it again
+        # (0.2 s at the end of a backup).
+        gc.freeze()
         self.quiet = options.get("quiet", False)
         self._console = None
         try:

@@ -45,6 +45,12 @@ class Command(BackupCommand):
             choices=["manual", "update", "scheduled"],
             help="Recorded in the manifest.",
         )
+        parser.add_argument(
+            "--noinput",
+            "--no-input",
+            action="store_true",
+            help="Accepted for stock dbbackup's command lines; a backup never asks anything.",
+        )
 
     def handle(self, *args, **options):
         with record_run(options["origin"]) as run:
