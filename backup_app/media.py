@@ -8,10 +8,12 @@ files and moves them into place, so a bad archive changes nothing.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import posixpath
 import shutil
+import stat
 import tarfile
 import tempfile
 from collections.abc import Iterator
@@ -66,9 +68,15 @@ class ArchiveStats:
 STORE_PROBE_MIN = 64 * 1024
 
 
+#: The FileSystemStorage methods a subclass must leave alone for its folder to be read and written directly.
+_PLAIN_METHODS = ("_open", "_save", "delete", "exists", "path")
+
+
 def _plain_local_root(storage) -> Path | None:
-    """MEDIA_ROOT when ``storage`` is a plain FileSystemStorage (files may be read directly), else None."""
-    if isinstance(storage, FileSystemStorage) and type(storage)._open is FileSystemStorage._open:
+    """MEDIA_ROOT when ``storage`` is a plain FileSystemStorage (files may be used directly), else None."""
+    if isinstance(storage, FileSystemStorage) and all(
+        getattr(type(storage), m) is getattr(FileSystemStorage, m) for m in _PLAIN_METHODS
+    ):
         return Path(storage.location)
     return None
 
@@ -235,15 +243,37 @@ def _folder(path: Path, made: set[Path]) -> None:
         made.add(path)
 
 
+def _move(source: Path, target: Path) -> None:
+    """Rename ``source`` to ``target``; copy and delete only across file systems (a safety folder elsewhere)."""
+    try:
+        os.rename(source, target)
+    except OSError as err:
+        if err.errno != errno.EXDEV:
+            raise
+        shutil.move(source, target)
+
+
 def _keep_original(storage, name: str, safety_media: Path, made: set[Path]) -> bool:
     """Move (or copy, for remote media storage) the current ``name`` aside; False if there is none."""
+    root = _plain_local_root(storage)
+    if root is not None:
+        # A name from the archive, already checked (relative, no ".."): one lstat and one rename.
+        local = root / name
+        try:
+            os.lstat(local)
+        except FileNotFoundError:
+            return False
+        kept = safety_media / name
+        _folder(kept.parent, made)
+        _move(local, kept)
+        return True
     if not storage.exists(name):
         return False
     kept = safety_media / name
     _folder(kept.parent, made)
     local = _local_path(storage, name)
     if local is not None:
-        shutil.move(local, kept)
+        _move(local, kept)
     else:
         with storage.open(name, "rb") as src, open(kept, "wb") as dst:
             shutil.copyfileobj(src, dst, CHUNK)
@@ -253,10 +283,11 @@ def _keep_original(storage, name: str, safety_media: Path, made: set[Path]) -> b
 
 def _put(storage, name: str, source: Path, made: set[Path]) -> None:
     """Put the file ``source`` at ``name`` in ``storage`` (nothing is there now)."""
-    local = _local_path(storage, name)
+    root = _plain_local_root(storage)
+    local = root / name if root is not None else _local_path(storage, name)
     if local is not None:
         _folder(local.parent, made)
-        shutil.move(source, local)
+        _move(source, local)
         return
     with open(source, "rb") as fh:
         saved = storage.save(name, File(fh, name=name))
@@ -266,35 +297,101 @@ def _put(storage, name: str, source: Path, made: set[Path]) -> None:
 
 @dataclass
 class StagedArchive:
-    """Media files extracted into a staging folder, not yet in place."""
+    """Media files extracted into a staging folder, not yet in place.
+
+    ``names`` are staged (new or different from the live file); ``unchanged`` are live files whose bytes
+    are already those of the archive, left where they are.
+    """
 
     folder: Path
     names: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    bytes: int = 0
 
     @property
-    def bytes(self) -> int:
-        return sum((self.folder / n).stat().st_size for n in self.names)
+    def files(self) -> int:
+        return len(self.names) + len(self.unchanged)
+
+
+def _open_live(path: Path, size: int) -> int | None:
+    """A read descriptor of the live regular file ``path`` if it has ``size`` bytes (no symlink), else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+    except OSError:
+        info = None
+    if info is None or not stat.S_ISREG(info.st_mode) or info.st_size != size:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _stage_member(source: BinaryIO, size: int, target: Path, live: Path | None, folders: set[Path]) -> bool:
+    """Write an archive member to ``target``, unless the live file has the same bytes; True if it wrote.
+
+    The live file of the same size is compared as the member is read: while they agree nothing is written;
+    at the first difference the agreed part is copied from the live file and the rest from the archive.
+    """
+    fd = _open_live(live, size) if live is not None else None
+    try:
+        chunk = b""
+        agreed = 0
+        if fd is not None:
+            while agreed < size:
+                chunk = source.read(min(CHUNK, size - agreed))
+                if not chunk:
+                    raise RestoreError("the media archive ends inside a file; media left unchanged")
+                if os.read(fd, len(chunk)) != chunk:
+                    break
+                agreed += len(chunk)
+                chunk = b""
+            else:
+                return False
+        _folder(target.parent, folders)
+        with open(target, "wb") as fh:
+            if agreed:
+                os.lseek(fd, 0, os.SEEK_SET)
+                left = agreed
+                while left:
+                    data = os.read(fd, min(CHUNK, left))
+                    if not data:
+                        raise RestoreError(f"{live} changed while it was compared; media left unchanged")
+                    fh.write(data)
+                    left -= len(data)
+            fh.write(chunk)
+            shutil.copyfileobj(source, fh, CHUNK)
+        return True
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def stage_archive(storage, stream: BinaryIO) -> StagedArchive:
     """Extract a tar stream into a staging folder, validating each member before it is written.
 
     The folder is under MEDIA_ROOT for local media (so that putting files in
-    place is a rename), else a temp folder.  Nothing of the live media changes;
-    on any error the staging folder is removed.
+    place is a rename), else a temp folder.  On plain local media, a member
+    whose live file already holds the same bytes is not written (it is
+    ``unchanged``).  Nothing of the live media changes; on any error the
+    staging folder is removed.
     """
     root = _local_path(storage, "")
     if root is not None:
         root.mkdir(parents=True, exist_ok=True)
+    live_root = _plain_local_root(storage)
     staged = StagedArchive(Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=root)))
     folders: set[Path] = set()
     try:
         for name, member, tar in iter_members(stream):
-            target = staged.folder / name
-            _folder(target.parent, folders)
-            with open(target, "wb") as fh:
-                shutil.copyfileobj(tar.extractfile(member), fh, CHUNK)
-            staged.names.append(name)
+            live = live_root / name if live_root is not None else None
+            if _stage_member(tar.extractfile(member), member.size, staged.folder / name, live, folders):
+                staged.names.append(name)
+            else:
+                staged.unchanged.append(name)
+            staged.bytes += member.size
     except BaseException:
         abandon_archive(staged)
         raise
@@ -322,12 +419,12 @@ def commit_archive(storage, staged: StagedArchive, safety_media: Path, *, mirror
                 created.append(name)
             _put(storage, name, staged.folder / name, made)
         if mirror:
-            keep = set(staged.names)
+            keep = set(staged.names) | set(staged.unchanged)
             for name in list(iter_media(storage)):
                 if name not in keep:
                     _keep_original(storage, name, safety_media, made)
                     removed += 1
-        return {"files": len(staged.names), "removed": removed, "created": created}
+        return {"files": staged.files, "unchanged": len(staged.unchanged), "removed": removed, "created": created}
     except BaseException:
         undo_media(storage, safety_media, created)
         raise

@@ -322,7 +322,7 @@ def _stage(storage, plan: Plan, opts: RestoreOptions, gpg: GpgSpec, say: Progres
             job, media_job = media_job, None
             staged_media = job.result() if job is not None else stage_media()
             expected = plan.media_expected
-            found = (len(staged_media.names), staged_media.bytes)
+            found = (staged_media.files, staged_media.bytes)
             if expected and found != (expected.get("files"), expected.get("bytes")):
                 raise RestoreError(
                     f"{plan.media.name} holds {found[0]} files but its manifest says {expected.get('files')}"
@@ -393,7 +393,10 @@ def restore(
             staged_media = None
             safety.set_media(media.pop("created"))
             report["media"] = media
-            say(f"  {media['files']} files restored, {media['removed']} removed")
+            say(
+                f"  {media['files']} files restored ({media['unchanged']} already as in the backup), "
+                f"{media['removed']} removed"
+            )
     except BaseException as err:
         _abandon(staged_dbs, staged_media)
         message = redact(err) if isinstance(err, Exception) else "interrupted"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -293,6 +294,44 @@ def test_rollback_undoes_a_restore(any_site):
 
     assert any_site.snapshot_db() == rows
     assert any_site.snapshot_media() == media
+
+
+def test_restore_leaves_matching_media_files_alone_and_keeps_only_what_it_replaced(sqlite_site):
+    media = sqlite_site.media
+    block = 128 * 1024
+    big = random.Random(11).randbytes(3 * block + 5)
+    (media / "same.bin").write_bytes(big)
+    (media / "late.bin").write_bytes(big)
+    (media / "size.txt").write_text("short")
+    (media / "link.txt").write_text("plain text")
+    (media / "gone.txt").write_text("deleted after the backup")
+    sqlite_site.invoke("backup")
+    backed_up = sqlite_site.snapshot_media()
+    late = bytearray(big)
+    late[2 * block + 100] ^= 1  # the first two blocks still agree
+    (media / "late.bin").write_bytes(late)
+    (media / "size.txt").write_text("longer now")
+    (media / "gone.txt").unlink()
+    (media / "link.txt").unlink()
+    (media / "elsewhere.txt").write_text("plain text")
+    (media / "link.txt").symlink_to(media / "elsewhere.txt")  # same bytes, but a link
+    same_inode = (media / "same.bin").stat().st_ino
+    before = sqlite_site.snapshot_media()
+
+    out = sqlite_site.invoke("restore", "--skip-db").output
+
+    assert {k: v for k, v in sqlite_site.snapshot_media().items() if k != "elsewhere.txt"} == backed_up
+    assert not (media / "link.txt").is_symlink()
+    assert (media / "same.bin").stat().st_ino == same_inode
+    assert "5 files restored (1 already as in the backup)" in out
+    [record] = (sqlite_site.root / "safety").iterdir()
+    kept = sorted(p.relative_to(record / "media").as_posix() for p in (record / "media").rglob("*"))
+    assert kept == ["late.bin", "link.txt", "size.txt"]
+
+    sqlite_site.invoke("rollback")
+
+    assert sqlite_site.snapshot_media() == before
+    assert (media / "link.txt").is_symlink()
 
 
 def test_no_safety_backup_keeps_no_copy(sqlite_site):
