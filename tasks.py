@@ -214,6 +214,7 @@ def backup_check(c, path="", quiet=False):
         "note": "Free text stored with the results, e.g. 'shared machine'",
         "profile": "Also profile this app's backup and restore with py-spy (extra, untimed runs)",
         "source": "Code to measure: a commit, snapshotted with git archive (default HEAD), or . for the working tree",
+        "restore_media": "live (default): restores replace media holding the backed-up files; empty: an emptied folder",
     }
 )
 def benchmark(
@@ -230,6 +231,7 @@ def benchmark(
     note="",
     profile=False,
     source="",
+    restore_media="",
 ):
     """Time backup and restore against stock django-dbbackup and raw tools (see docs/performance.md)."""
     args = _flags(
@@ -244,6 +246,7 @@ def benchmark(
         note=note,
         profile=profile,
         source=source,
+        restore_media=restore_media,
     )
     with c.cd(str(ROOT)):
         c.run(f"{shlex.quote(sys.executable)} -m bench {args} --sets {int(sets)}", pty=False)

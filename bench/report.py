@@ -202,6 +202,11 @@ def markdown_report(results: dict) -> str:
             ", then the page cache is dropped and the site and the step's input files are read back in."
             if meta.get("page_cache_reset")
             else "."
+        )
+        + (
+            " Restores other than raw start from an emptied media folder (every file is written)."
+            if meta.get("restore_media") == "empty"
+            else " Restores other than raw replace a media folder that still holds the backed-up files."
         ),
     ]
     for engine, data in results.get("engines", {}).items():

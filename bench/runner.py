@@ -77,6 +77,9 @@ class Config:
     source: str = "HEAD"  # a commit to snapshot, or "." for the working tree as it is
     source_dir: Path = ROOT
     source_label: str = ""
+    #: "live": restores replace a media folder holding the backed-up files (every file already matches);
+    #: "empty": the site's media folder is emptied (untimed) before each restore, so every file is written.
+    restore_media: str = "live"
 
     @property
     def label(self) -> str:
@@ -211,8 +214,17 @@ def _backup(site: Site, variant: str, out: Path, interval: float) -> Measurement
     return combine("stock", [db, media])
 
 
-def _restore(site: Site, variant: str, out: Path, dataset: Dataset, interval: float) -> Measurement:
+def _empty_media(site: Site) -> None:
+    shutil.rmtree(site.media)
+    site.media.mkdir()
+
+
+def _restore(
+    site: Site, variant: str, out: Path, dataset: Dataset, interval: float, restore_media: str = "live"
+) -> Measurement:
     prep = _prepare(site, out)
+    if restore_media == "empty" and variant != "raw":
+        _empty_media(site)
     if variant == "raw":
         target = site.root / "raw-restore"
         (target / "media").mkdir(parents=True)
@@ -381,7 +393,7 @@ def bench_engine(engine: str, dataset: Dataset, cfg: Config, run_dir: Path) -> d
         for variant in cfg.variants:
             runs = []
             for _ in range(cfg.repeat):
-                m = _restore(site, variant, outs[variant][0], dataset, cfg.interval)
+                m = _restore(site, variant, outs[variant][0], dataset, cfg.interval, cfg.restore_media)
                 runs.append(m)
                 log(
                     f"[{engine}] restore {variant:9} {m.wall_s:7.2f} s  cpu {m.cpu_s:6.2f} s  "
@@ -530,6 +542,7 @@ def run(cfg: Config) -> dict:
             "repeat": cfg.repeat,
             "sample_interval_s": cfg.interval,
             "page_cache_reset": page_cache_reset_available(),
+            "restore_media": cfg.restore_media,
             "note": cfg.note,
             "source": cfg.source_label,
             "source_dir": str(cfg.source_dir),
@@ -601,6 +614,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile", action="store_true", help="also profile this app's backup and restore with py-spy (extra runs)"
     )
+    parser.add_argument(
+        "--restore-media",
+        choices=["live", "empty"],
+        default="live",
+        help="restores replace a media folder that holds the backed-up files (live) or an emptied one (empty)",
+    )
     args = parser.parse_args(argv)
 
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
@@ -627,6 +646,7 @@ def main(argv: list[str] | None = None) -> int:
         interval=args.interval,
         note=args.note,
         source=args.source,
+        restore_media=args.restore_media,
         command="invoke benchmark " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
     )
     stem = (
