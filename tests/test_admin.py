@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import io
 from datetime import timedelta
 
 import django
@@ -54,6 +56,14 @@ def superuser() -> Client:
     client = Client()
     client.force_login(User.objects.create_superuser("boss", password="pw"))
     return client
+
+
+def test_a_command_run_in_process_as_workers_run_it_leaves_the_collector_alone(db):
+    frozen = gc.get_freeze_count()
+
+    call_command("backup_config", json=True, stdout=io.StringIO())
+
+    assert gc.get_freeze_count() == frozen
 
 
 def test_the_settings_list_leads_to_the_one_settings_page(db):
