@@ -172,6 +172,24 @@ def steady_memory() -> None:
         ctypes.CDLL("libc.so.6").mallopt(-3, 256 * 1024)  # -3 = M_MMAP_THRESHOLD
 
 
+class _BlockCompressObj:
+    """``isal_zlib._ParallelCompress``'s one call, made with a ``compressobj`` per block (holding the GIL).
+
+    The fallback for python-isal releases without that class.
+    """
+
+    def __init__(self, level: int):
+        from isal import isal_zlib
+
+        self._zlib = isal_zlib
+        self._level = level
+
+    def compress_and_crc(self, block, zdict) -> tuple[bytes, int]:
+        zlib = self._zlib
+        deflate = zlib.compressobj(self._level, zlib.DEFLATED, -15, zdict=zdict)
+        return deflate.compress(block) + deflate.flush(zlib.Z_SYNC_FLUSH), zlib.crc32(block)
+
+
 class GzipWriter:
     """A single-member gzip stream (RFC 1952) over ISA-L's raw deflate, with stored passages.
 
@@ -180,7 +198,7 @@ class GzipWriter:
     flush, through ``isal_zlib._ParallelCompress`` (what ``isal.igzip_threaded`` uses): unlike a
     ``compressobj``, it lets go of the GIL while it compresses, so the database dump and the media archive,
     each in its own thread, are compressed on two cores at once.  Where that class is missing (another
-    python-isal), a ``compressobj`` does the same work holding the GIL.
+    python-isal), :class:`_BlockCompressObj` does the same work holding the GIL.
 
     :meth:`write_stored` puts bytes known not to compress (a JPEG, a ZIP) into stored blocks: nothing before
     is referred to across them, and they are 64 KiB blocks copied as they are, which costs a CRC instead of a
@@ -198,11 +216,11 @@ class GzipWriter:
         self._raw = raw
         parallel = getattr(isal_zlib, "_ParallelCompress", None)
         # Output room: deflate grows incompressible input by well under 10 %.
-        self._blocks = parallel(buffersize=CHUNK + CHUNK // 10 + 500, level=level) if parallel else None
-        self._deflate = None if self._blocks else isal_zlib.compressobj(level, isal_zlib.DEFLATED, -15)
+        self._blocks = (
+            parallel(buffersize=CHUNK + CHUNK // 10 + 500, level=level) if parallel else _BlockCompressObj(level)
+        )
         self._buffer = bytearray()  # input not yet compressed (less than one block)
         self._window = b""  # the last 32 KiB compressed: the dictionary of the next block
-        self._pending = False  # the compressobj holds input it has not flushed
         self._crc = 0
         self._size = 0
         self.closed = False
@@ -211,22 +229,13 @@ class GzipWriter:
     def write(self, data) -> int:
         view = memoryview(data).cast("B")
         total = len(view)
-        if self._deflate is not None:
-            self._crc = self._zlib.crc32(view, self._crc)
-            self._size += total
-            out = self._deflate.compress(view)
-            if out:
-                self._raw.write(out)
-            self._pending = True
-            return total
         if self._buffer:
             take = CHUNK - len(self._buffer)
             self._buffer += view[:take]
             view = view[take:]
             if len(self._buffer) < CHUNK:
                 return total
-            self._compress(self._buffer)
-            self._buffer = bytearray()
+            self._flush_buffer()
         while len(view) >= CHUNK:
             self._compress(view[:CHUNK])
             view = view[CHUNK:]
@@ -238,19 +247,13 @@ class GzipWriter:
         out, crc = self._blocks.compress_and_crc(block, self._window)
         self._crc = self._zlib.crc32_combine(self._crc, crc, len(block))
         self._size += len(block)
-        if len(block) >= self._WINDOW:
-            self._window = bytes(block[-self._WINDOW :])
-        else:
-            self._window = (self._window + bytes(block))[-self._WINDOW :]
+        # A copy: ``block`` may be the caller's buffer, reused as soon as this returns.
+        self._window = (self._window + bytes(block[-self._WINDOW :]))[-self._WINDOW :]
         self._raw.write(out)
 
     def _flush_buffer(self) -> None:
-        """Compress buffered input and end it on a byte boundary (a sync flush)."""
-        if self._deflate is not None:
-            if self._pending:
-                self._raw.write(self._deflate.flush(self._zlib.Z_FULL_FLUSH))
-                self._pending = False
-        elif self._buffer:
+        """Compress buffered input; the stream then ends on a byte boundary (a sync flush)."""
+        if self._buffer:
             self._compress(self._buffer)
             self._buffer = bytearray()
 
@@ -273,11 +276,8 @@ class GzipWriter:
         if self.closed:
             return
         self.closed = True
-        if self._deflate is not None:
-            self._raw.write(self._deflate.flush(self._zlib.Z_FINISH))
-        else:
-            self._flush_buffer()
-            self._raw.write(self._zlib.compress(b"", wbits=-15))  # an empty final block
+        self._flush_buffer()
+        self._raw.write(self._zlib.compress(b"", wbits=-15))  # an empty final block
         self._raw.write(struct.pack("<II", self._crc, self._size & 0xFFFFFFFF))
 
 

@@ -52,10 +52,10 @@ def test_gzip_with_stored_passages_is_read_back_by_python_and_gnu_gzip(tmp_path)
     assert gnu.stdout == expected
 
 
-@pytest.fixture(params=["blocks", "compressobj"])
+@pytest.fixture(params=["parallel-compress", "compressobj-fallback"])
 def gzip_writer_kind(request, monkeypatch):
     """GzipWriter as built: with python-isal's GIL-free block compressor, or without it (its fallback)."""
-    if request.param == "compressobj":
+    if request.param == "compressobj-fallback":
         from isal import isal_zlib
 
         monkeypatch.delattr(isal_zlib, "_ParallelCompress")
