@@ -257,21 +257,16 @@ def _keep_original(storage, name: str, safety_media: Path, made: set[Path]) -> b
     """Move (or copy, for remote media storage) the current ``name`` aside; False if there is none."""
     root = _plain_local_root(storage)
     if root is not None:
-        # A name from the archive, already checked (relative, no ".."): one lstat and one rename.
+        # A checked archive name or one the storage listed: one lstat, no storage calls.
         local = root / name
-        try:
-            os.lstat(local)
-        except FileNotFoundError:
+        if not os.path.lexists(local):
             return False
-        kept = safety_media / name
-        _folder(kept.parent, made)
-        _move(local, kept)
-        return True
-    if not storage.exists(name):
+    elif storage.exists(name):
+        local = _local_path(storage, name)
+    else:
         return False
     kept = safety_media / name
     _folder(kept.parent, made)
-    local = _local_path(storage, name)
     if local is not None:
         _move(local, kept)
     else:
