@@ -8,7 +8,6 @@ backup for the worker (the web request never runs one).
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponseNotAllowed, HttpResponseRedirect
@@ -27,6 +26,7 @@ from .schedule import (
     enqueue_backup_now,
     size_text,
 )
+from .sets import Retention
 
 RUN_PERMISSION = "backup_app.run_backup"
 
@@ -82,10 +82,15 @@ class BackupSettingsAdmin(admin.ModelAdmin):
 
     def get_form(self, request, obj=None, change=False, **kwargs):
         form = super().get_form(request, obj, change=change, **kwargs)
-        app = getattr(settings, "BACKUP_APP", {})
-        for field in ("keep", "keep_daily", "keep_weekly", "keep_monthly"):
+        configured = Retention.configured()
+        for field, value in (
+            ("keep", configured.keep),
+            ("keep_daily", configured.daily),
+            ("keep_weekly", configured.weekly),
+            ("keep_monthly", configured.monthly),
+        ):
             if field in form.base_fields:
-                form.base_fields[field].help_text += f" (now {app.get(field.upper(), 0)})"
+                form.base_fields[field].help_text += f" (now {value})"
         return form
 
     def change_view(self, request, object_id, form_url="", extra_context=None):

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import dbbackup
 import django
-from django.conf import settings
 from django.core.files.storage import FileSystemStorage
 from django.utils import timezone
 
@@ -25,6 +24,7 @@ from .media import ArchiveStats, media_storage, write_tar
 from .pipeline import SUFFIX, GpgSpec, store_stream
 from .secrets import redact
 from .sets import MANIFEST_FORMAT, Naming, list_files, list_sets, write_json
+from .settings import app_settings
 
 Progress = Callable[[str], None]
 
@@ -40,11 +40,10 @@ class BackupOptions:
 
 def gpg_spec(encrypt: bool = True) -> GpgSpec:
     """GPG settings from the configuration; encrypting needs a recipient."""
-    app = getattr(settings, "BACKUP_APP", {})
-    recipient = getattr(settings, "DBBACKUP_GPG_RECIPIENT", None)
+    recipient = app_settings.gpg_recipient
     if encrypt and not recipient:
         raise BackupError("--encrypt needs a GPG recipient; set INVENTREE_BACKUP_GPG_RECIPIENT (backup_gpg_recipient)")
-    return GpgSpec(home=app.get("GPG_HOME"), recipient=recipient)
+    return GpgSpec(home=app_settings.gpg_home, recipient=recipient)
 
 
 def _new_stamp(storage, naming: Naming) -> str:
@@ -68,7 +67,7 @@ def create_backup(storage, options: BackupOptions, progress: Progress | None = N
     """
     say = progress or (lambda _msg: None)
     naming = Naming()
-    aliases = options.databases if options.databases is not None else list(settings.DBBACKUP_DATABASES)
+    aliases = options.databases if options.databases is not None else app_settings.databases
     gpg = gpg_spec() if options.encrypt else None
     suffix = SUFFIX[options.compression] + (".gpg" if options.encrypt else "")
     started = timezone.now()

@@ -14,13 +14,13 @@ from django.conf import settings
 from django.core.checks import Error, Warning, register
 
 from .conf import FILESYSTEM_STORAGES, ConfigError, import_storage_class
+from .settings import app_settings
 
 TAG = "backup_app"
 
 
 def _env(name: str) -> str:
-    config = getattr(settings, "BACKUP_APP_CONFIG", None)
-    return config.env_name(name) if config is not None and name in config.values else name
+    return app_settings.env_name(name)
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -41,8 +41,7 @@ def _is_inside(child: Path, parent: Path) -> bool:
 def check_storage(app_configs=None, **kwargs):
     """E001 not writable, E002 inside MEDIA_ROOT, E006 storage class, W001 default folder."""
     messages = []
-    storage = settings.STORAGES.get("dbbackup", {})
-    backend = storage.get("BACKEND", "django.core.files.storage.FileSystemStorage")
+    backend = app_settings.storage_backend
     try:
         import_storage_class(backend, where=_env("backup_storage"))
     except ConfigError as err:
@@ -50,7 +49,7 @@ def check_storage(app_configs=None, **kwargs):
         return messages
     if backend not in FILESYSTEM_STORAGES:
         return messages
-    location = storage.get("OPTIONS", {}).get("location")
+    location = app_settings.storage_options.get("location")
     if not location:
         return messages
     path = Path(location)
@@ -73,7 +72,7 @@ def check_storage(app_configs=None, **kwargs):
                 id="backup_app.E002",
             )
         )
-    if settings.BACKUP_APP.get("DIR_IS_DEFAULT"):
+    if app_settings.backup_dir_is_default:
         messages.append(
             Warning(
                 f"{_env('backup_dir')} is not set; backups go to the default folder {path}.",
@@ -90,8 +89,8 @@ def check_names(app_configs=None, **kwargs):
     """E003 template lacks {datetime}; E004 lacks {databasename} with several databases; E007 date format."""
     messages = []
     templates = (
-        ("backup_database_filename_template", settings.DBBACKUP_FILENAME_TEMPLATE),
-        ("backup_media_filename_template", settings.DBBACKUP_MEDIA_FILENAME_TEMPLATE),
+        ("backup_database_filename_template", app_settings.filename_template),
+        ("backup_media_filename_template", app_settings.media_filename_template),
     )
     for key, template in templates:
         if callable(template):
@@ -113,8 +112,8 @@ def check_names(app_configs=None, **kwargs):
                     id="backup_app.E008",
                 )
             )
-    databases = list(getattr(settings, "DBBACKUP_DATABASES", settings.DATABASES))
-    db_template = settings.DBBACKUP_FILENAME_TEMPLATE
+    databases = app_settings.databases
+    db_template = app_settings.filename_template
     if len(databases) > 1 and not callable(db_template) and "{databasename}" not in db_template:
         messages.append(
             Error(
@@ -124,7 +123,7 @@ def check_names(app_configs=None, **kwargs):
                 id="backup_app.E004",
             )
         )
-    fmt = settings.DBBACKUP_DATE_FORMAT
+    fmt = app_settings.date_format
     sample = datetime(2024, 12, 31, 23, 59, 58)
     try:
         round_trip = datetime.strptime(sample.strftime(fmt), fmt) == sample
@@ -145,10 +144,10 @@ def check_names(app_configs=None, **kwargs):
 @register(TAG)
 def check_gpg(app_configs=None, **kwargs):
     """E005: a GPG recipient is configured but its public key is not in the keyring."""
-    recipient = getattr(settings, "DBBACKUP_GPG_RECIPIENT", None)
+    recipient = app_settings.gpg_recipient
     if not recipient:
         return []
-    home = settings.BACKUP_APP.get("GPG_HOME")
+    home = app_settings.gpg_home
     if home and not Path(home).is_dir():
         return [
             Error(
@@ -204,10 +203,9 @@ def check_worker(app_configs=None, **kwargs):
 @register(TAG)
 def check_sftp_host_key(app_configs=None, **kwargs):
     """W003: SFTP without known_host_file accepts any host key."""
-    storage = settings.STORAGES.get("dbbackup", {})
-    if storage.get("BACKEND") != "storages.backends.sftpstorage.SFTPStorage":
+    if app_settings.storage_backend != "storages.backends.sftpstorage.SFTPStorage":
         return []
-    if storage.get("OPTIONS", {}).get("known_host_file"):
+    if app_settings.storage_options.get("known_host_file"):
         return []
     return [
         Warning(

@@ -1,4 +1,7 @@
-"""The one place that reads configuration.
+"""The loader of the configuration: environment and YAML file, once, when the settings module runs.
+
+Run-time code does not read what this module produces directly: it goes through the typed accessor
+:data:`backup_app.settings.app_settings`.
 
 Every value is resolved environment variable > YAML key > default, coerced to
 its type, and remembered together with where it came from.  A value that does
@@ -12,6 +15,9 @@ django-dbbackup settings of a project::
     from backup_app.conf import apply_backup_settings
     apply_backup_settings(globals())                      # INVENTREE_* / backup_*
     apply_backup_settings(globals(), prefix="MYSITE_")   # MYSITE_BACKUP_* instead
+
+A site reads its own keys (database, media folder, mail: the demo site's are in ``config/settings.py``)
+with the same :class:`Key` table and :func:`load_config`.
 """
 
 from __future__ import annotations
@@ -63,6 +69,9 @@ FILESYSTEM_STORAGES = {
 }
 
 COMPRESSIONS = ("gzip", "zstd", "none")
+
+#: Folder next to ``BASE_DIR`` that holds safety copies when ``backup_safety_dir`` is unset.
+DEFAULT_SAFETY_FOLDER = "backup-safety"
 
 
 class ConfigError(ImproperlyConfigured):
@@ -231,13 +240,6 @@ BACKUP_KEYS: tuple[Key, ...] = (
         help="Days a restore's safety copy is kept before it expires.",
     ),
     Key(
-        "backup_redis_url",
-        "BACKUP_REDIS_URL",
-        None,
-        secret=True,
-        help="Redis URL of the django-q2 broker, e.g. redis://127.0.0.1:6379/0 (default: the database broker).",
-    ),
-    Key(
         "backup_databases",
         "BACKUP_DATABASES",
         None,
@@ -245,34 +247,6 @@ BACKUP_KEYS: tuple[Key, ...] = (
         help="Database aliases to back up (default: every alias in DATABASES).",
     ),
 )
-
-SITE_KEYS: tuple[Key, ...] = (
-    Key(
-        "database.ENGINE",
-        "DB_ENGINE",
-        "sqlite3",
-        help="Database engine: sqlite3, postgresql, mysql (or a django.db.backends path).",
-    ),
-    Key("database.NAME", "DB_NAME", None, help="Database name (SQLite: file path)."),
-    Key("database.HOST", "DB_HOST", "", help="Database host."),
-    Key("database.PORT", "DB_PORT", "", help="Database port."),
-    Key("database.USER", "DB_USER", "", help="Database user."),
-    Key("database.PASSWORD", "DB_PASSWORD", "", secret=True, help="Database password."),
-    Key("media_root", "MEDIA_ROOT", None, help="Folder of uploaded media files."),
-    Key("static_root", "STATIC_ROOT", None, help="Folder collectstatic writes to."),
-    Key("email.host", "EMAIL_HOST", "", help="SMTP server."),
-    Key("email.port", "EMAIL_PORT", 25, kind="int", minimum=1, help="SMTP port."),
-    Key("email.username", "EMAIL_USERNAME", "", help="SMTP user."),
-    Key("email.password", "EMAIL_PASSWORD", "", secret=True, help="SMTP password."),
-    Key("email.tls", "EMAIL_TLS", False, kind="bool", help="Use STARTTLS."),
-    Key("email.ssl", "EMAIL_SSL", False, kind="bool", help="Use SMTP over SSL."),
-    Key("email.sender", "EMAIL_SENDER", "", help="From address of emails."),
-    Key("admin_email", "ADMIN_EMAIL", None, help="Address that receives backup failure emails."),
-    Key("debug", "DEBUG", False, kind="bool", help="Django DEBUG."),
-    Key("secret_key", "SECRET_KEY", None, secret=True, help="Django SECRET_KEY."),
-)
-
-ALL_KEYS = SITE_KEYS + BACKUP_KEYS
 
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
 _FALSE = {"0", "false", "no", "off", "n", "f"}
@@ -427,7 +401,7 @@ def load_config(
     config_file: str | os.PathLike | None = None,
     template: str | os.PathLike | None = None,
     environ: Mapping[str, str] | None = None,
-    keys: Iterable[Key] = ALL_KEYS,
+    keys: Iterable[Key] = BACKUP_KEYS,
 ) -> Config:
     """Resolve ``keys`` from the environment, the YAML file and the defaults.
 
@@ -491,26 +465,6 @@ def import_storage_class(path: str, where: str = "backup_storage") -> type:
             f"{where}: {path!r} is not a Django Storage class; name a subclass of django.core.files.storage.Storage"
         )
     return cls
-
-
-ENGINES = {
-    "sqlite": "django.db.backends.sqlite3",
-    "sqlite3": "django.db.backends.sqlite3",
-    "postgres": "django.db.backends.postgresql",
-    "postgresql": "django.db.backends.postgresql",
-    "mysql": "django.db.backends.mysql",
-    "mariadb": "django.db.backends.mysql",
-}
-
-
-def database_engine(value: str, where: str = "INVENTREE_DB_ENGINE") -> str:
-    """Map ``sqlite3``/``postgresql``/``mysql`` (or a full backend path) to a Django ENGINE."""
-    text = value.strip()
-    if text.lower() in ENGINES:
-        return ENGINES[text.lower()]
-    if text.startswith("django.db.backends.") and text.rsplit(".", 1)[1] in ENGINES:
-        return ENGINES[text.rsplit(".", 1)[1]]
-    raise ConfigError(f"{where}: unknown database engine {value!r}; use sqlite3, postgresql or mysql")
 
 
 def _connector_settings(options: dict | None, aliases: list[str], all_aliases: list[str]) -> dict[str, dict]:
@@ -622,7 +576,7 @@ def apply_backup_settings(
             "SAFETY_DIR": str(
                 config["backup_safety_dir"]
                 or default_safety_dir
-                or Path(namespace.get("BASE_DIR", ".")) / "backup-safety"
+                or Path(namespace.get("BASE_DIR", ".")) / DEFAULT_SAFETY_FOLDER
             ),
             "SAFETY_DAYS": config["backup_safety_days"],
             "DIR": str(backup_dir) if backup_dir is not None else None,

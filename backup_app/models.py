@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import uuid
 
-from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
+
+from .sets import Retention
 
 #: Longest error text kept on a run (one line, secrets masked).
 ERROR_LENGTH = 500
@@ -82,15 +83,15 @@ class BackupSettings(models.Model):
         obj, _created = cls.objects.get_or_create(id=1)
         return obj
 
-    def retention(self) -> dict[str, int]:
+    def retention(self) -> Retention:
         """Retention after an automatic backup: these fields, else the configured ``backup_keep*``."""
-        app = getattr(settings, "BACKUP_APP", {})
-        return {
-            "keep": self.keep if self.keep is not None else app.get("KEEP", 10),
-            "daily": self.keep_daily if self.keep_daily is not None else app.get("KEEP_DAILY", 0),
-            "weekly": self.keep_weekly if self.keep_weekly is not None else app.get("KEEP_WEEKLY", 0),
-            "monthly": self.keep_monthly if self.keep_monthly is not None else app.get("KEEP_MONTHLY", 0),
-        }
+        configured = Retention.configured()
+        return Retention(
+            keep=self.keep if self.keep is not None else configured.keep,
+            daily=self.keep_daily if self.keep_daily is not None else configured.daily,
+            weekly=self.keep_weekly if self.keep_weekly is not None else configured.weekly,
+            monthly=self.keep_monthly if self.keep_monthly is not None else configured.monthly,
+        )
 
 
 class BackupRun(models.Model):

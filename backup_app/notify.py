@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 import socket
 
-from django.conf import settings
 from django.core.mail import EmailMessage
 from django.utils import timezone
 
 from .secrets import redact
+from .settings import app_settings
 
 logger = logging.getLogger("backup_app")
 
@@ -28,7 +28,7 @@ NEXT_STEP = {
 
 def recipients() -> list[str]:
     """Admin addresses: DBBACKUP_ADMIN plus active superusers with an email, no duplicates."""
-    found = [address for _name, address in getattr(settings, "DBBACKUP_ADMIN", []) if address]
+    found = [address for _name, address in app_settings.admins if address]
     try:
         from django.contrib.auth import get_user_model
 
@@ -41,14 +41,14 @@ def recipients() -> list[str]:
 
 def notify_failure(action: str, error: object, *, origin: str = "manual") -> bool:
     """Send the failure mail if ``backup_send_email`` is on; returns whether a message went out."""
-    if not getattr(settings, "DBBACKUP_SEND_EMAIL", False):
+    if not app_settings.send_email:
         return False
     to = recipients()
     if not to:
         logger.warning("backup_send_email is on but there is no admin address to mail")
         return False
     host = socket.gethostname()
-    prefix = settings.BACKUP_APP.get("EMAIL_PREFIX") or ""
+    prefix = app_settings.email_prefix or ""
     when = timezone.localtime(timezone.now()).strftime("%Y-%m-%d %H:%M:%S %Z")
     subject = f"{prefix} {action.capitalize()} failed on {host}".strip()
     body = "\n".join(
@@ -61,7 +61,7 @@ def notify_failure(action: str, error: object, *, origin: str = "manual") -> boo
         ]
     )
     try:
-        EmailMessage(subject, body, settings.SERVER_EMAIL, to).send(fail_silently=False)
+        EmailMessage(subject, body, app_settings.server_email, to).send(fail_silently=False)
     except Exception as err:
         logger.error("the failure mail could not be sent: %s", redact(err))
         return False

@@ -29,6 +29,7 @@ from .pipeline import GpgSpec, ReadResult, open_stream
 from .safety import SafetyRecord, expire, safety_root
 from .secrets import redact
 from .sets import BackupFile, BackupSet, Naming, list_sets, split_extension
+from .settings import app_settings
 
 Progress = Callable[[str], None]
 
@@ -182,16 +183,16 @@ def choose(storage, opts: RestoreOptions) -> Plan:
 
 def configured_gpg() -> GpgSpec:
     """GnuPG home and the passphrase from ``backup_gpg_passphrase_file`` or ``backup_gpg_passphrase`` (never argv)."""
-    app = getattr(settings, "BACKUP_APP", {})
-    passphrase = app.get("GPG_PASSPHRASE")
-    if app.get("GPG_PASSPHRASE_FILE"):
+    passphrase = app_settings.gpg_passphrase
+    passphrase_file = app_settings.gpg_passphrase_file
+    if passphrase_file:
         try:
-            passphrase = Path(app["GPG_PASSPHRASE_FILE"]).read_text().rstrip("\r\n")
+            passphrase = Path(passphrase_file).read_text().rstrip("\r\n")
         except OSError as err:
             raise RestoreError(
-                f"backup_gpg_passphrase_file {app['GPG_PASSPHRASE_FILE']}: cannot read it ({err.strerror})"
+                f"backup_gpg_passphrase_file {passphrase_file}: cannot read it ({err.strerror})"
             ) from None
-    return GpgSpec(home=app.get("GPG_HOME"), passphrase=passphrase)
+    return GpgSpec(home=app_settings.gpg_home, passphrase=passphrase)
 
 
 def gpg_for_restore(plan: Plan, interactive: bool) -> GpgSpec:
@@ -415,11 +416,11 @@ def restore(
         report["safety"] = safety.name
         say(
             f"The replaced state is kept in {safety.folder}; undo this restore with "
-            f"`invoke rollback --name {safety.name}` (kept {settings.BACKUP_APP['SAFETY_DAYS']} days)"
+            f"`invoke rollback --name {safety.name}` (kept {app_settings.safety_days} days)"
         )
     else:
         safety.discard()
-    for name in expire(settings.BACKUP_APP["SAFETY_DAYS"]):
+    for name in expire(app_settings.safety_days):
         say(f"Removed expired safety copy {name}")
     for item in plan.databases:
         applied = migrate_forward(item.alias)

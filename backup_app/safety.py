@@ -18,10 +18,10 @@ import shutil
 from datetime import timedelta
 from pathlib import Path
 
-from django.conf import settings
 from django.utils import timezone
 
 from .errors import RestoreError
+from .settings import app_settings
 
 
 class SafetyRecord:
@@ -113,7 +113,7 @@ class SafetyRecord:
 
 
 def safety_root() -> Path:
-    return Path(settings.BACKUP_APP["SAFETY_DIR"])
+    return app_settings.safety_dir
 
 
 def list_records(root: Path | None = None) -> list[SafetyRecord]:

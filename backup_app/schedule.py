@@ -337,7 +337,7 @@ def _check_and_prune(run: BackupRun) -> list[str]:
     if new is None or not new.complete:
         problem = "; ".join(new.problems) if new is not None else "it is not in the storage"
         raise BackupError(f"the backup reported success but set {run.set_name!r} is not complete: {problem}")
-    return prune(storage, **BackupSettings.load().retention(), protect={run.set_name})
+    return prune(storage, BackupSettings.load().retention(), protect={run.set_name})
 
 
 def backup_now(requested_by: str = "") -> str:

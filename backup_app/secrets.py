@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from .conf import SECRET_WORDS, URL_PASSWORD
+from .settings import app_settings
 
 MASK = "********"
 
@@ -30,15 +31,14 @@ def known_secrets() -> list[str]:
     for db in getattr(settings, "DATABASES", {}).values():
         found.update(_walk(db, False))
         found.update(_walk({"password": db.get("PASSWORD")}, False))
-    storages = getattr(settings, "STORAGES", {})
-    options = storages.get("dbbackup", {}).get("OPTIONS", {})
+    options = app_settings.storage_options
     found.update(_walk(options, False))
     for text in _walk(options, True):
         found.update(m.group(2) for m in URL_PASSWORD.finditer(text) if len(m.group(2)) >= 3)
-    found.update(_walk(getattr(settings, "DBBACKUP_CONNECTORS", {}), False))
-    app = getattr(settings, "BACKUP_APP", {})
-    if app.get("GPG_PASSPHRASE"):
-        found.add(app["GPG_PASSPHRASE"])
+    for alias in getattr(settings, "DATABASES", {}):
+        found.update(_walk(app_settings.connector_options(alias), False))
+    if app_settings.gpg_passphrase:
+        found.add(app_settings.gpg_passphrase)
     if getattr(settings, "EMAIL_HOST_PASSWORD", ""):
         found.add(settings.EMAIL_HOST_PASSWORD)
     return sorted(found, key=len, reverse=True)

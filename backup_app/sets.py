@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from dbbackup import settings as dbsettings
 from django.core.files.base import ContentFile
 from django.utils import timezone
 
 from .errors import BackupError
 from .pipeline import SUFFIX_TO_COMPRESSION
 from .secrets import redact
+from .settings import app_settings
 
 MANIFEST_EXT = "manifest.metadata"
 PENDING_EXT = "pending.metadata"
@@ -137,9 +137,10 @@ class Naming:
         media_template: str | None = None,
         date_format: str | None = None,
     ):
-        self.db_template = db_template or dbsettings.FILENAME_TEMPLATE
-        self.media_template = media_template or dbsettings.MEDIA_FILENAME_TEMPLATE
-        self.date_format = date_format or dbsettings.DATE_FORMAT
+        self.db_template = db_template or app_settings.filename_template
+        self.media_template = media_template or app_settings.media_filename_template
+        self.date_format = date_format or app_settings.date_format
+        self.hostname = app_settings.hostname
         self._db_re = template_regex(self.db_template, self.date_format)
         self._media_re = template_regex(self.media_template, self.date_format)
 
@@ -159,7 +160,7 @@ class Naming:
 
     def _render(self, template: str, stamp: str, extension: str, database: str = "", content_type: str = "db") -> str:
         name = template.format(
-            servername=dbsettings.HOSTNAME,
+            servername=self.hostname,
             datetime=stamp,
             databasename=database,
             extension=extension,
@@ -369,14 +370,30 @@ def _apply_manifest(bset: BackupSet, manifest: dict, manifest_file: BackupFile) 
         bset.status = "complete"
 
 
-def retained(sets: list[BackupSet], keep: int, daily: int = 0, weekly: int = 0, monthly: int = 0) -> set[str]:
-    """Names of the complete sets to keep: newest ``keep``, plus newest per day/week/month."""
+@dataclass(frozen=True)
+class Retention:
+    """Which complete sets are kept: the newest ``keep``, plus the newest of each of the last ``daily`` days,
+    ``weekly`` ISO weeks and ``monthly`` months (0: that bucket unused)."""
+
+    keep: int
+    daily: int = 0
+    weekly: int = 0
+    monthly: int = 0
+
+    @classmethod
+    def configured(cls) -> Retention:
+        """``backup_keep``, ``backup_keep_daily``, ``backup_keep_weekly``, ``backup_keep_monthly``."""
+        return cls(app_settings.keep, app_settings.keep_daily, app_settings.keep_weekly, app_settings.keep_monthly)
+
+
+def retained(sets: list[BackupSet], retention: Retention) -> set[str]:
+    """Names of the complete sets ``retention`` keeps (days, weeks and months in the server time zone)."""
     complete = sorted((s for s in sets if s.complete), key=lambda s: s.created, reverse=True)
-    keep_names = {s.name for s in complete[:keep]}
+    keep_names = {s.name for s in complete[: retention.keep]}
     for count, bucket in (
-        (daily, lambda d: d.date()),
-        (weekly, lambda d: d.isocalendar()[:2]),
-        (monthly, lambda d: (d.year, d.month)),
+        (retention.daily, lambda d: d.date()),
+        (retention.weekly, lambda d: d.isocalendar()[:2]),
+        (retention.monthly, lambda d: (d.year, d.month)),
     ):
         if count <= 0:
             continue
@@ -393,11 +410,8 @@ def retained(sets: list[BackupSet], keep: int, daily: int = 0, weekly: int = 0, 
 
 def prune(
     storage,
+    retention: Retention,
     *,
-    keep: int,
-    daily: int = 0,
-    weekly: int = 0,
-    monthly: int = 0,
     include_legacy: bool = False,
     naming: Naming | None = None,
     protect: set[str] | None = None,
@@ -413,7 +427,7 @@ def prune(
     """
     sets = list_sets(storage, naming)
     protect = protect or set()
-    keep_names = retained(sets, keep, daily, weekly, monthly) | protect
+    keep_names = retained(sets, retention) | protect
     legacy = [s for s in sets if s.status == "legacy"]
     doomed: list[BackupSet] = []
     for s in sets:
@@ -434,7 +448,7 @@ def prune(
             for f in s.files:
                 kind = (f.kind, f.database)
                 seen[kind] = seen.get(kind, 0) + 1
-                if seen[kind] > keep:
+                if seen[kind] > retention.keep:
                     for name in [f.name, *(x.name for x in s.extra if x.name.startswith(f.name + "."))]:
                         storage.delete(name)
                         deleted.append(name)

@@ -25,13 +25,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import BinaryIO
 
-from dbbackup import settings as dbsettings
 from django.core.files import File
 from django.core.files.storage import FileSystemStorage
 
 from .conf import FILESYSTEM_STORAGES, import_storage_class
 from .errors import StorageUnavailable
 from .secrets import redact
+from .settings import app_settings
 
 #: Bytes fetched per ranged request when reading, and per part when uploading in parts.
 READ_CHUNK = 8 * 1024 * 1024
@@ -56,7 +56,7 @@ def backup_storage(path: str | None = None):
     """
     if path:
         return FileSystemStorage(location=str(path), file_permissions_mode=0o600, directory_permissions_mode=0o700)
-    return build_storage(dbsettings.STORAGE, dict(dbsettings.STORAGE_OPTIONS))
+    return build_storage(app_settings.storage_backend, app_settings.storage_options)
 
 
 def build_storage(path: str, options: dict):

@@ -1,20 +1,76 @@
 """Settings of the demo site: SQLite + local folders unless configured otherwise.
 
-Every value comes through :mod:`backup_app.conf`: environment variable
-(``INVENTREE_*``) > ``config/config.yaml`` > default.
+Every value comes through :mod:`backup_app.conf`'s loader: environment variable
+(``INVENTREE_*``) > ``config/config.yaml`` > default.  The site's own keys
+(database, folders, mail, Django, the django-q2 broker) are declared here; the
+backup keys are the app's (:data:`backup_app.conf.BACKUP_KEYS`).
 """
 
 from pathlib import Path
 
-from backup_app.conf import ALL_KEYS, apply_backup_settings, database_engine, load_config
+from backup_app.conf import BACKUP_KEYS, ConfigError, Key, apply_backup_settings, load_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = BASE_DIR / "data"
 
+#: The demo site's own keys (ARCHITECTURE.md contract 4), read like the backup keys: env > YAML > default.
+SITE_KEYS: tuple[Key, ...] = (
+    Key(
+        "database.ENGINE",
+        "DB_ENGINE",
+        "sqlite3",
+        help="Database engine: sqlite3, postgresql, mysql (or a django.db.backends path).",
+    ),
+    Key("database.NAME", "DB_NAME", None, help="Database name (SQLite: file path)."),
+    Key("database.HOST", "DB_HOST", "", help="Database host."),
+    Key("database.PORT", "DB_PORT", "", help="Database port."),
+    Key("database.USER", "DB_USER", "", help="Database user."),
+    Key("database.PASSWORD", "DB_PASSWORD", "", secret=True, help="Database password."),
+    Key("media_root", "MEDIA_ROOT", None, help="Folder of uploaded media files."),
+    Key("static_root", "STATIC_ROOT", None, help="Folder collectstatic writes to."),
+    Key("email.host", "EMAIL_HOST", "", help="SMTP server."),
+    Key("email.port", "EMAIL_PORT", 25, kind="int", minimum=1, help="SMTP port."),
+    Key("email.username", "EMAIL_USERNAME", "", help="SMTP user."),
+    Key("email.password", "EMAIL_PASSWORD", "", secret=True, help="SMTP password."),
+    Key("email.tls", "EMAIL_TLS", False, kind="bool", help="Use STARTTLS."),
+    Key("email.ssl", "EMAIL_SSL", False, kind="bool", help="Use SMTP over SSL."),
+    Key("email.sender", "EMAIL_SENDER", "", help="From address of emails."),
+    Key("admin_email", "ADMIN_EMAIL", None, help="Address that receives backup failure emails."),
+    Key("debug", "DEBUG", False, kind="bool", help="Django DEBUG."),
+    Key("secret_key", "SECRET_KEY", None, secret=True, help="Django SECRET_KEY."),
+    Key(
+        "backup_redis_url",
+        "BACKUP_REDIS_URL",
+        None,
+        secret=True,
+        help="Redis URL of the django-q2 broker, e.g. redis://127.0.0.1:6379/0 (default: the database broker).",
+    ),
+)
+
+ENGINES = {
+    "sqlite": "django.db.backends.sqlite3",
+    "sqlite3": "django.db.backends.sqlite3",
+    "postgres": "django.db.backends.postgresql",
+    "postgresql": "django.db.backends.postgresql",
+    "mysql": "django.db.backends.mysql",
+    "mariadb": "django.db.backends.mysql",
+}
+
+
+def database_engine(value: str, where: str = "INVENTREE_DB_ENGINE") -> str:
+    """Map ``sqlite3``/``postgresql``/``mysql`` (or a full backend path) to a Django ENGINE."""
+    text = value.strip()
+    if text.lower() in ENGINES:
+        return ENGINES[text.lower()]
+    if text.startswith("django.db.backends.") and text.rsplit(".", 1)[1] in ENGINES:
+        return ENGINES[text.rsplit(".", 1)[1]]
+    raise ConfigError(f"{where}: unknown database engine {value!r}; use sqlite3, postgresql or mysql")
+
+
 CONFIG = load_config(
     config_file=BASE_DIR / "config" / "config.yaml",
     template=BASE_DIR / "config" / "config_template.yaml",
-    keys=ALL_KEYS,
+    keys=SITE_KEYS + BACKUP_KEYS,
 )
 
 SECRET_KEY = CONFIG["secret_key"] or "demo-site-not-secret-change-me"

@@ -84,7 +84,7 @@ def test_staff_switch_automatic_backups_on(db):
     assert response.status_code == 200
     row = BackupSettings.load()
     assert (row.enabled, row.interval_days, row.preferred_hour, row.keep, row.keep_daily) == (True, 2, 3, 5, None)
-    assert row.retention()["keep"] == 5
+    assert row.retention().keep == 5
     # The worker looks at the new settings at its next pass, not in an hour.
     assert Schedule.objects.get(name=SCHEDULE_NAME).next_run <= timezone.now()
     assert "Settings saved" in response.content.decode()

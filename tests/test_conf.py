@@ -14,19 +14,19 @@ import pytest
 import yaml
 
 from backup_app.conf import (
-    ALL_KEYS,
     BACKUP_KEYS,
-    SITE_KEYS,
     STORAGE_DIR_OPTION,
     ConfigError,
     Key,
     apply_backup_settings,
     coerce,
-    database_engine,
     import_storage_class,
     load_config,
     redact_value,
 )
+from config.settings import SITE_KEYS, database_engine
+
+ALL_KEYS = SITE_KEYS + BACKUP_KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "config" / "config_template.yaml"
@@ -254,7 +254,6 @@ SAMPLES |= {
     "backup_databases": ("default", ["default"]),
     "backup_safety_dir": ("/srv/safety", "/srv/safety"),
     "backup_safety_days": ("3", 3),
-    "backup_redis_url": ("redis://127.0.0.1:6379/1", "redis://127.0.0.1:6379/1"),
 }
 BACKUP_KEY_NAMES = [key.name for key in BACKUP_KEYS]
 
@@ -710,7 +709,7 @@ def test_config_rows_hide_secret_keys(tmp_path):
     )
 
 
-# --- the demo site's keys (contract 4) -------------------------------------------
+# --- the demo site's keys (contract 4), declared in config/settings.py ----------------
 
 # key, value in the environment, value in YAML, resolved value
 SITE_ROWS = [
@@ -732,6 +731,7 @@ SITE_ROWS = [
     ("admin_email", "ops@example.com", "ops@example.com", "ops@example.com"),
     ("debug", "true", True, True),
     ("secret_key", "not-so-secret", "not-so-secret", "not-so-secret"),
+    ("backup_redis_url", "redis://127.0.0.1:6379/1", "redis://127.0.0.1:6379/1", "redis://127.0.0.1:6379/1"),
 ]
 SITE_IDS = [row[0] for row in SITE_ROWS]
 

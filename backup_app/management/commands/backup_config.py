@@ -2,9 +2,10 @@
 
 import json
 
-from django.conf import settings
+from django.core.management.base import CommandError
 
 from backup_app.conf import redact_value
+from backup_app.settings import app_settings
 
 from ._base import BackupCommand
 
@@ -17,12 +18,13 @@ class Command(BackupCommand):
         parser.add_argument("--json", action="store_true", help="Print JSON.")
 
     def handle(self, *args, **options):
-        config = settings.BACKUP_APP_CONFIG
+        config = app_settings.config
+        if config is None:
+            raise CommandError(
+                "the backup settings were not made by backup_app.conf.apply_backup_settings; call it in settings.py"
+            )
         rows = config.rows()
-        produced = {
-            "STORAGES['dbbackup']": redact_value(settings.STORAGES["dbbackup"]),
-            **{k: redact_value(getattr(settings, k)) for k in sorted(dir(settings)) if k.startswith("DBBACKUP_")},
-        }
+        produced = {name: redact_value(value) for name, value in app_settings.produced().items()}
         if options["json"]:
             self.stdout.write(
                 json.dumps(

@@ -1,13 +1,13 @@
 """``manage.py backup_create``: write one complete backup set (``invoke backup``)."""
 
-from django.conf import settings
 from django.core.checks import ERROR, run_checks
 from django.core.management.base import CommandError
 
 from backup_app.backup import BackupOptions, create_backup
 from backup_app.history import note_manifest, record_run
 from backup_app.locking import site_lock
-from backup_app.sets import prune
+from backup_app.sets import Retention, prune
+from backup_app.settings import app_settings
 from backup_app.storage import backup_storage, describe
 
 from ._base import BackupCommand
@@ -67,14 +67,13 @@ class Command(BackupCommand):
                 "backup refused: "
                 + "; ".join(f"{m.id}: {m.msg}" + (f" ({m.hint})" if m.hint else "") for m in problems)
             )
-        app = settings.BACKUP_APP
         storage = backup_storage(options["path"])
         self.progress(f"Backing up to {describe(storage)}")
         with site_lock("backup"):
             manifest = create_backup(
                 storage,
                 BackupOptions(
-                    compression=app["COMPRESSION"] if options["compress"] else "none",
+                    compression=app_settings.compression if options["compress"] else "none",
                     encrypt=options["encrypt"],
                     databases=[] if options["skip_db"] else None,
                     media=not options["skip_media"],
@@ -83,16 +82,10 @@ class Command(BackupCommand):
                 progress=self.progress,
             )
             if options["clean"]:
-                deleted = prune(
-                    storage,
-                    keep=app["KEEP"],
-                    daily=app["KEEP_DAILY"],
-                    weekly=app["KEEP_WEEKLY"],
-                    monthly=app["KEEP_MONTHLY"],
-                    include_legacy=options["clean_legacy"],
-                )
+                retention = Retention.configured()
+                deleted = prune(storage, retention, include_legacy=options["clean_legacy"])
                 if deleted:
                     self.progress(f"Removed {len(deleted)} old files: " + ", ".join(deleted))
                 else:
-                    self.progress(f"Nothing to remove (keeping {app['KEEP']} sets)")
+                    self.progress(f"Nothing to remove (keeping {retention.keep} sets)")
         return manifest

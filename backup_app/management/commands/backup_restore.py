@@ -2,11 +2,10 @@
 
 import os
 
-from django.conf import settings
-
 from backup_app.history import record_run
 from backup_app.locking import site_lock
 from backup_app.restore import RestoreOptions, restore
+from backup_app.settings import app_settings
 from backup_app.storage import backup_storage, describe
 
 from ._base import BackupCommand
@@ -96,7 +95,7 @@ class Command(BackupCommand):
                     uncompress=options["uncompress"],
                     decrypt=options["decrypt"],
                     interactive=options["interactive"],
-                    safety=settings.BACKUP_APP["SAFETY"] if options["safety"] is None else options["safety"],
+                    safety=app_settings.safety if options["safety"] is None else options["safety"],
                 ),
                 progress=self.progress,
                 confirm=self.confirm if options["interactive"] else None,

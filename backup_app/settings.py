@@ -1,0 +1,211 @@
+"""The one place run-time code reads its settings from: ``from backup_app.settings import app_settings``.
+
+Every property reads ``django.conf.settings`` when it is called, so ``override_settings`` works and nothing
+is frozen at import.  (django-dbbackup's ``dbbackup.settings`` is a copy taken when it is first imported;
+nothing here or elsewhere in the app reads it at run time.)
+
+The values are the ones :func:`backup_app.conf.apply_backup_settings` writes: ``BACKUP_APP`` (the keys
+django-dbbackup has no setting for), the ``DBBACKUP_*`` settings and ``STORAGES["dbbackup"]``.  A setting a
+project left out has the default of its key in :data:`backup_app.conf.BACKUP_KEYS`; the file-name settings
+default to django-dbbackup's own, so that names render and parse as its commands write them.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+from .conf import BACKUP_KEYS, DEFAULT_SAFETY_FOLDER, Config
+
+#: Default of every configuration key, by key name (``backup_keep`` -> 10).
+KEY_DEFAULTS: dict[str, Any] = {key.name: key.default for key in BACKUP_KEYS}
+
+#: django-dbbackup 5.4's defaults of the ``DBBACKUP_*`` settings read here that no key of ours fills when a
+#: project sets them itself (``dbbackup/settings.py``).
+DBBACKUP_DEFAULTS: dict[str, Any] = {
+    "DATE_FORMAT": "%Y-%m-%d-%H%M%S",
+    "FILENAME_TEMPLATE": "{databasename}-{servername}-{datetime}.{extension}",
+    "MEDIA_FILENAME_TEMPLATE": "{servername}-{datetime}.{extension}",
+}
+
+DEFAULT_STORAGE = "django.core.files.storage.FileSystemStorage"
+
+
+class AppSettings:
+    """Typed, read-at-call-time view of the backup settings (django-cors-headers' ``conf.py`` style)."""
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _app(field: str, key: str) -> Any:
+        """``BACKUP_APP[field]``, else the default of configuration key ``key``."""
+        app = getattr(settings, "BACKUP_APP", None) or {}
+        return app[field] if field in app else KEY_DEFAULTS[key]
+
+    @staticmethod
+    def _dbbackup(name: str, default: Any) -> Any:
+        return getattr(settings, f"DBBACKUP_{name}", default)
+
+    # --- where the configuration came from -----------------------------------------------------
+
+    @property
+    def config(self) -> Config | None:
+        """The resolved configuration with the source of each value, when ``apply_backup_settings`` made it."""
+        return getattr(settings, "BACKUP_APP_CONFIG", None)
+
+    def env_name(self, key: str) -> str:
+        """The environment variable of configuration key ``key`` (``backup_dir`` -> ``INVENTREE_BACKUP_DIR``)."""
+        config = self.config
+        return config.env_name(key) if config is not None and key in config.values else key
+
+    # --- the backup storage --------------------------------------------------------------------
+
+    @property
+    def storage_backend(self) -> str:
+        """Dotted path of the backup storage class (``STORAGES["dbbackup"]["BACKEND"]``)."""
+        return (getattr(settings, "STORAGES", {}) or {}).get("dbbackup", {}).get("BACKEND", DEFAULT_STORAGE)
+
+    @property
+    def storage_options(self) -> dict:
+        """Keyword arguments of the backup storage class (a copy of ``STORAGES["dbbackup"]["OPTIONS"]``)."""
+        return dict((getattr(settings, "STORAGES", {}) or {}).get("dbbackup", {}).get("OPTIONS", {}) or {})
+
+    @property
+    def backup_dir(self) -> str | None:
+        return self._app("DIR", "backup_dir")
+
+    @property
+    def backup_dir_is_default(self) -> bool:
+        """Whether ``backup_dir`` was unset and the site's default folder is used."""
+        return bool((getattr(settings, "BACKUP_APP", None) or {}).get("DIR_IS_DEFAULT", False))
+
+    # --- names of backup files -----------------------------------------------------------------
+
+    @property
+    def date_format(self) -> str:
+        return self._dbbackup("DATE_FORMAT", DBBACKUP_DEFAULTS["DATE_FORMAT"])
+
+    @property
+    def filename_template(self) -> str:
+        """Template of database dump names (``DBBACKUP_FILENAME_TEMPLATE``)."""
+        return self._dbbackup("FILENAME_TEMPLATE", DBBACKUP_DEFAULTS["FILENAME_TEMPLATE"])
+
+    @property
+    def media_filename_template(self) -> str:
+        return self._dbbackup("MEDIA_FILENAME_TEMPLATE", DBBACKUP_DEFAULTS["MEDIA_FILENAME_TEMPLATE"])
+
+    @property
+    def hostname(self) -> str:
+        """``{servername}`` of the templates."""
+        return self._dbbackup("HOSTNAME", None) or socket.gethostname()
+
+    # --- databases -----------------------------------------------------------------------------
+
+    @property
+    def databases(self) -> list[str]:
+        """Aliases backed up (``DBBACKUP_DATABASES``, else every alias of ``DATABASES``)."""
+        aliases = self._dbbackup("DATABASES", None)
+        return list(aliases) if aliases is not None else list(settings.DATABASES)
+
+    def connector_options(self, alias: str) -> dict:
+        """django-dbbackup connector options of ``alias`` (a copy of ``DBBACKUP_CONNECTORS[alias]``)."""
+        return dict((self._dbbackup("CONNECTORS", None) or {}).get(alias, {}))
+
+    @property
+    def connector_mapping(self) -> dict[str, str]:
+        """``DBBACKUP_CONNECTOR_MAPPING``: Django ENGINE -> connector class path, added to dbbackup's own."""
+        return dict(self._dbbackup("CONNECTOR_MAPPING", None) or {})
+
+    # --- compression and encryption ------------------------------------------------------------
+
+    @property
+    def compression(self) -> str:
+        """``gzip``, ``zstd`` or ``none``."""
+        return self._app("COMPRESSION", "backup_compression")
+
+    @property
+    def gpg_recipient(self) -> str | None:
+        return self._dbbackup("GPG_RECIPIENT", KEY_DEFAULTS["backup_gpg_recipient"])
+
+    @property
+    def gpg_home(self) -> str | None:
+        return self._app("GPG_HOME", "backup_gpg_home")
+
+    @property
+    def gpg_passphrase_file(self) -> str | None:
+        return self._app("GPG_PASSPHRASE_FILE", "backup_gpg_passphrase_file")
+
+    @property
+    def gpg_passphrase(self) -> str | None:
+        return self._app("GPG_PASSPHRASE", "backup_gpg_passphrase")
+
+    # --- retention -----------------------------------------------------------------------------
+
+    @property
+    def keep(self) -> int:
+        return self._app("KEEP", "backup_keep")
+
+    @property
+    def keep_daily(self) -> int:
+        return self._app("KEEP_DAILY", "backup_keep_daily")
+
+    @property
+    def keep_weekly(self) -> int:
+        return self._app("KEEP_WEEKLY", "backup_keep_weekly")
+
+    @property
+    def keep_monthly(self) -> int:
+        return self._app("KEEP_MONTHLY", "backup_keep_monthly")
+
+    # --- safety copies -------------------------------------------------------------------------
+
+    @property
+    def safety(self) -> bool:
+        """Keep the replaced state after a successful restore."""
+        return self._app("SAFETY", "backup_safety")
+
+    @property
+    def safety_dir(self) -> Path:
+        app = getattr(settings, "BACKUP_APP", None) or {}
+        if app.get("SAFETY_DIR"):
+            return Path(app["SAFETY_DIR"])
+        return Path(getattr(settings, "BASE_DIR", ".")) / DEFAULT_SAFETY_FOLDER
+
+    @property
+    def safety_days(self) -> int:
+        return self._app("SAFETY_DAYS", "backup_safety_days")
+
+    # --- failure mail --------------------------------------------------------------------------
+
+    @property
+    def send_email(self) -> bool:
+        return bool(self._dbbackup("SEND_EMAIL", KEY_DEFAULTS["backup_send_email"]))
+
+    @property
+    def admins(self) -> list[tuple[str, str]]:
+        """``(name, address)`` pairs of ``DBBACKUP_ADMIN``."""
+        return [tuple(entry) for entry in self._dbbackup("ADMIN", None) or []]
+
+    @property
+    def email_prefix(self) -> str:
+        return self._app("EMAIL_PREFIX", "backup_email_prefix")
+
+    @property
+    def server_email(self) -> str:
+        return settings.SERVER_EMAIL
+
+    # --- what backup_config shows -----------------------------------------------------------------
+
+    def produced(self) -> dict[str, Any]:
+        """The django-dbbackup settings as Django has them: ``STORAGES['dbbackup']`` and every ``DBBACKUP_*``."""
+        found: dict[str, Any] = {"STORAGES['dbbackup']": (getattr(settings, "STORAGES", {}) or {}).get("dbbackup")}
+        for name in sorted(dir(settings)):
+            if name.startswith("DBBACKUP_"):
+                found[name] = getattr(settings, name)
+        return found
+
+
+app_settings = AppSettings()
