@@ -32,8 +32,8 @@ from dbbackup.db.sqlite import SqliteBackupConnector
 from django.db import connections
 
 from .errors import BackupError, RestoreError
-from .pipeline import CHUNK
 from .secrets import redact
+from .streams import CHUNK, pump, spool
 
 if TYPE_CHECKING:
     from .safety import SafetyRecord
@@ -59,22 +59,6 @@ def _stderr_text(handle) -> str:
     return redact("; ".join(lines[-3:]))
 
 
-def _spool(stream: BinaryIO, prefix: str) -> str:
-    """Write ``stream`` to a private temporary file (for the in-place restore fallbacks); returns its path."""
-    fd, path = tempfile.mkstemp(prefix=prefix)
-    with open(fd, "wb") as fh:
-        shutil.copyfileobj(stream, fh, CHUNK)
-    return path
-
-
-def _pump(src, out: BinaryIO) -> None:
-    """Copy ``src`` (a raw or buffered binary file) into ``out`` through one reused buffer."""
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    while n := src.readinto(buf):
-        out.write(view[:n])
-
-
 def _run_dump(args: list[str], env: dict, out: BinaryIO, what: str) -> None:
     """Run a dump tool, copying its stdout into ``out`` as it comes."""
     with tempfile.TemporaryFile() as err:
@@ -83,7 +67,7 @@ def _run_dump(args: list[str], env: dict, out: BinaryIO, what: str) -> None:
         except FileNotFoundError:
             raise BackupError(f"{args[0]} is not installed; install the {what} client tools") from None
         try:
-            _pump(proc.stdout, out)
+            pump(proc.stdout, out)
         finally:
             proc.stdout.close()
             proc.wait()
@@ -227,7 +211,7 @@ class SqliteEngine(Engine):
             finally:
                 src.close()
             with open(snapshot, "rb", buffering=0) as fh:
-                _pump(fh, out)
+                pump(fh, out)
 
     def stage(self, stream: BinaryIO) -> dict:
         path = Path(self.settings["NAME"])
@@ -399,7 +383,7 @@ class PostgresEngine(Engine):
         except psycopg.Error as err:
             reason = redact(str(err).strip().splitlines()[0])
             logger.warning("cannot stage the PostgreSQL restore in a new database (%s); restoring in place", reason)
-            return {"file": _spool(stream, "backup-pg-restore-")}
+            return {"file": spool(stream, "backup-pg-restore-")}
         try:
             args, env = self._restore_args(fresh, clean=False)
             _run_restore(args, env, stream, "PostgreSQL")
@@ -624,7 +608,7 @@ class MysqlEngine(Engine):
                 logger.warning(
                     "cannot stage the MySQL restore in a side database (%s); restoring in place", redact(err)
                 )
-                return {"file": _spool(stream, "backup-mysql-restore-")}
+                return {"file": spool(stream, "backup-mysql-restore-")}
         try:
             self._feed(fresh, stream)
         except BaseException:

@@ -9,7 +9,6 @@ files and moves them into place, so a bad archive changes nothing.
 from __future__ import annotations
 
 import errno
-import io
 import os
 import posixpath
 import shutil
@@ -26,7 +25,8 @@ from django.core.files import File
 from django.core.files.storage import FileSystemStorage, storages
 
 from .errors import BackupError, RestoreError
-from .pipeline import CHUNK, incompressible
+from .pipeline import incompressible
+from .streams import CHUNK, ChangedWhileRead, EndedEarly, copy_exact, copy_unless_same
 
 #: Folder name prefix of restore staging areas inside MEDIA_ROOT; never archived.
 STAGING_PREFIX = ".backup-restore-"
@@ -93,26 +93,14 @@ def _copy_member(src, out: BinaryIO, size: int, buf: memoryview) -> None:
     The start of a larger file is probed: if it does not compress, the whole file goes into stored blocks
     (``out.write_stored``, where the stream has it).
     """
-    write = out.write
-    direct = isinstance(src, io.FileIO)  # a plain file reads into the reused buffer; storage files return bytes
-    remaining = size
-    first = True
-    while remaining:
-        if direct:
-            n = src.readinto(buf[: min(remaining, len(buf))])
-            data = buf[:n]
-        else:
-            data = src.read(min(remaining, len(buf)))
-            n = len(data)
-        if not n:
-            raise OSError(f"file is shorter than its size ({size - remaining} of {size} bytes)")
-        if first:
-            first = False
-            stored = getattr(out, "write_stored", None)
-            if stored is not None and size >= STORE_PROBE_MIN and incompressible(data):
-                write = stored
-        write(data)
-        remaining -= n
+    stored = getattr(out, "write_stored", None)
+    choose = None
+    if stored is not None and size >= STORE_PROBE_MIN:
+
+        def choose(first):
+            return stored if incompressible(first) else out.write
+
+    copy_exact(src, out, size, buf, choose)
     if size % tarfile.BLOCKSIZE:
         out.write(tarfile.NUL * (tarfile.BLOCKSIZE - size % tarfile.BLOCKSIZE))
 
@@ -331,34 +319,17 @@ def _stage_member(source: BinaryIO, size: int, target: Path, live: Path | None, 
     at the first difference the agreed part is copied from the live file and the rest from the archive.
     """
     fd = _open_live(live, size) if live is not None else None
-    try:
-        chunk = b""
-        agreed = 0
-        if fd is not None:
-            while agreed < size:
-                chunk = source.read(min(CHUNK, size - agreed))
-                if not chunk:
-                    raise RestoreError("the media archive ends inside a file; media left unchanged")
-                if os.read(fd, len(chunk)) != chunk:
-                    break
-                agreed += len(chunk)
-                chunk = b""
-            else:
-                return False
+
+    def open_target() -> BinaryIO:
         _folder(target.parent, folders)
-        with open(target, "wb") as fh:
-            if agreed:
-                os.lseek(fd, 0, os.SEEK_SET)
-                left = agreed
-                while left:
-                    data = os.read(fd, min(CHUNK, left))
-                    if not data:
-                        raise RestoreError(f"{live} changed while it was compared; media left unchanged")
-                    fh.write(data)
-                    left -= len(data)
-            fh.write(chunk)
-            shutil.copyfileobj(source, fh, CHUNK)
-        return True
+        return open(target, "wb")
+
+    try:
+        return copy_unless_same(source, size, fd, open_target)
+    except EndedEarly:
+        raise RestoreError("the media archive ends inside a file; media left unchanged") from None
+    except ChangedWhileRead:
+        raise RestoreError(f"{live} changed while it was compared; media left unchanged") from None
     finally:
         if fd is not None:
             os.close(fd)

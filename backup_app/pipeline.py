@@ -10,10 +10,7 @@ the other end in chunks.
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
-import hashlib
-import io
 import os
 import struct
 import subprocess
@@ -24,14 +21,10 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from django.core.files import File
-
 from .errors import BackupError, RestoreError
 from .secrets import redact
+from .streams import CHUNK, ChunkedFile, HashingReader, ShieldedWriter, copy
 
-#: Read and write size of every stream: below glibc's mmap threshold, so buffers are reused, not page-faulted in
-#: afresh (1 MiB chunks cost a third more CPU, most of it in the kernel).
-CHUNK = 128 * 1024
 #: Bytes of a file that :func:`incompressible` looks at.
 PROBE = 16 * 1024
 
@@ -62,114 +55,6 @@ class StoredFile:
     name: str
     size: int
     sha256: str
-
-
-class _Shield(io.RawIOBase):
-    """Writable wrapper whose close() does not close the wrapped stream."""
-
-    def __init__(self, raw: BinaryIO):
-        self._raw = raw
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data) -> int:
-        self._raw.write(data)
-        return len(data)
-
-
-class _StreamFile(File):
-    """A Django File over a stream, read by storages in 1 MiB chunks (Django's default is 64 KiB)."""
-
-    DEFAULT_CHUNK_SIZE = CHUNK
-
-
-class HashingReader(io.RawIOBase):
-    """Readable wrapper that counts and hashes every byte read through it."""
-
-    def __init__(self, raw: BinaryIO):
-        self._raw = raw
-        self.size = 0
-        self._hash = hashlib.sha256()
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        data = self._raw.read(len(buffer))
-        n = len(data)
-        buffer[:n] = data
-        _TRIM.add(n)
-        self.size += n
-        self._hash.update(data)
-        return n
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._raw.read(size if size is not None and size >= 0 else CHUNK * 64)
-        _TRIM.add(len(data))
-        if size is None or size < 0:
-            parts = [data]
-            while data:
-                data = self._raw.read(CHUNK)
-                parts.append(data)
-            data = b"".join(parts)
-        self.size += len(data)
-        self._hash.update(data)
-        return data
-
-    def drain(self) -> None:
-        while self.read(CHUNK):
-            pass
-
-    @property
-    def sha256(self) -> str:
-        return self._hash.hexdigest()
-
-
-class _Trimmer:
-    """Give freed heap pages back to the system after every 64 MiB streamed (``malloc_trim``).
-
-    128 KiB stream buffers come from glibc's heaps, where they are reused without page faults; freed
-    pieces between them are not returned on their own, so without this the resident memory of a
-    backup grew with its size (0.5 -> 2 GB SQLite backup: 100 -> 124 MiB).
-    """
-
-    EVERY = 64 * 1024 * 1024
-
-    def __init__(self):
-        self._count = 0
-        self._lock = threading.Lock()
-        try:
-            self._trim = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            self._trim = None
-
-    def add(self, n: int) -> None:
-        if self._trim is None:
-            return
-        with self._lock:
-            self._count += n
-            if self._count < self.EVERY:
-                return
-            self._count = 0
-        self._trim(0)
-
-
-_TRIM = _Trimmer()
-
-
-def steady_memory() -> None:
-    """Fix glibc's mmap threshold at 256 KiB, so that large buffers (a tar header block, a big read) are
-    mapped and go back to the system when freed.
-
-    glibc otherwise raises the threshold after the first such buffer is freed and serves the next ones
-    from its per-thread arenas, which fragment: peak memory then grew with the size of the backup
-    (measured with 1 MiB buffers: media-only backups of 0.5 and 2 GB peaked at 71 and 78 MB; with this,
-    58 MB both).  The 128 KiB stream buffers stay below it and are reused; :class:`_Trimmer` returns
-    what they leave free.
-    """
-    with suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").mallopt(-3, 256 * 1024)  # -3 = M_MMAP_THRESHOLD
 
 
 class _BlockCompressObj:
@@ -306,7 +191,7 @@ def compressor(kind: str, raw: BinaryIO):
         # Single-threaded: zstd's worker threads doubled the peak memory (256 MiB on the 0.5 GB benchmark).
         return zstandard.ZstdCompressor(level=3).stream_writer(raw, closefd=False)
     if kind == "none":
-        return _Shield(raw)
+        return ShieldedWriter(raw)
     raise BackupError(f"unknown compression {kind!r}; use gzip, zstd or none")
 
 
@@ -321,16 +206,6 @@ def decompressor(kind: str | None, raw: BinaryIO):
 
         return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=False)
     return raw
-
-
-def _copy(src: BinaryIO, dst, size: int = CHUNK) -> int:
-    total = 0
-    while True:
-        data = src.read(size)
-        if not data:
-            return total
-        dst.write(data)
-        total += len(data)
 
 
 class _Gpg:
@@ -425,7 +300,7 @@ def store_stream(
     stored_name = None
     storage_error: BaseException | None = None
     try:
-        stored_name = storage.save(name, _StreamFile(reader, name=name))
+        stored_name = storage.save(name, ChunkedFile(reader, name=name))
     except BaseException as err:
         storage_error = err
     finally:
@@ -517,7 +392,7 @@ def open_stream(
             def feed() -> None:
                 try:
                     try:
-                        _copy(hashed, decryptor.proc.stdin)
+                        copy(hashed, decryptor.proc.stdin)
                     finally:
                         decryptor.proc.stdin.close()
                 except BrokenPipeError:

@@ -7,7 +7,6 @@ bytes and every media archive member.  A newer schema is refused.
 
 from __future__ import annotations
 
-import io
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +29,7 @@ from .safety import SafetyRecord, expire, safety_root
 from .secrets import redact
 from .sets import BackupFile, BackupSet, Naming, list_sets, split_extension
 from .settings import app_settings
+from .streams import PrefixedReader
 
 Progress = Callable[[str], None]
 
@@ -230,30 +230,6 @@ def check_versions(plan: Plan, opts: RestoreOptions) -> list[str]:
     return notes
 
 
-class _Prefixed(io.RawIOBase):
-    """A stream that gives ``head`` first, then the rest of ``stream``."""
-
-    def __init__(self, head: bytes, stream):
-        self._head = head
-        self._stream = stream
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        if self._head:
-            data, self._head = (
-                (self._head, b"") if size < 0 or size >= len(self._head) else (self._head[:size], self._head[size:])
-            )
-            return data
-        return self._stream.read(size)
-
-    def readinto(self, buffer) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-
 @contextmanager
 def read_checked(storage, f: BackupFile, opts: RestoreOptions, gpg: GpgSpec) -> Iterator:
     """Yield the decrypted, decompressed content of ``f``; afterwards check size and SHA-256 against the manifest."""
@@ -317,7 +293,7 @@ def _stage(storage, plan: Plan, opts: RestoreOptions, gpg: GpgSpec, say: Progres
             with read_checked(storage, item.file, opts, gpg) as stream:
                 head = stream.read(64)
                 item.engine.check_magic(head, item.file.name)
-                staged = item.engine.stage(_Prefixed(head, stream))
+                staged = item.engine.stage(PrefixedReader(head, stream))
                 staged_dbs.append((item, staged))
         if plan.media is not None:
             job, media_job = media_job, None

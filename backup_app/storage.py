@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import errno
 import ftplib
-import io
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import BinaryIO
 
@@ -32,6 +31,7 @@ from .conf import FILESYSTEM_STORAGES, import_storage_class
 from .errors import StorageUnavailable
 from .secrets import redact
 from .settings import app_settings
+from .streams import CallbackReader, ForwardOnlyReader, RangedReader, StreamFile, buffered
 
 #: Bytes fetched per ranged request when reading, and per part when uploading in parts.
 READ_CHUNK = 8 * 1024 * 1024
@@ -88,126 +88,6 @@ def describe(storage) -> str:
         return storage.description
     location = getattr(storage, "location", None) or getattr(storage, "bucket_name", None) or ""
     return f"{type(storage).__name__}({location})" if location else type(storage).__name__
-
-
-# --- streams ---------------------------------------------------------------------------------
-
-
-class ForwardOnlyReader(io.RawIOBase):
-    """A readable stream that never goes back, and reads fully.
-
-    Backends "rewind" a fresh upload (``seek(0)``) and probe for a length
-    (``seek(0, SEEK_END)``): a seek to where the stream already is succeeds,
-    any other raises :class:`io.UnsupportedOperation`, which the backends take
-    as "length unknown, upload in parts".
-
-    ``read(n)`` returns ``n`` bytes unless the stream ends: a pipe gives at
-    most 64 KiB per read, and backends take a short read for the end (GCS
-    resumable uploads stop; boto3 decides "small file" and reads the rest into
-    memory for one PUT; multipart parts would fall under S3's 5 MiB minimum).
-    """
-
-    def __init__(self, raw: BinaryIO):
-        self._raw = raw
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        target = {io.SEEK_SET: offset, io.SEEK_CUR: self._pos + offset}.get(whence)
-        if target != self._pos:
-            raise io.UnsupportedOperation("a backup stream cannot seek")
-        return self._pos
-
-    def readinto(self, buffer) -> int:
-        data = self.read(len(buffer))
-        n = len(data)
-        buffer[:n] = data
-        return n
-
-    def read(self, size: int = -1) -> bytes:
-        if size is None or size < 0:
-            return self.readall()
-        parts, missing = [], size
-        while missing > 0:
-            data = self._raw.read(missing)
-            if not data:
-                break
-            parts.append(data)
-            missing -= len(data)
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
-        self._pos += len(data)
-        return data
-
-
-class StreamFile(File):
-    """A Django ``File`` over a :class:`ForwardOnlyReader` whose size is unknown (None)."""
-
-    def __init__(self, raw: BinaryIO, name: str):
-        super().__init__(raw if isinstance(raw, ForwardOnlyReader) else ForwardOnlyReader(raw), name=name)
-
-    @property
-    def size(self):  # noqa: D401 - Django's File computes it by seeking, which a pipe cannot do
-        return None
-
-    def seekable(self) -> bool:
-        return False
-
-
-class RangedReader(io.RawIOBase):
-    """Reads an object of known ``size`` by fetching ``chunk`` bytes at a time with ``fetch(start, end)``.
-
-    ``fetch`` returns the bytes ``start..end`` inclusive; the backend's client
-    retries each request by its own retry settings.  At most one chunk is held.
-    """
-
-    def __init__(
-        self,
-        fetch: Callable[[int, int], bytes],
-        size: int,
-        chunk: int = READ_CHUNK,
-        on_close: Callable[[], None] | None = None,
-    ):
-        self._fetch = fetch
-        self._on_close = on_close
-        self._size = size
-        self._chunk = chunk
-        self._pos = 0
-        self._buffer = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        if not self.closed and self._on_close is not None:
-            with suppress(Exception):
-                self._on_close()
-        super().close()
-
-    def readinto(self, buffer) -> int:
-        if not self._buffer:
-            if self._pos >= self._size:
-                return 0
-            end = min(self._pos + self._chunk, self._size) - 1
-            self._buffer = self._fetch(self._pos, end)
-            if not self._buffer:
-                raise OSError(f"the storage returned no data at offset {self._pos} of {self._size}")
-            self._pos += len(self._buffer)
-        n = min(len(buffer), len(self._buffer))
-        buffer[:n] = self._buffer[:n]
-        self._buffer = self._buffer[n:]
-        return n
-
-
-def _buffered(raw: io.RawIOBase) -> BinaryIO:
-    return io.BufferedReader(raw, buffer_size=1024 * 1024)
 
 
 # --- the wrapper ------------------------------------------------------------------------------
@@ -421,7 +301,7 @@ class S3Adapter(Adapter):
             with body:
                 return body.read()
 
-        return _buffered(RangedReader(fetch, size))
+        return buffered(RangedReader(fetch, size, READ_CHUNK))
 
     def explain(self, backend, err: BaseException, action: str, name: str) -> str | None:
         from botocore.exceptions import (
@@ -489,7 +369,7 @@ class SFTPAdapter(Adapter):
                 offset += length
             return b"".join(remote.readv(wanted))
 
-        return _buffered(RangedReader(fetch, size, chunk=window, on_close=remote.close))
+        return buffered(RangedReader(fetch, size, window, on_close=remote.close))
 
     def explain(self, backend, err: BaseException, action: str, name: str) -> str | None:
         import paramiko
@@ -572,7 +452,18 @@ class FTPAdapter(Adapter):
             if str(err).startswith("550"):
                 raise FileNotFoundError(f"{name}: {err}") from None
             raise
-        return _FtpDownload(conn, sock)
+        data = sock.makefile("rb")
+
+        def finish() -> None:
+            """Finish the transfer and the control connection."""
+            with suppress(Exception):
+                data.close()
+                sock.close()
+                conn.voidresp()
+            with suppress(Exception):
+                conn.quit()
+
+        return CallbackReader(readinto=data.readinto, on_close=finish)
 
     def explain(self, backend, err: BaseException, action: str, name: str) -> str | None:
         cause = err
@@ -593,32 +484,6 @@ class FTPAdapter(Adapter):
         if type(err).__name__ == "FTPStorageException":
             return f"FTP {action} {name} failed ({text}); check location in {OPTIONS_HINT}"
         return super().explain(backend, cause, action, name)
-
-
-class _FtpDownload(io.RawIOBase):
-    """The data connection of one RETR; closing it finishes the transfer and the control connection."""
-
-    def __init__(self, conn: ftplib.FTP, sock: socket.socket):
-        self._conn = conn
-        self._sock = sock
-        self._file = sock.makefile("rb")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        return self._file.readinto(buffer)
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        with suppress(Exception):
-            self._file.close()
-            self._sock.close()
-            self._conn.voidresp()
-        with suppress(Exception):
-            self._conn.quit()
-        super().close()
 
 
 class GCSAdapter(Adapter):
@@ -715,7 +580,7 @@ class AzureAdapter(Adapter):
             downloader = blob.download_blob(max_concurrency=1, decompress=False, timeout=backend.timeout)
         except ResourceNotFoundError:
             raise FileNotFoundError(f"{name} is not in the container") from None
-        return _buffered(_Reader(downloader.read))
+        return buffered(CallbackReader(downloader.read))
 
     def explain(self, backend, err: BaseException, action: str, name: str) -> str | None:
         from azure.core import exceptions as aexc
@@ -759,22 +624,6 @@ class AzureAdapter(Adapter):
         return super().explain(backend, err, action, name)
 
 
-class _Reader(io.RawIOBase):
-    """A raw stream over a ``read(n)`` function."""
-
-    def __init__(self, read: Callable[[int], bytes]):
-        self._read = read
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        data = self._read(len(buffer))
-        n = len(data)
-        buffer[:n] = data
-        return n
-
-
 class DropboxAdapter(Adapter):
     """``storages.backends.dropbox.DropboxStorage``: upload sessions fed from the stream, streamed downloads.
 
@@ -814,7 +663,7 @@ class DropboxAdapter(Adapter):
             if "not_found" in str(err):
                 raise FileNotFoundError(f"{name} is not in Dropbox") from None
             raise
-        return _DropboxDownload(response)
+        return CallbackReader(response.raw.read, on_close=response.close)
 
     def explain(self, backend, err: BaseException, action: str, name: str) -> str | None:
         kind = type(err).__name__
@@ -826,17 +675,6 @@ class DropboxAdapter(Adapter):
         if kind == "ApiError" and "insufficient" in str(err):
             return f"Dropbox refused to {action} {name} ({_first_line(err)}); the app needs files.content.write/read"
         return super().explain(backend, err, action, name)
-
-
-class _DropboxDownload(_Reader):
-    def __init__(self, response):
-        super().__init__(response.raw.read)
-        self._response = response
-
-    def close(self) -> None:
-        with suppress(Exception):
-            self._response.close()
-        super().close()
 
 
 def _first_line(err: BaseException) -> str:

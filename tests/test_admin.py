@@ -17,6 +17,7 @@ from django.test import Client  # noqa: E402
 from django.utils import timezone  # noqa: E402
 from django_q.models import OrmQ, Schedule  # noqa: E402
 
+from backup_app import streams  # noqa: E402
 from backup_app.models import BackupRun, BackupSettings  # noqa: E402
 from backup_app.schedule import BACKUP_NOW_TASK, SCHEDULE_NAME  # noqa: E402
 
@@ -64,6 +65,12 @@ def test_a_command_run_in_process_as_workers_run_it_leaves_the_collector_alone(d
     call_command("backup_config", json=True, stdout=io.StringIO())
 
     assert gc.get_freeze_count() == frozen
+
+
+def test_a_command_run_in_process_installs_no_heap_trimming(db):
+    call_command("backup_config", json=True, stdout=io.StringIO())
+
+    assert streams.streamed_hook() is None
 
 
 def test_the_settings_list_leads_to_the_one_settings_page(db):

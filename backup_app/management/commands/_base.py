@@ -1,15 +1,63 @@
-"""Shared plumbing of the backup commands: one-line errors, progress on stderr."""
+"""Shared plumbing of the backup commands: one-line errors, progress on stderr, and the process-wide
+memory settings of a command-line run.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import sys
+import threading
+from contextlib import suppress
 
 from django.core.management.base import BaseCommand, CommandError
 
+from backup_app import streams
 from backup_app.errors import BackupAppError
-from backup_app.pipeline import steady_memory
 from backup_app.secrets import redact
+
+
+class Trimmer:
+    """Give freed heap pages back to the system after every 64 MiB streamed (``malloc_trim``).
+
+    128 KiB stream buffers come from glibc's heaps, where they are reused without page faults; freed
+    pieces between them are not returned on their own, so without this the resident memory of a
+    backup grew with its size (0.5 -> 2 GB SQLite backup: 100 -> 124 MiB).
+    """
+
+    EVERY = 64 * 1024 * 1024
+
+    def __init__(self):
+        self._count = 0
+        self._lock = threading.Lock()
+        try:
+            self._trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            self._trim = None
+
+    def add(self, n: int) -> None:
+        if self._trim is None:
+            return
+        with self._lock:
+            self._count += n
+            if self._count < self.EVERY:
+                return
+            self._count = 0
+        self._trim(0)
+
+
+def steady_memory() -> None:
+    """Fix glibc's mmap threshold at 256 KiB, so that large buffers (a tar header block, a big read) are
+    mapped and go back to the system when freed.
+
+    glibc otherwise raises the threshold after the first such buffer is freed and serves the next ones
+    from its per-thread arenas, which fragment: peak memory then grew with the size of the backup
+    (measured with 1 MiB buffers: media-only backups of 0.5 and 2 GB peaked at 71 and 78 MB; with this,
+    58 MB both).  The 128 KiB stream buffers stay below it and are reused; :class:`Trimmer` returns
+    what they leave free.
+    """
+    with suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(-3, 256 * 1024)  # -3 = M_MMAP_THRESHOLD
 
 
 class BackupCommand(BaseCommand):
@@ -25,14 +73,16 @@ class BackupCommand(BaseCommand):
 
     def run_from_argv(self, argv):
         # Only for ``manage.py <command>``, whose process ends with it (call_command, as a django-q2 worker
-        # does, never comes here): the loaded site (Django, the apps, the modules: some 70,000 objects)
-        # lives until the exit, so take it out of the collector's sight, or every full collection and the
+        # does, never comes here), the process-wide settings: glibc's allocator tuned for streaming and
+        # trimmed as bytes go by, and the loaded site (Django, the apps, the modules: some 70,000 objects),
+        # which lives until the exit, taken out of the collector's sight, or every full collection and the
         # ones at exit walk it again (0.2 s at the end of a backup).
+        steady_memory()
+        streams.set_streamed_hook(Trimmer().add)
         gc.freeze()
         return super().run_from_argv(argv)
 
     def execute(self, *args, **options):
-        steady_memory()
         self.quiet = options.get("quiet", False)
         self._console = None
         try:
