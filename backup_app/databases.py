@@ -18,10 +18,9 @@ import os
 import shlex
 import shutil
 import sqlite3
-import subprocess
 import tempfile
 import time
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -31,9 +30,11 @@ from dbbackup.db.postgresql import PgDumpBinaryConnector, parse_postgres_setting
 from dbbackup.db.sqlite import SqliteBackupConnector
 from django.db import connections
 
+from . import tools
 from .errors import BackupError, RestoreError
 from .secrets import redact
 from .streams import CHUNK, pump, spool
+from .tools import SecretPipe, Tool
 
 if TYPE_CHECKING:
     from .safety import SafetyRecord
@@ -53,47 +54,34 @@ def _words(value) -> list[str]:
     return list(value) if isinstance(value, list | tuple) else shlex.split(str(value))
 
 
-def _stderr_text(handle) -> str:
-    handle.seek(0)
-    lines = [ln.strip() for ln in handle.read().decode(errors="replace").splitlines() if ln.strip()]
-    return redact("; ".join(lines[-3:]))
-
-
-def _run_dump(args: list[str], env: dict, out: BinaryIO, what: str) -> None:
+def _run_dump(args: list[str], env: dict, out: BinaryIO, what: str, name: str, secrets=()) -> None:
     """Run a dump tool, copying its stdout into ``out`` as it comes."""
-    with tempfile.TemporaryFile() as err:
-        try:
-            proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, env=env)
-        except FileNotFoundError:
-            raise BackupError(f"{args[0]} is not installed; install the {what} client tools") from None
-        try:
-            pump(proc.stdout, out)
-        finally:
-            proc.stdout.close()
-            proc.wait()
-        if proc.returncode:
-            raise BackupError(f"{args[0]} failed (exit {proc.returncode}): {_stderr_text(err)}")
+    tools.run_to(
+        Tool(
+            args,
+            name=name,
+            env=env,
+            secrets=secrets,
+            error=BackupError,
+            missing_hint=f"install the {what} client tools",
+        ),
+        out,
+    )
 
 
-def _run_restore(args: list[str], env: dict, stream: BinaryIO, what: str) -> None:
+def _run_restore(args: list[str], env: dict, stream: BinaryIO, what: str, name: str, secrets=()) -> None:
     """Run a restore tool, feeding ``stream`` to its stdin."""
-    with tempfile.TemporaryFile() as err:
-        try:
-            proc = subprocess.Popen(args, stdin=subprocess.PIPE, stderr=err, stdout=subprocess.DEVNULL, env=env)
-        except FileNotFoundError:
-            raise RestoreError(f"{args[0]} is not installed; install the {what} client tools") from None
-        broken = False
-        try:
-            while data := stream.read(CHUNK):
-                proc.stdin.write(data)
-        except BrokenPipeError:
-            broken = True
-        finally:
-            with suppress(BrokenPipeError):
-                proc.stdin.close()
-            proc.wait()
-        if proc.returncode or broken:
-            raise RestoreError(f"{args[0]} failed (exit {proc.returncode}): {_stderr_text(err)}")
+    tools.run_from(
+        Tool(
+            args,
+            name=name,
+            env=env,
+            secrets=secrets,
+            error=RestoreError,
+            missing_hint=f"install the {what} client tools",
+        ),
+        stream,
+    )
 
 
 class Engine:
@@ -331,7 +319,9 @@ class PostgresEngine(Engine):
         for schema in self.connector.schemas or []:
             args += ["-n", schema]
         args += _words(self.connector.dump_suffix)
-        _run_dump(args, self.env({**(self.connector.dump_env or {}), **pg_env}), out, "PostgreSQL")
+        _run_dump(
+            args, self.env({**(self.connector.dump_env or {}), **pg_env}), out, "PostgreSQL", self.connector.dump_cmd
+        )
 
     def _admin(self):
         """An autocommit connection to the server's maintenance database."""
@@ -386,7 +376,7 @@ class PostgresEngine(Engine):
             return {"file": spool(stream, "backup-pg-restore-")}
         try:
             args, env = self._restore_args(fresh, clean=False)
-            _run_restore(args, env, stream, "PostgreSQL")
+            _run_restore(args, env, stream, "PostgreSQL", self.connector.restore_cmd)
         except BaseException:
             self.abandon({"database": fresh})
             raise
@@ -433,7 +423,7 @@ class PostgresEngine(Engine):
         args, env = self._restore_args(self.settings["NAME"], clean=True)
         try:
             with open(staged["file"], "rb") as fh:
-                _run_restore(args, env, fh, "PostgreSQL")
+                _run_restore(args, env, fh, "PostgreSQL", self.connector.restore_cmd)
         except RestoreError as err:
             raise RestoreError(f"{err}; the restore ran in one transaction, database left unchanged") from None
         finally:
@@ -491,7 +481,7 @@ class PostgresEngine(Engine):
         if entry["kind"] == "pg-dump":
             args, env = self._restore_args(self.settings["NAME"], clean=True)
             with open(folder / entry["file"], "rb") as fh:
-                _run_restore(args, env, fh, "PostgreSQL")
+                _run_restore(args, env, fh, "PostgreSQL", self.connector.restore_cmd)
             return
         name, kept = entry["name"], entry["database"]
         trash = f"{kept[:40]}_undone"
@@ -514,9 +504,8 @@ class PostgresEngine(Engine):
             admin.close()
 
 
-@contextmanager
-def mysql_option_file(settings: dict):
-    """A private ``[client]`` option file with host, port, user and password (mode 0600)."""
+def mysql_client_options(settings: dict) -> SecretPipe:
+    """A ``[client]`` option file with host, port, user and password, in a pipe (``--defaults-extra-file=``)."""
 
     def quote(value) -> str:
         return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -525,12 +514,7 @@ def mysql_option_file(settings: dict):
     for key, option in (("HOST", "host"), ("PORT", "port"), ("USER", "user"), ("PASSWORD", "password")):
         if settings.get(key):
             lines.append(f"{option}={quote(settings[key])}")
-    with tempfile.TemporaryDirectory(prefix="backup-mysql-") as tmp:
-        path = Path(tmp) / "client.cnf"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with open(fd, "w") as fh:
-            fh.write("\n".join(lines) + "\n")
-        yield str(path)
+    return SecretPipe("\n".join(lines) + "\n")
 
 
 class MysqlEngine(Engine):
@@ -541,33 +525,34 @@ class MysqlEngine(Engine):
 
     def dump(self, out: BinaryIO, *, compressed: bool = True) -> None:
         name = self.settings["NAME"]
-        with mysql_option_file(self.settings) as option_file:
-            args = [
-                *_words(self.connector.dump_prefix),
-                self.connector.dump_cmd,
-                f"--defaults-extra-file={option_file}",
-                "--single-transaction",
-                "--quick",
-                "--routines",
-                "--triggers",
-                "--hex-blob",
-                "--default-character-set=utf8mb4",
-            ]
-            args += [f"--ignore-table-data={name}.{table}" for table in self.exclude]
-            args += [*_words(self.connector.dump_suffix), name]
-            _run_dump(args, self.env(self.connector.dump_env), out, "MySQL/MariaDB")
+        options = mysql_client_options(self.settings)
+        args = [
+            *_words(self.connector.dump_prefix),
+            self.connector.dump_cmd,
+            f"--defaults-extra-file={options.path}",
+            "--single-transaction",
+            "--quick",
+            "--routines",
+            "--triggers",
+            "--hex-blob",
+            "--default-character-set=utf8mb4",
+        ]
+        args += [f"--ignore-table-data={name}.{table}" for table in self.exclude]
+        args += [*_words(self.connector.dump_suffix), name]
+        _run_dump(args, self.env(self.connector.dump_env), out, "MySQL/MariaDB", self.connector.dump_cmd, [options])
 
     def _feed(self, database: str, stream: BinaryIO) -> None:
-        with mysql_option_file(self.settings) as option_file:
-            args = [
-                *_words(self.connector.restore_prefix),
-                self.connector.restore_cmd,
-                f"--defaults-extra-file={option_file}",
-                "--default-character-set=utf8mb4",
-                *_words(self.connector.restore_suffix),
-                database,
-            ]
-            _run_restore(args, self.env(self.connector.restore_env), stream, "MySQL/MariaDB")
+        options = mysql_client_options(self.settings)
+        args = [
+            *_words(self.connector.restore_prefix),
+            self.connector.restore_cmd,
+            f"--defaults-extra-file={options.path}",
+            "--default-character-set=utf8mb4",
+            *_words(self.connector.restore_suffix),
+            database,
+        ]
+        env = self.env(self.connector.restore_env)
+        _run_restore(args, env, stream, "MySQL/MariaDB", self.connector.restore_cmd, [options])
 
     @staticmethod
     def _tables(cursor, database: str) -> list[str]:

@@ -13,8 +13,6 @@ from __future__ import annotations
 import fcntl
 import os
 import struct
-import subprocess
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -24,6 +22,8 @@ from typing import BinaryIO
 from .errors import BackupError, RestoreError
 from .secrets import redact
 from .streams import CHUNK, ChunkedFile, HashingReader, ShieldedWriter, copy
+from .tools import Running, SecretPipe, Tool
+from .tools import start as start_tool
 
 #: Bytes of a file that :func:`incompressible` looks at.
 PROBE = 16 * 1024
@@ -208,35 +208,22 @@ def decompressor(kind: str | None, raw: BinaryIO):
     return raw
 
 
-class _Gpg:
-    """A gpg process fed from one thread; its stderr goes to a temp file read on failure."""
-
-    def __init__(self, args: list[str], passphrase: str | None = None):
-        self.stderr = tempfile.TemporaryFile()
-        pass_fds: tuple[int, ...] = ()
-        self._pass_w = None
-        if passphrase is not None:
-            # The passphrase travels through a pipe, never the command line.
-            pr, pw = os.pipe()
-            args = [*args[:1], "--pinentry-mode", "loopback", "--passphrase-fd", str(pr), *args[1:]]
-            pass_fds = (pr,)
-            self._pass_w = pw
-            self._pass_r = pr
-        try:
-            self.proc = subprocess.Popen(
-                args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, pass_fds=pass_fds
-            )
-        except FileNotFoundError:
-            raise BackupError("gpg is not installed; install GnuPG (e.g. apt-get install gnupg)") from None
-        if self._pass_w is not None:
-            os.close(self._pass_r)
-            with open(self._pass_w, "w") as fh:
-                fh.write(passphrase + "\n")
-
-    def error_text(self) -> str:
-        self.stderr.seek(0)
-        lines = [ln.strip() for ln in self.stderr.read().decode(errors="replace").splitlines() if ln.strip()]
-        return "; ".join(lines[-3:]) or f"exit status {self.proc.returncode}"
+def _gpg(spec: GpgSpec, args: list[str], passphrase: str | None = None) -> Running:
+    """Start gpg with both pipes open; a passphrase goes through a pipe of its own, never the command line."""
+    argv = spec.base_args()
+    secrets = []
+    if passphrase is not None:
+        pipe = SecretPipe(passphrase + "\n")
+        argv = [argv[0], "--pinentry-mode", "loopback", "--passphrase-fd", str(pipe.fd), *argv[1:]]
+        secrets.append(pipe)
+    tool = Tool(
+        [*argv, *args],
+        name="gpg",
+        secrets=secrets,
+        error=BackupError,
+        missing_hint="install GnuPG (e.g. apt-get install gnupg)",
+    )
+    return start_tool(tool)
 
 
 def store_stream(
@@ -261,17 +248,8 @@ def store_stream(
         fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, 1024 * 1024)
     encryptor = None
     if gpg is not None:
-        encryptor = _Gpg(
-            [
-                *gpg.base_args(),
-                "--trust-model",
-                "always",
-                "--encrypt",
-                "--recipient",
-                gpg.recipient or "",
-                "--output",
-                "-",
-            ]
+        encryptor = _gpg(
+            gpg, ["--trust-model", "always", "--encrypt", "--recipient", gpg.recipient or "", "--output", "-"]
         )
         sink_raw = encryptor.proc.stdin
         os.close(write_fd)
@@ -387,7 +365,7 @@ def open_stream(
         source: BinaryIO = hashed
         if encrypted:
             spec = gpg or GpgSpec()
-            decryptor = _Gpg([*spec.base_args(), "--decrypt", "--output", "-"], passphrase=spec.passphrase)
+            decryptor = _gpg(spec, ["--decrypt", "--output", "-"], passphrase=spec.passphrase)
 
             def feed() -> None:
                 try:

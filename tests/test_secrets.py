@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -220,3 +221,29 @@ def test_local_backup_files_are_readable_by_the_owner_only(sqlite_site):
 
     assert sqlite_site.backups.stat().st_mode & 0o077 == 0
     assert set(modes.values()) == {0o600}
+
+
+@pytest.mark.parametrize("fixture", ["pg_password_site", "mysql_password_site"])
+def test_database_password_never_in_a_file_a_killed_backup_leaves(request, fixture, tmp_path):
+    site = request.getfixturevalue(fixture)
+    private_tmp = tmp_path / "tmpdir"
+    private_tmp.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "backup"],
+        cwd=ROOT,
+        env={**site.env, "TMPDIR": str(private_tmp)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+    )
+    for line in proc.stderr:
+        if "Backing up database" in line:
+            time.sleep(0.3)  # the dump tool is running
+            break
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    leftovers = [p for p in private_tmp.rglob("*") if p.is_file()]
+    assert [p for p in leftovers if DB_PASSWORD.encode() in p.read_bytes()] == []

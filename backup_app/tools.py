@@ -1,0 +1,152 @@
+"""Run the external tools (pg_dump, pg_restore, mariadb-dump, mariadb, gpg) one way.
+
+- the command is an argv list, never a shell line;
+- stdin and stdout stream (:func:`run_to` copies the tool's output into a stream, :func:`run_from` feeds a
+  stream to it, :func:`start` leaves both pipes to the caller);
+- stderr is kept in an unnamed temporary file and, on failure, its last lines become a one-line error that
+  names the tool, with every known secret masked;
+- a secret the tool needs in a file (the ``[client]`` option file of MariaDB, a gpg passphrase) goes through
+  a pipe the child inherits (:class:`SecretPipe`, read as ``/dev/fd/N``): never on the command line, never
+  in a file a killed process could leave behind.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from .errors import BackupAppError
+from .secrets import redact
+from .streams import CHUNK, pump
+
+#: A secret is written into its pipe before the tool starts; the pipe holds this much without a reader.
+SECRET_MAX = 60 * 1024
+
+
+class SecretPipe:
+    """``text`` in a pipe, for a child process to read as the file :attr:`path` (``/dev/fd/N``) or from
+    descriptor :attr:`fd`.  The text is written and the write end closed at once; nothing touches a disk.
+    """
+
+    def __init__(self, text: str):
+        data = text.encode()
+        if len(data) > SECRET_MAX:
+            raise ValueError(f"a secret of {len(data)} bytes does not fit in a pipe")
+        self.fd, write_end = os.pipe()
+        try:
+            os.write(write_end, data)
+        finally:
+            os.close(write_end)
+
+    @property
+    def path(self) -> str:
+        return f"/dev/fd/{self.fd}"
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            with suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+
+
+@dataclass
+class Tool:
+    """One run of an external program.
+
+    ``name`` is what errors call it (``pg_dump``, not a prefix such as ``nice``); ``missing_hint`` says
+    what to install when ``argv[0]`` is not found; ``error`` is the exception class raised (a
+    :class:`~backup_app.errors.BackupAppError`: BackupError for a backup, RestoreError for a restore).
+    ``secrets`` are inherited by the child and closed here once it has started.
+    """
+
+    argv: list[str]
+    name: str
+    env: dict[str, str] | None = None
+    secrets: Sequence[SecretPipe] = field(default_factory=tuple)
+    error: type[BackupAppError] = BackupAppError
+    missing_hint: str = ""
+
+
+class Running:
+    """A started :class:`Tool`: ``stdin`` / ``stdout`` are its pipes (where asked for), ``proc`` the process."""
+
+    def __init__(self, tool: Tool, *, stdin, stdout):
+        self.tool = tool
+        self._stderr = tempfile.TemporaryFile()
+        try:
+            self.proc = subprocess.Popen(
+                tool.argv,
+                stdin=stdin,
+                stdout=stdout,
+                stderr=self._stderr,
+                env=tool.env,
+                pass_fds=tuple(s.fd for s in tool.secrets),
+            )
+        except FileNotFoundError:
+            self._stderr.close()
+            hint = f"; {tool.missing_hint}" if tool.missing_hint else ""
+            raise tool.error(f"{tool.argv[0]} is not installed{hint}") from None
+        finally:
+            for secret in tool.secrets:
+                secret.close()
+        self.stdin: BinaryIO | None = self.proc.stdin
+        self.stdout: BinaryIO | None = self.proc.stdout
+
+    def wait(self) -> int:
+        return self.proc.wait()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def error_text(self) -> str:
+        """The last three lines of stderr on one line, secrets masked (or the exit status)."""
+        self._stderr.seek(0)
+        lines = [ln.strip() for ln in self._stderr.read().decode(errors="replace").splitlines() if ln.strip()]
+        return redact("; ".join(lines[-3:])) or f"exit status {self.proc.returncode}"
+
+    def check(self, *, broken: bool = False) -> None:
+        """Raise the tool's error if it failed (non-zero exit, or ``broken``: it stopped reading its input)."""
+        try:
+            if self.proc.returncode or broken:
+                raise self.tool.error(f"{self.tool.name} failed (exit {self.proc.returncode}): {self.error_text()}")
+        finally:
+            self._stderr.close()
+
+
+def start(tool: Tool, *, stdin=subprocess.PIPE, stdout=subprocess.PIPE) -> Running:
+    """Start ``tool``; the caller reads and writes its pipes, then calls ``wait()`` and ``check()``."""
+    return Running(tool, stdin=stdin, stdout=stdout)
+
+
+def run_to(tool: Tool, out: BinaryIO) -> None:
+    """Run ``tool``, copying its stdout into ``out`` as it comes; raises ``tool.error`` if it fails."""
+    running = Running(tool, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+    try:
+        pump(running.stdout, out)
+    finally:
+        running.stdout.close()
+        running.wait()
+    running.check()
+
+
+def run_from(tool: Tool, stream: BinaryIO) -> None:
+    """Run ``tool``, feeding ``stream`` to its stdin; raises ``tool.error`` if it fails or stops reading."""
+    running = Running(tool, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    broken = False
+    try:
+        while data := stream.read(CHUNK):
+            running.stdin.write(data)
+    except BrokenPipeError:
+        broken = True
+    finally:
+        with suppress(BrokenPipeError):
+            running.stdin.close()
+        running.wait()
+    running.check(broken=broken)
