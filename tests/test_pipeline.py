@@ -52,17 +52,7 @@ def test_gzip_with_stored_passages_is_read_back_by_python_and_gnu_gzip(tmp_path)
     assert gnu.stdout == expected
 
 
-@pytest.fixture(params=["parallel-compress", "compressobj-fallback"])
-def gzip_writer_kind(request, monkeypatch):
-    """GzipWriter as built: with python-isal's GIL-free block compressor, or without it (its fallback)."""
-    if request.param == "compressobj-fallback":
-        from isal import isal_zlib
-
-        monkeypatch.delattr(isal_zlib, "_ParallelCompress")
-    return request.param
-
-
-def test_gzip_from_a_reused_buffer_in_uneven_writes_reads_back_whole(gzip_writer_kind):
+def test_gzip_from_a_reused_buffer_in_uneven_writes_reads_back_whole():
     rnd = random.Random(7)
     noise = rnd.randbytes(300_000)
     raw = io.BytesIO()
