@@ -847,7 +847,8 @@ def test_dropbox_uploads_from_the_stream_in_sessions_and_streams_downloads():
     from storages.backends.dropbox import DropboxStorage
 
     from backup_app.pipeline import ReadResult, open_stream, store_stream
-    from backup_app.storage import DROPBOX_CHUNK, DropboxAdapter, RemoteStorage
+    from backup_app.storage.base import RemoteStorage
+    from backup_app.storage.dropbox import DROPBOX_CHUNK, DropboxAdapter
 
     backend = DropboxStorage(oauth2_access_token="not-a-real-token", root_path="/backups")
     backend.client = FakeDropbox()

@@ -1,0 +1,104 @@
+"""FTP and FTPS servers (``storages.backends.ftp.FTPStorage``)."""
+
+from __future__ import annotations
+
+import ftplib
+from contextlib import suppress
+from typing import BinaryIO
+
+from ..streams import CallbackReader
+from .base import OPTIONS_HINT, Adapter, unreachable
+
+
+class FTPAdapter(Adapter):
+    """``storages.backends.ftp.FTPStorage``: STOR from the stream, RETR streamed on its own connection."""
+
+    label = "FTP"
+
+    def __init__(self):
+        self._folder_ready = False
+
+    def describe(self, backend) -> str:
+        c = backend._config
+        scheme = "ftps" if c["secure"] else "ftp"
+        return f"FTP {scheme}://{c['user']}@{c['host']}:{c['port']}/{c['path'].lstrip('/')}"
+
+    def _connect(self, backend, cwd: bool = True) -> ftplib.FTP:
+        c = backend._config
+        conn = ftplib.FTP_TLS() if c["secure"] else ftplib.FTP()
+        conn.encoding = backend.encoding
+        conn.connect(c["host"], c["port"], timeout=60)
+        conn.login(c["user"], c["passwd"])
+        if c["secure"]:
+            conn.prot_p()
+        if c["active"]:
+            conn.set_pasv(False)
+        if cwd and c["path"] not in ("", "/"):
+            conn.cwd(c["path"])
+        return conn
+
+    def ready(self, backend) -> None:
+        """Create the backup folder (``path`` of ``location``) once: FTPStorage only changes into it."""
+        if self._folder_ready:
+            return
+        conn = self._connect(backend, cwd=False)
+        try:
+            path = backend._config["path"]
+            if path.startswith("/"):
+                conn.cwd("/")
+            for part in [p for p in path.split("/") if p]:
+                try:
+                    conn.cwd(part)
+                except ftplib.error_perm:
+                    conn.mkd(part)
+                    conn.cwd(part)
+        finally:
+            with suppress(Exception):
+                conn.quit()
+        self._folder_ready = True
+
+    def open(self, backend, name: str) -> BinaryIO:
+        conn = self._connect(backend)
+        try:
+            conn.voidcmd("TYPE I")
+            sock = conn.transfercmd("RETR " + name)
+        except ftplib.error_perm as err:
+            with suppress(Exception):
+                conn.close()
+            if str(err).startswith("550"):
+                raise FileNotFoundError(f"{name}: {err}") from None
+            raise
+        data = sock.makefile("rb")
+
+        def finish() -> None:
+            """Finish the transfer and the control connection."""
+            with suppress(Exception):
+                data.close()
+                sock.close()
+                conn.voidresp()
+            with suppress(Exception):
+                conn.quit()
+
+        return CallbackReader(readinto=data.readinto, on_close=finish)
+
+    def explain(self, backend, err: BaseException, action: str, name: str) -> str | None:
+        from storages.backends.ftp import FTPStorageException
+
+        cause = err
+        # FTPStorage hides the ftplib error (and prints the password) in its own exception.
+        if isinstance(err, FTPStorageException) and err.__context__ is not None:
+            cause = err.__context__
+        reason = unreachable(cause)
+        if reason:
+            return f"cannot reach the FTP server ({reason}); check host and port of location in {OPTIONS_HINT}"
+        text = " ".join(str(cause).split())
+        if isinstance(cause, ftplib.error_perm) and text.startswith("530"):
+            return f"the FTP login was refused ({text}); check user and password in location in {OPTIONS_HINT}"
+        if isinstance(cause, ftplib.error_perm) and text.startswith(("550", "553")):
+            return (
+                f"the FTP server refused to {action} {name or 'the folder'} ({text}); the FTP user needs to "
+                "create, read, list and delete files in the folder of location"
+            )
+        if isinstance(err, FTPStorageException):
+            return f"FTP {action} {name} failed ({text}); check location in {OPTIONS_HINT}"
+        return super().explain(backend, cause, action, name)

@@ -1,0 +1,127 @@
+"""Amazon S3 and S3-compatible stores (``storages.backends.s3.S3Storage``)."""
+
+from __future__ import annotations
+
+from typing import BinaryIO
+
+from ..streams import RangedReader, buffered
+from .base import OPTIONS_HINT, READ_CHUNK, Adapter
+
+#: Bytes per part of a multipart upload.
+S3_PART = 8 * 1024 * 1024
+
+
+class S3Adapter(Adapter):
+    """``storages.backends.s3.S3Storage``: multipart uploads, ranged GETs, botocore retries."""
+
+    label = "S3"
+    PERMISSION = {
+        "list": "s3:ListBucket on the bucket",
+        "read": "s3:GetObject on the objects",
+        "write": "s3:PutObject on the objects",
+        "delete": "s3:DeleteObject on the objects",
+    }
+
+    def prepare(self, options: dict) -> dict:
+        from botocore.config import Config
+
+        options = dict(options)
+        # Stored bytes are opaque: no Content-Encoding: gzip guessed from ".gz" for clients to undo.
+        params = dict(options.get("object_parameters") or {})
+        params.setdefault("ContentType", "application/octet-stream")
+        options["object_parameters"] = params
+        client = options.get("client_config")
+        if isinstance(client, dict):
+            # JSON/YAML cannot carry a botocore Config: build it, keeping what S3Storage would set.
+            base = Config(
+                s3={"addressing_style": options.get("addressing_style")},
+                signature_version=options.get("signature_version"),
+                proxies=options.get("proxies"),
+            )
+            options["client_config"] = base.merge(Config(**client))
+        transfer = options.get("transfer_config")
+        if transfer is None or isinstance(transfer, dict):
+            options["transfer_config"] = self.transfer_config(transfer or {}, options.get("use_threads", True))
+        return options
+
+    @staticmethod
+    def transfer_config(given: dict, use_threads: bool = True):
+        """boto3's TransferConfig: our defaults, then the keys given in ``transfer_config``.
+
+        Each part of a non-seekable upload is held in memory (several copies, while
+        it is checksummed and sent) until S3 has it: at most
+        ``max_in_memory_upload_chunks`` parts.  8 MiB parts, two at a time, keep a
+        backup process under ~140 MiB; they allow files up to 80 GB (S3 takes
+        10,000 parts): raise ``multipart_chunksize`` for larger archives.
+        """
+        from boto3.s3.transfer import TransferConfig
+
+        config = TransferConfig(use_threads=use_threads)
+        settings = {
+            "multipart_threshold": S3_PART,
+            "multipart_chunksize": S3_PART,
+            "max_concurrency": 2,
+            "max_in_memory_upload_chunks": 2,
+            **given,
+        }
+        for key, value in settings.items():
+            if not hasattr(config, key):
+                raise ValueError(f"transfer_config: unknown key {key!r}")
+            setattr(config, key, value)  # TransferConfig keeps its aliases in step
+        return config
+
+    def describe(self, backend) -> str:
+        where = f"s3://{backend.bucket_name}/{backend.location}".rstrip("/")
+        endpoint = getattr(backend, "endpoint_url", None)
+        return f"S3 {where}" + (f" at {endpoint}" if endpoint else "")
+
+    def open(self, backend, name: str) -> BinaryIO:
+        from botocore.exceptions import ClientError
+        from storages.utils import clean_name
+
+        key = backend._normalize_name(clean_name(name))
+        client = backend.connection.meta.client
+        try:
+            size = client.head_object(Bucket=backend.bucket_name, Key=key)["ContentLength"]
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                raise FileNotFoundError(f"{name} is not in the bucket") from None
+            raise
+
+        def fetch(start: int, end: int) -> bytes:
+            body = client.get_object(Bucket=backend.bucket_name, Key=key, Range=f"bytes={start}-{end}")["Body"]
+            with body:
+                return body.read()
+
+        return buffered(RangedReader(fetch, size, READ_CHUNK))
+
+    def explain(self, backend, err: BaseException, action: str, name: str) -> str | None:
+        from botocore.exceptions import (
+            ClientError,
+            ConnectTimeoutError,
+            EndpointConnectionError,
+            NoCredentialsError,
+            PartialCredentialsError,
+        )
+
+        if isinstance(err, EndpointConnectionError | ConnectTimeoutError):
+            return (
+                f"cannot reach the S3 endpoint ({err}); check endpoint_url / region_name in {OPTIONS_HINT} "
+                "and the network"
+            )
+        if isinstance(err, NoCredentialsError | PartialCredentialsError):
+            return f"no S3 credentials found; set access_key and secret_key in {OPTIONS_HINT} (or AWS_* variables)"
+        if isinstance(err, ClientError):
+            error = err.response.get("Error", {})
+            code = error.get("Code", "")
+            status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "AuthFailure"):
+                return f"the credentials were rejected ({code}); check access_key and secret_key in {OPTIONS_HINT}"
+            if code == "NoSuchBucket":
+                return f"bucket {backend.bucket_name!r} does not exist; create it or fix bucket_name in {OPTIONS_HINT}"
+            if code in ("AccessDenied", "AllAccessDisabled", "403") or status == 403:
+                return (
+                    f"access denied to {action} {name or 'the bucket'} ({code or status}); the key needs "
+                    f"{self.PERMISSION.get(action, 's3 rights')} (see docs/storage/s3.md)"
+                )
+        return super().explain(backend, err, action, name)

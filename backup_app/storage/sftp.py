@@ -1,0 +1,67 @@
+"""SFTP servers (``storages.backends.sftpstorage.SFTPStorage``)."""
+
+from __future__ import annotations
+
+from typing import BinaryIO
+
+from ..streams import RangedReader, buffered
+from .base import OPTIONS_HINT, Adapter
+
+
+class SFTPAdapter(Adapter):
+    """``storages.backends.sftpstorage.SFTPStorage``: pipelined writes, windowed reads over one SSH session."""
+
+    label = "SFTP"
+    WINDOW = 32  # read requests of 32 KiB in flight: 1 MiB per round trip
+
+    def prepare(self, options: dict) -> dict:
+        options = dict(options)
+        # Backups are the most sensitive copy of a site's data: owner-only unless asked otherwise.
+        options.setdefault("file_mode", 0o600)
+        options.setdefault("dir_mode", 0o700)
+        return options
+
+    def describe(self, backend) -> str:
+        params = backend.params or {}
+        user = f"{params['username']}@" if params.get("username") else ""
+        port = f":{params['port']}" if params.get("port") else ""
+        return f"SFTP {user}{backend.host}{port}:{backend.root_path or '.'}"
+
+    def open(self, backend, name: str) -> BinaryIO:
+        remote = backend.sftp.open(backend._remote_path(name), "rb")
+        size = remote.stat().st_size
+        window = self.WINDOW * 32768
+
+        def fetch(start: int, end: int) -> bytes:
+            # readv pipelines the requests of one window instead of one round trip per 32 KiB.
+            wanted = []
+            offset = start
+            while offset <= end:
+                length = min(32768, end + 1 - offset)
+                wanted.append((offset, length))
+                offset += length
+            return b"".join(remote.readv(wanted))
+
+        return buffered(RangedReader(fetch, size, window, on_close=remote.close))
+
+    def explain(self, backend, err: BaseException, action: str, name: str) -> str | None:
+        import paramiko
+
+        if isinstance(err, paramiko.BadHostKeyException):
+            return (
+                f"the server's host key does not match the one in known_host_file ({err}); if the server was "
+                "re-keyed on purpose, update that file, otherwise do not connect"
+            )
+        if isinstance(err, paramiko.AuthenticationException):
+            return (
+                f"the SSH login was refused ({err}); check username and key_filename (or password) under "
+                f"params in {OPTIONS_HINT}, and that the key is in the account's authorized_keys"
+            )
+        if isinstance(err, paramiko.ssh_exception.NoValidConnectionsError):
+            return f"cannot reach the SSH server ({err}); check host and params.port in {OPTIONS_HINT}"
+        if isinstance(err, paramiko.SSHException) and not isinstance(err, paramiko.ChannelException):
+            return f"the SSH connection failed ({err}); check host and params.port in {OPTIONS_HINT}"
+        return super().explain(backend, err, action, name)
+
+    def permission_hint(self, action: str) -> str:
+        return "the SSH user needs to create, read, list and delete files in the root_path folder (backup_dir)"
