@@ -18,7 +18,7 @@ from django.core.files.storage import FileSystemStorage
 from django.utils import timezone
 
 from . import __version__
-from .databases import engine_for
+from .engines import engine_for
 from .errors import BackupError
 from .media import ArchiveStats, media_storage, write_tar
 from .pipeline import SUFFIX, GpgSpec, store_stream

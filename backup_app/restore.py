@@ -7,6 +7,7 @@ bytes and every media archive member.  A newer schema is refused.
 
 from __future__ import annotations
 
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,11 +22,11 @@ from django.db import connections
 from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.loader import MigrationLoader
 
-from .databases import Engine, engine_for
+from .engines import Engine, Staged, engine_for
 from .errors import RestoreError
-from .media import StagedArchive, abandon_archive, commit_archive, media_storage, stage_archive
+from .media import StagedArchive, abandon_archive, commit_archive, media_storage, stage_archive, undo_media
 from .pipeline import GpgSpec, ReadResult, open_stream
-from .safety import SafetyRecord, expire, safety_root
+from .safety import SafetyRecord, expired, list_records, safety_root
 from .secrets import redact
 from .sets import BackupFile, BackupSet, Naming, list_sets, split_extension
 from .settings import app_settings
@@ -260,7 +261,7 @@ def read_and_check(storage, f: BackupFile, opts: RestoreOptions, gpg: GpgSpec, c
         consume(stream)
 
 
-def _abandon(staged_dbs: list[tuple[DbItem, dict]], staged_media: StagedArchive | None) -> None:
+def _abandon(staged_dbs: list[tuple[DbItem, Staged]], staged_media: StagedArchive | None) -> None:
     """Throw away everything staged and not swapped in."""
     for item, staged in staged_dbs:
         with suppress(Exception):
@@ -274,7 +275,7 @@ def _stage(storage, plan: Plan, opts: RestoreOptions, gpg: GpgSpec, say: Progres
 
     On a local backup folder the media archive is extracted while the databases load (independent streams).
     """
-    staged_dbs: list[tuple[DbItem, dict]] = []
+    staged_dbs: list[tuple[DbItem, Staged]] = []
     staged_media: StagedArchive | None = None
 
     def stage_media() -> StagedArchive:
@@ -292,7 +293,7 @@ def _stage(storage, plan: Plan, opts: RestoreOptions, gpg: GpgSpec, say: Progres
             say(f"Loading {item.file.name} into a staging database")
             with read_checked(storage, item.file, opts, gpg) as stream:
                 head = stream.read(64)
-                item.engine.check_magic(head, item.file.name)
+                item.engine.check_dump(head, item.file.name)
                 staged = item.engine.stage(PrefixedReader(head, stream))
                 staged_dbs.append((item, staged))
         if plan.media is not None:
@@ -345,7 +346,7 @@ def restore(
     if confirm is not None and not confirm("This replaces " + "; ".join(what) + ". Continue?"):
         raise RestoreError("restore cancelled; nothing was changed")
     for item in plan.databases:
-        for stale in item.engine.cleanup_stale():
+        for stale in item.engine.cleanup():
             say(f"Removed {stale}, left behind by an interrupted restore")
 
     staged_dbs, staged_media = _stage(storage, plan, opts, gpg, say)
@@ -378,13 +379,13 @@ def restore(
         _abandon(staged_dbs, staged_media)
         message = redact(err) if isinstance(err, Exception) else "interrupted"
         try:
-            undone = safety.rollback()
+            undone = undo_record(safety)
         except Exception as undo_err:
             raise RestoreError(
                 f"{message}; putting the old state back ALSO failed ({redact(undo_err)}): the safety copy is in "
                 f"{safety.folder}, run `invoke rollback --name {safety.name}` once the cause is fixed"
             ) from None
-        safety.discard()
+        discard_record(safety)
         what = " and ".join(undone) + " put back as they were" if undone else "nothing had been changed"
         raise RestoreError(f"{message}; the restore was undone ({what})") from None
     safety.mark("done")
@@ -395,9 +396,10 @@ def restore(
             f"`invoke rollback --name {safety.name}` (kept {app_settings.safety_days} days)"
         )
     else:
-        safety.discard()
-    for name in expire(app_settings.safety_days):
-        say(f"Removed expired safety copy {name}")
+        discard_record(safety)
+    for record in expired(list_records(), app_settings.safety_days):
+        discard_record(record)
+        say(f"Removed expired safety copy {record.name}")
     for item in plan.databases:
         applied = migrate_forward(item.alias)
         if applied:
@@ -416,3 +418,27 @@ def migrate_forward(alias: str) -> int:
     if plan:
         call_command("migrate", database=alias, interactive=False, verbosity=0)
     return len(plan)
+
+
+def undo_record(record: SafetyRecord) -> list[str]:
+    """Put back everything ``record`` kept; returns what was rolled back."""
+    done = []
+    if record.media is not None or record.media_folder.exists():
+        undo_media(media_storage(), record.media_folder, (record.media or {}).get("created", []))
+        done.append("media files")
+    for alias, entry in record.databases.items():
+        engine_for(alias).undo(entry, record.folder)
+        done.append(f"database '{alias}'")
+    record.clear()
+    record.mark("rolled back")
+    return done
+
+
+def discard_record(record: SafetyRecord) -> None:
+    """Delete the kept state (old databases, moved-aside files) and the record."""
+    for alias, entry in record.databases.items():
+        try:
+            engine_for(alias).discard(entry)
+        except Exception:
+            continue
+    shutil.rmtree(record.folder, ignore_errors=True)

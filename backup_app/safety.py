@@ -1,11 +1,13 @@
-"""Safety copies: what a restore replaced, kept so the restore can be undone.
+"""Safety records: what a restore replaced and where it is kept (plain data; the rollback is an action).
 
 Every restore keeps the state it replaces, by the cheapest atomic means each
 engine has: the old SQLite file (a hard link), the old PostgreSQL database
 (renamed, not dropped), the old MariaDB tables (moved to a side database), the
-replaced and removed media files (moved aside).  If the restore fails half
-way, everything is put back.  When it succeeds the copy is kept for
-``backup_safety_days`` (``backup_safety`` on), or dropped at once.
+replaced and removed media files (moved aside).  Each engine describes what it
+kept in an *entry* (JSON data) of the restore's record.  If the restore fails
+half way, everything is put back (:mod:`backup_app.actions.rollback`).  When it
+succeeds the copy is kept for ``backup_safety_days`` (``backup_safety`` on), or
+dropped at once.
 
 A record lives in ``<backup_safety_dir>/<name>/safety.json``; roll back with
 ``invoke rollback`` (newest) or ``invoke rollback --name NAME``.
@@ -14,8 +16,7 @@ A record lives in ``<backup_safety_dir>/<name>/safety.json``; roll back with
 from __future__ import annotations
 
 import json
-import shutil
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from django.utils import timezone
@@ -83,33 +84,29 @@ class SafetyRecord:
         self.data["state"] = state
         self.save()
 
-    def rollback(self) -> list[str]:
-        """Put back everything this record kept; returns what was rolled back."""
-        from .databases import engine_for
-        from .media import media_storage, undo_media
+    @property
+    def created(self) -> datetime:
+        return datetime.fromisoformat(self.data["created"])
 
-        done = []
-        if self.data.get("media") is not None or self.media_folder.exists():
-            undo_media(media_storage(), self.media_folder, (self.data.get("media") or {}).get("created", []))
-            done.append("media files")
-        for alias, entry in self.data["databases"].items():
-            engine_for(alias).rollback(entry, self.folder)
-            done.append(f"database '{alias}'")
+    @property
+    def state(self) -> str:
+        """``restoring`` (the restore was killed half way), ``done``, ``rolled back``."""
+        return self.data["state"]
+
+    @property
+    def databases(self) -> dict[str, dict]:
+        """Alias -> the safety entry its engine recorded (what it replaced and where that is kept)."""
+        return self.data["databases"]
+
+    @property
+    def media(self) -> dict | None:
+        return self.data.get("media")
+
+    def clear(self) -> None:
+        """Forget what was kept (after it was put back)."""
         self.data["databases"] = {}
         self.data["media"] = None
-        self.mark("rolled back")
-        return done
-
-    def discard(self) -> None:
-        """Delete the kept state (old databases, moved-aside files) and the record."""
-        from .databases import engine_for
-
-        for alias, entry in self.data["databases"].items():
-            try:
-                engine_for(alias).discard(entry)
-            except Exception:
-                continue
-        shutil.rmtree(self.folder, ignore_errors=True)
+        self.save()
 
 
 def safety_root() -> Path:
@@ -128,14 +125,7 @@ def list_records(root: Path | None = None) -> list[SafetyRecord]:
     return records
 
 
-def expire(days: int, root: Path | None = None) -> list[str]:
-    """Discard safety records older than ``days``; returns their names."""
-    limit = timezone.now() - timedelta(days=days)
-    gone = []
-    for record in list_records(root):
-        from datetime import datetime
-
-        if datetime.fromisoformat(record.data["created"]) < limit:
-            record.discard()
-            gone.append(record.name)
-    return gone
+def expired(records: list[SafetyRecord], days: int, now: datetime | None = None) -> list[SafetyRecord]:
+    """The records older than ``days`` at ``now`` (default: now)."""
+    limit = (now or timezone.now()) - timedelta(days=days)
+    return [record for record in records if record.created < limit]

@@ -10,7 +10,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.files.storage import FileSystemStorage
 
-from .databases import engine_for
+from .engines import engine_for
 from .errors import BackupAppError
 from .media import restore_archive, scan_archive
 from .pipeline import GpgSpec, open_stream
@@ -52,7 +52,7 @@ def verify_set(
             if f.kind == "db":
                 entry = _db_entry(bset, f)
                 engine = engine_for(entry["alias"])
-                read_and_check(storage, f, opts, gpg, lambda s, e=engine, n=f.name: e.check_magic(s.read(64), n))
+                read_and_check(storage, f, opts, gpg, lambda s, e=engine, n=f.name: e.check_dump(s.read(64), n))
                 if restore_test:
                     with open_stream(
                         storage, f.name, compression=f.compression, encrypted=f.encrypted, gpg=gpg

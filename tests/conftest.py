@@ -26,6 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 REQUIRE = os.environ.get("BACKUP_TEST_REQUIRE_SERVICES") == "1"
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 MY = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
+#: Password of the database roles that tests create with one (see ``pg_password_site``).
+DB_PASSWORD = "Db-pa55word-" + uuid.uuid4().hex[:8]
 
 # In-process imports of backup_app need configured settings: a private demo site.
 _SESSION_DIR = Path(os.environ.get("PYTEST_TMPDIR", "/tmp")) / f"backup-app-tests-{os.getpid()}"
@@ -250,6 +252,48 @@ def mysql_site(tmp_path, mysql_database) -> Site:
 def any_site(request) -> Site:
     """The same test on each engine."""
     return request.getfixturevalue(f"{request.param}_site")
+
+
+@pytest.fixture
+def pg_password_site(tmp_path, postgres_database):
+    """A PostgreSQL site whose role logs in with DB_PASSWORD and owns its database, but may not create one."""
+    role = f"bk_{uuid.uuid4().hex[:8]}"
+    with _pg_connect() as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{DB_PASSWORD}'")
+        conn.execute(f'ALTER DATABASE "{postgres_database}" OWNER TO {role}')
+    site = server_site(tmp_path / "site", "postgresql", postgres_database, role, DB_PASSWORD)
+    site.sql(
+        "INSERT INTO demo_part (name, description, quantity, created, attachment) "
+        "SELECT 'p', repeat(md5(g::text), 200), g, now(), '' FROM generate_series(1, 20000) g"
+    )
+    yield site
+    with _pg_connect() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{postgres_database}" WITH (FORCE)')
+        conn.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+@pytest.fixture
+def mysql_password_site(tmp_path, mysql_database):
+    """A MariaDB site whose user logs in with DB_PASSWORD and has rights on its own database only."""
+    user = f"bk_{uuid.uuid4().hex[:8]}"
+    conn = _my_connect()
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE USER '{user}'@'%' IDENTIFIED BY '{DB_PASSWORD}'")
+        cur.execute(f"CREATE USER '{user}'@'localhost' IDENTIFIED BY '{DB_PASSWORD}'")
+        cur.execute(f"GRANT ALL ON `{mysql_database}`.* TO '{user}'@'%'")
+        cur.execute(f"GRANT ALL ON `{mysql_database}`.* TO '{user}'@'localhost'")
+    conn.close()
+    site = server_site(tmp_path / "site", "mysql", mysql_database, user, DB_PASSWORD)
+    site.sql(
+        "INSERT INTO demo_part (name, description, quantity, created, attachment) "
+        "SELECT 'p', REPEAT(MD5(seq), 200), seq, NOW(), '' FROM seq_1_to_20000"
+    )
+    yield site
+    conn = _my_connect()
+    with conn.cursor() as cur:
+        cur.execute(f"DROP USER IF EXISTS '{user}'@'%'")
+        cur.execute(f"DROP USER IF EXISTS '{user}'@'localhost'")
+    conn.close()
 
 
 @dataclass

@@ -9,13 +9,10 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, _my_connect, _pg_connect, server_site
-
-DB_PASSWORD = "Db-pa55word-" + uuid.uuid4().hex[:8]
+from conftest import DB_PASSWORD, ROOT
 
 
 class Inbox:
@@ -128,46 +125,6 @@ def watch_process_table(argv, env, cwd) -> tuple[subprocess.CompletedProcess, li
         done.set()
         watcher.join()
     return proc, sorted(seen)
-
-
-@pytest.fixture
-def pg_password_site(tmp_path, postgres_database):
-    role = f"bk_{uuid.uuid4().hex[:8]}"
-    with _pg_connect() as conn:
-        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{DB_PASSWORD}'")
-        conn.execute(f'ALTER DATABASE "{postgres_database}" OWNER TO {role}')
-    site = server_site(tmp_path / "site", "postgresql", postgres_database, role, DB_PASSWORD)
-    site.sql(
-        "INSERT INTO demo_part (name, description, quantity, created, attachment) "
-        "SELECT 'p', repeat(md5(g::text), 200), g, now(), '' FROM generate_series(1, 20000) g"
-    )
-    yield site
-    with _pg_connect() as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{postgres_database}" WITH (FORCE)')
-        conn.execute(f"DROP ROLE IF EXISTS {role}")
-
-
-@pytest.fixture
-def mysql_password_site(tmp_path, mysql_database):
-    user = f"bk_{uuid.uuid4().hex[:8]}"
-    conn = _my_connect()
-    with conn.cursor() as cur:
-        cur.execute(f"CREATE USER '{user}'@'%' IDENTIFIED BY '{DB_PASSWORD}'")
-        cur.execute(f"CREATE USER '{user}'@'localhost' IDENTIFIED BY '{DB_PASSWORD}'")
-        cur.execute(f"GRANT ALL ON `{mysql_database}`.* TO '{user}'@'%'")
-        cur.execute(f"GRANT ALL ON `{mysql_database}`.* TO '{user}'@'localhost'")
-    conn.close()
-    site = server_site(tmp_path / "site", "mysql", mysql_database, user, DB_PASSWORD)
-    site.sql(
-        "INSERT INTO demo_part (name, description, quantity, created, attachment) "
-        "SELECT 'p', REPEAT(MD5(seq), 200), seq, NOW(), '' FROM seq_1_to_20000"
-    )
-    yield site
-    conn = _my_connect()
-    with conn.cursor() as cur:
-        cur.execute(f"DROP USER IF EXISTS '{user}'@'%'")
-        cur.execute(f"DROP USER IF EXISTS '{user}'@'localhost'")
-    conn.close()
 
 
 @pytest.mark.parametrize(("fixture", "tool"), [("pg_password_site", "pg_dump"), ("mysql_password_site", "mysqldump")])

@@ -4,8 +4,8 @@ from django.core.checks import ERROR, run_checks
 from django.core.management.base import CommandError
 
 from backup_app.backup import BackupOptions, create_backup
+from backup_app.engines import site_lock
 from backup_app.history import note_manifest, record_run
-from backup_app.locking import site_lock
 from backup_app.sets import Retention, prune
 from backup_app.settings import app_settings
 from backup_app.storage import backup_storage, describe

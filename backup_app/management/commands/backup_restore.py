@@ -2,8 +2,8 @@
 
 import os
 
+from backup_app.engines import site_lock
 from backup_app.history import record_run
-from backup_app.locking import site_lock
 from backup_app.restore import RestoreOptions, restore
 from backup_app.settings import app_settings
 from backup_app.storage import backup_storage, describe

@@ -2,7 +2,8 @@
 
 from django.core.management.base import CommandError
 
-from backup_app.locking import site_lock
+from backup_app.engines import site_lock
+from backup_app.restore import discard_record, undo_record
 from backup_app.safety import list_records
 
 from ._base import BackupCommand
@@ -36,6 +37,6 @@ class Command(BackupCommand):
         if record is None:
             raise CommandError(f"no safety copy named {options['name']!r}; see `invoke rollback --list`")
         with site_lock("rollback"):
-            undone = record.rollback()
-            record.discard()
+            undone = undo_record(record)
+            discard_record(record)
         self.progress(f"Rolled back to the state before restore {record.name}: {', '.join(undone) or 'nothing'}")

@@ -1,0 +1,49 @@
+"""Database engines: one module per vendor behind the interface of :class:`~backup_app.engines.base.Engine`.
+
+``engine_for(alias)`` gives the engine of a ``DATABASES`` alias; ``site_lock(what)`` holds the site's
+backup/restore lock, taken on the ``default`` database: several worker processes or machines sharing that
+database share the lock, and it dies with its holder (a killed process never leaves a stale lock).
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+
+from django.db import connections
+
+from ..errors import BackupError
+from .base import Engine, Locked, SiteLock, Staged, Strategy, build_connector
+from .mysql import MysqlEngine
+from .postgresql import PostgresEngine
+from .sqlite import SqliteEngine
+
+#: Django's ``connection.vendor`` -> engine class.
+ENGINES: dict[str, type[Engine]] = {
+    "sqlite": SqliteEngine,
+    "postgresql": PostgresEngine,
+    "mysql": MysqlEngine,
+}
+
+
+def engine_for(alias: str) -> Engine:
+    """The :class:`Engine` of a ``DATABASES`` alias, on its connector; an unsupported vendor is a clear error."""
+    if alias not in connections.settings:
+        raise BackupError(f"database alias {alias!r} is not in DATABASES")
+    vendor = connections[alias].vendor
+    if vendor not in ENGINES:
+        raise BackupError(
+            f"database {alias!r} uses {vendor!r}, which backup_app cannot back up; "
+            "use SQLite, PostgreSQL or MariaDB/MySQL"
+        )
+    return ENGINES[vendor](alias, build_connector(alias))
+
+
+def site_lock(what: str, alias: str = "default") -> AbstractContextManager[SiteLock]:
+    """Hold the site's backup/restore lock for a ``with`` block (it yields the :class:`SiteLock`).
+
+    :class:`Locked` when another process holds it.
+    """
+    return engine_for(alias).lock(what)
+
+
+__all__ = ["ENGINES", "Engine", "Locked", "SiteLock", "Staged", "Strategy", "engine_for", "site_lock"]

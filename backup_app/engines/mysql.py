@@ -1,0 +1,206 @@
+"""MariaDB/MySQL: ``mariadb-dump --single-transaction`` streamed; restored into a side database whose tables
+move in with one atomic ``RENAME TABLE``.
+
+Host, port, user and password reach the client tools in a ``[client]`` option file read from a pipe
+(``--defaults-extra-file=/dev/fd/N``): never on the command line, never in a file on disk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from typing import BinaryIO
+
+from dbbackup.db.mysql import MysqlDumpConnector
+from django.db import connections
+
+from .. import tools
+from ..errors import BackupError, RestoreError
+from ..secrets import redact
+from .base import SiteLock, locked, released, words
+from .server import NoSideDatabase, ServerEngine
+
+MISSING = "install the MySQL/MariaDB client tools"
+
+
+def client_options(settings: dict) -> tools.SecretPipe:
+    """A ``[client]`` option file with host, port, user and password, in a pipe."""
+
+    def quote(value) -> str:
+        return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    lines = ["[client]"]
+    for key, option in (("HOST", "host"), ("PORT", "port"), ("USER", "user"), ("PASSWORD", "password")):
+        if settings.get(key):
+            lines.append(f"{option}={quote(settings[key])}")
+    return tools.SecretPipe("\n".join(lines) + "\n")
+
+
+class MysqlEngine(ServerEngine):
+    vendor = "mysql"
+    extension = MysqlDumpConnector.extension
+    entry_prefix = "mysql"
+    server = "MySQL"
+
+    # --- backup ---------------------------------------------------------------------------------
+
+    def dump(self, out: BinaryIO, *, compressed: bool = True) -> None:
+        c = self.connector
+        options = client_options(self.settings)
+        args = [
+            *words(c.dump_prefix),
+            c.dump_cmd,
+            f"--defaults-extra-file={options.path}",  # must come first
+            "--single-transaction",
+            "--quick",
+            "--routines",
+            "--triggers",
+            "--hex-blob",
+            "--default-character-set=utf8mb4",
+        ]
+        args += [f"--ignore-table-data={self.name}.{table}" for table in self.exclude]
+        args += [*words(c.dump_suffix), self.name]
+        tool = tools.Tool(
+            args,
+            name=c.dump_cmd,
+            env=self.tool_env(c.dump_env),
+            secrets=[options],
+            error=BackupError,
+            missing_hint=MISSING,
+        )
+        tools.run_to(tool, out)
+
+    def check_dump(self, head: bytes, name: str) -> None:
+        if head.lstrip()[:2] not in (b"--", b"/*"):
+            raise RestoreError(f"{name} is not a MySQL dump; pick the database file of a backup set")
+
+    # --- restore --------------------------------------------------------------------------------
+
+    def load(self, database: str, stream: BinaryIO) -> None:
+        c = self.connector
+        options = client_options(self.settings)
+        args = [
+            *words(c.restore_prefix),
+            c.restore_cmd,
+            f"--defaults-extra-file={options.path}",
+            "--default-character-set=utf8mb4",
+            *words(c.restore_suffix),
+            database,
+        ]
+        tool = tools.Tool(
+            args,
+            name=c.restore_cmd,
+            env=self.tool_env(c.restore_env),
+            secrets=[options],
+            error=RestoreError,
+            missing_hint=MISSING,
+        )
+        tools.run_from(tool, stream)
+
+    def replace(self, stream: BinaryIO) -> None:
+        """Drop every table of the live database, then load the dump into it (not atomic: a failure is rolled
+        back by the restore from the kept dump)."""
+        connection = connections[self.alias]
+        with connection.cursor() as cursor:
+            tables = self._tables(cursor, self.name)
+            cursor.execute("SET FOREIGN_KEY_CHECKS = 0")
+            for table in tables:
+                cursor.execute(f"DROP TABLE IF EXISTS `{table}`")
+            cursor.execute("SET FOREIGN_KEY_CHECKS = 1")
+        connection.close()
+        self.load(self.name, stream)
+
+    def _charset(self, cursor, database: str) -> tuple[str, str]:
+        cursor.execute(
+            "SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA "
+            "WHERE SCHEMA_NAME = %s",
+            [database],
+        )
+        return cursor.fetchone()
+
+    def create_database(self, name: str) -> None:
+        with connections[self.alias].cursor() as cursor:
+            charset, collation = self._charset(cursor, self.name)
+            try:
+                cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET {charset} COLLATE {collation}")
+            except Exception as err:
+                raise NoSideDatabase(redact(err)) from None
+
+    def drop_database(self, name: str) -> None:
+        with connections[self.alias].cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+
+    @staticmethod
+    def _tables(cursor, database: str) -> list[str]:
+        cursor.execute(
+            "SELECT TABLE_NAME, TABLE_TYPE FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s", [database]
+        )
+        rows = cursor.fetchall()
+        views = [name for name, kind in rows if kind == "VIEW"]
+        if views:
+            raise RestoreError(
+                f"database {database} has views ({', '.join(views[:3])}), which cannot be swapped "
+                "atomically; nothing was changed"
+            )
+        return [name for name, _kind in rows]
+
+    def swap(self, live: str, *, aside: str, incoming: str) -> None:
+        """Every table moves in one ``RENAME TABLE``: ``live``'s into ``aside`` (created like it), ``incoming``'s
+        into ``live``; ``incoming`` is dropped after."""
+        connection = connections[self.alias]
+        with connection.cursor() as cursor:
+            new_tables, old_tables = self._tables(cursor, incoming), self._tables(cursor, live)
+            charset, collation = self._charset(cursor, live)
+            cursor.execute(f"CREATE DATABASE IF NOT EXISTS `{aside}` CHARACTER SET {charset} COLLATE {collation}")
+            moves = [(live, aside, t) for t in old_tables] + [(incoming, live, t) for t in new_tables]
+            try:
+                if moves:
+                    cursor.execute(
+                        "RENAME TABLE "
+                        + ", ".join(f"`{src}`.`{table}` TO `{dst}`.`{table}`" for src, dst, table in moves)
+                    )
+            except Exception as err:
+                cursor.execute(f"DROP DATABASE IF EXISTS `{aside}`")
+                raise RestoreError(
+                    f"swapping in the restored tables failed ({redact(err)}); database left unchanged"
+                ) from None
+            cursor.execute(f"DROP DATABASE IF EXISTS `{incoming}`")
+        connection.close()
+
+    def side_databases(self, prefix: str) -> list[str]:
+        with connections[self.alias].cursor() as cursor:
+            cursor.execute(
+                "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE LEFT(SCHEMA_NAME, %s) = %s",
+                [len(prefix), prefix],
+            )
+            return [r[0] for r in cursor.fetchall()]
+
+    def tables_in(self, database: str) -> int:
+        with connections[self.alias].cursor() as cursor:
+            return len(self._tables(cursor, database))
+
+    # --- the site lock --------------------------------------------------------------------------
+
+    @contextmanager
+    def lock(self, what: str) -> Iterator[SiteLock]:
+        """``GET_LOCK`` (server wide), on a connection of its own; it dies with the connection."""
+        import MySQLdb
+
+        args = self.connection_args()
+        conn = MySQLdb.connect(
+            host=args.get("host", "localhost"),
+            port=int(args.get("port", 3306)),
+            user=args.get("user", ""),
+            password=args.get("password", ""),
+        )
+        name = f"backup_app:{self.name}"[:64]
+        try:
+            cur = conn.cursor()
+            cur.execute("SELECT GET_LOCK(%s, 0)", (name,))
+            if cur.fetchone()[0] != 1:
+                cur.execute("SELECT IS_USED_LOCK(%s)", (name,))
+                raise locked(f"database connection {cur.fetchone()[0]}")
+            yield from released(SiteLock(what, self.alias))
+        finally:
+            with suppress(Exception):
+                conn.close()

@@ -1,0 +1,213 @@
+"""What the two server engines (PostgreSQL, MariaDB/MySQL) share: side databases and the restore in place.
+
+A restore is staged in a *side database* (:class:`SideDatabase`): created next to the live one, loaded,
+checked, then swapped in by the engine's atomic :meth:`ServerEngine.swap` (PostgreSQL renames databases,
+MariaDB moves every table in one ``RENAME TABLE``); the live database is kept aside under a safety name
+until the safety copy expires.
+
+Without the right to create a database the restore happens *in place* (:class:`InPlace`): the dump is
+spooled to a private temporary file, the live database is dumped into the safety folder, then
+:meth:`ServerEngine.replace` loads the dump over it (PostgreSQL in one transaction).
+
+Each engine supplies the vendor's statements: :meth:`~ServerEngine.create_database`,
+:meth:`~ServerEngine.drop_database`, :meth:`~ServerEngine.load`, :meth:`~ServerEngine.swap`,
+:meth:`~ServerEngine.replace`, :meth:`~ServerEngine.side_databases`, :meth:`~ServerEngine.tables_in`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, ClassVar
+
+from ..errors import BackupAppError, RestoreError
+from ..streams import spool
+from .base import Engine, Staged, Strategy
+
+if TYPE_CHECKING:
+    from ..safety import SafetyRecord
+
+logger = logging.getLogger("backup_app")
+
+
+class NoSideDatabase(BackupAppError):
+    """The server refused to create a side database (no CREATE DATABASE rights); the reason is the message."""
+
+
+def connection_args(settings: dict) -> dict[str, str]:
+    """``host``, ``port``, ``user``, ``password`` of a ``DATABASES`` entry, those that are set."""
+    found = {key.lower(): settings.get(key) for key in ("HOST", "PORT", "USER", "PASSWORD")}
+    return {key: str(value) for key, value in found.items() if value}
+
+
+class StagedDatabase(Staged):
+    def __init__(self, strategy: Strategy, database: str):
+        super().__init__(strategy)
+        self.database = database
+
+
+class SpooledDump(Staged):
+    def __init__(self, strategy: Strategy, path: str):
+        super().__init__(strategy)
+        self.path = path
+
+
+class SideDatabase(Strategy):
+    """Load into a new database beside the live one, then swap names (entries ``<prefix>-database``)."""
+
+    def __init__(self, engine: ServerEngine):
+        self.engine = engine
+        self.kinds = (f"{engine.entry_prefix}-database",)
+
+    def stage(self, stream: BinaryIO) -> StagedDatabase:
+        engine = self.engine
+        fresh = engine.side_name("restore")
+        engine.create_database(fresh)  # NoSideDatabase before anything of the stream is read
+        try:
+            engine.load(fresh, stream)
+        except BaseException:
+            engine.drop_database(fresh)
+            raise
+        return StagedDatabase(self, fresh)
+
+    def commit(self, staged: StagedDatabase, safety: SafetyRecord) -> dict:
+        engine = self.engine
+        name = engine.name
+        kept = engine.side_name("safety", safety.name)
+        engine.swap(name, aside=kept, incoming=staged.database)
+        entry = {"kind": self.kinds[0], "database": kept, "name": name}
+        safety.add_database(engine.alias, entry)
+        return entry
+
+    def abandon(self, staged: StagedDatabase) -> None:
+        self.engine.drop_database(staged.database)
+
+    def count_tables(self, staged: StagedDatabase) -> int:
+        return self.engine.tables_in(staged.database)
+
+    def undo(self, entry: dict, folder: Path) -> None:
+        trash = f"{entry['database'][:40]}_undone"
+        self.engine.swap(entry["name"], aside=trash, incoming=entry["database"])
+        self.engine.drop_database(trash)
+
+    def discard(self, entry: dict) -> None:
+        self.engine.drop_database(entry["database"])
+
+
+class InPlace(Strategy):
+    """Without the right to create a database: keep a dump of the live one, then load over it.
+
+    Entries ``<prefix>-dump`` name the kept dump in the safety folder; undoing loads it back.
+    """
+
+    def __init__(self, engine: ServerEngine):
+        self.engine = engine
+        self.kinds = (f"{engine.entry_prefix}-dump",)
+
+    def stage(self, stream: BinaryIO) -> SpooledDump:
+        return SpooledDump(self, spool(stream, f"backup-{self.engine.vendor}-restore-"))
+
+    def commit(self, staged: SpooledDump, safety: SafetyRecord) -> dict:
+        engine = self.engine
+        kept = safety.folder / f"{engine.alias}.{engine.extension}"
+        with open(kept, "wb") as fh:
+            engine.dump(fh, compressed=False)
+        entry = {"kind": self.kinds[0], "file": kept.name}
+        safety.add_database(engine.alias, entry)
+        try:
+            with open(staged.path, "rb") as fh:
+                engine.replace(fh)
+        except RestoreError as err:
+            if engine.replace_is_atomic:
+                raise RestoreError(f"{err}; the restore ran in one transaction, database left unchanged") from None
+            raise
+        finally:
+            os.unlink(staged.path)
+        return entry
+
+    def abandon(self, staged: SpooledDump) -> None:
+        Path(staged.path).unlink(missing_ok=True)
+
+    def count_tables(self, staged: SpooledDump) -> int:
+        raise RestoreError(f"counting tables needs the right to create a database on the {self.engine.server} server")
+
+    def undo(self, entry: dict, folder: Path) -> None:
+        with open(folder / entry["file"], "rb") as fh:
+            self.engine.replace(fh)
+
+
+class ServerEngine(Engine):
+    """An engine whose database lives on a server: side databases, else a restore in place."""
+
+    #: ``kind`` prefix of the safety entries (``pg`` -> ``pg-database``, ``pg-dump``): kept for old records.
+    entry_prefix: ClassVar[str] = ""
+    #: Name of the server in messages.
+    server: ClassVar[str] = ""
+    #: Whether :meth:`replace` changes everything or nothing.
+    replace_is_atomic: ClassVar[bool] = False
+
+    @property
+    def name(self) -> str:
+        """The live database's name."""
+        return self.settings["NAME"]
+
+    def side_name(self, purpose: str, safety_name: str = "") -> str:
+        """``<name>_restore_<pid>_<time>`` for a staged restore, ``<name>_safety_<stamp>`` for a kept database."""
+        if purpose == "restore":
+            return f"{self.name[:30]}_restore_{os.getpid()}_{int(time.time())}"
+        return f"{self.name[:30]}_safety_{safety_name.replace('-', '')[-20:]}"
+
+    def connection_args(self) -> dict[str, str]:
+        return connection_args(self.settings)
+
+    def strategies(self) -> list[Strategy]:
+        return [SideDatabase(self), InPlace(self)]
+
+    def stage(self, stream: BinaryIO) -> Staged:
+        """Load into a side database; if the server refuses to create one, spool for a restore in place."""
+        side, in_place = self.strategies()
+        try:
+            return side.stage(stream)
+        except NoSideDatabase as err:
+            logger.warning("cannot stage the %s restore in a side database (%s); restoring in place", self.server, err)
+            return in_place.stage(stream)
+
+    def cleanup(self) -> list[str]:
+        names = self.side_databases(f"{self.name[:30]}_restore_")
+        for name in names:
+            self.drop_database(name)
+        return names
+
+    # --- per vendor -----------------------------------------------------------------------------
+
+    def create_database(self, name: str) -> None:
+        """Create an empty database like the live one; :class:`NoSideDatabase` if the server refuses."""
+        raise NotImplementedError
+
+    def drop_database(self, name: str) -> None:
+        raise NotImplementedError
+
+    def load(self, database: str, stream: BinaryIO) -> None:
+        """Restore the dump in ``stream`` into the (empty) ``database``."""
+        raise NotImplementedError
+
+    def swap(self, live: str, *, aside: str, incoming: str) -> None:
+        """Atomically: ``live`` becomes ``aside``, ``incoming`` becomes ``live`` (``incoming`` is gone after).
+
+        RestoreError ("...; database left unchanged") if it cannot be done.
+        """
+        raise NotImplementedError
+
+    def replace(self, stream: BinaryIO) -> None:
+        """Load the dump in ``stream`` over the live database (the restore in place)."""
+        raise NotImplementedError
+
+    def side_databases(self, prefix: str) -> list[str]:
+        """Names of the databases on the server that start with ``prefix``."""
+        raise NotImplementedError
+
+    def tables_in(self, database: str) -> int:
+        """Number of tables in ``database``."""
+        raise NotImplementedError
