@@ -20,7 +20,6 @@ import os
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
 
 from django.core.management.base import CommandError
 from django.db import DatabaseError, IntegrityError, connections, router
@@ -29,11 +28,9 @@ from django.utils import timezone
 from .errors import BackupAppError
 from .models import ERROR_LENGTH, BackupRun
 from .secrets import redact
+from .sets import manifest_size
 
 logger = logging.getLogger("backup_app")
-
-#: The run being recorded in this context; a nested ``record_run`` adds to it.
-_current: ContextVar[BackupRun | None] = ContextVar("backup_app_current_run", default=None)
 
 #: Fields written when a run is saved (``token`` identifies the row, even across restores).
 FIELDS = (
@@ -65,11 +62,6 @@ def one_line(err: BaseException) -> str:
     else:
         text = f"{type(err).__name__}: {redact(err)}"
     return text if len(text) <= ERROR_LENGTH else text[: ERROR_LENGTH - 1] + "…"
-
-
-def manifest_size(manifest: dict) -> int:
-    """Bytes stored for a set: the files its manifest names."""
-    return sum(entry.get("size") or 0 for entry in manifest.get("files", []))
 
 
 def note_manifest(run: BackupRun, manifest: dict | None) -> None:
@@ -144,19 +136,13 @@ def discard_run(run: BackupRun) -> None:
 def record_run(kind: str, *, run: BackupRun | None = None, requested_by: str = "") -> Iterator[BackupRun]:
     """Record the run of the block: yields its row, closes it when the block ends.
 
-    ``run`` adopts a row made by :func:`start_run` (a claimed, queued run).
-    Inside another ``record_run`` (a queued task calling ``backup_create``) the
-    outer row is yielded and the outer block closes it.  Exceptions pass
-    through unchanged after being recorded.
+    ``run`` adopts a row made by :func:`start_run` (a claimed, queued run: the
+    scheduler hands it to the backup action).  Exceptions pass through
+    unchanged after being recorded.
     """
-    outer = _current.get()
-    if outer is not None:
-        yield outer
-        return
     snapshot = _snapshot() if kind == BackupRun.RESTORE else None
     if run is None:
         run = start_run(kind, requested_by=requested_by)
-    token = _current.set(run)
     error: BaseException | None = None
     try:
         yield run
@@ -164,7 +150,6 @@ def record_run(kind: str, *, run: BackupRun | None = None, requested_by: str = "
         error = err
         raise
     finally:
-        _current.reset(token)
         if snapshot is not None:
             # The restore may have swapped the database under this connection.
             connections[_db()].close()

@@ -17,10 +17,12 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO
 
 from .errors import BackupError, RestoreError
 from .secrets import redact
+from .settings import app_settings
 from .streams import CHUNK, ChunkedFile, HashingReader, ShieldedWriter, copy
 from .tools import Running, SecretPipe, Tool
 from .tools import start as start_tool
@@ -46,6 +48,29 @@ class GpgSpec:
         if self.home:
             args += ["--homedir", self.home]
         return args
+
+    @classmethod
+    def for_encryption(cls) -> GpgSpec:
+        """The GnuPG home and recipient configured; BackupError without a recipient."""
+        recipient = app_settings.gpg_recipient
+        if not recipient:
+            variable = app_settings.env_name("backup_gpg_recipient")
+            raise BackupError(f"--encrypt needs a GPG recipient; set {variable} (backup_gpg_recipient)")
+        return cls(home=app_settings.gpg_home, recipient=recipient)
+
+    @classmethod
+    def for_decryption(cls) -> GpgSpec:
+        """The GnuPG home and the passphrase of ``backup_gpg_passphrase_file`` or ``backup_gpg_passphrase``."""
+        passphrase = app_settings.gpg_passphrase
+        passphrase_file = app_settings.gpg_passphrase_file
+        if passphrase_file:
+            try:
+                passphrase = Path(passphrase_file).read_text().rstrip("\r\n")
+            except OSError as err:
+                raise RestoreError(
+                    f"backup_gpg_passphrase_file {passphrase_file}: cannot read it ({err.strerror})"
+                ) from None
+        return cls(home=app_settings.gpg_home, passphrase=passphrase)
 
 
 @dataclass

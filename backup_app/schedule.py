@@ -5,9 +5,9 @@ One django-q2 schedule (registered after ``migrate``, idempotently) runs
 backups are switched on (:class:`~backup_app.models.BackupSettings`) and a
 backup is due: the interval has passed since the last successful backup (at
 the preferred hour, when one is set), and after a failure the spaced retry
-time has come.  It runs ``manage.py backup_create`` (the code of ``invoke
-backup``), checks the new set is complete in the storage, then applies the
-run-time retention.
+time has come.  It runs the backup action (the code of ``invoke backup``)
+with the run-time retention, which the action applies under the same site
+lock once the new set is listed complete.
 
 Exactly one backup runs however many workers or clusters share the database:
 a queued backup first writes its history row holding the unique claim
@@ -24,14 +24,13 @@ import socket
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 
-from django.core.management import call_command
 from django.db import DEFAULT_DB_ALIAS, connections, router
 from django.utils import timezone
 
-from .errors import BackupError
-from .history import AlreadyRunning, discard_run, record_run, start_run
+from .actions import backup
+from .history import AlreadyRunning, discard_run, start_run
 from .models import BackupRun, BackupSettings
-from .sets import age_text, list_sets, prune
+from .sets import age_text
 
 logger = logging.getLogger("backup_app")
 
@@ -316,28 +315,10 @@ def scheduled_backup() -> str:
     if not decision.due:
         discard_run(run)
         return f"not due: {decision.reason}"
-    with record_run(BackupRun.SCHEDULED, run=run):
-        call_command("backup_create", origin="scheduled", quiet=True)
-        try:
-            deleted = _check_and_prune(run)
-        except Exception as err:
-            from .notify import notify_failure
-
-            notify_failure("backup", err, origin="scheduled")
-            raise
-    return f"backed up set {run.set_name}; removed {len(deleted)} old files"
-
-
-def _check_and_prune(run: BackupRun) -> list[str]:
-    """The new set must be complete in the storage; only then are old sets pruned."""
-    from .storage import backup_storage
-
-    storage = backup_storage()
-    new = next((s for s in list_sets(storage) if s.name == run.set_name), None)
-    if new is None or not new.complete:
-        problem = "; ".join(new.problems) if new is not None else "it is not in the storage"
-        raise BackupError(f"the backup reported success but set {run.set_name!r} is not complete: {problem}")
-    return prune(storage, BackupSettings.load().retention(), protect={run.set_name})
+    # The run-time retention is applied under the backup's own lock, once the new set is listed complete.
+    options = backup.BackupOptions(origin=BackupRun.SCHEDULED, clean=True, retention=BackupSettings.load().retention())
+    result = backup.run(options, record=run)
+    return f"backed up set {result.name}; removed {len(result.deleted)} old files"
 
 
 def backup_now(requested_by: str = "") -> str:
@@ -347,9 +328,8 @@ def backup_now(requested_by: str = "") -> str:
         run = start_run(BackupRun.MANUAL, claim=CLAIM, requested_by=requested_by)
     except AlreadyRunning:
         return "skipped: another backup is running"
-    with record_run(BackupRun.MANUAL, run=run):
-        call_command("backup_create", origin="manual", quiet=True)
-    return f"backed up set {run.set_name}"
+    result = backup.run(backup.BackupOptions(origin=BackupRun.MANUAL), record=run)
+    return f"backed up set {result.name}"
 
 
 def enqueue_backup_now(requested_by: str = "") -> str:

@@ -272,6 +272,11 @@ def manifest_bytes(manifest: dict) -> bytes:
     return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
 
 
+def manifest_size(manifest: dict) -> int:
+    """Bytes stored for a set: the files its manifest names."""
+    return sum(entry.get("size") or 0 for entry in manifest.get("files", []))
+
+
 def write_json(storage, name: str, data: dict) -> None:
     saved = storage.save(name, ContentFile(manifest_bytes(data), name=name))
     if saved != name:
@@ -408,51 +413,35 @@ def retained(sets: list[BackupSet], retention: Retention) -> set[str]:
     return keep_names
 
 
-def prune(
-    storage,
+def doomed(
+    sets: list[BackupSet],
     retention: Retention,
     *,
     include_legacy: bool = False,
-    naming: Naming | None = None,
-    protect: set[str] | None = None,
+    protect: frozenset[str] | set[str] = frozenset(),
 ) -> list[str]:
-    """Delete whole sets beyond the retention rule; returns the deleted file names.
+    """The file names retention deletes, in the order to delete them (nothing is deleted here).
 
-    Complete sets: keep the newest ``keep`` (and the GFS buckets).  Incomplete
-    sets are removed: the caller holds the site lock, so no run of this site
-    is writing one.  Legacy files only with ``include_legacy``: the newest
-    ``keep`` of each kind (dumps per database, media archives), like stock
-    ``--clean``.  A set's manifest is deleted first, so a set is never listed
-    complete with files missing.
+    Complete sets beyond ``retention`` go whole, each manifest first (so a set is never listed complete
+    with files missing).  Incomplete sets go too: deleting runs under the site lock, so no run of this site
+    is writing one.  Legacy files only with ``include_legacy``: all but the newest ``retention.keep`` of each
+    kind (dumps per database, media archives), with their ``.metadata`` sidecars, like stock ``--clean``.
+    Sets named in ``protect`` stay.
     """
-    sets = list_sets(storage, naming)
-    protect = protect or set()
-    keep_names = retained(sets, retention) | protect
-    legacy = [s for s in sets if s.status == "legacy"]
-    doomed: list[BackupSet] = []
+    keep_names = retained(sets, retention) | set(protect)
+    names: list[str] = []
     for s in sets:
-        if s.complete and s.name not in keep_names:
-            doomed.append(s)
-        elif s.status == "incomplete" and s.name not in protect:
-            doomed.append(s)
-    deleted = []
-    for s in doomed:
-        names = s.all_names()
-        names.sort(key=lambda n: (not n.endswith(MANIFEST_EXT), n))
-        for name in names:
-            storage.delete(name)
-            deleted.append(name)
+        if (s.complete and s.name not in keep_names) or (s.status == "incomplete" and s.name not in protect):
+            names += sorted(s.all_names(), key=lambda n: (not n.endswith(MANIFEST_EXT), n))
     if include_legacy:
         seen: dict[tuple[str, str | None], int] = {}
-        for s in legacy:  # newest first
+        for s in (s for s in sets if s.status == "legacy"):  # newest first
             for f in s.files:
                 kind = (f.kind, f.database)
                 seen[kind] = seen.get(kind, 0) + 1
                 if seen[kind] > retention.keep:
-                    for name in [f.name, *(x.name for x in s.extra if x.name.startswith(f.name + "."))]:
-                        storage.delete(name)
-                        deleted.append(name)
-    return deleted
+                    names += [f.name, *(x.name for x in s.extra if x.name.startswith(f.name + "."))]
+    return names
 
 
 def age_text(delta: timedelta) -> str:

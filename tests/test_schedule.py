@@ -29,6 +29,7 @@ from django.core.management import call_command  # noqa: E402
 from django.test import Client, override_settings  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
+from backup_app.actions import backup  # noqa: E402
 from backup_app.history import AlreadyRunning, finish_run, record_run, start_run  # noqa: E402
 from backup_app.models import BackupRun, BackupSettings  # noqa: E402
 from backup_app.schedule import (  # noqa: E402
@@ -163,12 +164,13 @@ def test_record_run_records_a_failure_as_one_line_without_secrets(db):
     assert row.error == "RuntimeError: could not log in with ******** at line 2"
 
 
-def test_nested_record_run_adds_to_the_outer_run(db):
-    with record_run("scheduled") as outer, record_run("manual") as inner:
-        inner.set_name = "inner"
+def test_a_queued_backup_is_recorded_in_the_row_that_holds_the_claim(db):
+    row = start_run("scheduled", claim="backup")
 
-    assert inner is outer
-    assert list(BackupRun.objects.values_list("kind", "set_name")) == [("scheduled", "inner")]
+    result = backup.run(backup.BackupOptions(origin="scheduled"), record=row)
+
+    recorded = BackupRun.objects.values_list("pk", "kind", "outcome", "set_name", "size", "claim")
+    assert list(recorded) == [(row.pk, "scheduled", "success", result.name, result.size, None)]
 
 
 def test_only_one_run_holds_the_claim(db):

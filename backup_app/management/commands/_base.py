@@ -61,12 +61,13 @@ def steady_memory() -> None:
 
 
 class BackupCommand(BaseCommand):
-    """A command whose failures are one line on stderr (a traceback only with --traceback)."""
+    """A command that calls one action: failures are one line on stderr (a traceback only with --traceback).
 
-    # backup_create runs the backup checks itself; the others must work on a half-configured site.
+    It is the action's :class:`~backup_app.progress.Progress`: steps go to stderr unless ``--quiet``.
+    """
+
+    # The backup action runs the backup checks itself; the others must work on a half-configured site.
     requires_system_checks: list[str] = []
-    #: "backup" or "restore": failures of these are mailed to the admins (backup_send_email).
-    action: str | None = None
 
     def add_arguments(self, parser):
         parser.add_argument("--quiet", action="store_true", help="Print nothing but errors.")
@@ -90,10 +91,6 @@ class BackupCommand(BaseCommand):
         except KeyboardInterrupt:
             raise
         except Exception as err:
-            if self.action:
-                from backup_app.notify import notify_failure
-
-                notify_failure(self.action, err, origin=options.get("origin") or "manual")
             self._translate(err, options)
 
     def _translate(self, err: Exception, options: dict):
@@ -112,9 +109,12 @@ class BackupCommand(BaseCommand):
             self._console = Console(stderr=True, highlight=False, soft_wrap=True)
         return self._console
 
-    def progress(self, message: str) -> None:
+    def step(self, message: str) -> None:
         if not self.quiet:
             self.console.print(message, markup=False)
+
+    def advance(self, name: str, nbytes: int) -> None:
+        pass
 
     def confirm(self, question: str) -> bool:
         """Ask on a terminal only; without one the answer is yes (never waits for input)."""

@@ -1,7 +1,6 @@
 """``manage.py backup_check``: write, read back, compare and delete a small object (``invoke backup-check``)."""
 
-from backup_app.remote import check_storage
-from backup_app.storage import backup_storage, describe
+from backup_app.actions import check
 
 from ._base import BackupCommand
 
@@ -14,16 +13,9 @@ class Command(BackupCommand):
         parser.add_argument("--path", help="Check this local folder instead of the configured storage.")
 
     def handle(self, *args, **options):
-        storage = backup_storage(options["path"])
-        where = describe(storage)
-        self.progress(f"Checking {where}")
-        report = check_storage(
-            storage,
-            where,
-            progress=lambda s: self.progress(f"  {s.name:<7} ok  {s.detail} ({s.seconds * 1000:.0f} ms)"),
-        )
+        report = check.run(check.CheckOptions(path=options["path"]), progress=self)
         if not self.quiet:
             self.stdout.write(
-                f"Backup storage OK: {where}: wrote, read back, compared and deleted {report.size // 1024} KiB "
+                f"Backup storage OK: {report.where}: wrote, read back, compared and deleted {report.size // 1024} KiB "
                 f"in {report.seconds * 1000:.0f} ms"
             )

@@ -2,8 +2,7 @@
 
 import json
 
-from backup_app.sets import list_sets
-from backup_app.storage import backup_storage
+from backup_app.actions import list as list_action
 
 from ._base import BackupCommand
 
@@ -25,7 +24,7 @@ class Command(BackupCommand):
         parser.add_argument("--path", help="List backups in this local folder instead of the storage.")
 
     def handle(self, *args, **options):
-        sets = list_sets(backup_storage(options["path"]))
+        sets = list_action.run(list_action.ListOptions(path=options["path"]))
         if options["json"]:
             self.stdout.write(json.dumps([s.as_json() for s in sets], indent=2))
             return

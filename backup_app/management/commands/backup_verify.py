@@ -2,9 +2,7 @@
 
 from django.core.management.base import CommandError
 
-from backup_app.restore import configured_gpg
-from backup_app.storage import backup_storage
-from backup_app.verify import verify
+from backup_app.actions import verify
 
 from ._base import BackupCommand
 
@@ -23,25 +21,21 @@ class Command(BackupCommand):
         parser.add_argument("--path", help="Verify the backups in this local folder instead of the storage.")
 
     def handle(self, *args, **options):
-        reports = verify(
-            backup_storage(options["path"]),
-            name=options["set_name"],
-            restore_test=options["restore_test"],
-            gpg=configured_gpg(),
-            say=self.progress,
+        result = verify.run(
+            verify.VerifyOptions(name=options["set_name"], restore_test=options["restore_test"], path=options["path"]),
+            progress=self,
         )
-        bad = [r for r in reports if not r.ok]
-        for r in reports:
+        for r in result.reports:
             state = "OK" if r.ok else "PROBLEM"
             self.stdout.write(f"{state:8} {r.name} ({r.status})")
             for line in r.checked:
                 self.stdout.write(f"         {line}")
             for line in r.problems:
                 self.stdout.write(f"         ! {line}")
-        if not reports:
+        if not result.reports:
             raise CommandError("there are no backup sets to verify; run `invoke backup` first")
-        if bad:
+        if result.bad:
             raise CommandError(
-                f"{len(bad)} of {len(reports)} backup sets have problems: "
-                + "; ".join(f"{r.name}: {r.problems[0]}" for r in bad)
+                f"{len(result.bad)} of {len(result.reports)} backup sets have problems: "
+                + "; ".join(f"{r.name}: {r.problems[0]}" for r in result.bad)
             )

@@ -1,4 +1,5 @@
-"""Verify backup sets: re-read every file, check it against its manifest, optionally restore to scratch."""
+"""Verify: re-read every file of the backup sets, check it against its manifest, optionally restore it into
+scratch places (a throwaway database, a temporary folder).  Nothing live is touched, no lock is taken."""
 
 from __future__ import annotations
 
@@ -10,13 +11,31 @@ from pathlib import Path
 from django.conf import settings
 from django.core.files.storage import FileSystemStorage
 
-from .engines import engine_for
-from .errors import BackupAppError
-from .media import restore_archive, scan_archive
-from .pipeline import GpgSpec, open_stream
-from .restore import RestoreOptions, read_and_check
-from .secrets import redact
-from .sets import BackupFile, BackupSet, list_sets
+from ..engines import engine_for
+from ..errors import BackupAppError
+from ..media import restore_archive, scan_archive
+from ..pipeline import GpgSpec, open_stream
+from ..progress import NO_PROGRESS, Progress
+from ..secrets import redact
+from ..sets import BackupFile, BackupSet, list_sets
+from ..storage import backup_storage
+from .common import read_and_check
+
+
+@dataclass
+class VerifyOptions:
+    name: str | None = None  # one set; None: every set
+    restore_test: bool = False  # also restore each file into a scratch database / folder
+    path: str | None = None  # a local folder instead of the backup storage
+
+
+@dataclass
+class VerifyResult:
+    reports: list[SetReport]
+
+    @property
+    def bad(self) -> list[SetReport]:
+        return [r for r in self.reports if not r.ok]
 
 
 @dataclass
@@ -43,7 +62,6 @@ def verify_set(
 ) -> SetReport:
     """Check every file of ``bset``; with ``restore_test`` also restore it into scratch places."""
     report = SetReport(bset.name, bset.status, problems=list(bset.problems))
-    opts = RestoreOptions()
     for f in bset.files:
         if f.kind == "manifest":
             continue
@@ -52,7 +70,7 @@ def verify_set(
             if f.kind == "db":
                 entry = _db_entry(bset, f)
                 engine = engine_for(entry["alias"])
-                read_and_check(storage, f, opts, gpg, lambda s, e=engine, n=f.name: e.check_dump(s.read(64), n))
+                read_and_check(storage, f, gpg, lambda s, e=engine, n=f.name: e.check_dump(s.read(64), n))
                 if restore_test:
                     with open_stream(
                         storage, f.name, compression=f.compression, encrypted=f.encrypted, gpg=gpg
@@ -66,7 +84,7 @@ def verify_set(
                     report.checked.append(f"{f.name}: checksum and content ok")
             else:
                 found = {}
-                read_and_check(storage, f, opts, gpg, lambda s, found=found: found.setdefault("c", scan_archive(s)))
+                read_and_check(storage, f, gpg, lambda s, found=found: found.setdefault("c", scan_archive(s)))
                 contents = found["c"]
                 expected = (bset.manifest or {}).get("media") or {}
                 if expected and (contents.files, contents.bytes) != (expected.get("files"), expected.get("bytes")):
@@ -94,22 +112,21 @@ def verify_set(
     return report
 
 
-def verify(
-    storage,
-    *,
-    name: str | None = None,
-    restore_test: bool = False,
-    gpg: GpgSpec | None = None,
-    say: Callable[[str], None] = lambda _m: None,
-) -> list[SetReport]:
-    """Verify one set (``name``) or all; returns a report per set."""
+def run(options: VerifyOptions | None = None, progress: Progress = NO_PROGRESS) -> VerifyResult:
+    """Verify one set (``options.name``) or all, newest first; returns a report per set.
+
+    BackupAppError when the named set does not exist.  Problems found are in the reports, not raised.
+    """
+    options = options or VerifyOptions()
+    storage = backup_storage(options.path)
+    gpg = GpgSpec.for_decryption()
     sets = list_sets(storage)
-    if name is not None:
-        sets = [s for s in sets if s.name == name]
+    if options.name is not None:
+        sets = [s for s in sets if s.name == options.name]
         if not sets:
-            raise BackupAppError(f"no backup set named {name!r}; run `invoke listbackups`")
+            raise BackupAppError(f"no backup set named {options.name!r}; run `invoke listbackups`")
     reports = []
     for bset in sets:
-        say(f"Verifying {bset.status} set {bset.name}")
-        reports.append(verify_set(storage, bset, gpg or GpgSpec(), restore_test=restore_test, say=say))
-    return reports
+        progress.step(f"Verifying {bset.status} set {bset.name}")
+        reports.append(verify_set(storage, bset, gpg, restore_test=options.restore_test, say=progress.step))
+    return VerifyResult(reports)

@@ -1,19 +1,20 @@
-"""Restore a backup set: choose -> check versions -> confirm -> stage and check -> swap in -> migrate forward.
+"""Restore: choose -> check versions -> confirm -> stage and check -> swap in -> migrate forward.
 
 Nothing is changed until every chosen file has been read in full: checksum
 and size against the manifest, decryption, decompression, the dump's magic
-bytes and every media archive member.  A newer schema is refused.
+bytes and every media archive member.  A newer schema is refused.  ``run``
+holds the site lock, records the run in the history (which survives the
+restore) and mails a failure to the admins.
 """
 
 from __future__ import annotations
 
-import shutil
+import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
-from pathlib import Path
+from contextlib import suppress
+from dataclasses import dataclass, field, replace
 
 from django.conf import settings
 from django.core.files.storage import FileSystemStorage
@@ -22,38 +23,57 @@ from django.db import connections
 from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.loader import MigrationLoader
 
-from .engines import Engine, Staged, engine_for
-from .errors import RestoreError
-from .media import StagedArchive, abandon_archive, commit_archive, media_storage, stage_archive, undo_media
-from .pipeline import GpgSpec, ReadResult, open_stream
-from .safety import SafetyRecord, expired, list_records, safety_root
-from .secrets import redact
-from .sets import BackupFile, BackupSet, Naming, list_sets, split_extension
-from .settings import app_settings
-from .streams import PrefixedReader
+from ..engines import Engine, Staged, engine_for, site_lock
+from ..errors import RestoreError
+from ..history import record_run
+from ..media import StagedArchive, abandon_archive, commit_archive, media_storage, stage_archive
+from ..models import BackupRun
+from ..notify import notify_failure
+from ..pipeline import GpgSpec
+from ..progress import NO_PROGRESS, Progress
+from ..safety import SafetyRecord, safety_root
+from ..secrets import redact
+from ..sets import BackupFile, BackupSet, Naming, list_sets, split_extension
+from ..settings import app_settings
+from ..storage import backup_storage, describe
+from ..streams import PrefixedReader
+from . import rollback
+from .common import read_checked
 
-Progress = Callable[[str], None]
+#: Asked before anything changes (on a terminal); False cancels the restore.
+Confirm = Callable[[str], bool]
 
 
 @dataclass
 class RestoreOptions:
-    db_file: str | None = None
+    """What ``invoke restore`` can ask for; the defaults restore the newest complete set."""
+
+    path: str | None = None  # a local folder instead of the backup storage
+    db_file: str | None = None  # a name in the storage, or a path on disk
     media_file: str | None = None
     skip_db: bool = False
     skip_media: bool = False
-    mirror: bool = False
-    allow_newer: bool = False
-    uncompress: bool = True
-    decrypt: bool = False
-    interactive: bool = False
-    safety: bool = True
+    mirror: bool = False  # also remove media files that are not in the backup
+    allow_newer: bool = False  # restore a backup with migrations this code does not know
+    uncompress: bool = True  # False: read the files as they are, whatever their names say
+    decrypt: bool = False  # accepted: files ending in .gpg are decrypted anyway
+    interactive: bool = False  # may ask for a GPG passphrase on a terminal
+    safety: bool | None = None  # keep the replaced state; None: backup_safety
+
+
+@dataclass
+class RestoreResult:
+    set_name: str | None  # None: named files outside any set
+    databases: list[str] = field(default_factory=list)  # aliases restored
+    media: dict | None = None  # files, unchanged, removed
+    migrated: list[str] = field(default_factory=list)  # aliases migrated forward
+    safety: str | None = None  # the safety copy kept, for invoke rollback
 
 
 @dataclass
 class DbItem:
     alias: str
     file: BackupFile
-    engine: Engine
     migrations: list[list[str]] | None = None
 
 
@@ -73,6 +93,42 @@ class Plan:
         return f"{self.set.status} set {self.set.name}"
 
 
+def run(
+    options: RestoreOptions | None = None, progress: Progress = NO_PROGRESS, confirm: Confirm | None = None
+) -> RestoreResult:
+    """Restore as ``options`` say, under the site lock; returns a :class:`RestoreResult`.
+
+    ``confirm`` is asked once, before anything changes.  Any failure is recorded, mailed, and raised as a
+    RestoreError whose one line says what state is left.
+    """
+    options = options or RestoreOptions()
+    try:
+        with record_run(BackupRun.RESTORE) as row:
+            path, db_file, media_file = locate(options.path, options.db_file, options.media_file)
+            storage = backup_storage(path)
+            progress.step(f"Reading backups from {describe(storage)}")
+            opts = replace(options, path=path, db_file=db_file, media_file=media_file)
+            with site_lock("restore"):
+                result = restore(storage, opts, progress, confirm)
+            row.set_name = result.set_name or ""
+        return result
+    except Exception as err:
+        notify_failure("restore", err)
+        raise
+
+
+def locate(path: str | None, db_file: str | None, media_file: str | None) -> tuple[str | None, str | None, str | None]:
+    """A file given as an absolute path on disk is read from its own folder: ``(folder, name, name)``."""
+    for value in (db_file, media_file):
+        if value and not path and os.path.isabs(value) and os.path.exists(value):
+            path = os.path.dirname(value)
+    if db_file and path and os.path.dirname(db_file) == path:
+        db_file = os.path.basename(db_file)
+    if media_file and path and os.path.dirname(media_file) == path:
+        media_file = os.path.basename(media_file)
+    return path, db_file, media_file
+
+
 def _adhoc(name: str) -> BackupFile:
     """A file whose name does not follow the templates: flags from its suffixes."""
     base, compression, encrypted = split_extension(name)
@@ -80,18 +136,17 @@ def _adhoc(name: str) -> BackupFile:
     return BackupFile(name, kind, "", compression=compression, encrypted=encrypted, base_extension=base)
 
 
-def _find(sets: list[BackupSet], name: str, storage) -> tuple[BackupFile, BackupSet | None]:
+def _find(sets: list[BackupSet], name: str, exists: Callable[[str], bool]) -> tuple[BackupFile, BackupSet | None]:
     for s in sets:
         for f in s.files:
             if f.name == name:
                 return f, s
-    if not storage.exists(name):
+    if not exists(name):
         raise RestoreError(f"{name} is not in the backup storage; run `invoke listbackups` to see the sets")
     return _adhoc(name), None
 
 
-def _alias_for(f: BackupFile, bset: BackupSet | None) -> str:
-    aliases = list(settings.DATABASES)
+def _alias_for(f: BackupFile, bset: BackupSet | None, aliases: list[str]) -> str:
     if bset is not None and bset.manifest:
         for entry in bset.manifest.get("databases", []):
             if entry.get("file") == f.name:
@@ -110,18 +165,22 @@ def _migrations_for(f: BackupFile, bset: BackupSet | None) -> list[list[str]] | 
     return None
 
 
-def choose(storage, opts: RestoreOptions) -> Plan:
-    """Pick the files to restore: named ones, else the newest complete set, else legacy files."""
-    sets = list_sets(storage, Naming())
+def choose(sets: list[BackupSet], opts: RestoreOptions, *, exists: Callable[[str], bool], aliases: list[str]) -> Plan:
+    """Pick the files to restore from ``sets`` (newest first): named ones, else the newest complete set, else
+    the newest legacy files (one dump per database, one archive).
+
+    ``exists(name)`` says whether a named file that is in no set is in the storage; ``aliases`` are the
+    ``DATABASES`` aliases.  Touches nothing; RestoreError when there is nothing (or nothing valid) to restore.
+    """
     chosen_set: BackupSet | None = None
     db_files: list[tuple[BackupFile, BackupSet | None]] = []
     media: tuple[BackupFile, BackupSet | None] | None = None
 
     if opts.db_file or opts.media_file:
         if opts.db_file and not opts.skip_db:
-            db_files.append(_find(sets, opts.db_file, storage))
+            db_files.append(_find(sets, opts.db_file, exists))
         if opts.media_file and not opts.skip_media:
-            media = _find(sets, opts.media_file, storage)
+            media = _find(sets, opts.media_file, exists)
         named_set = (db_files[0][1] if db_files else None) or (media[1] if media else None)
         # A complete set's parts belong together.  Stock dbbackup writes the dump and the
         # archive in separate seconds, so a legacy file goes with the newest legacy other part.
@@ -157,7 +216,7 @@ def choose(storage, opts: RestoreOptions) -> Plan:
             newest_db: dict[str, tuple[BackupFile, BackupSet]] = {}
             for s in legacy:  # newest first
                 for f in s.db_files:
-                    newest_db.setdefault(_alias_for(f, s), (f, s))
+                    newest_db.setdefault(_alias_for(f, s, aliases), (f, s))
                 if media is None and s.media_file is not None:
                     media = (s.media_file, s)
             db_files = list(newest_db.values())
@@ -171,10 +230,10 @@ def choose(storage, opts: RestoreOptions) -> Plan:
         raise RestoreError("nothing to restore: the chosen backup has no database or media file")
     plan = Plan(set=chosen_set)
     for f, s in db_files:
-        alias = _alias_for(f, s)
-        if alias not in settings.DATABASES:
+        alias = _alias_for(f, s, aliases)
+        if alias not in aliases:
             raise RestoreError(f"{f.name} holds database {alias!r}, which is not in DATABASES")
-        plan.databases.append(DbItem(alias, f, engine_for(alias), _migrations_for(f, s)))
+        plan.databases.append(DbItem(alias, f, _migrations_for(f, s)))
     if media is not None:
         plan.media = media[0]
         if media[1] is not None and media[1].manifest:
@@ -182,23 +241,9 @@ def choose(storage, opts: RestoreOptions) -> Plan:
     return plan
 
 
-def configured_gpg() -> GpgSpec:
-    """GnuPG home and the passphrase from ``backup_gpg_passphrase_file`` or ``backup_gpg_passphrase`` (never argv)."""
-    passphrase = app_settings.gpg_passphrase
-    passphrase_file = app_settings.gpg_passphrase_file
-    if passphrase_file:
-        try:
-            passphrase = Path(passphrase_file).read_text().rstrip("\r\n")
-        except OSError as err:
-            raise RestoreError(
-                f"backup_gpg_passphrase_file {passphrase_file}: cannot read it ({err.strerror})"
-            ) from None
-    return GpgSpec(home=app_settings.gpg_home, passphrase=passphrase)
-
-
 def gpg_for_restore(plan: Plan, interactive: bool) -> GpgSpec:
-    """:func:`configured_gpg`, or on a terminal a prompt when the plan has encrypted files and no passphrase."""
-    gpg = configured_gpg()
+    """The configured GnuPG settings, or on a terminal a prompt when the plan has encrypted files and no passphrase."""
+    gpg = GpgSpec.for_decryption()
     encrypted = any(i.file.encrypted for i in plan.databases) or bool(plan.media and plan.media.encrypted)
     if encrypted and gpg.passphrase is None and interactive and sys.stdin.isatty():
         from getpass import getpass
@@ -212,7 +257,7 @@ def _code_migrations() -> set[tuple[str, str]]:
     return set(MigrationLoader(None, ignore_no_migrations=True).disk_migrations)
 
 
-def check_versions(plan: Plan, opts: RestoreOptions) -> list[str]:
+def check_versions(plan: Plan, allow_newer: bool = False) -> list[str]:
     """Refuse a backup whose database has migrations this code does not know (a newer version made it)."""
     notes = []
     known = _code_migrations()
@@ -220,7 +265,7 @@ def check_versions(plan: Plan, opts: RestoreOptions) -> list[str]:
         if item.migrations is None:
             continue
         unknown = sorted({tuple(m) for m in item.migrations} - known)
-        if unknown and not opts.allow_newer:
+        if unknown and not allow_newer:
             shown = ", ".join(f"{a}.{n}" for a, n in unknown[:3])
             raise RestoreError(
                 f"{item.file.name} was made by a newer version: its database has migrations this code does not "
@@ -231,55 +276,26 @@ def check_versions(plan: Plan, opts: RestoreOptions) -> list[str]:
     return notes
 
 
-@contextmanager
-def read_checked(storage, f: BackupFile, opts: RestoreOptions, gpg: GpgSpec) -> Iterator:
-    """Yield the decrypted, decompressed content of ``f``; afterwards check size and SHA-256 against the manifest."""
-    if f.size is not None:
-        try:
-            stored = storage.size(f.name)
-        except Exception:
-            stored = None
-        if stored is not None and stored != f.size:
-            raise RestoreError(
-                f"{f.name} is {stored} bytes but its manifest says {f.size}; the file is truncated or damaged"
-            )
-    result = ReadResult()
-    compression = f.compression if opts.uncompress else None
-    with open_stream(storage, f.name, compression=compression, encrypted=f.encrypted, gpg=gpg, result=result) as stream:
-        yield stream
-    if f.size is not None and result.size != f.size:
-        raise RestoreError(
-            f"{f.name} is {result.size} bytes but its manifest says {f.size}; the file is truncated or damaged"
-        )
-    if f.sha256 and result.sha256 != f.sha256:
-        raise RestoreError(f"{f.name} does not match its SHA-256 in the manifest; the file is damaged")
-
-
-def read_and_check(storage, f: BackupFile, opts: RestoreOptions, gpg: GpgSpec, consume) -> None:
-    """Read all of ``f`` through ``consume``, checking size and SHA-256 against the manifest."""
-    with read_checked(storage, f, opts, gpg) as stream:
-        consume(stream)
-
-
-def _abandon(staged_dbs: list[tuple[DbItem, Staged]], staged_media: StagedArchive | None) -> None:
+def _abandon(staged_dbs: list[tuple[Engine, Staged]], staged_media: StagedArchive | None) -> None:
     """Throw away everything staged and not swapped in."""
-    for item, staged in staged_dbs:
+    for engine, staged in staged_dbs:
         with suppress(Exception):
-            item.engine.abandon(staged)
+            engine.abandon(staged)
     if staged_media is not None:
         abandon_archive(staged_media)
 
 
-def _stage(storage, plan: Plan, opts: RestoreOptions, gpg: GpgSpec, say: Progress):
+def _stage(storage, plan: Plan, engines: dict[str, Engine], opts: RestoreOptions, gpg: GpgSpec, progress: Progress):
     """Load every chosen file into a staging place, checking it on the way; the live site is untouched.
 
     On a local backup folder the media archive is extracted while the databases load (independent streams).
     """
-    staged_dbs: list[tuple[DbItem, Staged]] = []
+    say = progress.step
+    staged_dbs: list[tuple[Engine, Staged]] = []
     staged_media: StagedArchive | None = None
 
     def stage_media() -> StagedArchive:
-        with read_checked(storage, plan.media, opts, gpg) as stream:
+        with read_checked(storage, plan.media, gpg, uncompress=opts.uncompress) as stream:
             return stage_archive(media_storage(), stream)
 
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="restore-media")
@@ -291,11 +307,13 @@ def _stage(storage, plan: Plan, opts: RestoreOptions, gpg: GpgSpec, say: Progres
                 media_job = pool.submit(stage_media)
         for item in plan.databases:
             say(f"Loading {item.file.name} into a staging database")
-            with read_checked(storage, item.file, opts, gpg) as stream:
+            engine = engines[item.alias]
+            with read_checked(storage, item.file, gpg, uncompress=opts.uncompress) as stream:
                 head = stream.read(64)
-                item.engine.check_dump(head, item.file.name)
-                staged = item.engine.stage(PrefixedReader(head, stream))
-                staged_dbs.append((item, staged))
+                engine.check_dump(head, item.file.name)
+                staged = engine.stage(PrefixedReader(head, stream))
+                staged_dbs.append((engine, staged))
+            progress.advance(item.file.name, item.file.size or 0)
         if plan.media is not None:
             job, media_job = media_job, None
             staged_media = job.result() if job is not None else stage_media()
@@ -320,57 +338,47 @@ def _stage(storage, plan: Plan, opts: RestoreOptions, gpg: GpgSpec, say: Progres
     return staged_dbs, staged_media
 
 
-def restore(
-    storage,
-    opts: RestoreOptions,
-    progress: Progress | None = None,
-    confirm: Callable[[str], bool] | None = None,
-) -> dict:
-    """Restore the chosen backup; returns a report dict.  RestoreError says what state is left.
+def restore(storage, opts: RestoreOptions, progress: Progress, confirm: Confirm | None) -> RestoreResult:
+    """Restore from ``storage`` (the caller holds the site lock); RestoreError says what state is left.
 
-    Stage everything (databases into new databases or temp files, media into a
+    Stage everything (databases into side databases or temp files, media into a
     staging folder) while checking checksums, types and archive members; only
     then swap it all in, keeping the replaced state in a safety record.  A
     failure while staging changes nothing; a failure while swapping puts back
     what was already swapped.
     """
-    say = progress or (lambda _msg: None)
-    plan = choose(storage, opts)
+    say = progress.step
+    plan = choose(list_sets(storage, Naming()), opts, exists=storage.exists, aliases=list(settings.DATABASES))
+    engines = {item.alias: engine_for(item.alias) for item in plan.databases}
     say(f"Restoring from {plan.label}")
     gpg = gpg_for_restore(plan, opts.interactive)
-    for note in check_versions(plan, opts):
+    for note in check_versions(plan, opts.allow_newer):
         say(f"  {note}")
     what = [f"database '{i.alias}' from {i.file.name}" for i in plan.databases]
     if plan.media is not None:
         what.append(f"media files from {plan.media.name}" + (" (mirror: extra files deleted)" if opts.mirror else ""))
     if confirm is not None and not confirm("This replaces " + "; ".join(what) + ". Continue?"):
         raise RestoreError("restore cancelled; nothing was changed")
-    for item in plan.databases:
-        for stale in item.engine.cleanup():
+    for engine in engines.values():
+        for stale in engine.cleanup():
             say(f"Removed {stale}, left behind by an interrupted restore")
 
-    staged_dbs, staged_media = _stage(storage, plan, opts, gpg, say)
-    report: dict = {
-        "set": plan.set.name if plan.set else None,
-        "databases": [],
-        "media": None,
-        "migrated": [],
-        "safety": None,
-    }
-    safety = SafetyRecord.create(safety_root(), report["set"])
+    staged_dbs, staged_media = _stage(storage, plan, engines, opts, gpg, progress)
+    result = RestoreResult(set_name=plan.set.name if plan.set else None)
+    safety = SafetyRecord.create(safety_root(), result.set_name)
     try:
         while staged_dbs:
-            item, staged = staged_dbs[0]
-            say(f"Swapping in database '{item.alias}'")
-            item.engine.commit(staged, safety)
+            engine, staged = staged_dbs[0]
+            say(f"Swapping in database '{engine.alias}'")
+            engine.commit(staged, safety)
             staged_dbs.pop(0)
-            report["databases"].append(item.alias)
+            result.databases.append(engine.alias)
         if staged_media is not None:
             say("Putting media files in place")
             media = commit_archive(media_storage(), staged_media, safety.media_folder, mirror=opts.mirror)
             staged_media = None
             safety.set_media(media.pop("created"))
-            report["media"] = media
+            result.media = media
             say(
                 f"  {media['files']} files restored ({media['unchanged']} already as in the backup), "
                 f"{media['removed']} removed"
@@ -379,34 +387,33 @@ def restore(
         _abandon(staged_dbs, staged_media)
         message = redact(err) if isinstance(err, Exception) else "interrupted"
         try:
-            undone = undo_record(safety)
+            undone = rollback.undo(safety)
         except Exception as undo_err:
             raise RestoreError(
                 f"{message}; putting the old state back ALSO failed ({redact(undo_err)}): the safety copy is in "
                 f"{safety.folder}, run `invoke rollback --name {safety.name}` once the cause is fixed"
             ) from None
-        discard_record(safety)
+        rollback.discard(safety)
         what = " and ".join(undone) + " put back as they were" if undone else "nothing had been changed"
         raise RestoreError(f"{message}; the restore was undone ({what})") from None
     safety.mark("done")
-    if opts.safety:
-        report["safety"] = safety.name
+    if app_settings.safety if opts.safety is None else opts.safety:
+        result.safety = safety.name
         say(
             f"The replaced state is kept in {safety.folder}; undo this restore with "
             f"`invoke rollback --name {safety.name}` (kept {app_settings.safety_days} days)"
         )
     else:
-        discard_record(safety)
-    for record in expired(list_records(), app_settings.safety_days):
-        discard_record(record)
-        say(f"Removed expired safety copy {record.name}")
+        rollback.discard(safety)
+    for name in rollback.expire(app_settings.safety_days):
+        say(f"Removed expired safety copy {name}")
     for item in plan.databases:
         applied = migrate_forward(item.alias)
         if applied:
-            report["migrated"].append(item.alias)
+            result.migrated.append(item.alias)
             say(f"The backup of '{item.alias}' was older than this code: applied {applied} migrations")
     say("Restore complete")
-    return report
+    return result
 
 
 def migrate_forward(alias: str) -> int:
@@ -418,27 +425,3 @@ def migrate_forward(alias: str) -> int:
     if plan:
         call_command("migrate", database=alias, interactive=False, verbosity=0)
     return len(plan)
-
-
-def undo_record(record: SafetyRecord) -> list[str]:
-    """Put back everything ``record`` kept; returns what was rolled back."""
-    done = []
-    if record.media is not None or record.media_folder.exists():
-        undo_media(media_storage(), record.media_folder, (record.media or {}).get("created", []))
-        done.append("media files")
-    for alias, entry in record.databases.items():
-        engine_for(alias).undo(entry, record.folder)
-        done.append(f"database '{alias}'")
-    record.clear()
-    record.mark("rolled back")
-    return done
-
-
-def discard_record(record: SafetyRecord) -> None:
-    """Delete the kept state (old databases, moved-aside files) and the record."""
-    for alias, entry in record.databases.items():
-        try:
-            engine_for(alias).discard(entry)
-        except Exception:
-            continue
-    shutil.rmtree(record.folder, ignore_errors=True)

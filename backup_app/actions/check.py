@@ -1,4 +1,4 @@
-"""The connection check a user runs before the first backup (``invoke backup-check``).
+"""Check: the connection check a user runs before the first backup (``invoke backup-check``).
 
 It does to the backup storage what a backup and a restore do, on one small
 object: list the folder, stream an object in through the same pipeline as a
@@ -14,13 +14,20 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .errors import BackupAppError
-from .pipeline import ReadResult, open_stream, store_stream
-from .secrets import redact
-from .sets import Naming, list_files
+from ..errors import BackupAppError
+from ..pipeline import ReadResult, open_stream, store_stream
+from ..progress import NO_PROGRESS, Progress
+from ..secrets import redact
+from ..sets import Naming, list_files
+from ..storage import backup_storage, describe
 
 #: Size of the test object: big enough to cross a few buffers, small enough for any link.
 CHECK_BYTES = 256 * 1024
+
+
+@dataclass
+class CheckOptions:
+    path: str | None = None  # a local folder instead of the backup storage
 
 
 class CheckFailed(BackupAppError):
@@ -124,3 +131,19 @@ def check_storage(storage, where: str = "", progress: Callable[[Step], None] | N
             except Exception:  # the original failure is the one to report
                 pass
     return report
+
+
+def run(options: CheckOptions | None = None, progress: Progress = NO_PROGRESS) -> CheckReport:
+    """Check the backup storage (or ``options.path``); each step reported as it ends.
+
+    Returns the :class:`CheckReport`; :class:`CheckFailed` names the step that failed.
+    """
+    options = options or CheckOptions()
+    storage = backup_storage(options.path)
+    where = describe(storage)
+    progress.step(f"Checking {where}")
+    return check_storage(
+        storage,
+        where,
+        progress=lambda s: progress.step(f"  {s.name:<7} ok  {s.detail} ({s.seconds * 1000:.0f} ms)"),
+    )

@@ -1,0 +1,285 @@
+"""Back up: check the configuration, take the site lock, write a backup set, prune under the same lock.
+
+A set is one dump per database, one media archive, then the manifest (written last: it makes the set
+complete).  ``run`` records the run in the history, mails a failure to the admins (``backup_send_email``)
+and returns a :class:`BackupResult`.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
+from dataclasses import dataclass, field
+
+import dbbackup
+import django
+from django.core.checks import ERROR, run_checks
+from django.core.files.storage import FileSystemStorage
+from django.utils import timezone
+
+from .. import __version__
+from ..engines import engine_for, site_lock
+from ..errors import BackupError
+from ..history import note_manifest, record_run
+from ..media import ArchiveStats, media_storage, write_tar
+from ..models import BackupRun
+from ..notify import notify_failure
+from ..pipeline import SUFFIX, GpgSpec, store_stream
+from ..progress import NO_PROGRESS, Progress
+from ..secrets import redact
+from ..sets import MANIFEST_FORMAT, Naming, Retention, list_files, manifest_size, write_json
+from ..settings import app_settings
+from ..storage import backup_storage, describe
+from . import prune
+
+
+@dataclass
+class BackupOptions:
+    """What ``invoke backup`` can ask for; the defaults are a plain ``invoke backup``."""
+
+    compress: bool = True  # False: --no-compress
+    encrypt: bool = False  # to backup_gpg_recipient
+    path: str | None = None  # a local folder instead of the backup storage
+    skip_db: bool = False
+    skip_media: bool = False
+    clean: bool = False  # prune afterwards, under the same lock
+    clean_legacy: bool = False  # with clean, also files of stock django-dbbackup
+    retention: Retention | None = None  # of clean; None: backup_keep*
+    origin: str = "manual"  # manual, update, scheduled: in the manifest and the history
+
+    @property
+    def partial(self) -> bool:
+        """Not the site's own full backup: another folder, or without the databases or the media."""
+        return bool(self.path or self.skip_db or self.skip_media)
+
+
+@dataclass
+class SetContents:
+    """What goes into one set."""
+
+    compression: str  # gzip, zstd, none
+    encrypt: bool
+    databases: list[str]
+    media: bool
+    origin: str
+
+
+@dataclass
+class BackupResult:
+    manifest: dict
+    storage: str  # where it went, without passwords
+    deleted: list[str] = field(default_factory=list)  # pruned files
+
+    @property
+    def name(self) -> str:
+        return self.manifest["name"]
+
+    @property
+    def size(self) -> int:
+        return manifest_size(self.manifest)
+
+
+def run(options: BackupOptions | None = None, progress: Progress = NO_PROGRESS, *, record: BackupRun | None = None):
+    """Write a backup set as ``options`` say; returns a :class:`BackupResult`.
+
+    ``record`` is the history row of a queued run that already holds the claim (the scheduler's); without it
+    a new row is made.  Any failure is recorded, mailed, and raised (a :class:`BackupError` with one line).
+    """
+    options = options or BackupOptions()
+    try:
+        with record_run(options.origin, run=record) as row:
+            row.partial = options.partial
+            result = _back_up(options, progress)
+            note_manifest(row, result.manifest)
+        return result
+    except Exception as err:
+        notify_failure("backup", err, origin=options.origin)
+        raise
+
+
+def _back_up(options: BackupOptions, progress: Progress) -> BackupResult:
+    if options.skip_db and options.skip_media:
+        raise BackupError("--skip-db and --skip-media together leave nothing to back up")
+    problems = [m for m in run_checks(tags=["backup_app"]) if m.level >= ERROR]
+    if problems:
+        raise BackupError(
+            "backup refused: " + "; ".join(f"{m.id}: {m.msg}" + (f" ({m.hint})" if m.hint else "") for m in problems)
+        )
+    storage = backup_storage(options.path)
+    where = describe(storage)
+    progress.step(f"Backing up to {where}")
+    contents = SetContents(
+        compression=app_settings.compression if options.compress else "none",
+        encrypt=options.encrypt,
+        databases=[] if options.skip_db else app_settings.databases,
+        media=not options.skip_media,
+        origin=options.origin,
+    )
+    with site_lock("backup") as lock:
+        manifest = write_set(storage, contents, progress)
+        deleted = []
+        if options.clean:
+            deleted = prune.prune(
+                storage,
+                options.retention or Retention.configured(),
+                lock=lock,
+                include_legacy=options.clean_legacy,
+                new_set=manifest["name"],
+                progress=progress,
+            ).deleted
+    return BackupResult(manifest=manifest, storage=where, deleted=deleted)
+
+
+def _new_stamp(storage, naming: Naming) -> str:
+    """A stamp no file in the storage has yet (waits for the next one if needed)."""
+    taken = {p.stamp for p in map(naming.parse, list_files(storage)) if p is not None}
+    for _ in range(120):
+        stamp = naming.stamp(timezone.now())
+        if stamp not in taken:
+            return stamp
+        time.sleep(0.5)
+    raise BackupError("no unused timestamp for a new backup; backup_date_format needs seconds (%S)")
+
+
+def write_set(storage, what: SetContents, progress: Progress = NO_PROGRESS) -> dict:
+    """Write one complete backup set to ``storage`` and return its manifest.
+
+    Order: a pending marker, each database dump, the media archive, the
+    manifest (which makes the set complete), then the marker is removed.  If
+    any step fails, every file written so far is deleted and
+    :class:`BackupError` raised: no complete set is left behind.
+    """
+    say = progress.step
+    naming = Naming()
+    aliases = what.databases
+    gpg = GpgSpec.for_encryption() if what.encrypt else None
+    suffix = SUFFIX[what.compression] + (".gpg" if what.encrypt else "")
+    started = timezone.now()
+    stamp = _new_stamp(storage, naming)
+    pending = naming.pending_name(stamp)
+    written: list[str] = []
+    manifest: dict = {
+        "format": MANIFEST_FORMAT,
+        "name": stamp,
+        "created": timezone.localtime(started).isoformat(),
+        "host": socket.gethostname(),
+        "origin": what.origin,
+        "versions": {
+            "backup_app": __version__,
+            "django": django.get_version(),
+            "dbbackup": dbbackup.__version__,
+            "python": platform.python_version(),
+        },
+        "compression": what.compression,
+        "encrypted": what.encrypt,
+        "gpg_recipient": gpg.recipient if gpg else None,
+        "databases": [],
+        "media": None,
+        "files": [],
+    }
+    media_job = None
+    cancel = threading.Event()
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backup-media")
+    try:
+        write_json(storage, pending, {"started": manifest["created"], "pid": os.getpid(), "host": manifest["host"]})
+        if what.media:
+            media_name = naming.media_name(stamp, "tar" + suffix)
+            stats = ArchiveStats()
+            say(f"Backing up media files to {media_name}")
+
+            def archive_media():
+                t0 = time.monotonic()
+                stored = store_stream(
+                    storage,
+                    media_name,
+                    lambda out: write_tar(media_storage(), out, stats, cancel=cancel),
+                    compression=what.compression,
+                    gpg=gpg,
+                )
+                return stored, time.monotonic() - t0
+
+            if isinstance(storage, FileSystemStorage):
+                # Dumps and the archive are independent streams: on a local folder, write them at once.
+                media_job = pool.submit(archive_media)
+        for alias in aliases:
+            engine = engine_for(alias)
+            name = naming.db_name(stamp, alias, engine.extension + suffix)
+            say(f"Backing up database '{alias}' ({engine.vendor}) to {name}")
+            t0 = time.monotonic()
+            migrations = engine.applied_migrations()
+            tables = engine.table_count()
+            stored = store_stream(
+                storage,
+                name,
+                lambda out, e=engine: e.dump(out, compressed=what.compression != "none"),
+                compression=what.compression,
+                gpg=gpg,
+            )
+            written.append(name)
+            progress.advance(name, stored.size)
+            manifest["databases"].append(
+                {
+                    "alias": alias,
+                    "vendor": engine.vendor,
+                    "engine": engine.settings["ENGINE"],
+                    "connector": f"{type(engine.connector).__module__}.{type(engine.connector).__name__}",
+                    "file": name,
+                    "migrations": migrations,
+                    "tables": tables,
+                    "excluded_table_data": engine.exclude,
+                }
+            )
+            manifest["files"].append(_entry(stored, "db", what, database=alias))
+            say(f"  {stored.size:,} bytes in {time.monotonic() - t0:.1f} s")
+        if what.media:
+            stored, seconds = media_job.result() if media_job is not None else archive_media()
+            media_job = None
+            written.append(media_name)
+            progress.advance(media_name, stored.size)
+            manifest["media"] = {"file": media_name, "files": stats.files, "bytes": stats.bytes}
+            manifest["files"].append(_entry(stored, "media", what))
+            say(f"  media: {stats.files} files, {stored.size:,} bytes in {seconds:.1f} s")
+        manifest["finished"] = timezone.localtime(timezone.now()).isoformat()
+        write_json(storage, naming.manifest_name(stamp), manifest)
+        written.append(naming.manifest_name(stamp))
+    except BaseException as err:
+        if media_job is not None:
+            cancel.set()
+            with suppress(BaseException):
+                media_job.result()  # its own failure (or the cancel) removed its file
+        for name in [*written, pending]:
+            try:
+                if storage.exists(name):
+                    storage.delete(name)
+            except Exception:
+                pass
+        if isinstance(err, BackupError):
+            raise
+        if isinstance(err, KeyboardInterrupt):
+            raise BackupError("backup interrupted; the partial set was removed") from None
+        raise BackupError(f"backup failed: {redact(err)}") from err
+    finally:
+        pool.shutdown(wait=True)
+    try:
+        storage.delete(pending)
+    except Exception:
+        pass
+    say(f"Backup set {stamp} complete ({len(manifest['files'])} files)")
+    return manifest
+
+
+def _entry(stored, kind: str, what: SetContents, database: str | None = None) -> dict:
+    return {
+        "name": stored.name,
+        "kind": kind,
+        "size": stored.size,
+        "sha256": stored.sha256,
+        "compression": None if what.compression == "none" else what.compression,
+        "encrypted": what.encrypt,
+        "database": database,
+    }

@@ -1,0 +1,45 @@
+"""What several actions share: reading a stored file back, checked against what its manifest says."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import BinaryIO
+
+from ..errors import RestoreError
+from ..pipeline import GpgSpec, ReadResult, open_stream
+from ..sets import BackupFile
+
+
+@contextmanager
+def read_checked(storage, f: BackupFile, gpg: GpgSpec, *, uncompress: bool = True) -> Iterator[BinaryIO]:
+    """Yield the decrypted, decompressed content of ``f``; afterwards check size and SHA-256 against the manifest.
+
+    A stored size that already differs is refused before reading.  ``uncompress=False`` reads the bytes as
+    they are, whatever the name says.  RestoreError names the file and what is wrong with it.
+    """
+    if f.size is not None:
+        try:
+            stored = storage.size(f.name)
+        except Exception:
+            stored = None
+        if stored is not None and stored != f.size:
+            raise RestoreError(
+                f"{f.name} is {stored} bytes but its manifest says {f.size}; the file is truncated or damaged"
+            )
+    result = ReadResult()
+    compression = f.compression if uncompress else None
+    with open_stream(storage, f.name, compression=compression, encrypted=f.encrypted, gpg=gpg, result=result) as stream:
+        yield stream
+    if f.size is not None and result.size != f.size:
+        raise RestoreError(
+            f"{f.name} is {result.size} bytes but its manifest says {f.size}; the file is truncated or damaged"
+        )
+    if f.sha256 and result.sha256 != f.sha256:
+        raise RestoreError(f"{f.name} does not match its SHA-256 in the manifest; the file is damaged")
+
+
+def read_and_check(storage, f: BackupFile, gpg: GpgSpec, consume: Callable[[BinaryIO], object]) -> None:
+    """Read all of ``f`` through ``consume``, checking size and SHA-256 against the manifest."""
+    with read_checked(storage, f, gpg) as stream:
+        consume(stream)

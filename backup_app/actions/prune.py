@@ -1,0 +1,76 @@
+"""Prune: delete the backup sets retention no longer keeps, only while the site lock is held.
+
+A backup that runs writes files (a pending marker, dumps) that look like an incomplete set; pruning
+deletes incomplete sets.  So pruning and backing up must never overlap: :func:`prune` refuses to run
+without the held :class:`~backup_app.engines.SiteLock`, and :func:`run` takes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..engines import SiteLock, site_lock
+from ..errors import BackupAppError, BackupError
+from ..progress import NO_PROGRESS, Progress
+from ..sets import Retention, doomed, list_sets
+from ..storage import backup_storage
+
+
+@dataclass
+class PruneOptions:
+    retention: Retention | None = None  # None: backup_keep, backup_keep_daily/_weekly/_monthly
+    include_legacy: bool = False  # also files written by stock django-dbbackup
+    path: str | None = None  # a local folder instead of the backup storage
+
+
+@dataclass
+class PruneResult:
+    deleted: list[str] = field(default_factory=list)
+
+
+def prune(
+    storage,
+    retention: Retention,
+    *,
+    lock: SiteLock,
+    include_legacy: bool = False,
+    new_set: str | None = None,
+    progress: Progress = NO_PROGRESS,
+) -> PruneResult:
+    """Delete the sets ``retention`` does not keep from ``storage``; ``lock`` must be the held site lock.
+
+    ``new_set`` (the set the caller has just written) must be listed complete, or nothing is deleted
+    and BackupError raised; it is never deleted.  Returns the deleted names.
+    """
+    if not lock.held:
+        raise BackupAppError("pruning needs the site lock held: take it with engines.site_lock()")
+    sets = list_sets(storage)
+    protect = set()
+    if new_set is not None:
+        new = next((s for s in sets if s.name == new_set), None)
+        if new is None or not new.complete:
+            problem = "; ".join(new.problems) if new is not None else "it is not in the storage"
+            raise BackupError(f"the backup reported success but set {new_set!r} is not complete: {problem}")
+        protect.add(new_set)
+    names = doomed(sets, retention, include_legacy=include_legacy, protect=protect)
+    for name in names:
+        storage.delete(name)
+    if names:
+        progress.step(f"Removed {len(names)} old files: " + ", ".join(names))
+    else:
+        progress.step(f"Nothing to remove (keeping {retention.keep} sets)")
+    return PruneResult(deleted=names)
+
+
+def run(options: PruneOptions | None = None, progress: Progress = NO_PROGRESS) -> PruneResult:
+    """Take the site lock and prune; :class:`~backup_app.engines.Locked` while a backup or restore runs."""
+    options = options or PruneOptions()
+    storage = backup_storage(options.path)
+    with site_lock("prune") as lock:
+        return prune(
+            storage,
+            options.retention or Retention.configured(),
+            lock=lock,
+            include_legacy=options.include_legacy,
+            progress=progress,
+        )

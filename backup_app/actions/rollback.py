@@ -1,0 +1,88 @@
+"""Roll back: put back what a restore replaced, from the safety copy it kept, and drop safety copies.
+
+:func:`undo` is also how a restore that fails half way puts back what it had already swapped in.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+
+from ..engines import engine_for, site_lock
+from ..errors import BackupAppError
+from ..media import media_storage, undo_media
+from ..notify import notify_failure
+from ..progress import NO_PROGRESS, Progress
+from ..safety import SafetyRecord, expired, list_records
+
+
+@dataclass
+class RollbackOptions:
+    name: str | None = None  # the safety copy to roll back to; None: the newest
+
+
+@dataclass
+class RollbackResult:
+    record: str
+    undone: list[str] = field(default_factory=list)  # "media files", "database 'default'"
+
+
+def candidates() -> list[SafetyRecord]:
+    """Safety copies a rollback can use, newest first ("restoring": a restore killed half way)."""
+    return [r for r in list_records() if r.state in ("done", "restoring")]
+
+
+def run(options: RollbackOptions | None = None, progress: Progress = NO_PROGRESS) -> RollbackResult:
+    """Under the site lock, put back the state before the restore of one safety copy, then drop the copy.
+
+    A failure is mailed to the admins (as a restore failure) and raised.
+    """
+    options = options or RollbackOptions()
+    try:
+        records = candidates()
+        if not records:
+            raise BackupAppError("there is no safety copy to roll back to (restores keep one for backup_safety_days)")
+        record = next((r for r in records if r.name == options.name), None) if options.name else records[0]
+        if record is None:
+            raise BackupAppError(f"no safety copy named {options.name!r}; see `invoke rollback --list`")
+        with site_lock("rollback"):
+            undone = undo(record)
+            discard(record)
+    except Exception as err:
+        notify_failure("restore", err)
+        raise
+    progress.step(f"Rolled back to the state before restore {record.name}: {', '.join(undone) or 'nothing'}")
+    return RollbackResult(record=record.name, undone=undone)
+
+
+def undo(record: SafetyRecord) -> list[str]:
+    """Put back everything ``record`` kept (media files, then each database); returns what was rolled back."""
+    done = []
+    if record.media is not None or record.media_folder.exists():
+        undo_media(media_storage(), record.media_folder, (record.media or {}).get("created", []))
+        done.append("media files")
+    for alias, entry in record.databases.items():
+        engine_for(alias).undo(entry, record.folder)
+        done.append(f"database '{alias}'")
+    record.clear()
+    record.mark("rolled back")
+    return done
+
+
+def discard(record: SafetyRecord) -> None:
+    """Delete the kept state (old databases, moved-aside files) and the record."""
+    for alias, entry in record.databases.items():
+        try:
+            engine_for(alias).discard(entry)
+        except Exception:
+            continue  # a database that is gone already; the folder goes anyway
+    shutil.rmtree(record.folder, ignore_errors=True)
+
+
+def expire(days: int) -> list[str]:
+    """Discard the safety copies older than ``days``; returns their names."""
+    gone = []
+    for record in expired(list_records(), days):
+        discard(record)
+        gone.append(record.name)
+    return gone
