@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
 import pytest
@@ -94,7 +93,7 @@ def test_damaged_ciphertext_without_manifest_is_refused_by_gpg(sqlite_site, gpg_
     result = sqlite_site.invoke("restore", "--skip-db", check=False, extra_env=env)
 
     assert result.returncode != 0
-    assert media in result.stderr
+    assert f"gpg could not decrypt {media}" in result.stderr
     assert (sqlite_site.media / "doc.txt").read_text() == "current"
 
 
@@ -132,6 +131,7 @@ def test_passphrase_protected_key_without_passphrase_is_refused(sqlite_site, pro
     result = sqlite_site.invoke("restore", check=False, extra_env=env)
 
     assert result.returncode != 0
+    assert "gpg could not decrypt" in result.stderr
     assert (sqlite_site.media / "doc.txt").read_text() == "current"
 
 
@@ -142,6 +142,3 @@ def test_encrypt_without_recipient_is_refused(sqlite_site):
     assert "INVENTREE_BACKUP_GPG_RECIPIENT" in result.stderr
     assert not sqlite_site.backups.exists() or not any(sqlite_site.backups.iterdir())
 
-
-def test_gpg_is_installed():
-    assert shutil.which("gpg"), "gpg is required for the encryption tests"

@@ -335,8 +335,23 @@ def test_restore_leaves_matching_media_files_alone_and_keeps_only_what_it_replac
 
 
 def test_no_safety_backup_keeps_no_copy(sqlite_site):
+    (sqlite_site.media / "doc.txt").write_text("backed up")
     sqlite_site.invoke("backup")
+    (sqlite_site.media / "doc.txt").write_text("changed")
 
     sqlite_site.invoke("restore", "--no-safety-backup")
 
-    assert json.loads("[]") == [p.name for p in (sqlite_site.root / "safety").iterdir()]
+    assert (sqlite_site.media / "doc.txt").read_text() == "backed up"
+    assert [p.name for p in (sqlite_site.root / "safety").iterdir()] == []
+
+
+def test_a_restore_keeps_a_safety_copy_by_default(sqlite_site):
+    (sqlite_site.media / "doc.txt").write_text("backed up")
+    sqlite_site.invoke("backup")
+    (sqlite_site.media / "doc.txt").write_text("changed")
+
+    sqlite_site.invoke("restore")
+
+    [record] = (sqlite_site.root / "safety").iterdir()
+    assert (record / "media" / "doc.txt").read_text() == "changed"
+    assert json.loads((record / "safety.json").read_text())["state"] == "done"

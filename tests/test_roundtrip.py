@@ -66,9 +66,12 @@ def test_round_trip_restores_every_row_and_file(any_site):
 def test_mirror_removes_files_created_after_the_backup(sqlite_site):
     (sqlite_site.media / "kept.txt").write_text("in the backup")
     sqlite_site.invoke("backup")
+    backed_up = sqlite_site.snapshot_media()
     (sqlite_site.media / "later").mkdir()
     (sqlite_site.media / "later" / "new.txt").write_text("not in the backup")
+    (sqlite_site.media / "kept.txt").write_text("changed after the backup")
 
     sqlite_site.invoke("restore", "--mirror")
 
-    assert sqlite_site.snapshot_media() == {"kept.txt": sqlite_site.snapshot_media()["kept.txt"]}
+    assert sqlite_site.snapshot_media() == backed_up
+    assert list(backed_up) == ["kept.txt"]
