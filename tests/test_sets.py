@@ -1,0 +1,240 @@
+"""backup_app.sets in process: names parsed exactly against the templates, sets listed from a folder, and
+which sets retention keeps and deletes.  No command runs; the settings are the session's (InvenTree's
+templates) unless a test overrides them."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import django
+import pytest
+
+django.setup()
+
+from django.core.files.base import ContentFile  # noqa: E402
+from django.core.files.storage import FileSystemStorage  # noqa: E402
+from django.test import override_settings  # noqa: E402
+from django.utils import timezone  # noqa: E402
+
+from backup_app.sets import (  # noqa: E402
+    MANIFEST_FORMAT,
+    BackupSet,
+    Naming,
+    Retention,
+    doomed,
+    list_sets,
+    retained,
+    split_extension,
+    write_json,
+)
+
+UTC = ZoneInfo("UTC")
+
+
+# --- names -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "stamp", "compression", "encrypted"),
+    [
+        ("InvenTree-db-2026-11-28-020304.sqlite3.gz", "db", "2026-11-28-020304", "gzip", False),
+        ("InvenTree-db-2026-11-28-020304.psql.bin.zst.gpg", "db", "2026-11-28-020304", "zstd", True),
+        ("InvenTree-db-2026-11-28-020304.dump", "db", "2026-11-28-020304", None, False),
+        ("InvenTree-media-2026-11-28-020304.tar.gz", "media", "2026-11-28-020304", "gzip", False),
+        ("InvenTree-media-2026-11-28-020304.tar", "media", "2026-11-28-020304", None, False),
+    ],
+)
+def test_a_backup_file_name_tells_its_kind_stamp_and_flags(name, kind, stamp, compression, encrypted):
+    parsed = Naming().parse(name)
+
+    assert (parsed.kind, parsed.stamp, parsed.compression, parsed.encrypted) == (kind, stamp, compression, encrypted)
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("InvenTree-media-2026-11-28-020304.manifest.metadata", "manifest"),
+        ("InvenTree-media-2026-11-28-020304.pending.metadata", "pending"),
+        ("InvenTree-db-2026-11-28-020304.sqlite3.gz.metadata", "metadata"),
+    ],
+)
+def test_manifests_markers_and_stock_sidecars_are_told_apart(name, kind):
+    assert Naming().parse(name).kind == kind
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "InvenTree-db-2026-11-28.sqlite3.gz",  # the stamp lacks the time
+        "InvenTree-db-2026-13-28-020304.sqlite3.gz",  # month 13: not a date
+        "xInvenTree-db-2026-11-28-020304.sqlite3.gz",  # never by substring
+        "InvenTree-db-2026-11-28-020304.manifest.metadata",  # a manifest is named by the media template
+        "notes.txt",
+    ],
+)
+def test_names_that_are_not_backup_files_of_these_templates(name):
+    assert Naming().parse(name) is None
+
+
+def test_the_database_name_comes_from_its_place_in_the_template():
+    naming = Naming(db_template="{databasename}-{servername}-{datetime}.{extension}")
+
+    parsed = naming.parse("reports-db.example.com-2026-11-28-020304.psql.bin")
+
+    assert (parsed.kind, parsed.database, parsed.stamp) == ("db", "reports", "2026-11-28-020304")
+
+
+def test_a_rendered_name_parses_back():
+    naming = Naming()
+    stamp = naming.stamp(datetime(2026, 11, 28, 2, 3, 4, tzinfo=UTC))
+
+    assert naming.parse(naming.db_name(stamp, "default", "sqlite3.gz.gpg")).stamp == stamp
+    assert naming.parse(naming.media_name(stamp, "tar.zst")).kind == "media"
+
+
+def test_split_extension_peels_encryption_then_compression():
+    assert split_extension("psql.bin.gz.gpg") == ("psql.bin", "gzip", True)
+    assert split_extension("tar") == ("tar", None, False)
+
+
+# --- listing ----------------------------------------------------------------------------------
+
+
+def stored_set(storage, stamp: str, *, manifest: bool = True, pending: bool = False, missing: bool = False) -> None:
+    naming = Naming()
+    db, media = naming.db_name(stamp, "default", "sqlite3.gz"), naming.media_name(stamp, "tar.gz")
+    for name in (db, media):
+        storage.save(name, ContentFile(b"data"))
+    if pending:
+        write_json(storage, naming.pending_name(stamp), {"started": stamp})
+    if manifest:
+        files = [{"name": n, "kind": k, "size": 4, "sha256": "0" * 64} for n, k in ((db, "db"), (media, "media"))]
+        if missing:
+            files.append({"name": naming.media_name(stamp, "tar.zst"), "kind": "media", "size": 4})
+        created = datetime.strptime(stamp, naming.date_format).replace(tzinfo=UTC).isoformat()
+        write_json(
+            storage, naming.manifest_name(stamp), {"format": MANIFEST_FORMAT, "created": created, "files": files}
+        )
+
+
+def test_sets_are_listed_newest_first_with_their_status(tmp_path):
+    storage = FileSystemStorage(location=tmp_path)
+    stored_set(storage, "2026-11-26-020000")
+    stored_set(storage, "2026-11-27-020000", manifest=False)  # stock dbbackup's files
+    stored_set(storage, "2026-11-28-020000", manifest=False, pending=True)  # a run that never finished
+    stored_set(storage, "2026-11-29-020000", missing=True)  # its manifest names a file that is gone
+
+    sets = list_sets(storage)
+
+    assert [(s.name, s.status) for s in sets] == [
+        ("2026-11-29-020000", "incomplete"),
+        ("2026-11-28-020000", "incomplete"),
+        ("2026-11-27-020000", "legacy"),
+        ("2026-11-26-020000", "complete"),
+    ]
+    assert sets[0].problems == ["missing: InvenTree-media-2026-11-29-020000.tar.zst"]
+    assert sets[3].db_files[0].sha256 == "0" * 64
+
+
+# --- retention --------------------------------------------------------------------------------
+
+
+def complete(when: str) -> BackupSet:
+    created = datetime.fromisoformat(when).replace(tzinfo=UTC)
+    return BackupSet(name=created.strftime("%Y-%m-%d-%H%M%S"), created=created, status="complete")
+
+
+#: Two sets a day, 2026-10-01 .. 2026-11-29, newest first.
+SETS = [
+    complete(f"{day:%Y-%m-%d} {hour:02d}:00")
+    for day in (datetime(2026, 11, 29) - timedelta(days=n) for n in range(60))
+    for hour in (14, 2)
+]
+
+
+def names(sets: list[BackupSet]) -> set[str]:
+    return {s.name for s in sets}
+
+
+def test_keep_alone_keeps_the_newest_sets():
+    assert retained(SETS, Retention(keep=3)) == names(SETS[:3])
+
+
+def test_daily_keeps_the_newest_set_of_each_of_the_last_days():
+    kept = retained(SETS, Retention(keep=1, daily=3))
+
+    assert sorted(kept) == ["2026-11-27-140000", "2026-11-28-140000", "2026-11-29-140000"]
+
+
+def test_weekly_keeps_the_newest_set_of_each_iso_week():
+    kept = retained(SETS, Retention(keep=1, weekly=3))
+
+    # Sunday 2026-11-29 ends ISO week 48; weeks 47 and 46 end on 11-22 and 11-15.
+    assert sorted(kept) == ["2026-11-15-140000", "2026-11-22-140000", "2026-11-29-140000"]
+
+
+def test_monthly_keeps_the_newest_set_of_each_month():
+    kept = retained(SETS, Retention(keep=1, monthly=2))
+
+    assert sorted(kept) == ["2026-10-31-140000", "2026-11-29-140000"]
+
+
+def test_buckets_add_to_each_other():
+    kept = retained(SETS, Retention(keep=2, daily=2, monthly=2))
+
+    assert sorted(kept) == ["2026-10-31-140000", "2026-11-28-140000", "2026-11-29-020000", "2026-11-29-140000"]
+
+
+def test_days_are_days_of_the_server_time_zone():
+    late = [complete("2026-11-29 23:30"), complete("2026-11-29 22:30")]  # the same UTC day, two Berlin days
+
+    with timezone.override(ZoneInfo("Europe/Berlin")):
+        assert retained(late, Retention(keep=1, daily=2)) == names(late)
+    with override_settings(TIME_ZONE="UTC"):
+        assert retained(late, Retention(keep=1, daily=2)) == names(late[:1])
+
+
+def test_only_complete_sets_count():
+    unfinished = BackupSet(name="2026-11-30-020000", created=SETS[0].created + timedelta(days=1), status="incomplete")
+
+    assert retained([unfinished, *SETS], Retention(keep=1)) == names(SETS[:1])
+
+
+def test_doomed_lists_whole_sets_manifest_first_and_incomplete_ones_unless_protected(tmp_path):
+    storage = FileSystemStorage(location=tmp_path)
+    for stamp in ("2026-11-26-020000", "2026-11-27-020000"):
+        stored_set(storage, stamp)
+    stored_set(storage, "2026-11-28-020000", manifest=False, pending=True)
+    sets = list_sets(storage)
+
+    gone = doomed(sets, Retention(keep=1))
+    protected = doomed(sets, Retention(keep=1), protect={"2026-11-28-020000"})
+
+    assert gone == [
+        "InvenTree-db-2026-11-28-020000.sqlite3.gz",
+        "InvenTree-media-2026-11-28-020000.pending.metadata",
+        "InvenTree-media-2026-11-28-020000.tar.gz",
+        "InvenTree-media-2026-11-26-020000.manifest.metadata",
+        "InvenTree-db-2026-11-26-020000.sqlite3.gz",
+        "InvenTree-media-2026-11-26-020000.tar.gz",
+    ]
+    assert protected == gone[3:]
+
+
+def test_doomed_keeps_legacy_files_unless_asked_then_the_newest_of_each_kind(tmp_path):
+    storage = FileSystemStorage(location=tmp_path)
+    naming = Naming()
+    for stamp in ("2026-11-26-020000", "2026-11-27-020000", "2026-11-28-020000"):
+        storage.save(naming.db_name(stamp, "default", "sqlite3.gz"), ContentFile(b"dump"))
+        storage.save(naming.db_name(stamp, "default", "sqlite3.gz.metadata"), ContentFile(b"{}"))
+    storage.save(naming.media_name("2026-11-26-020001", "tar.gz"), ContentFile(b"tar"))
+    sets = list_sets(storage)
+
+    assert doomed(sets, Retention(keep=1)) == []
+    assert doomed(sets, Retention(keep=1), include_legacy=True) == [
+        "InvenTree-db-2026-11-27-020000.sqlite3.gz",
+        "InvenTree-db-2026-11-27-020000.sqlite3.gz.metadata",
+        "InvenTree-db-2026-11-26-020000.sqlite3.gz",
+        "InvenTree-db-2026-11-26-020000.sqlite3.gz.metadata",
+    ]
