@@ -237,14 +237,20 @@ def test_backup_killed_half_way_leaves_an_incomplete_set_that_restore_skips_and_
     assert [s["status"] for s in sqlite_site.sets()] == ["complete", "complete"]
 
 
-def test_two_backups_at_once_the_second_is_refused(sqlite_site):
-    # The first backup stops at this named pipe (opening it waits for a writer) while it holds the lock.
-    gate = sqlite_site.media / "gate"
+def backup_held_at_a_gate(site) -> tuple[subprocess.Popen, Path]:
+    """Start ``invoke backup``; it stops at a named pipe in the media folder (opening it waits for a writer)
+    once it holds the lock and has begun the set.  Open the returned gate for writing to let it go on."""
+    gate = site.media / "gate"
     os.mkfifo(gate)
-    first = start(sqlite_site, "backup")
-    for line in first.stderr:
+    running = start(site, "backup")
+    for line in running.stderr:
         if "Backing up media files" in line:
             break
+    return running, gate
+
+
+def test_two_backups_at_once_the_second_is_refused(sqlite_site):
+    first, gate = backup_held_at_a_gate(sqlite_site)
 
     second = sqlite_site.invoke("backup", check=False)
 

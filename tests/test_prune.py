@@ -16,7 +16,7 @@ import time
 import django
 import pytest
 from conftest import ROOT
-from test_faults import start
+from test_faults import backup_held_at_a_gate
 from test_schedule import enable
 
 django.setup()
@@ -86,13 +86,7 @@ def test_a_backup_started_while_the_scheduled_run_prunes_is_refused(sqlite_site,
 def test_pruning_is_refused_while_a_backup_runs_and_its_files_stay(sqlite_site):
     site = sqlite_site
     site.manage("backup_create", "--quiet")
-    # The backup stops at this named pipe (opening it waits for a writer) while it holds the lock.
-    gate = site.media / "gate"
-    os.mkfifo(gate)
-    running = start(site, "backup")
-    for line in running.stderr:
-        if "Backing up media files" in line:
-            break
+    running, gate = backup_held_at_a_gate(site)
     pending = sorted(p.name for p in site.backups.iterdir() if p.name.endswith(".pending.metadata"))
 
     refused = site.manage("shell", "--no-imports", "-c", PRUNE, check=False)

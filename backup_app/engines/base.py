@@ -74,15 +74,20 @@ class Strategy:
     kinds: tuple[str, ...] = ()
 
     def stage(self, stream: BinaryIO) -> Staged:
+        """Load ``stream`` (a whole dump) where the live database is not; returns what was made."""
         raise NotImplementedError
 
     def commit(self, staged: Staged, safety: SafetyRecord) -> dict:
+        """Make ``staged`` the live database; record what it replaced in ``safety`` (before the point of no
+        return) and return that entry."""
         raise NotImplementedError
 
     def abandon(self, staged: Staged) -> None:
+        """Remove ``staged``; the live database is untouched."""
         raise NotImplementedError
 
     def count_tables(self, staged: Staged) -> int:
+        """Tables in ``staged`` (RestoreError where a strategy cannot look inside before the swap)."""
         raise NotImplementedError
 
     def undo(self, entry: dict, folder: Path) -> None:

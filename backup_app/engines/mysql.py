@@ -44,31 +44,20 @@ class MysqlEngine(ServerEngine):
 
     # --- backup ---------------------------------------------------------------------------------
 
+    def _tool(self, cmd: str, prefix, suffix, args: list[str], database: str, env, error) -> tools.Tool:
+        """``prefix cmd --defaults-extra-file=/dev/fd/N args suffix database``, the client options in the pipe."""
+        options = client_options(self.settings)
+        argv = [*words(prefix), cmd, f"--defaults-extra-file={options.path}", *args, *words(suffix), database]
+        return tools.Tool(argv, name=cmd, env=self.tool_env(env), secrets=[options], error=error, missing_hint=MISSING)
+
     def dump(self, out: BinaryIO, *, compressed: bool = True) -> None:
         c = self.connector
-        options = client_options(self.settings)
-        args = [
-            *words(c.dump_prefix),
-            c.dump_cmd,
-            f"--defaults-extra-file={options.path}",  # must come first
-            "--single-transaction",
-            "--quick",
-            "--routines",
-            "--triggers",
-            "--hex-blob",
-            "--default-character-set=utf8mb4",
-        ]
+        args = ["--single-transaction", "--quick", "--routines", "--triggers", "--hex-blob"]
+        args += ["--default-character-set=utf8mb4"]
         args += [f"--ignore-table-data={self.name}.{table}" for table in self.exclude]
-        args += [*words(c.dump_suffix), self.name]
-        tool = tools.Tool(
-            args,
-            name=c.dump_cmd,
-            env=self.tool_env(c.dump_env),
-            secrets=[options],
-            error=BackupError,
-            missing_hint=MISSING,
+        tools.run_to(
+            self._tool(c.dump_cmd, c.dump_prefix, c.dump_suffix, args, self.name, c.dump_env, BackupError), out
         )
-        tools.run_to(tool, out)
 
     def check_dump(self, head: bytes, name: str) -> None:
         if head.lstrip()[:2] not in (b"--", b"/*"):
@@ -78,22 +67,9 @@ class MysqlEngine(ServerEngine):
 
     def load(self, database: str, stream: BinaryIO) -> None:
         c = self.connector
-        options = client_options(self.settings)
-        args = [
-            *words(c.restore_prefix),
-            c.restore_cmd,
-            f"--defaults-extra-file={options.path}",
-            "--default-character-set=utf8mb4",
-            *words(c.restore_suffix),
-            database,
-        ]
-        tool = tools.Tool(
-            args,
-            name=c.restore_cmd,
-            env=self.tool_env(c.restore_env),
-            secrets=[options],
-            error=RestoreError,
-            missing_hint=MISSING,
+        args = ["--default-character-set=utf8mb4"]
+        tool = self._tool(
+            c.restore_cmd, c.restore_prefix, c.restore_suffix, args, database, c.restore_env, RestoreError
         )
         tools.run_from(tool, stream)
 

@@ -34,24 +34,30 @@ class PostgresEngine(ServerEngine):
 
     # --- backup ---------------------------------------------------------------------------------
 
-    def _conn(self, database: str | None = None) -> tuple[list[str], dict]:
-        """``--dbname=postgresql://...`` and the libpq environment, for the live database or ``database``."""
-        settings = self.settings if database is None else {**self.settings, "NAME": database}
-        cmd_part, pg_env = parse_postgres_settings(SimpleNamespace(settings=settings))
+    def _conn(self, database: str) -> tuple[list[str], dict]:
+        """``--dbname=postgresql://...`` and the libpq environment for ``database`` (the connector's settings
+        are not changed: the name is swapped in a copy)."""
+        cmd_part, pg_env = parse_postgres_settings(SimpleNamespace(settings={**self.settings, "NAME": database}))
         return shlex.split(cmd_part), pg_env
 
+    def _tool(self, cmd: str, prefix, suffix, database: str, args: list[str], env, error) -> tools.Tool:
+        """``prefix cmd --dbname=... args suffix``; the password and TLS options in the environment."""
+        conn, pg_env = self._conn(database)
+        argv = [*words(prefix), cmd, *conn, *args, *words(suffix)]
+        env = self.tool_env({**(env or {}), **pg_env})
+        return tools.Tool(argv, name=cmd, env=env, error=error, missing_hint=MISSING)
+
     def dump(self, out: BinaryIO, *, compressed: bool = True) -> None:
-        conn, pg_env = self._conn()
         c = self.connector
-        args = [*words(c.dump_prefix), c.dump_cmd, *conn, "--format=custom"]
+        args = ["--format=custom"]
         if compressed:
             args.append("--compress=0")  # compressed once, by the pipeline
         args += [f"--exclude-table-data={table}" for table in self.exclude]
         for schema in c.schemas or []:
             args += ["-n", schema]
-        args += words(c.dump_suffix)
-        env = self.tool_env({**(c.dump_env or {}), **pg_env})
-        tools.run_to(tools.Tool(args, name=c.dump_cmd, env=env, error=BackupError, missing_hint=MISSING), out)
+        tools.run_to(
+            self._tool(c.dump_cmd, c.dump_prefix, c.dump_suffix, self.name, args, c.dump_env, BackupError), out
+        )
 
     def check_dump(self, head: bytes, name: str) -> None:
         if not head.startswith(MAGIC):
@@ -63,25 +69,18 @@ class PostgresEngine(ServerEngine):
     # --- restore --------------------------------------------------------------------------------
 
     def _restore(self, database: str, stream: BinaryIO, *, clean: bool) -> None:
-        conn, pg_env = self._conn(database)
         c = self.connector
-        args = [
-            *words(c.restore_prefix),
-            c.restore_cmd,
-            *conn,
-            *words(getattr(c, "pg_options", None)),
-            "--single-transaction",
-            "--exit-on-error",
-        ]
+        args = [*words(getattr(c, "pg_options", None)), "--single-transaction", "--exit-on-error"]
         if clean and c.drop:
             args += ["--clean", "--if-exists"]
         if getattr(c, "no_owner", True):
             args += ["--no-owner", "--no-privileges"]
         for schema in c.schemas or []:
             args += ["-n", schema]
-        args += words(c.restore_suffix)
-        env = self.tool_env({**(c.restore_env or {}), **pg_env})
-        tools.run_from(tools.Tool(args, name=c.restore_cmd, env=env, error=RestoreError, missing_hint=MISSING), stream)
+        tool = self._tool(
+            c.restore_cmd, c.restore_prefix, c.restore_suffix, database, args, c.restore_env, RestoreError
+        )
+        tools.run_from(tool, stream)
 
     def load(self, database: str, stream: BinaryIO) -> None:
         self._restore(database, stream, clean=False)

@@ -12,15 +12,7 @@ class AzureAdapter(Adapter):
     """``storages.backends.azure_storage.AzureStorage``: block uploads from the stream, chunked downloads."""
 
     label = "Azure Blob Storage"
-
-    def prepare(self, options: dict) -> dict:
-        options = dict(options)
-        # No Content-Encoding: gzip guessed from ".gz": the SDK would decompress such blobs on download.
-        params = dict(options.get("object_parameters") or {})
-        params.setdefault("content_type", "application/octet-stream")
-        params.setdefault("content_encoding", None)
-        options["object_parameters"] = params
-        return options
+    object_parameters = {"content_type": "application/octet-stream", "content_encoding": None}
 
     def describe(self, backend) -> str:
         account = backend.account_name or "connection string"

@@ -129,9 +129,20 @@ class Adapter:
     """
 
     label = "storage"
+    #: Defaults of the backend's ``object_parameters`` option (metadata of every stored object), or None.
+    object_parameters: dict | None = None
 
     def prepare(self, options: dict) -> dict:
-        """Options as given in ``backup_options`` -> keyword arguments of the class."""
+        """Options as given in ``backup_options`` -> keyword arguments of the class.
+
+        With :attr:`object_parameters`, the stored bytes are declared opaque: no Content-Encoding: gzip
+        guessed from ".gz", which the backend's clients would undo on download (and the checksums would not
+        match); what the user set in ``object_parameters`` wins.
+        """
+        if self.object_parameters is None:
+            return options
+        options = dict(options)
+        options["object_parameters"] = {**self.object_parameters, **(options.get("object_parameters") or {})}
         return options
 
     def describe(self, backend) -> str:

@@ -14,16 +14,12 @@ class GCSAdapter(Adapter):
 
     label = "Google Cloud Storage"
 
+    object_parameters = {"content_type": "application/octet-stream", "content_encoding": None}
+
     def prepare(self, options: dict) -> dict:
-        options = dict(options)
+        options = super().prepare(options)
         # A resumable upload holds one chunk in memory (the library's default is 100 MiB).
         options.setdefault("blob_chunk_size", GCS_UPLOAD_CHUNK)
-        # Stored bytes must come back as they were: no Content-Encoding: gzip on .gz files, which GCS
-        # would otherwise decompress on download (and the checksums would not match).
-        params = dict(options.get("object_parameters") or {})
-        params.setdefault("content_type", "application/octet-stream")
-        params.setdefault("content_encoding", None)
-        options["object_parameters"] = params
         return options
 
     def describe(self, backend) -> str:

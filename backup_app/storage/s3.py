@@ -22,14 +22,12 @@ class S3Adapter(Adapter):
         "delete": "s3:DeleteObject on the objects",
     }
 
+    object_parameters = {"ContentType": "application/octet-stream"}
+
     def prepare(self, options: dict) -> dict:
         from botocore.config import Config
 
-        options = dict(options)
-        # Stored bytes are opaque: no Content-Encoding: gzip guessed from ".gz" for clients to undo.
-        params = dict(options.get("object_parameters") or {})
-        params.setdefault("ContentType", "application/octet-stream")
-        options["object_parameters"] = params
+        options = super().prepare(options)
         client = options.get("client_config")
         if isinstance(client, dict):
             # JSON/YAML cannot carry a botocore Config: build it, keeping what S3Storage would set.

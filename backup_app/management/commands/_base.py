@@ -5,6 +5,7 @@ memory settings of a command-line run.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import gc
 import sys
 import threading
@@ -58,6 +59,12 @@ def steady_memory() -> None:
     """
     with suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").mallopt(-3, 256 * 1024)  # -3 = M_MMAP_THRESHOLD
+
+
+def options_for(cls: type, options: dict):
+    """The action's options dataclass ``cls``, filled from the parsed command options of the same names."""
+    names = {field.name for field in dataclasses.fields(cls)}
+    return cls(**{name: value for name, value in options.items() if name in names})
 
 
 class BackupCommand(BaseCommand):

@@ -2,7 +2,7 @@
 
 from backup_app.actions import check
 
-from ._base import BackupCommand
+from ._base import BackupCommand, options_for
 
 
 class Command(BackupCommand):
@@ -13,7 +13,7 @@ class Command(BackupCommand):
         parser.add_argument("--path", help="Check this local folder instead of the configured storage.")
 
     def handle(self, *args, **options):
-        report = check.run(check.CheckOptions(path=options["path"]), progress=self)
+        report = check.run(options_for(check.CheckOptions, options), progress=self)
         if not self.quiet:
             self.stdout.write(
                 f"Backup storage OK: {report.where}: wrote, read back, compared and deleted {report.size // 1024} KiB "

@@ -2,7 +2,7 @@
 
 from backup_app.actions import backup
 
-from ._base import BackupCommand
+from ._base import BackupCommand, options_for
 
 
 class Command(BackupCommand):
@@ -44,16 +44,4 @@ class Command(BackupCommand):
         )
 
     def handle(self, *args, **options):
-        backup.run(
-            backup.BackupOptions(
-                compress=options["compress"],
-                encrypt=options["encrypt"],
-                path=options["path"],
-                skip_db=options["skip_db"],
-                skip_media=options["skip_media"],
-                clean=options["clean"],
-                clean_legacy=options["clean_legacy"],
-                origin=options["origin"],
-            ),
-            progress=self,
-        )
+        backup.run(options_for(backup.BackupOptions, options), progress=self)

@@ -2,7 +2,7 @@
 
 from backup_app.actions import restore
 
-from ._base import BackupCommand
+from ._base import BackupCommand, options_for
 
 
 class Command(BackupCommand):
@@ -35,6 +35,7 @@ class Command(BackupCommand):
         )
         parser.add_argument(
             "--restore-allow-newer-version",
+            dest="allow_newer",
             action="store_true",
             help="Restore a backup made by a newer version (unknown migrations).",
         )
@@ -59,19 +60,7 @@ class Command(BackupCommand):
 
     def handle(self, *args, **options):
         restore.run(
-            restore.RestoreOptions(
-                path=options["path"],
-                db_file=options["db_file"],
-                media_file=options["media_file"],
-                skip_db=options["skip_db"],
-                skip_media=options["skip_media"],
-                mirror=options["mirror"],
-                allow_newer=options["restore_allow_newer_version"],
-                uncompress=options["uncompress"],
-                decrypt=options["decrypt"],
-                interactive=options["interactive"],
-                safety=options["safety"],
-            ),
+            options_for(restore.RestoreOptions, options),
             progress=self,
             confirm=self.confirm if options["interactive"] else None,
         )

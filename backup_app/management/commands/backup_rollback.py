@@ -2,7 +2,7 @@
 
 from backup_app.actions import rollback
 
-from ._base import BackupCommand
+from ._base import BackupCommand, options_for
 
 
 class Command(BackupCommand):
@@ -24,4 +24,4 @@ class Command(BackupCommand):
                     f"{record.data.get('restoring') or 'named files'}: {', '.join(parts) or 'nothing'}"
                 )
             return
-        rollback.run(rollback.RollbackOptions(name=options["name"]), progress=self)
+        rollback.run(options_for(rollback.RollbackOptions, options), progress=self)

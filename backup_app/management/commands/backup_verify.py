@@ -4,7 +4,7 @@ from django.core.management.base import CommandError
 
 from backup_app.actions import verify
 
-from ._base import BackupCommand
+from ._base import BackupCommand, options_for
 
 
 class Command(BackupCommand):
@@ -12,7 +12,7 @@ class Command(BackupCommand):
 
     def add_arguments(self, parser):
         super().add_arguments(parser)
-        parser.add_argument("--set", dest="set_name", help="Verify only this set (default: all).")
+        parser.add_argument("--set", dest="name", help="Verify only this set (default: all).")
         parser.add_argument(
             "--restore-test",
             action="store_true",
@@ -21,10 +21,7 @@ class Command(BackupCommand):
         parser.add_argument("--path", help="Verify the backups in this local folder instead of the storage.")
 
     def handle(self, *args, **options):
-        result = verify.run(
-            verify.VerifyOptions(name=options["set_name"], restore_test=options["restore_test"], path=options["path"]),
-            progress=self,
-        )
+        result = verify.run(options_for(verify.VerifyOptions, options), progress=self)
         for r in result.reports:
             state = "OK" if r.ok else "PROBLEM"
             self.stdout.write(f"{state:8} {r.name} ({r.status})")
