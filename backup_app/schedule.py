@@ -27,7 +27,6 @@ from datetime import datetime, time, timedelta
 from django.db import DEFAULT_DB_ALIAS, connections, router
 from django.utils import timezone
 
-from .actions import backup
 from .history import AlreadyRunning, discard_run, start_run
 from .models import BackupRun, BackupSettings
 from .sets import age_text
@@ -315,6 +314,8 @@ def scheduled_backup() -> str:
     if not decision.due:
         discard_run(run)
         return f"not due: {decision.reason}"
+    from .actions import backup  # here: every command loads this module at start-up (apps.ready), few back up
+
     # The run-time retention is applied under the backup's own lock, once the new set is listed complete.
     options = backup.BackupOptions(origin=BackupRun.SCHEDULED, clean=True, retention=BackupSettings.load().retention())
     result = backup.run(options, record=run)
@@ -328,6 +329,8 @@ def backup_now(requested_by: str = "") -> str:
         run = start_run(BackupRun.MANUAL, claim=CLAIM, requested_by=requested_by)
     except AlreadyRunning:
         return "skipped: another backup is running"
+    from .actions import backup
+
     result = backup.run(backup.BackupOptions(origin=BackupRun.MANUAL), record=run)
     return f"backed up set {result.name}"
 

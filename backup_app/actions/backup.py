@@ -84,7 +84,9 @@ class BackupResult:
         return manifest_size(self.manifest)
 
 
-def run(options: BackupOptions | None = None, progress: Progress = NO_PROGRESS, *, record: BackupRun | None = None):
+def run(
+    options: BackupOptions | None = None, progress: Progress = NO_PROGRESS, *, record: BackupRun | None = None
+) -> BackupResult:
     """Write a backup set as ``options`` say; returns a :class:`BackupResult`.
 
     ``record`` is the history row of a queued run that already holds the claim (the scheduler's); without it

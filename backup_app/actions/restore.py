@@ -397,7 +397,8 @@ def restore(storage, opts: RestoreOptions, progress: Progress, confirm: Confirm 
         what = " and ".join(undone) + " put back as they were" if undone else "nothing had been changed"
         raise RestoreError(f"{message}; the restore was undone ({what})") from None
     safety.mark("done")
-    if app_settings.safety if opts.safety is None else opts.safety:
+    keep = app_settings.safety if opts.safety is None else opts.safety
+    if keep:
         result.safety = safety.name
         say(
             f"The replaced state is kept in {safety.folder}; undo this restore with "
