@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
     {"pipeline", "sets", "media", "safety", "models", "migrations", "engines", "storage"},
     {"history", "notify"},
     {"actions"},
-    {"schedule", "checks", "admin", "views", "urls", "apps", "management"},
+    {"schedule", "checks", "admin", "views", "urls", "apps", "management", "tasks"},
 ]
 LAYER = {name: index for index, names in enumerate(LAYERS) for name in names}
 
