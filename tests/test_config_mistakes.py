@@ -48,19 +48,18 @@ def configured_site(tmp_path: Path, env: dict | None = None, data: dict | None =
     return site
 
 
-def problem_text(output: str, keys: tuple[str, ...]) -> str:
-    """The first line naming every one of ``keys``, with the check's HINT line below it if there is one."""
+def problem_text(output: str, keys: tuple[str, ...], values: tuple[str, ...]) -> str:
+    """The first line naming every one of ``keys`` and one of ``values``, with the check's HINT line below it."""
     lines = output.splitlines()
     for index, line in enumerate(lines):
-        if all(key in line for key in keys):
+        if all(key in line for key in keys) and any(value in line for value in values):
             hint = lines[index + 1] if index + 1 < len(lines) and lines[index + 1].strip().startswith("HINT") else ""
             return line + " " + hint.strip()
-    raise AssertionError(f"no line names {' and '.join(keys)}:\n{output}")
+    raise AssertionError(f"no line names {' and '.join(keys)} with the value {' or '.join(values)}:\n{output}")
 
 
 def assert_names_problem(output: str, keys: tuple[str, ...], values: tuple[str, ...]) -> None:
-    text = problem_text(output, keys)
-    assert any(value in text for value in values), f"the bad value ({' or '.join(values)}) is not shown: {text}"
+    text = problem_text(output, keys, values)
     assert FIX.search(text), f"no fix is named: {text}"
 
 
@@ -184,7 +183,7 @@ def mistake(tmp_path_factory, migrated_db):
     def run(case: str, *command: str) -> Run:
         if case not in sites:
             env, data, _keys, _values = MISTAKES[case]
-            sites[case] = configured_site(tmp_path_factory.mktemp(case), env, data, migrated_db)
+            sites[case] = configured_site(tmp_path_factory.mktemp("mistake"), env, data, migrated_db)
         if (case, command) not in runs:
             before = set(os.listdir(ROOT))
             result = sites[case].run(*command, check=False)
