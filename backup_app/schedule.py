@@ -30,6 +30,7 @@ from django.utils import timezone
 from .history import AlreadyRunning, discard_run, start_run
 from .models import BackupRun, BackupSettings
 from .sets import age_text
+from .tools import process_exists
 
 logger = logging.getLogger("backup_app")
 
@@ -274,7 +275,7 @@ def close_stale_runs(now: datetime | None = None) -> int:
     )
     host = socket.gethostname()[:255]
     for run in running.filter(host=host, pid__isnull=False).exclude(pid=os.getpid()):
-        if not _process_exists(run.pid):
+        if not process_exists(run.pid):
             closed += running.filter(pk=run.pk).update(
                 outcome=BackupRun.FAILED,
                 finished=now,
@@ -282,16 +283,6 @@ def close_stale_runs(now: datetime | None = None) -> int:
                 error=f"did not finish: its process (pid {run.pid} on {host}) stopped",
             )
     return closed
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def scheduled_backup() -> str:

@@ -28,6 +28,17 @@ from .streams import CHUNK, pump
 SECRET_MAX = 60 * 1024
 
 
+def process_exists(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine (another user's counts): whose leftovers are stale."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class SecretPipe:
     """``text`` in a pipe, for a child process to read as the file :attr:`path` (``/dev/fd/N``) or from
     descriptor :attr:`fd`.  The text is written and the write end closed at once; nothing touches a disk.
@@ -60,7 +71,8 @@ class Tool:
 
     ``name`` is what errors call it (``pg_dump``, not a prefix such as ``nice``); ``missing_hint`` says
     what to install when ``argv[0]`` is not found; ``error`` is the exception class raised (a
-    :class:`~backup_app.errors.BackupAppError`: BackupError for a backup, RestoreError for a restore).
+    :class:`~backup_app.errors.BackupAppError`: BackupError for a backup, RestoreError for a restore; or
+    django-dbbackup's ``CommandConnectorError`` under its own commands).
     ``secrets`` are inherited by the child and closed here once it has started.
     """
 
@@ -68,7 +80,7 @@ class Tool:
     name: str
     env: dict[str, str] | None = None
     secrets: Sequence[SecretPipe] = field(default_factory=tuple)
-    error: type[BackupAppError] = BackupAppError
+    error: type[Exception] = BackupAppError
     missing_hint: str = ""
 
 

@@ -75,3 +75,68 @@ def test_a_secret_pipe_is_read_as_a_file_by_the_child_and_left_nowhere():
 
     assert out.getvalue() == b"[client]\npassword=hunter2\n"
     assert secret.fd == -1  # the parent's end is closed once the child has it
+
+
+# --- the MariaDB option file: any password arrives as it is, or is refused without showing it ---------------
+
+ODD_PASSWORDS = {
+    "newline": "Head7qXw\nTail9zWk",
+    "carriage-return": "Head7qXw\rTail9zWk",
+    "tab": "Head7qXw\tTail9zWk",
+    "backspace": "Head7qXw\bTail9zWk",
+    "quote-and-backslash": 'He"ad\\7q\\nXw',
+    "equals-and-section": "=[client]x",
+    "trailing-space": "Head7qXw ",
+}
+
+
+@pytest.mark.parametrize("password", list(ODD_PASSWORDS.values()), ids=list(ODD_PASSWORDS))
+def test_mariadb_client_logs_in_with_an_odd_password_from_the_option_file(password):
+    import uuid
+
+    from conftest import MY, _my_connect, service_missing
+
+    from backup_app.engines.mysql import client_options
+
+    try:
+        conn = _my_connect()
+    except Exception as err:
+        service_missing("MariaDB on 127.0.0.1:3306", err)
+    user = f"bk_{uuid.uuid4().hex[:8]}"
+    with conn.cursor() as cur:
+        cur.execute("CREATE USER %s@'%%' IDENTIFIED BY %s", (user, password))
+    try:
+        settings = {"HOST": MY["host"], "PORT": MY["port"], "USER": user, "PASSWORD": password, "NAME": "x"}
+        options = client_options(settings)
+        out = io.BytesIO()
+        argv = ["mariadb", f"--defaults-extra-file={options.path}", "-N", "-e", "SELECT CURRENT_USER()"]
+        run_to(Tool(argv, name="mariadb", secrets=[options], error=BackupError), out)
+    finally:
+        with conn.cursor() as cur:
+            cur.execute("DROP USER IF EXISTS %s@'%%'", (user,))
+        conn.close()
+
+    assert out.getvalue().decode().strip() == f"{user}@%"
+
+
+def test_password_with_a_nul_character_is_refused_in_one_line_that_shows_none_of_it():
+    from backup_app.engines.mysql import client_options
+
+    with pytest.raises(RestoreError) as err:
+        client_options({"USER": "shop", "PASSWORD": "Head7qXw\0Tail9zWk", "NAME": "shop"}, RestoreError)
+
+    text = str(err.value)
+    assert ("password" in text, "Head7qXw" in text, "Tail9zWk" in text, "\n" in text) == (True, False, False, False)
+
+
+@override_settings(
+    STORAGES={
+        "dbbackup": {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": {"secret_key": "Head7qXw\nTail9zWk"}}
+    }
+)
+def test_each_line_of_a_secret_with_a_line_break_is_masked():
+    from backup_app.secrets import redact
+
+    text = redact("mariadb: unknown option '--Tail9zWk'; Head7qXw")
+
+    assert "Tail9zWk" not in text and "Head7qXw" not in text

@@ -184,10 +184,7 @@ class Engine:
 
     def tool_env(self, extra: dict | None = None) -> dict[str, str]:
         """Environment of a dump or restore tool: the connector's ``use_parent_env`` and ``env``, then ``extra``."""
-        env = dict(os.environ) if getattr(self.connector, "use_parent_env", True) else {}
-        env.update(getattr(self.connector, "env", None) or {})
-        env.update(extra or {})
-        return {k: str(v) for k, v in env.items()}
+        return tool_env(self.connector, extra)
 
     def _strategy_of(self, entry: dict) -> Strategy:
         for strategy in self.strategies():
@@ -213,6 +210,14 @@ def build_connector(alias: str):
     # the result in _settings (tests/test_engines.py checks that it still does): give it the current options.
     connector._settings = {**database, **options}
     return connector
+
+
+def tool_env(connector, extra: dict | None = None) -> dict[str, str]:
+    """Environment of ``connector``'s dump or restore tool: its ``use_parent_env`` and ``env``, then ``extra``."""
+    env = dict(os.environ) if getattr(connector, "use_parent_env", True) else {}
+    env.update(getattr(connector, "env", None) or {})
+    env.update(extra or {})
+    return {k: str(v) for k, v in env.items()}
 
 
 def words(value) -> list[str]:

@@ -2,38 +2,107 @@
 move in with one atomic ``RENAME TABLE``.
 
 Host, port, user and password reach the client tools in a ``[client]`` option file read from a pipe
-(``--defaults-extra-file=/dev/fd/N``): never on the command line, never in a file on disk.
+(``--defaults-extra-file=/dev/fd/N``): never on the command line, never in a file on disk.  Stock
+django-dbbackup's commands get the same through :class:`OptionFileConnector`.
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import BinaryIO
 
+from dbbackup.db.exceptions import CommandConnectorError
 from dbbackup.db.mysql import MysqlDumpConnector
 from django.db import connections
 
 from .. import tools
 from ..errors import BackupError, RestoreError
 from ..secrets import redact
-from .base import SiteLock, locked, released, words
+from .base import SiteLock, locked, released, tool_env, words
 from .server import NoSideDatabase, ServerEngine
 
 MISSING = "install the MySQL/MariaDB client tools"
 
+#: What the client's option file parser (mysys) decodes inside double quotes.
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b"}
 
-def client_options(settings: dict) -> tools.SecretPipe:
-    """A ``[client]`` option file with host, port, user and password, in a pipe."""
 
-    def quote(value) -> str:
-        return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+def client_options(settings: dict, error: type[Exception] = BackupError) -> tools.SecretPipe:
+    """A ``[client]`` option file with host, port, user and password, in a pipe.
 
+    Every value is double-quoted with the escapes the client's parser decodes (backslash, quote, newline, CR,
+    tab, backspace), so that any password arrives as it is.  A NUL character cannot be handed to the client
+    tools by any means: ``error`` says so in one line that shows no part of the value.
+    """
     lines = ["[client]"]
     for key, option in (("HOST", "host"), ("PORT", "port"), ("USER", "user"), ("PASSWORD", "password")):
-        if settings.get(key):
-            lines.append(f"{option}={quote(settings[key])}")
+        if not settings.get(key):
+            continue
+        value = str(settings[key])
+        if "\0" in value:
+            raise error(
+                f"the database {option} of {settings.get('NAME', '')!r} holds a NUL character, which the "
+                f"MariaDB/MySQL client tools cannot be given; change the {option}"
+            )
+        lines.append(f'{option}="' + "".join(_ESCAPES.get(c, c) for c in value) + '"')
     return tools.SecretPipe("\n".join(lines) + "\n")
+
+
+def option_file_tool(connector, cmd: str, prefix, suffix, args: list[str], env, error) -> tools.Tool:
+    """``prefix cmd --defaults-extra-file=/dev/fd/N args suffix`` for ``connector``'s database.
+
+    The credentials go through the pipe (the option must come right after the program); the environment is
+    made as the connector makes it: ``use_parent_env``, its ``env``, then ``env`` (its dump or restore env).
+    """
+    options = client_options(connector.settings, error)
+    argv = [*words(prefix), cmd, f"--defaults-extra-file={options.path}", *args, *words(suffix)]
+    return tools.Tool(
+        argv, name=cmd, env=tool_env(connector, env), secrets=[options], error=error, missing_hint=MISSING
+    )
+
+
+class OptionFileConnector(MysqlDumpConnector):
+    """django-dbbackup's MySQL connector with the credentials in an option file read from a pipe.
+
+    Stock :class:`~dbbackup.db.mysql.MysqlDumpConnector` puts ``--password=...`` on the command line, where
+    ``ps`` shows it and stock's error messages and failure mails quote it.  ``apply_backup_settings`` maps the
+    MySQL engines to this class (``DBBACKUP_CONNECTOR_MAPPING``), so that stock ``dbbackup`` and ``dbrestore``
+    use it too.  The dump and the restore are stock's (``NAME --quick``, ``--ignore-table`` per excluded
+    table); every connector option applies.
+    """
+
+    #: Dumps up to this size stay in memory (stock's ``DBBACKUP_TMP_FILE_MAX_SIZE`` default); larger ones go
+    #: to an unnamed temporary file, which no kill can leave behind.
+    SPOOL_MAX = 10 * 1024 * 1024
+
+    def _create_dump(self):
+        name = self.settings["NAME"]
+        args = [name, "--quick", *(f"--ignore-table={name}.{table}" for table in self.exclude)]
+        tool = option_file_tool(
+            self, self.dump_cmd, self.dump_prefix, self.dump_suffix, args, self.dump_env, CommandConnectorError
+        )
+        out = tempfile.SpooledTemporaryFile(max_size=self.SPOOL_MAX)
+        tools.run_to(tool, out)
+        out.seek(0)
+        return out
+
+    def _restore_dump(self, dump):
+        with suppress(AttributeError, OSError, ValueError):
+            dump.seek(0)
+        args = [self.settings["NAME"]]
+        tool = option_file_tool(
+            self,
+            self.restore_cmd,
+            self.restore_prefix,
+            self.restore_suffix,
+            args,
+            self.restore_env,
+            CommandConnectorError,
+        )
+        tools.run_from(tool, dump)
+        return None, None
 
 
 class MysqlEngine(ServerEngine):
@@ -46,9 +115,7 @@ class MysqlEngine(ServerEngine):
 
     def _tool(self, cmd: str, prefix, suffix, args: list[str], database: str, env, error) -> tools.Tool:
         """``prefix cmd --defaults-extra-file=/dev/fd/N args suffix database``, the client options in the pipe."""
-        options = client_options(self.settings)
-        argv = [*words(prefix), cmd, f"--defaults-extra-file={options.path}", *args, *words(suffix), database]
-        return tools.Tool(argv, name=cmd, env=self.tool_env(env), secrets=[options], error=error, missing_hint=MISSING)
+        return option_file_tool(self.connector, cmd, prefix, [*words(suffix), database], args, env, error)
 
     def dump(self, out: BinaryIO, *, compressed: bool = True) -> None:
         c = self.connector
