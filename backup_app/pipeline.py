@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import struct
+import subprocess
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -24,7 +27,7 @@ from .errors import BackupError, RestoreError
 from .secrets import redact
 from .settings import app_settings
 from .streams import CHUNK, ChunkedFile, HashingReader, ShieldedWriter, copy
-from .tools import Running, SecretPipe, Tool
+from .tools import Running, SecretPipe, Tool, process_exists
 from .tools import start as start_tool
 
 #: Bytes of a file that :func:`incompressible` looks at.
@@ -43,10 +46,11 @@ class GpgSpec:
     recipient: str | None = None
     passphrase: str | None = None
 
-    def base_args(self) -> list[str]:
+    def base_args(self, home: str | None = None) -> list[str]:
+        """gpg in ``home``, else in :attr:`home` (gpg's own default when None)."""
         args = ["gpg", "--batch", "--no-tty", "--quiet", "--yes"]
-        if self.home:
-            args += ["--homedir", self.home]
+        if home or self.home:
+            args += ["--homedir", home or self.home]
         return args
 
     @classmethod
@@ -189,14 +193,85 @@ def decompressor(kind: str | None, raw: BinaryIO):
     return raw
 
 
-def _gpg(spec: GpgSpec, args: list[str], passphrase: str | None = None) -> Running:
-    """Start gpg with both pipes open; a passphrase goes through a pipe of its own, never the command line."""
-    argv = spec.base_args()
+#: Private GnuPG homes of decryptions are called ``bk-gpg-<pid>-<random>``.
+PRIVATE_HOME_PREFIX = "bk-gpg-"
+#: The agent of a private home caches no passphrase, not even for a second.
+_AGENT_CONF = "default-cache-ttl 0\nmax-cache-ttl 0\nallow-loopback-pinentry\n"
+#: What a private home borrows from the real one (those that exist), as symbolic links: the keys, not the agent.
+_BORROWED = ("pubring.kbx", "pubring.gpg", "trustdb.gpg", "private-keys-v1.d", "secring.gpg")
+#: A gpg-agent socket path (``<home>/S.gpg-agent.browser``) must fit in 107 bytes.
+_BASE_MAX = 60
+
+
+def _private_base() -> Path:
+    base = Path(tempfile.gettempdir())
+    return base if len(str(base)) <= _BASE_MAX else Path("/tmp")
+
+
+def _stop_home(path: Path) -> None:
+    """Stop the gpg-agent of a private home (if one runs) and remove the home."""
+    with suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(["gpgconf", "--homedir", str(path), "--kill", "gpg-agent"], capture_output=True, timeout=30)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_stale_homes() -> list[Path]:
+    """Stop and remove the private homes of runs that ended without cleaning up (killed); returns them."""
+    gone = []
+    for path in _private_base().glob(f"{PRIVATE_HOME_PREFIX}*"):
+        pid = path.name[len(PRIVATE_HOME_PREFIX) :].split("-", 1)[0]
+        try:
+            mine = path.is_dir() and path.lstat().st_uid == os.getuid()
+        except OSError:
+            continue
+        if mine and pid.isdigit() and not process_exists(int(pid)):
+            _stop_home(path)
+            gone.append(path)
+    return gone
+
+
+class PrivateHome:
+    """A short-lived GnuPG home for one decryption: the keys of ``home`` (linked), an agent of its own that
+    caches no passphrase (TTL 0), stopped and removed by :meth:`close`.
+
+    gpg hands secret-key work to the agent of its home, which otherwise keeps the passphrase it was given:
+    after one restore with the passphrase, the next would succeed without it; the admin's own agent would
+    serve a restore too.  In a private home neither happens.  A killed run's home is removed by the next
+    decryption (:func:`remove_stale_homes`).  Encryption needs only the public key and no agent: it runs in
+    ``home`` itself.
+    """
+
+    def __init__(self, home: str | None):
+        remove_stale_homes()
+        real = Path(home) if home else Path(os.environ.get("GNUPGHOME") or Path.home() / ".gnupg")
+        self.path = Path(tempfile.mkdtemp(prefix=f"{PRIVATE_HOME_PREFIX}{os.getpid()}-", dir=_private_base()))
+        try:
+            for name in _BORROWED:
+                if (real / name).exists():
+                    (self.path / name).symlink_to((real / name).absolute())
+            (self.path / "gpg-agent.conf").write_text(_AGENT_CONF)
+        except OSError:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        _stop_home(self.path)
+
+
+def _gpg(spec: GpgSpec, args: list[str], *, passphrase: str | None = None, home: PrivateHome | None = None) -> Running:
+    """Start gpg with both pipes open.
+
+    ``home``: a decryption, in that private home, its passphrase (if any) through a pipe of its own, never the
+    command line; without one, gpg fails at once rather than wait for a pinentry.
+    """
+    argv = spec.base_args(str(home.path) if home is not None else None)
     secrets = []
-    if passphrase is not None:
-        pipe = SecretPipe(passphrase + "\n")
-        argv = [argv[0], "--pinentry-mode", "loopback", "--passphrase-fd", str(pipe.fd), *argv[1:]]
-        secrets.append(pipe)
+    if home is not None:
+        argv += ["--pinentry-mode", "loopback"]
+        if passphrase is not None:
+            pipe = SecretPipe(passphrase + "\n")
+            argv += ["--passphrase-fd", str(pipe.fd)]
+            secrets.append(pipe)
     tool = Tool(
         [*argv, *args],
         name="gpg",
@@ -344,13 +419,15 @@ def open_stream(
         raise RestoreError(f"cannot open {name} in the backup storage: {redact(err)}") from None
     hashed = HashingReader(raw)
     decryptor = None
+    private: PrivateHome | None = None
     feeder = None
     feed_errors: list[BaseException] = []
     try:
         source: BinaryIO = hashed
         if encrypted:
             spec = gpg or GpgSpec()
-            decryptor = _gpg(spec, ["--decrypt", "--output", "-"], passphrase=spec.passphrase)
+            private = PrivateHome(spec.home)
+            decryptor = _gpg(spec, ["--decrypt", "--output", "-"], passphrase=spec.passphrase, home=private)
 
             def feed() -> None:
                 try:
@@ -407,5 +484,7 @@ def open_stream(
         if decryptor is not None and decryptor.proc.poll() is None:
             decryptor.proc.kill()
             decryptor.proc.wait()
+        if private is not None:
+            private.close()
         with suppress(Exception):
             raw.close()
