@@ -386,9 +386,10 @@ def copy_unless_same(source: BinaryIO, size: int, existing: int | None, open_tar
     return True
 
 
-def spool(stream: BinaryIO, prefix: str) -> str:
-    """Write ``stream`` to a private temporary file; returns its path (the caller removes it)."""
-    fd, path = tempfile.mkstemp(prefix=prefix)
+def spool(stream: BinaryIO, prefix: str, folder: str | os.PathLike | None = None) -> str:
+    """Write ``stream`` to a private temporary file (in ``folder``, else ``$TMPDIR``); returns its path (the
+    caller removes it)."""
+    fd, path = tempfile.mkstemp(prefix=prefix, dir=folder)
     try:
         with open(fd, "wb") as fh:
             shutil.copyfileobj(stream, fh, CHUNK)

@@ -6,7 +6,8 @@ MariaDB moves every table in one ``RENAME TABLE``); the live database is kept as
 until the safety copy expires.
 
 Without the right to create a database the restore happens *in place* (:class:`InPlace`): the dump is
-spooled to a private temporary file, the live database is dumped into the safety folder, then
+spooled to a private folder of the safety folder (never ``$TMPDIR``; a killed run's folder is removed by the
+next :meth:`ServerEngine.cleanup`), the live database is dumped into the safety record, then
 :meth:`ServerEngine.replace` loads the dump over it (PostgreSQL in one transaction).
 
 Each engine supplies the vendor's statements: :meth:`~ServerEngine.create_database`,
@@ -18,12 +19,16 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, ClassVar
 
 from ..errors import BackupAppError, RestoreError
+from ..settings import app_settings
 from ..streams import spool
+from ..tools import process_exists
 from .base import Engine, Staged, Strategy
 
 if TYPE_CHECKING:
@@ -52,6 +57,35 @@ class SpooledDump(Staged):
     def __init__(self, strategy: Strategy, path: str):
         super().__init__(strategy)
         self.path = path
+
+    def remove(self) -> None:
+        """Remove the dump and its private folder."""
+        shutil.rmtree(Path(self.path).parent, ignore_errors=True)
+
+
+#: Folders of the safety folder that hold an incoming dump during a restore in place: ``.spool-<pid>-<random>``.
+SPOOL_PREFIX = ".spool-"
+
+
+def spool_folder() -> Path:
+    """A new private folder (0700) for a dump on its way in: in the safety folder, where the undo dump goes too
+    (same disk, same protection), never in ``$TMPDIR``; named after this process for :func:`remove_stale_spools`."""
+    root = app_settings.safety_dir
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return Path(tempfile.mkdtemp(prefix=f"{SPOOL_PREFIX}{os.getpid()}-", dir=root))
+
+
+def remove_stale_spools() -> list[str]:
+    """Remove the spool folders of runs that are gone (killed half way); returns their names."""
+    root = app_settings.safety_dir
+    gone = []
+    for folder in root.glob(f"{SPOOL_PREFIX}*") if root.is_dir() else ():
+        pid = folder.name[len(SPOOL_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit() or process_exists(int(pid)):
+            continue  # not ours, or that run is still going (a verify beside a restore)
+        shutil.rmtree(folder, ignore_errors=True)
+        gone.append(folder.name)
+    return gone
 
 
 class SideDatabase(Strategy):
@@ -107,7 +141,12 @@ class InPlace(Strategy):
         self.kinds = (f"{engine.entry_prefix}-dump",)
 
     def stage(self, stream: BinaryIO) -> SpooledDump:
-        return SpooledDump(self, spool(stream, f"backup-{self.engine.vendor}-restore-"))
+        folder = spool_folder()
+        try:
+            return SpooledDump(self, spool(stream, f"{self.engine.vendor}-restore-", folder=folder))
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
 
     def commit(self, staged: SpooledDump, safety: SafetyRecord) -> dict:
         engine = self.engine
@@ -124,11 +163,11 @@ class InPlace(Strategy):
                 raise RestoreError(f"{err}; the restore ran in one transaction, database left unchanged") from None
             raise
         finally:
-            os.unlink(staged.path)
+            staged.remove()
         return entry
 
     def abandon(self, staged: SpooledDump) -> None:
-        Path(staged.path).unlink(missing_ok=True)
+        staged.remove()
 
     def count_tables(self, staged: SpooledDump) -> int:
         raise RestoreError(f"counting tables needs the right to create a database on the {self.engine.server} server")
@@ -178,7 +217,7 @@ class ServerEngine(Engine):
         names = self.side_databases(f"{self.name[:30]}_restore_")
         for name in names:
             self.drop_database(name)
-        return names
+        return names + remove_stale_spools()
 
     # --- per vendor -----------------------------------------------------------------------------
 
