@@ -22,11 +22,16 @@ with the same :class:`Key` table and :func:`load_config`.
 
 from __future__ import annotations
 
+import difflib
 import json
+import logging
 import os
 import re
+import shlex
 import shutil
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,10 +41,103 @@ from django.core.exceptions import ImproperlyConfigured
 
 DEFAULT_PREFIX = "INVENTREE_"
 
+logger = logging.getLogger("backup_app")
+
+# --- which values are secret --------------------------------------------------------------------
+# The rules live here, at the bottom of the package, so that the loader's own messages follow them too;
+# backup_app.secrets applies them to the settings in force (known_secrets, redact).
+
+MASK = "********"
 #: Names of settings and option keys whose values must never be shown.
-SECRET_WORDS = re.compile(r"pass|secret|token|key|credential|auth|private|signature|connection_string", re.IGNORECASE)
-#: The password in a URL (ftp://user:PASSWORD@host/...), e.g. FTPStorage's location.
-URL_PASSWORD = re.compile(r"(?<=://)([^:/@\s]+):([^@\s]+)@")
+SECRET_WORDS = re.compile(
+    r"pass|pwd|secret|token|key|credential|auth|private|signature|connection_string", re.IGNORECASE
+)
+#: Connector options holding the environment of the dump and restore tools (``MYSQL_PWD``, ``PGPASSWORD``):
+#: every value under them is masked, whatever the variable's name.
+ENV_OPTIONS = re.compile(r"^((dump|restore)_)?env$", re.IGNORECASE)
+#: Connector options that are command-line words (``DUMP_SUFFIX``, ``RESTORE_PREFIX``, ``DUMP_CMD``,
+#: ``PG_OPTIONS``): a password given there as ``-pSECRET`` is masked too.
+ARGUMENT_OPTIONS = re.compile(r"(prefix|suffix|cmd|options)$", re.IGNORECASE)
+#: The password in a URL (``ftp://user:PASSWORD@host/``, ``redis://:PASSWORD@host``).
+URL_PASSWORD = re.compile(r"(?<=://)([^:/@\s]*):([^@\s]+)@")
+#: A secret written ``name=value`` inside a text: ``--password=X``, an Azure connection string's ``AccountKey=``,
+#: a SAS token's ``sig=``.
+INLINE_SECRET = re.compile(
+    r"\b(accountkey|sharedaccesssignature|sig|password|passwd|pwd|secret|token)=([^;&\s'\"]+)", re.IGNORECASE
+)
+
+
+def is_secret_key(name: object) -> bool:
+    """Whether a setting or option called ``name`` holds a secret (``PASSWORD``, ``secret_key``, ``MYSQL_PWD``)."""
+    return bool(SECRET_WORDS.search(str(name)))
+
+
+def secret_parts(text: str, *, arguments: bool = False) -> list[str]:
+    """The secrets written inside ``text``: URL passwords, ``name=value`` secrets and, when ``text`` is
+    command-line words (``arguments``), ``-pSECRET``.  A command line that cannot be split is a secret whole."""
+    parts = [m.group(2) for m in URL_PASSWORD.finditer(text)]
+    parts += [m.group(2) for m in INLINE_SECRET.finditer(text)]
+    if arguments:
+        try:
+            words = shlex.split(text)
+        except ValueError:
+            return [text]
+        for word in words:
+            if word.startswith("--password="):
+                parts.append(word.split("=", 1)[1])
+            elif word.startswith("-p") and len(word) > 2:
+                parts.append(word[2:])
+    return [part for part in parts if part]
+
+
+def _children(key: str, value: Any, secret: bool) -> Iterator[tuple[str, Any, bool]]:
+    """``(key, value, secret)`` of each item of a mapping or list ``value``; secrecy passes down."""
+    if isinstance(value, Mapping):
+        for name, item in value.items():
+            # Under ENV / DUMP_ENV / RESTORE_ENV every value is a secret (MYSQL_PWD, PGPASSWORD...).
+            inner = secret or is_secret_key(name) or bool(ENV_OPTIONS.match(str(key)))
+            yield str(name), item, inner
+    else:
+        for item in value:
+            yield key, item, secret
+
+
+def redact_value(value: Any, secret: bool = False, *, key: str = "") -> Any:
+    """``value`` (a setting, or an option tree) with every secret replaced by ``'********'``.
+
+    ``secret``: the value is secret as a whole.  In mappings, keys are looked at by name (:func:`is_secret_key`),
+    every value under ``ENV``/``DUMP_ENV``/``RESTORE_ENV`` is masked, and texts lose their
+    :func:`secret_parts`.  ``key`` is the name ``value`` is held under.
+    """
+    if value is None or (isinstance(value, str) and value == ""):
+        return value
+    if isinstance(value, Mapping):
+        return {name: redact_value(item, inner, key=name) for name, item, inner in _children(key, value, secret)}
+    if isinstance(value, list | tuple):
+        return [redact_value(item, inner, key=name) for name, item, inner in _children(key, value, secret)]
+    if secret:
+        return MASK
+    if isinstance(value, str):
+        for part in sorted(secret_parts(value, arguments=bool(ARGUMENT_OPTIONS.search(key))), key=len, reverse=True):
+            value = value.replace(part, MASK)
+    return value
+
+
+def secret_values(value: Any, secret: bool = False, *, key: str = "") -> set[str]:
+    """Every secret text held in ``value``, by the rules of :func:`redact_value` (what it would mask)."""
+    if isinstance(value, Mapping | list | tuple):
+        found: set[str] = set()
+        for name, item, inner in _children(key, value, secret):
+            found |= secret_values(item, inner, key=name)
+        return found
+    if value is None or isinstance(value, bool):
+        return set()
+    if secret:
+        return {str(value)}
+    if isinstance(value, str):
+        return set(secret_parts(value, arguments=bool(ARGUMENT_OPTIONS.search(key))))
+    return set()
+
 
 #: Extra of this package that brings in each django-storages backend's packages.
 STORAGE_EXTRAS = {
@@ -78,6 +176,10 @@ class ConfigError(ImproperlyConfigured):
     """A configuration value that cannot be used; the message is one line."""
 
 
+class NotAStorage(ConfigError):
+    """The storage class imports but is no Django storage."""
+
+
 @dataclass(frozen=True)
 class Key:
     """One configuration key.
@@ -89,7 +191,7 @@ class Key:
     name: str
     env: str
     default: Any
-    kind: str = "str"  # str, bool, int, dict, list
+    kind: str = "str"  # str, path, bool, int, dict, list
     help: str = ""
     secret: bool = False
     minimum: int | None = None
@@ -107,6 +209,7 @@ BACKUP_KEYS: tuple[Key, ...] = (
         "backup_dir",
         "BACKUP_DIR",
         None,
+        kind="path",
         help="Backup storage directory (local folder, or the prefix inside a remote store).",
     ),
     Key(
@@ -203,12 +306,14 @@ BACKUP_KEYS: tuple[Key, ...] = (
         "backup_gpg_home",
         "BACKUP_GPG_HOME",
         None,
+        kind="path",
         help="GnuPG home directory holding the backup keys (default: gpg's own).",
     ),
     Key(
         "backup_gpg_passphrase_file",
         "BACKUP_GPG_PASSPHRASE_FILE",
         None,
+        kind="path",
         help="File holding the passphrase of the secret key used to decrypt backups.",
     ),
     Key(
@@ -229,6 +334,7 @@ BACKUP_KEYS: tuple[Key, ...] = (
         "backup_safety_dir",
         "BACKUP_SAFETY_DIR",
         None,
+        kind="path",
         help="Local folder for the safety copies restores keep (default: backup-safety next to the data).",
     ),
     Key(
@@ -252,7 +358,7 @@ _TRUE = {"1", "true", "yes", "on", "y", "t"}
 _FALSE = {"0", "false", "no", "off", "n", "f"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Resolved:
     """A resolved value and where it came from (``env``, ``yaml`` or ``default``)."""
 
@@ -261,8 +367,30 @@ class Resolved:
     source: str
     origin: str
 
+    @property
+    def shown(self) -> Any:
+        """The value as it may be shown: secrets masked."""
+        return redact_value(self.value, secret=self.key.secret, key=self.key.name)
 
-@dataclass
+    def __repr__(self) -> str:
+        return f"Resolved({self.key.name}={self.shown!r}, source={self.source!r}, origin={self.origin!r})"
+
+
+@dataclass(frozen=True)
+class Unknown:
+    """A key of the config file (``backup_dri``) or a variable (``INVENTREE_BACKUP_DRI``) that is no known key."""
+
+    name: str
+    where: str  # the file, or "environment"
+    closest: str | None  # the known key it most resembles
+
+    @property
+    def message(self) -> str:
+        guess = f"; did you mean {self.closest}?" if self.closest else ""
+        return f"{self.name} (in {self.where}) is not a backup setting and is ignored{guess}"
+
+
+@dataclass(repr=False)
 class Config:
     """Resolved configuration: ``config["backup_dir"]`` gives a value."""
 
@@ -270,6 +398,8 @@ class Config:
     prefix: str = DEFAULT_PREFIX
     file: Path | None = None
     notes: list[str] = field(default_factory=list)
+    #: Keys and variables that look like backup settings but are none (typos): system check warnings.
+    unknown: list[Unknown] = field(default_factory=list)
 
     def __getitem__(self, name: str) -> Any:
         return self.values[name].value
@@ -283,35 +413,48 @@ class Config:
     def source(self, name: str) -> str:
         return self.values[name].source
 
+    def origin(self, name: str) -> str:
+        """Where ``name``'s value was set: its variable, ``<file>: <key>``, or the variable when it is a default."""
+        res = self.values[name]
+        return res.origin if res.source != "default" else self.env_name(name)
+
     def rows(self) -> list[tuple[str, str, str, str]]:
         """``(yaml key, env variable, shown value, origin)`` for every key, secrets redacted."""
         rows = []
         for name, res in self.values.items():
-            value = redact_value(res.value, secret=res.key.secret)
+            value = res.shown
             shown = json.dumps(value) if isinstance(value, dict | list) else str(value)
             rows.append((name, self.prefix + res.key.env, shown, res.origin))
         return rows
 
+    def __repr__(self) -> str:
+        # Shown in Django's error pages and mails (settings CONFIG, BACKUP_APP_CONFIG): never a secret.
+        shown = {name: res.shown for name, res in self.values.items()}
+        return f"Config(prefix={self.prefix!r}, file={str(self.file) if self.file else None!r}, values={shown!r})"
 
-def redact_value(value: Any, secret: bool = False) -> Any:
-    """Return ``value`` with secrets replaced by ``'********'`` (dict keys looked at by name)."""
-    if value in (None, ""):
-        return value
-    if secret:
-        return "********"
-    if isinstance(value, Mapping):
-        return {k: redact_value(v, secret=bool(SECRET_WORDS.search(str(k)))) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact_value(v) for v in value]
-    if isinstance(value, str):
-        return URL_PASSWORD.sub(r"\1:********@", value)
-    return value
+
+def _type_name(raw: Any) -> str:
+    if isinstance(raw, bool):
+        return "boolean"
+    names = {dict: "mapping", list: "list", str: "text", int: "number", float: "number"}
+    return names.get(type(raw), type(raw).__name__)
+
+
+def _value(key: Key, raw: Any) -> str:
+    """``raw`` as an error message may show it: a secret key's value never."""
+    return "the value (secret, not shown)" if key.secret else repr(raw)
+
+
+def _described(key: Key, raw: Any) -> str:
+    """``list ['a', 'b']``, or ``a list (secret, not shown)`` for a secret key."""
+    return f"a {_type_name(raw)} (secret, not shown)" if key.secret else f"{_type_name(raw)} {raw!r}"
 
 
 def coerce(key: Key, raw: Any, where: str) -> Any:
     """Convert ``raw`` (a string from the environment, or a YAML value) to ``key``'s type.
 
-    Raises :class:`ConfigError` naming ``where`` (the variable or YAML key) and the fix.
+    Raises :class:`ConfigError` naming ``where`` (the variable or YAML key), the value (never a secret one)
+    and the fix.
     """
     from_env = isinstance(raw, str)
     if key.kind == "bool":
@@ -319,14 +462,14 @@ def coerce(key: Key, raw: Any, where: str) -> Any:
             return raw
         if isinstance(raw, str | int) and str(raw).strip().lower() in _TRUE | _FALSE:
             return str(raw).strip().lower() in _TRUE
-        raise ConfigError(f"{where}: {raw!r} is not a boolean; use true or false")
+        raise ConfigError(f"{where}: {_value(key, raw)} is not a boolean; use true or false")
     if key.kind == "int":
         if isinstance(raw, bool) or not isinstance(raw, int | str):
-            raise ConfigError(f"{where}: {raw!r} is not a whole number; use e.g. {key.default}")
+            raise ConfigError(f"{where}: {_value(key, raw)} is not a whole number; use e.g. {key.default}")
         try:
             value = int(str(raw).strip())
         except ValueError:
-            raise ConfigError(f"{where}: {raw!r} is not a whole number; use e.g. {key.default}") from None
+            raise ConfigError(f"{where}: {_value(key, raw)} is not a whole number; use e.g. {key.default}") from None
         if key.minimum is not None and value < key.minimum:
             raise ConfigError(f"{where}: {value} is too small; use a number of at least {key.minimum}")
         return value
@@ -341,7 +484,8 @@ def coerce(key: Key, raw: Any, where: str) -> Any:
                 ) from None
         if not isinstance(raw, dict):
             raise ConfigError(
-                f"{where}: expected a mapping (a JSON object in the environment), got {type(raw).__name__}"
+                f"{where}: expected a mapping (a JSON object in the environment), got {_described(key, raw)}; "
+                'give a mapping such as {"key": "value"}'
             )
         return raw
     if key.kind == "list":
@@ -357,14 +501,24 @@ def coerce(key: Key, raw: Any, where: str) -> Any:
             else:
                 raw = [part.strip() for part in text.split(",") if part.strip()]
         if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
-            raise ConfigError(f"{where}: expected a list of names, got {raw!r}")
+            raise ConfigError(
+                f"{where}: expected a list of names, got {_described(key, raw)}; give a list such as [default]"
+            )
+        return raw
+    if key.kind == "path":
+        # A YAML number (backup_dir: 5) is a mistake, not a folder "5" in whatever folder the command runs in.
+        if not isinstance(raw, str):
+            raise ConfigError(
+                f"{where}: expected text (a path), got {_described(key, raw)}; "
+                "write the path as text, e.g. /srv/backups"
+            )
         return raw
     # str
     if isinstance(raw, bool) or isinstance(raw, dict | list):
-        raise ConfigError(f"{where}: expected text, got {type(raw).__name__} {raw!r}")
+        raise ConfigError(f"{where}: expected text, got {_described(key, raw)}; write it as text")
     value = str(raw)
     if key.choices and value not in key.choices:
-        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(key.choices)}")
+        raise ConfigError(f"{where}: {_value(key, value)} is not one of {', '.join(key.choices)}; use one of them")
     return value
 
 
@@ -375,6 +529,51 @@ def _yaml_lookup(data: Mapping, dotted: str) -> tuple[bool, Any]:
             return False, None
         node = node[part]
     return True, node
+
+
+def _check_parents(data: Mapping, keys: Iterable[Key], path: Path | None) -> None:
+    """A mapping of keys written as something else (``database: [a, b]``) is an error, not "nothing set"."""
+    under: dict[str, list[Key]] = {}
+    for key in keys:
+        parts = key.name.split(".")
+        for depth in range(1, len(parts)):
+            under.setdefault(".".join(parts[:depth]), []).append(key)
+    for parent in sorted(under, key=lambda name: name.count(".")):
+        found, node = _yaml_lookup(data, parent)
+        if not found or node is None or isinstance(node, Mapping):
+            continue
+        children = [key.name[len(parent) + 1 :] for key in under[parent]]
+        # A lone text or number there may be one of the secrets meant to go under it: not shown then.
+        hidden = any(key.secret for key in under[parent]) and not isinstance(node, list)
+        shown = _described(Key(parent, "", None, secret=hidden), node)
+        raise ConfigError(
+            f"{path}: {parent}: expected a mapping of {', '.join(children)}, got {shown}; "
+            f"write its keys under it, e.g. {parent}: {{{children[0]}: ...}}"
+        )
+
+
+def _closest(name: str, known: Iterable[str], head: str) -> str | None:
+    """The known name most like ``name``, compared after their common ``head`` (``backup_``), which would
+    otherwise make every name look alike."""
+    tails = {k[len(head) :].lower(): k for k in known}
+    match = difflib.get_close_matches(name[len(head) :].lower(), list(tails), n=1, cutoff=0.6)
+    return tails[match[0]] if match else None
+
+
+def _unknown_keys(data: Mapping, environ: Mapping[str, str], keys: list[Key], prefix: str, path) -> list[Unknown]:
+    """``backup_*`` keys of the file and ``<prefix>BACKUP_*`` variables that are no key of ``keys``."""
+    found = []
+    top = {key.name.split(".")[0] for key in keys}
+    yaml_known = sorted(name for name in top if name.startswith("backup_"))
+    for name in data:
+        if isinstance(name, str) and name.startswith("backup_") and name not in top:
+            found.append(Unknown(name, str(path), _closest(name, yaml_known, "backup_")))
+    head = prefix + "BACKUP_"
+    env_known = {prefix + key.env for key in keys}
+    for name in sorted(environ):
+        if name.startswith(head) and name not in env_known and environ[name] != "":
+            found.append(Unknown(name, "the environment", _closest(name, sorted(env_known), head)))
+    return found
 
 
 def read_yaml(path: Path) -> dict:
@@ -421,6 +620,8 @@ def load_config(
             path.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(template, path)
     data = read_yaml(path) if path is not None and path.exists() else {}
+    keys = list(keys)
+    _check_parents(data, keys, path)
 
     values: dict[str, Resolved] = {}
     for key in keys:
@@ -435,14 +636,14 @@ def load_config(
             values[key.name] = Resolved(key, value, "yaml", f"{path}: {key.name}")
             continue
         values[key.name] = Resolved(key, key.default, "default", "default")
-    return Config(values=values, prefix=prefix, file=path)
+    return Config(values=values, prefix=prefix, file=path, unknown=_unknown_keys(data, environ, keys, prefix, path))
 
 
 def import_storage_class(path: str, where: str = "backup_storage") -> type:
     """Import a storage class by dotted path.
 
     Raises :class:`ConfigError` that names the pip extra for django-storages
-    backends whose packages are missing, or says the class is not a Storage.
+    backends whose packages are missing, or :class:`NotAStorage` when the class is not a Storage.
     """
     from django.core.files.storage import Storage
     from django.utils.module_loading import import_string
@@ -461,23 +662,62 @@ def import_storage_class(path: str, where: str = "backup_storage") -> type:
         reason = " ".join(str(err).split()[:12])
         raise ConfigError(f"{where}: cannot import {path!r} ({reason}); {fix}") from None
     if not (isinstance(cls, type) and issubclass(cls, Storage)):
-        raise ConfigError(
+        raise NotAStorage(
             f"{where}: {path!r} is not a Django Storage class; name a subclass of django.core.files.storage.Storage"
         )
     return cls
 
 
-def _connector_settings(options: dict | None, aliases: list[str], all_aliases: list[str]) -> dict[str, dict]:
+#: django-dbbackup connector options whose values are command-line words: text, or a list of texts.
+_WORD_OPTIONS = ("DUMP_CMD", "RESTORE_CMD", "DUMP_PREFIX", "DUMP_SUFFIX", "RESTORE_PREFIX", "RESTORE_SUFFIX")
+_BOOL_OPTIONS = ("SINGLE_TRANSACTION", "DROP", "USE_PARENT_ENV", "IF_EXISTS", "NO_OWNER")
+
+
+def _check_connector_options(opts: Mapping, where: str) -> None:
+    """Raise ConfigError for a django-dbbackup connector option of the wrong type (``where``: e.g.
+    ``INVENTREE_BACKUP_CONNECTOR_OPTIONS`` or ``...: default``); the value is shown masked."""
+
+    def fail(name: str, value: Any, expected: str, fix: str) -> None:
+        shown = redact_value(value, key=name)
+        raise ConfigError(f"{where}: {name}: {json.dumps(shown, default=str)} is not {expected}; {fix}")
+
+    for name, value in opts.items():
+        upper = str(name).upper()
+        if upper == "EXCLUDE" and not (
+            isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+        ):
+            fail(name, value, "a table name or a list of table names", 'give a list such as ["audit_log"]')
+        elif upper in ("SCHEMAS",) and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            fail(name, value, "a list of schema names", 'give a list such as ["public"]')
+        elif upper == "CONNECTOR" and not isinstance(value, str):
+            fail(name, value, "a dotted path", 'give the connector class, e.g. "dbbackup.db.mysql.MysqlDumpConnector"')
+        elif ENV_OPTIONS.match(upper) and not (
+            isinstance(value, Mapping) and all(isinstance(v, str | int) for v in value.values())
+        ):
+            fail(name, value, "a mapping of variable names to text", 'give e.g. {"LANG": "C.UTF-8"}')
+        elif upper in _WORD_OPTIONS and not (
+            isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+        ):
+            fail(name, value, "a command line", 'give it as text such as "nice -n 10", or a list of words')
+        elif upper in _BOOL_OPTIONS and not isinstance(value, bool):
+            fail(name, value, "true or false", "use true or false")
+
+
+def _connector_settings(
+    options: dict | None, aliases: list[str], all_aliases: list[str], where: str = "backup_connector_options"
+) -> dict[str, dict]:
     """Build ``DBBACKUP_CONNECTORS``: one dict per alias, ``django_session`` data excluded.
 
     ``options`` is either one dict applied to every alias, or a dict whose keys
-    are all aliases and whose values are dicts (options per alias).
+    are all aliases and whose values are dicts (options per alias).  An option of the wrong type is a
+    :class:`ConfigError` naming ``where`` (the variable or YAML key the options came from).
     """
     options = options or {}
     per_alias = bool(options) and all(k in all_aliases and isinstance(v, dict) for k, v in options.items())
     result = {}
     for alias in aliases:
         opts = dict(options.get(alias, {}) if per_alias else options)
+        _check_connector_options(opts, f"{where}: {alias}" if per_alias else where)
         exclude = {"django_session"}
         for spelling in ("EXCLUDE", "exclude", "Exclude"):
             value = opts.pop(spelling, None) or []
@@ -485,6 +725,84 @@ def _connector_settings(options: dict | None, aliases: list[str], all_aliases: l
         opts["EXCLUDE"] = sorted(exclude)
         result[alias] = opts
     return result
+
+
+def file_mode(value: Any) -> int | None:
+    """A file mode given as a number (``384``, YAML ``0o600``) or as octal text (``"600"``, ``"0o600"``)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if 0 <= value <= 0o7777 else None
+    if isinstance(value, str):
+        text = value.strip().lower().removeprefix("0o")
+        if text and len(text) <= 4 and all(c in "01234567" for c in text):
+            return int(text, 8)
+    return None
+
+
+def _local_storage_options(options: dict, where: str) -> dict:
+    """``options`` of a FileSystemStorage, checked; permission modes given as octal text become numbers."""
+    checked = dict(options)
+    location = checked.get("location")
+    if location is not None and not isinstance(location, str | os.PathLike):
+        shown = json.dumps(redact_value(location, key="location"), default=str)
+        raise ConfigError(f'{where}: location: {shown} is not a folder; give one folder as text, e.g. "/srv/backups"')
+    for name in ("file_permissions_mode", "directory_permissions_mode"):
+        if checked.get(name) is None:
+            continue
+        mode = file_mode(checked[name])
+        if mode is None:
+            raise ConfigError(
+                f"{where}: {name}: {json.dumps(checked[name], default=str)} is not a permission mode; "
+                'use octal text such as "600" ("700" for folders), or the number 384'
+            )
+        checked[name] = mode
+    return checked
+
+
+#: Django database engines served by django-dbbackup's MySQL connector.
+MYSQL_ENGINES = (
+    "django.db.backends.mysql",
+    "django.contrib.gis.db.backends.mysql",
+    "django_prometheus.db.backends.mysql",
+)
+#: That connector with the credentials in an option file read from a pipe (never ``--password=`` on a command line).
+OPTION_FILE_CONNECTOR = "backup_app.engines.mysql.OptionFileConnector"
+
+
+def _under_management_command() -> bool:
+    """Whether this code runs inside ``manage.py``/``django-admin`` (``ManagementUtility.execute`` is on the stack)."""
+    management = sys.modules.get("django.core.management")
+    if management is None:
+        return False
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_filename == management.__file__ and code.co_name in ("execute", "execute_from_command_line"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+@contextmanager
+def reporting_config_errors() -> Iterator[None]:
+    """Make a :class:`ConfigError` raised in the block fail its host cleanly, in one line.
+
+    Under a management command (any site's ``manage.py``, ``django-admin``), unless ``--traceback`` is given:
+    ``Configuration error: ...`` on stderr and exit status 2, instead of Django's traceback of the settings
+    import.  In any other host (gunicorn, uwsgi, an ASGI server, a test run, a script calling
+    ``django.setup()``) the error is logged as that one line on the ``backup_app`` logger and raised: the
+    host refuses to start as it does for any broken settings module.
+    """
+    try:
+        yield
+    except ConfigError as err:
+        line = f"Configuration error: {err}"
+        if _under_management_command() and "--traceback" not in sys.argv:
+            print(line, file=sys.stderr)
+            raise SystemExit(2) from None
+        logger.error("%s", line)
+        raise
 
 
 def admin_recipients(admins: Iterable, admin_email: str | None) -> list[tuple[str, str]]:
@@ -515,7 +833,15 @@ def apply_backup_settings(
     settings, ``BACKUP_APP`` (the keys django-dbbackup has no name for) and
     ``BACKUP_APP_CONFIG`` (the :class:`Config`, with sources).  Returns the
     added settings.
+
+    A value that cannot be used is a :class:`ConfigError`; under a management command it ends the command with
+    one line and exit status 2 (see :func:`reporting_config_errors`).
     """
+    with reporting_config_errors():
+        return _apply(namespace, config, prefix, config_file, default_dir, default_safety_dir)
+
+
+def _apply(namespace, config, prefix, config_file, default_dir, default_safety_dir) -> dict:
     if config is None:
         config = load_config(prefix=prefix, config_file=config_file, keys=BACKUP_KEYS)
     aliases = list(namespace.get("DATABASES", {}))
@@ -539,6 +865,7 @@ def apply_backup_settings(
     if backup_dir is not None and dir_option and dir_option not in options:
         options[dir_option] = str(backup_dir)
     if storage in FILESYSTEM_STORAGES:
+        options = _local_storage_options(options, config.origin("backup_options"))
         # Backups are the most sensitive copy of a site's data: owner-only by default.
         options.setdefault("file_permissions_mode", 0o600)
         options.setdefault("directory_permissions_mode", 0o700)
@@ -552,7 +879,14 @@ def apply_backup_settings(
     added = {
         "STORAGES": storages,
         "DBBACKUP_DATABASES": databases,
-        "DBBACKUP_CONNECTORS": _connector_settings(config["backup_connector_options"], databases, aliases),
+        "DBBACKUP_CONNECTORS": _connector_settings(
+            config["backup_connector_options"], databases, aliases, config.origin("backup_connector_options")
+        ),
+        # Stock dbbackup/dbrestore use the MySQL connector that takes the password from a pipe, not --password.
+        "DBBACKUP_CONNECTOR_MAPPING": {
+            **dict.fromkeys(MYSQL_ENGINES, OPTION_FILE_CONNECTOR),
+            **(namespace.get("DBBACKUP_CONNECTOR_MAPPING") or {}),
+        },
         "DBBACKUP_DATE_FORMAT": config["backup_date_format"],
         "DBBACKUP_FILENAME_TEMPLATE": config["backup_database_filename_template"],
         "DBBACKUP_MEDIA_FILENAME_TEMPLATE": config["backup_media_filename_template"],
@@ -560,7 +894,9 @@ def apply_backup_settings(
         "DBBACKUP_GPG_ALWAYS_TRUST": True,
         "DBBACKUP_SEND_EMAIL": config["backup_send_email"],
         "DBBACKUP_EMAIL_SUBJECT_PREFIX": prefix_text if prefix_text.endswith(" ") else prefix_text + " ",
-        "DBBACKUP_ADMIN": admin_recipients(namespace.get("ADMINS", ()), namespace.get("BACKUP_ADMIN_EMAIL")),
+        # Stock dbbackup's own failure mail carries traceback locals and the settings (the database password):
+        # it gets no recipients.  Its failures are mailed by backup_app instead, as one masked line (apps.py).
+        "DBBACKUP_ADMIN": [],
         "DBBACKUP_CLEANUP_KEEP": config["backup_keep"],
         "DBBACKUP_CLEANUP_KEEP_MEDIA": config["backup_keep"],
         "BACKUP_APP": {
@@ -582,6 +918,7 @@ def apply_backup_settings(
             "DIR": str(backup_dir) if backup_dir is not None else None,
             "DIR_IS_DEFAULT": dir_used_default,
             "EMAIL_PREFIX": prefix_text,
+            "ADMINS": admin_recipients(namespace.get("ADMINS", ()), namespace.get("BACKUP_ADMIN_EMAIL")),
         },
         "BACKUP_APP_CONFIG": config,
     }

@@ -186,8 +186,15 @@ class AppSettings:
 
     @property
     def admins(self) -> list[tuple[str, str]]:
-        """``(name, address)`` pairs of ``DBBACKUP_ADMIN``."""
-        return [tuple(entry) for entry in self._dbbackup("ADMIN", None) or []]
+        """``(name, address)`` pairs of the failure mail: ``BACKUP_APP["ADMINS"]`` (``ADMINS`` plus the admin
+        address), else a project's own ``DBBACKUP_ADMIN``.
+
+        ``apply_backup_settings`` leaves ``DBBACKUP_ADMIN`` empty, so that stock dbbackup's own failure mail
+        (traceback locals, settings) has no recipient.
+        """
+        app = getattr(settings, "BACKUP_APP", None) or {}
+        entries = app["ADMINS"] if "ADMINS" in app else self._dbbackup("ADMIN", None)
+        return [tuple(entry) for entry in entries or []]
 
     @property
     def email_prefix(self) -> str:

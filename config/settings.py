@@ -8,7 +8,14 @@ backup keys are the app's (:data:`backup_app.conf.BACKUP_KEYS`).
 
 from pathlib import Path
 
-from backup_app.conf import BACKUP_KEYS, ConfigError, Key, apply_backup_settings, load_config
+from backup_app.conf import (
+    BACKUP_KEYS,
+    ConfigError,
+    Key,
+    apply_backup_settings,
+    load_config,
+    reporting_config_errors,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = BASE_DIR / "data"
@@ -26,8 +33,8 @@ SITE_KEYS: tuple[Key, ...] = (
     Key("database.PORT", "DB_PORT", "", help="Database port."),
     Key("database.USER", "DB_USER", "", help="Database user."),
     Key("database.PASSWORD", "DB_PASSWORD", "", secret=True, help="Database password."),
-    Key("media_root", "MEDIA_ROOT", None, help="Folder of uploaded media files."),
-    Key("static_root", "STATIC_ROOT", None, help="Folder collectstatic writes to."),
+    Key("media_root", "MEDIA_ROOT", None, kind="path", help="Folder of uploaded media files."),
+    Key("static_root", "STATIC_ROOT", None, kind="path", help="Folder collectstatic writes to."),
     Key("email.host", "EMAIL_HOST", "", help="SMTP server."),
     Key("email.port", "EMAIL_PORT", 25, kind="int", minimum=1, help="SMTP port."),
     Key("email.username", "EMAIL_USERNAME", "", help="SMTP user."),
@@ -67,11 +74,13 @@ def database_engine(value: str, where: str = "INVENTREE_DB_ENGINE") -> str:
     raise ConfigError(f"{where}: unknown database engine {value!r}; use sqlite3, postgresql or mysql")
 
 
-CONFIG = load_config(
-    config_file=BASE_DIR / "config" / "config.yaml",
-    template=BASE_DIR / "config" / "config_template.yaml",
-    keys=SITE_KEYS + BACKUP_KEYS,
-)
+# A bad value stops manage.py with one line (exit status 2); a WSGI server logs that line and fails to start.
+with reporting_config_errors():
+    CONFIG = load_config(
+        config_file=BASE_DIR / "config" / "config.yaml",
+        template=BASE_DIR / "config" / "config_template.yaml",
+        keys=SITE_KEYS + BACKUP_KEYS,
+    )
 
 SECRET_KEY = CONFIG["secret_key"] or "demo-site-not-secret-change-me"
 DEBUG = CONFIG["debug"]
@@ -115,7 +124,8 @@ TEMPLATES = [
     }
 ]
 
-_engine = database_engine(CONFIG["database.ENGINE"], CONFIG.env_name("database.ENGINE"))
+with reporting_config_errors():
+    _engine = database_engine(CONFIG["database.ENGINE"], CONFIG.env_name("database.ENGINE"))
 _name = CONFIG["database.NAME"]
 if _engine.endswith("sqlite3"):
     _name = str(Path(_name) if _name else DATA_DIR / "database.sqlite3")
@@ -177,9 +187,7 @@ if CONFIG.get("backup_redis_url"):
 else:
     Q_CLUSTER["orm"] = "default"
 
-apply_backup_settings(
-    globals(), config=CONFIG, default_dir=DATA_DIR / "backup", default_safety_dir=DATA_DIR / "safety"
-)
+apply_backup_settings(globals(), config=CONFIG, default_dir=DATA_DIR / "backup", default_safety_dir=DATA_DIR / "safety")
 
 LOGGING = {
     "version": 1,

@@ -413,21 +413,28 @@ def test_backup_databases_defaults_to_every_alias(tmp_path):
     assert settings_for(tmp_path, aliases=("default", "reports"))["DBBACKUP_DATABASES"] == ["default", "reports"]
 
 
-# --- DBBACKUP_ADMIN -------------------------------------------------------------
+# --- failure mail recipients ------------------------------------------------------
+# They are backup_app's (BACKUP_APP["ADMINS"]); stock dbbackup's DBBACKUP_ADMIN stays empty, so that its own
+# failure mail (traceback locals, settings: the database password) has no recipient.
 
 
-def test_dbbackup_admin_is_admins_plus_backup_admin_email(tmp_path):
+def test_failure_mail_goes_to_admins_plus_backup_admin_email(tmp_path):
     ns = settings_for(tmp_path, ADMINS=[("Ann", "ann@example.com")], BACKUP_ADMIN_EMAIL="ops@example.com")
-    assert ns["DBBACKUP_ADMIN"] == [("Ann", "ann@example.com"), ("Backup admin", "ops@example.com")]
+    assert ns["BACKUP_APP"]["ADMINS"] == [("Ann", "ann@example.com"), ("Backup admin", "ops@example.com")]
 
 
-def test_dbbackup_admin_lists_an_address_once(tmp_path):
+def test_failure_mail_lists_an_address_once(tmp_path):
     ns = settings_for(tmp_path, ADMINS=[("Ann", "ann@example.com")], BACKUP_ADMIN_EMAIL="ann@example.com")
-    assert ns["DBBACKUP_ADMIN"] == [("Ann", "ann@example.com")]
+    assert ns["BACKUP_APP"]["ADMINS"] == [("Ann", "ann@example.com")]
 
 
-def test_dbbackup_admin_empty_without_admins(tmp_path):
-    assert settings_for(tmp_path)["DBBACKUP_ADMIN"] == []
+def test_failure_mail_has_no_recipient_without_admins(tmp_path):
+    assert settings_for(tmp_path)["BACKUP_APP"]["ADMINS"] == []
+
+
+def test_stock_failure_mail_gets_no_recipient_even_with_admins(tmp_path):
+    ns = settings_for(tmp_path, ADMINS=[("Ann", "ann@example.com")], BACKUP_ADMIN_EMAIL="ops@example.com")
+    assert ns["DBBACKUP_ADMIN"] == []
 
 
 # --- backup_dir and the storage -----------------------------------------------
@@ -698,6 +705,47 @@ def test_redact_dict_values_by_key_name():
     }
 
 
+@pytest.mark.parametrize(
+    ("options", "secret"),
+    [
+        ({"DUMP_ENV": {"MYSQL_PWD": "Sx-1"}}, "Sx-1"),
+        ({"RESTORE_ENV": {"LANG": "Sx-2"}}, "Sx-2"),  # every value of an *_ENV, whatever its name
+        ({"ENV": {"PGPASSWORD": "Sx-3"}}, "Sx-3"),
+        ({"default": {"DUMP_ENV": {"MYSQL_PWD": "Sx-4"}}}, "Sx-4"),  # per alias
+        ({"DUMP_SUFFIX": "--single-transaction --password=Sx-5"}, "Sx-5"),
+        ({"RESTORE_PREFIX": "env -pSx-6"}, "Sx-6"),
+        ({"DUMP_PREFIX": ["sudo", "--password=Sx-7"]}, "Sx-7"),
+        ({"endpoint_url": "https://user:Sx-8@minio:9000"}, "Sx-8"),
+        ({"location": "redis://:Sx-9@127.0.0.1:6379/0"}, "Sx-9"),  # a URL without a user name
+        ({"connection": "DefaultEndpointsProtocol=https;AccountKey=Sx-10;"}, "Sx-10"),
+        ({"custom": "sv=2022&sig=Sx-11"}, "Sx-11"),
+    ],
+    ids=lambda value: next(iter(value)) if isinstance(value, dict) else value,
+)
+def test_secret_in_options_is_masked_and_known(options, secret):
+    from backup_app.conf import secret_values
+
+    assert secret not in repr(redact_value(options))
+    assert secret in secret_values(options)
+
+
+def test_values_that_are_no_secret_stay_visible():
+    options = {"DUMP_CMD": "mariadb-dump", "EXCLUDE": ["audit_log"], "location": "/srv/backups", "bucket_name": "b"}
+    assert redact_value(options) == options
+
+
+def test_config_repr_shows_no_secret(tmp_path):
+    config = load(
+        tmp_path,
+        {
+            "INVENTREE_BACKUP_GPG_PASSPHRASE": "Sx-gpg",
+            "INVENTREE_BACKUP_CONNECTOR_OPTIONS": '{"DUMP_ENV": {"A": "Sx-env"}}',
+        },
+    )
+    text = repr(config) + repr(config.values["backup_gpg_passphrase"])
+    assert ("Sx-gpg" in text, "Sx-env" in text, "backup_gpg_passphrase" in text) == (False, False, True)
+
+
 def test_config_rows_hide_secret_keys(tmp_path):
     config = load(tmp_path, {"INVENTREE_BACKUP_GPG_PASSPHRASE": "hunter2"})
     row = next(r for r in config.rows() if r[0] == "backup_gpg_passphrase")
@@ -822,3 +870,149 @@ def test_template_has_yaml_key(key):
 @pytest.mark.parametrize("key", ALL_KEYS, ids=[k.name for k in ALL_KEYS])
 def test_template_has_env_name(key):
     assert re.search(rf"\bINVENTREE_{re.escape(key.env)}\b", TEMPLATE_TEXT)
+
+
+# --- values of the wrong type: one line naming the key, the value (never a secret one) and the fix --------
+
+
+@pytest.mark.parametrize(
+    ("data", "needles"),
+    [
+        ({"backup_dir": 5}, ("backup_dir", "5", "write the path as text")),
+        ({"backup_safety_dir": ["/a"]}, ("backup_safety_dir", "['/a']", "write the path as text")),
+        ({"backup_gpg_home": True}, ("backup_gpg_home", "True", "write the path as text")),
+    ],
+    ids=["backup_dir-a-number", "safety_dir-a-list", "gpg_home-a-boolean"],
+)
+def test_yaml_path_that_is_not_text_is_an_error(tmp_path, data, needles):
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, {}, data)
+    one_line_error(err.value, *needles)
+
+
+def test_path_from_the_environment_is_any_text(tmp_path):
+    assert load(tmp_path, {"INVENTREE_BACKUP_DIR": "5"})["backup_dir"] == "5"
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        ({"database": {"PASSWORD": ["Sx-secret"]}}, "database.PASSWORD"),
+        ({"email": {"password": {"v": "Sx-secret"}}}, "email.password"),
+        ({"backup_gpg_passphrase": ["Sx-secret"]}, "backup_gpg_passphrase"),
+        ({"secret_key": True}, "secret_key"),
+    ],
+    ids=["db-password-list", "mail-password-mapping", "passphrase-list", "secret-key-boolean"],
+)
+def test_bad_value_of_a_secret_key_is_named_not_shown(tmp_path, data, key):
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, {}, data, keys=ALL_KEYS)
+    assert "Sx-secret" not in one_line_error(err.value, key, "secret, not shown")
+
+
+def test_mapping_written_as_a_list_is_an_error(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, {}, {"database": ["a", "b"]}, keys=ALL_KEYS)
+    one_line_error(err.value, "database", "['a', 'b']", "expected a mapping of ENGINE", "write its keys under it")
+
+
+def test_mapping_written_as_text_does_not_show_it(tmp_path):
+    # A lone text under "database:" may be the password meant to go under it.
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, {}, {"database": "Sx-secret"}, keys=ALL_KEYS)
+    assert "Sx-secret" not in one_line_error(err.value, "database", "secret, not shown")
+
+
+@pytest.mark.parametrize(
+    ("options", "needles"),
+    [
+        ({"EXCLUDE": 5}, ("EXCLUDE", "5", "a table name or a list")),
+        ({"EXCLUDE": {"audit_log": True}}, ("EXCLUDE", "audit_log", "a table name or a list")),
+        ({"EXCLUDE": ["a", 1]}, ("EXCLUDE", "a table name or a list")),
+        ({"CONNECTOR": ["x"]}, ("CONNECTOR", "a dotted path")),
+        ({"DUMP_ENV": ["MYSQL_PWD=x"]}, ("DUMP_ENV", "a mapping of variable names")),
+        ({"DUMP_SUFFIX": 5}, ("DUMP_SUFFIX", "a command line")),
+        ({"SINGLE_TRANSACTION": "no"}, ("SINGLE_TRANSACTION", "true or false")),
+        ({"default": {"EXCLUDE": 5}}, ("INVENTREE_BACKUP_CONNECTOR_OPTIONS: default: EXCLUDE", "5")),
+    ],
+    ids=[
+        "exclude-number",
+        "exclude-mapping",
+        "exclude-mixed-list",
+        "connector-list",
+        "env-list",
+        "suffix-number",
+        "bool-text",
+        "per-alias",
+    ],
+)
+def test_connector_option_of_the_wrong_type_is_an_error(tmp_path, options, needles):
+    import json
+
+    with pytest.raises(ConfigError) as err:
+        settings_for(tmp_path, {"INVENTREE_BACKUP_CONNECTOR_OPTIONS": json.dumps(options)})
+    one_line_error(err.value, "INVENTREE_BACKUP_CONNECTOR_OPTIONS", *needles)
+
+
+def test_connector_env_of_the_wrong_type_shows_no_value(tmp_path):
+    import json
+
+    with pytest.raises(ConfigError) as err:
+        settings_for(tmp_path, {"INVENTREE_BACKUP_CONNECTOR_OPTIONS": json.dumps({"DUMP_ENV": {"MYSQL_PWD": ["Sx"]}})})
+    assert "Sx" not in one_line_error(err.value, "DUMP_ENV")
+
+
+@pytest.mark.parametrize(
+    ("options", "needles"),
+    [
+        ({"location": ["/srv/a", "/srv/b"]}, ("location", "/srv/a", "give one folder as text")),
+        ({"location": 5}, ("location", "5", "give one folder as text")),
+        ({"file_permissions_mode": "abc"}, ("file_permissions_mode", "abc", 'use octal text such as "600"')),
+        ({"directory_permissions_mode": "rwx"}, ("directory_permissions_mode", "rwx", "use octal text")),
+        ({"file_permissions_mode": "999"}, ("file_permissions_mode", "999", "use octal text")),
+    ],
+    ids=["location-list", "location-number", "file-mode-word", "dir-mode-word", "mode-not-octal"],
+)
+def test_local_storage_option_of_the_wrong_type_is_an_error(tmp_path, options, needles):
+    import json
+
+    with pytest.raises(ConfigError) as err:
+        settings_for(tmp_path, {"INVENTREE_BACKUP_OPTIONS": json.dumps(options)})
+    one_line_error(err.value, "INVENTREE_BACKUP_OPTIONS", *needles)
+
+
+@pytest.mark.parametrize(("given", "mode"), [("600", 0o600), ("0o640", 0o640), ("0750", 0o750), (384, 0o600)])
+def test_permission_mode_as_octal_text_or_number(tmp_path, given, mode):
+    import json
+
+    ns = settings_for(tmp_path, {"INVENTREE_BACKUP_OPTIONS": json.dumps({"file_permissions_mode": given})})
+    assert dbbackup_storage(ns)["OPTIONS"]["file_permissions_mode"] == mode
+
+
+# --- unknown keys: recorded with the closest known key ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "data", "unknown", "closest"),
+    [
+        ({}, {"backup_dri": "/srv"}, "backup_dri", "backup_dir"),
+        ({}, {"backup_stoage": "x"}, "backup_stoage", "backup_storage"),
+        ({}, {"backup_gpg_recipent": "x"}, "backup_gpg_recipent", "backup_gpg_recipient"),
+        ({}, {"backup_zzz": "x"}, "backup_zzz", None),  # not backup_dir: the common backup_ does not count
+        ({"INVENTREE_BACKUP_KEEP_DIALY": "7"}, None, "INVENTREE_BACKUP_KEEP_DIALY", "INVENTREE_BACKUP_KEEP_DAILY"),
+    ],
+    ids=["dri", "stoage", "recipent", "nothing-close", "env"],
+)
+def test_unknown_key_is_recorded_with_the_closest_known_key(tmp_path, env, data, unknown, closest):
+    config = load(tmp_path, env, data, keys=ALL_KEYS)
+    assert [(u.name, u.closest) for u in config.unknown] == [(unknown, closest)]
+
+
+def test_known_keys_and_other_names_are_not_unknown(tmp_path):
+    data = {"backup_keep": 3, "backup_redis_url": "redis://x", "database": {"ENGINE": "sqlite3"}, "site_name": "x"}
+    env = {"INVENTREE_BACKUP_KEEP_DAILY": "2", "INVENTREE_DEBUG": "1", "INVENTREE_BACKUP_DRI": ""}
+    assert load(tmp_path, env, data, keys=ALL_KEYS).unknown == []
+
+
+def test_unknown_variables_of_another_prefix_are_not_ours(tmp_path):
+    assert load(tmp_path, {"INVENTREE_BACKUP_DRI": "/srv"}, prefix="MYSITE_").unknown == []

@@ -338,6 +338,27 @@ def test_killed_mariadb_in_place_restore_leaves_no_dump_in_tmpdir(killed_in_plac
     assert holding(MARKER, tmp) == []
 
 
+def spools(site: Site) -> list[Path]:
+    return sorted(Path(site.env["INVENTREE_BACKUP_SAFETY_DIR"]).glob(".spool-*"))
+
+
+def test_killed_in_place_restore_left_its_incoming_dump_only_in_a_private_folder_of_the_safety_folder(
+    killed_in_place_mariadb_restore,
+):
+    site, _tmp = killed_in_place_mariadb_restore
+
+    assert [(stat.S_IMODE(p.stat().st_mode), bool(holding(MARKER, p))) for p in spools(site)] == [(0o700, True)]
+
+
+def test_next_restore_removes_the_folder_a_killed_restore_left(killed_in_place_mariadb_restore):
+    site, _tmp = killed_in_place_mariadb_restore
+
+    result = site.invoke("restore", "--skip-media", check=False)
+
+    assert spools(site) == [], result.output
+    assert "left behind by an interrupted restore" in result.stderr, result.output
+
+
 # --- PostgreSQL: a role without CREATEDB restores in place --------------------------------------
 
 
@@ -557,6 +578,45 @@ def test_no_gpg_agent_is_left_running_after_an_encrypted_backup(encrypted_site, 
     assert agents_for(protected_key.path, Path(encrypted_site.env["TMPDIR"])) == []
 
 
+def gpg_decrypt(home: Path, path: Path, *extra: str) -> subprocess.CompletedProcess:
+    argv = ["gpg", "--homedir", str(home), "--batch", "--pinentry-mode", "loopback", *extra, "--decrypt", str(path)]
+    return subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL)
+
+
+def test_restore_without_passphrase_is_not_served_by_the_admins_own_agent(encrypted_site, protected_key):
+    site = encrypted_site
+    encrypted = next(site.backups.glob("*.gpg"))
+    # The admin decrypted a file by hand: the agent of the home now holds the passphrase (gpg's default cache).
+    gpg_decrypt(protected_key.path, encrypted, "--passphrase", GPG_PASSPHRASE)
+    assert gpg_decrypt(protected_key.path, encrypted).returncode == 0, "the admin's agent does not cache"
+    (site.media / "doc.txt").write_text("current")
+
+    result = site.invoke("restore", check=False)
+
+    assert (result.returncode != 0, (site.media / "doc.txt").read_text()) == (True, "current"), result.output
+
+
+def test_a_private_gpg_home_a_killed_run_left_is_stopped_and_removed_by_the_next_decryption(
+    encrypted_site, protected_key, tmp_path, tmp_path_factory
+):
+    site = encrypted_site
+    # Private homes go to TMPDIR when it is short enough for gpg-agent's socket path (else to /tmp).
+    tmp = tmp_path_factory.mktemp("g")
+    site.env["TMPDIR"] = str(tmp)
+    dead = subprocess.Popen(["true"])  # its pid is one no process has now
+    dead.wait()
+    stale = tmp / f"bk-gpg-{dead.pid}-killed"
+    stale.mkdir(mode=0o700)
+    subprocess.run(["gpgconf", "--homedir", str(stale), "--launch", "gpg-agent"], check=True, capture_output=True)
+    assert agents_for(stale, tmp), "no agent was started for the stale home"
+    secret = tmp_path / "passphrase"
+    secret.write_text(GPG_PASSPHRASE)
+
+    site.invoke("verify", extra_env={"INVENTREE_BACKUP_GPG_PASSPHRASE_FILE": str(secret)})
+
+    assert (stale.exists(), agents_for(stale, tmp)) == (False, [])
+
+
 # --- MariaDB passwords with characters an option file treats specially ---------------------------
 
 ODD_PASSWORDS = {
@@ -727,6 +787,33 @@ def test_failing_stock_dbbackup_output_shows_no_database_password(tmp_path, smtp
 
     assert result.returncode != 0
     assert DB_PASSWORD not in result.output
+
+
+def test_failing_stock_dbbackup_mails_the_admins_one_masked_line(tmp_path, smtp):
+    site = unreachable_site(tmp_path, "mysql", smtp)
+
+    site.manage("dbbackup", "--noinput", check=False)
+
+    [raw] = smtp.messages
+    message, text = email.message_from_bytes(raw), decoded(raw)
+    error = [line for line in text.splitlines() if line.startswith("Error: ")]
+    assert (message["To"], message["Subject"].startswith("[InvenTree Backup] Backup failed on ")) == (
+        "admin@example.com",
+        True,
+    )
+    assert [line.startswith("Error: CommandConnectorError: mysqldump failed") for line in error] == [True], text
+    assert ("Traceback" in text, "INSTALLED_APPS" in text, DB_PASSWORD in text) == (False, False, False)
+
+
+def test_stock_dbbackup_and_dbrestore_work_with_the_mariadb_password_in_a_pipe(mysql_side_db_site):
+    site = mysql_side_db_site
+    rows = site.snapshot_db()
+    site.manage("dbbackup", "--noinput", "--compress")
+    site.sql("DELETE FROM demo_part")
+
+    site.manage("dbrestore", "--noinput", "--uncompress")
+
+    assert site.snapshot_db() == rows
 
 
 # --- every value that can hold a secret is masked wherever it is shown ----------------------------

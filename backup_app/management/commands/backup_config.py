@@ -24,7 +24,7 @@ class Command(BackupCommand):
                 "the backup settings were not made by backup_app.conf.apply_backup_settings; call it in settings.py"
             )
         rows = config.rows()
-        produced = {name: redact_value(value) for name, value in app_settings.produced().items()}
+        produced = {name: redact_value(value, key=name) for name, value in app_settings.produced().items()}
         if options["json"]:
             self.stdout.write(
                 json.dumps(
