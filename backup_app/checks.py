@@ -1,22 +1,33 @@
 """System checks: every backup misconfiguration is reported by ``manage.py check``.
 
-Ids are stable; ``invoke backup`` refuses to start while an error is reported.
+Ids are stable and each stands for one failure (the table is in docs/configuration.md); ``invoke backup``
+refuses to start while an error is reported and shows the warnings.  Values of the wrong type are refused
+earlier, when the settings load (:mod:`backup_app.conf`); what needs the environment (an import, a folder, a
+program) or the semantics of django-dbbackup (its filename templates) is checked here.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import string
+import tempfile
 from datetime import datetime
 from pathlib import Path
 
+from django.apps import apps
 from django.conf import settings
 from django.core.checks import Error, Warning, register
+from django.utils.module_loading import import_string
 
-from .conf import FILESYSTEM_STORAGES, ConfigError, import_storage_class
+from .conf import FILESYSTEM_STORAGES, ConfigError, NotAStorage, import_storage_class
 from .settings import app_settings
 
 TAG = "backup_app"
+
+#: The fields django-dbbackup fills in a filename template (``utils.filename_generate``).
+TEMPLATE_FIELDS = ("datetime", "databasename", "servername", "extension", "content_type")
 
 
 def _env(name: str) -> str:
@@ -37,13 +48,40 @@ def _is_inside(child: Path, parent: Path) -> bool:
     return True
 
 
+def _folder_setting(location: str) -> str:
+    """The setting a local backup folder came from: ``backup_dir``'s variable, else ``backup_options``' location."""
+    if app_settings.backup_dir is not None and str(app_settings.backup_dir) == str(location):
+        return _env("backup_dir")
+    return f"{_env('backup_options')} location"
+
+
+def _creation_problem(path: Path) -> str | None:
+    """Why the missing folder ``path`` cannot be created, or None.
+
+    A folder is made and removed in the nearest existing parent: ``os.access`` says yes to root anywhere,
+    even on ``/proc``.
+    """
+    existing = _nearest_existing(path)
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".backup-app-probe-", dir=existing))
+    except OSError as err:
+        return f"nothing can be created in {existing}: {err.strerror}"
+    return None
+
+
 @register(TAG)
 def check_storage(app_configs=None, **kwargs):
-    """E001 not writable, E002 inside MEDIA_ROOT, E006 storage class, W001 default folder."""
+    """E006 storage does not import, E011 not a storage; local folder: E001 cannot be created, E019 not
+    writable, E020 a file; E002 inside MEDIA_ROOT, W001 default folder."""
     messages = []
     backend = app_settings.storage_backend
     try:
         import_storage_class(backend, where=_env("backup_storage"))
+    except NotAStorage as err:
+        messages.append(Error(str(err), hint="Name a Django storage class in backup_storage.", id="backup_app.E011"))
+        return messages
     except ConfigError as err:
         messages.append(Error(str(err), hint="Fix backup_storage or install the package.", id="backup_app.E006"))
         return messages
@@ -53,12 +91,28 @@ def check_storage(app_configs=None, **kwargs):
     if not location:
         return messages
     path = Path(location)
-    existing = _nearest_existing(path)
-    if not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
+    setting = _folder_setting(location)
+    if path.exists() and not path.is_dir():
         messages.append(
             Error(
-                f"The backup folder {path} is not writable.",
-                hint=f"Create it with write permission for this user, or set {_env('backup_dir')} to another folder.",
+                f"{setting} ({path}) is a file, not a folder.",
+                hint=f"Set {setting} to a folder.",
+                id="backup_app.E020",
+            )
+        )
+    elif path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
+        messages.append(
+            Error(
+                f"{setting} ({path}): the backup folder is not writable by this user.",
+                hint=f"Give this user write permission on {path}, or set {setting} to another folder.",
+                id="backup_app.E019",
+            )
+        )
+    elif not path.exists() and (problem := _creation_problem(path)):
+        messages.append(
+            Error(
+                f"{setting} ({path}): the backup folder cannot be created ({problem}).",
+                hint=f"Create it with write permission for this user, or set {setting} to another folder.",
                 id="backup_app.E001",
             )
         )
@@ -84,34 +138,81 @@ def check_storage(app_configs=None, **kwargs):
     return messages
 
 
+def _template_problems(key: str, template: str) -> list[Error]:
+    """E015 not a format string, E016 empty or numbered field, E014 unknown field, E003 no {datetime},
+    E013 no {extension}, E008 a '/'."""
+    where = f"{_env(key)} ({template!r})"
+    fields = ", ".join("{" + name + "}" for name in TEMPLATE_FIELDS)
+    try:
+        parsed = [field for _text, field, _spec, _conv in string.Formatter().parse(template) if field is not None]
+    except ValueError as err:
+        return [
+            Error(
+                f"{where} is not a filename template: {err}.",
+                hint="Write every field as {name} and no other brace, e.g. InvenTree-db-{datetime}.{extension}",
+                id="backup_app.E015",
+            )
+        ]
+    messages = []
+    numbered = [field for field in parsed if field == "" or field[0].isdigit()]
+    if numbered:
+        messages.append(
+            Error(
+                f"{where} has the field {{{numbered[0]}}}, which has no name: django-dbbackup fills fields by name.",
+                hint=f"Name the field: use {fields}.",
+                id="backup_app.E016",
+            )
+        )
+    unknown = [field for field in parsed if field and not field[0].isdigit() and field not in TEMPLATE_FIELDS]
+    if unknown:
+        messages.append(
+            Error(
+                f"{where} has the field {{{unknown[0]}}}, which django-dbbackup does not fill: every backup "
+                "would fail.",
+                hint=f"Use only {fields}.",
+                id="backup_app.E014",
+            )
+        )
+    if "datetime" not in parsed:
+        messages.append(
+            Error(
+                f"{where} has no {{datetime}}: backups would overwrite each other and could not be ordered.",
+                hint="Put {datetime} into the template, e.g. InvenTree-db-{datetime}.{extension}",
+                id="backup_app.E003",
+            )
+        )
+    if "extension" not in parsed:
+        messages.append(
+            Error(
+                f"{where} has no {{extension}}: the files could not be told apart by kind, compression and encryption.",
+                hint="End the template with .{extension}, e.g. InvenTree-db-{datetime}.{extension}",
+                id="backup_app.E013",
+            )
+        )
+    if "/" in template:
+        messages.append(
+            Error(
+                f"{where} contains '/': a filename template names a file, not a folder.",
+                hint="Use a plain file name such as InvenTree-db-{datetime}.{extension}; the folder is backup_dir.",
+                id="backup_app.E008",
+            )
+        )
+    return messages
+
+
 @register(TAG)
 def check_names(app_configs=None, **kwargs):
-    """E003 template lacks {datetime}; E004 lacks {databasename} with several databases; E007 date format."""
+    """The filename templates (:func:`_template_problems`); E004 no {databasename} with several databases;
+    E007 date format that does not read back to the second, E012 one that gives other characters than
+    letters, digits, '-' and '_'."""
     messages = []
     templates = (
         ("backup_database_filename_template", app_settings.filename_template),
         ("backup_media_filename_template", app_settings.media_filename_template),
     )
     for key, template in templates:
-        if callable(template):
-            continue
-        if "{datetime}" not in template:
-            messages.append(
-                Error(
-                    f"{_env(key)} ({template!r}) has no {{datetime}}: backups would overwrite each other and "
-                    "could not be ordered.",
-                    hint="Put {datetime} into the template, e.g. InvenTree-db-{datetime}.{extension}",
-                    id="backup_app.E003",
-                )
-            )
-        if "{extension}" not in template or "/" in template:
-            messages.append(
-                Error(
-                    f"{_env(key)} ({template!r}) must end with {{extension}} and contain no '/'.",
-                    hint="Use a plain file name such as InvenTree-db-{datetime}.{extension}",
-                    id="backup_app.E008",
-                )
-            )
+        if not callable(template):
+            messages += _template_problems(key, template)
     databases = app_settings.databases
     db_template = app_settings.filename_template
     if len(databases) > 1 and not callable(db_template) and "{databasename}" not in db_template:
@@ -126,24 +227,72 @@ def check_names(app_configs=None, **kwargs):
     fmt = app_settings.date_format
     sample = datetime(2024, 12, 31, 23, 59, 58)
     try:
-        round_trip = datetime.strptime(sample.strftime(fmt), fmt) == sample
+        stamp = sample.strftime(fmt)
+        round_trip = datetime.strptime(stamp, fmt) == sample
     except ValueError:
-        round_trip = False
-    if not round_trip or re.search(r"[^A-Za-z0-9%_-]", fmt):
+        stamp, round_trip = "", False
+    if not round_trip:
         messages.append(
             Error(
-                f"{_env('backup_date_format')} ({fmt!r}) does not give a timestamp that reads back to the second "
-                "using only letters, digits, '-' and '_'.",
-                hint="Use the default %Y-%m-%d-%H%M%S",
+                f"{_env('backup_date_format')} ({fmt!r}) does not give a timestamp that reads back to the second: "
+                "backups of the same day could not be ordered or told apart.",
+                hint="Use the default %Y-%m-%d-%H%M%S, or another format with year, month, day, hour, minute "
+                "and second.",
                 id="backup_app.E007",
+            )
+        )
+    if re.search(r"[^A-Za-z0-9_-]", stamp or fmt.replace("%", "")):
+        messages.append(
+            Error(
+                f"{_env('backup_date_format')} ({fmt!r}) gives timestamps such as {stamp!r}, with characters other "
+                "than letters, digits, '-' and '_': not every storage keeps such names as they are.",
+                hint="Use the default %Y-%m-%d-%H%M%S",
+                id="backup_app.E012",
             )
         )
     return messages
 
 
 @register(TAG)
+def check_connectors(app_configs=None, **kwargs):
+    """E017: a database's django-dbbackup connector class does not import; E018: it is no connector."""
+    from dbbackup.db.base import CONNECTOR_MAPPING, DEFAULT_CONNECTOR, BaseDBConnector
+    from django.db import connections
+
+    messages = []
+    mapping = {**CONNECTOR_MAPPING, **app_settings.connector_mapping}
+    for alias in app_settings.databases:
+        if alias not in connections.settings:
+            continue
+        path = app_settings.connector_options(alias).get("CONNECTOR")
+        if path:
+            where = f"{_env('backup_connector_options')} CONNECTOR of database '{alias}'"
+            fix = "Fix the dotted path, or remove CONNECTOR to use django-dbbackup's own connector."
+        else:
+            engine = connections.settings[alias]["ENGINE"]
+            path = mapping.get(engine, DEFAULT_CONNECTOR)
+            where = f"the connector mapping's class for {engine} (database '{alias}')"
+            fix = "Fix the dotted path in the connector mapping setting."
+        try:
+            cls = import_string(path)
+        except ImportError as err:
+            messages.append(Error(f"{where}: {path!r} cannot be imported ({err}).", hint=fix, id="backup_app.E017"))
+            continue
+        if not (isinstance(cls, type) and issubclass(cls, BaseDBConnector)):
+            messages.append(
+                Error(
+                    f"{where}: {path!r} is not a django-dbbackup connector class.",
+                    hint="Name a subclass of dbbackup.db.base.BaseDBConnector, e.g. "
+                    "dbbackup.db.postgresql.PgDumpBinaryConnector.",
+                    id="backup_app.E018",
+                )
+            )
+    return messages
+
+
+@register(TAG)
 def check_gpg(app_configs=None, **kwargs):
-    """E005: a GPG recipient is configured but its public key is not in the keyring."""
+    """E009 GnuPG home not a folder, E010 gpg cannot be run, E005 no public key for the recipient."""
     recipient = app_settings.gpg_recipient
     if not recipient:
         return []
@@ -165,9 +314,9 @@ def check_gpg(app_configs=None, **kwargs):
     except (OSError, ValueError) as err:
         return [
             Error(
-                f"gpg cannot be run ({err}).",
-                hint="Install GnuPG (apt-get install gnupg).",
-                id="backup_app.E005",
+                f"{_env('backup_gpg_recipient')} is set but gpg cannot be run ({err}).",
+                hint="Install GnuPG (apt-get install gnupg), or put it on the PATH.",
+                id="backup_app.E010",
             )
         ]
     if not keys:
@@ -180,6 +329,49 @@ def check_gpg(app_configs=None, **kwargs):
             )
         ]
     return []
+
+
+@register(TAG)
+def check_unknown_keys(app_configs=None, **kwargs):
+    """W004: a ``backup_*`` key of the config file, W005 a ``<prefix>BACKUP_*`` variable, that is no setting."""
+    config = app_settings.config
+    if config is None:
+        return []
+    messages = []
+    for unknown in config.unknown:
+        in_file = unknown.where != "the environment"
+        messages.append(
+            Warning(
+                unknown.message,
+                hint=(
+                    f"Rename it to {unknown.closest}."
+                    if unknown.closest
+                    else "Remove it, or see config_template.yaml for the known keys."
+                ),
+                id="backup_app.W004" if in_file else "backup_app.W005",
+            )
+        )
+    return messages
+
+
+@register(TAG)
+def check_stock_mail(app_configs=None, **kwargs):
+    """W006: failures of stock dbbackup commands are not mailed (backup_app is listed before dbbackup)."""
+    if not (app_settings.send_email and apps.is_installed("dbbackup")):
+        return []
+    from dbbackup.log import DbbackupAdminEmailHandler
+
+    # backup_app's ready() replaces stock's handler; it is still there when dbbackup's ready() ran later.
+    if not any(isinstance(handler, DbbackupAdminEmailHandler) for handler in logging.getLogger("dbbackup").handlers):
+        return []
+    return [
+        Warning(
+            "backup_send_email is on but failures of stock dbbackup/mediabackup commands are not mailed: "
+            "django-dbbackup set up its logger after backup_app.",
+            hint="List 'backup_app' after 'dbbackup' in INSTALLED_APPS.",
+            id="backup_app.W006",
+        )
+    ]
 
 
 @register(TAG)

@@ -25,7 +25,21 @@ CHECK_IDS = [
     "backup_app.E007",
     "backup_app.E008",
     "backup_app.E009",
+    "backup_app.E010",
+    "backup_app.E011",
+    "backup_app.E012",
+    "backup_app.E013",
+    "backup_app.E014",
+    "backup_app.E015",
+    "backup_app.E016",
+    "backup_app.E017",
+    "backup_app.E018",
+    "backup_app.E019",
+    "backup_app.E020",
     "backup_app.W001",
+    "backup_app.W004",
+    "backup_app.W005",
+    "backup_app.W006",
 ]
 
 TWO_DATABASE_SETTINGS = """\
@@ -211,10 +225,19 @@ def test_e006_quiet_for_a_remote_storage_that_imports(tmp_path):
 # --- E007: date format ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("fmt", ["%Y-%m-%d", "%Y/%m/%d %H:%M:%S"])
-def test_e007_date_format_that_does_not_round_trip_safely(tmp_path, fmt):
+@pytest.mark.parametrize("fmt", ["%Y-%m-%d", "%Y%m%d%H%M"])
+def test_e007_date_format_that_does_not_read_back_to_the_second(tmp_path, fmt):
     site = make_site(tmp_path / "site", INVENTREE_BACKUP_DATE_FORMAT=fmt)
     assert_error(check(site), "backup_app.E007", "INVENTREE_BACKUP_DATE_FORMAT", repr(fmt))
+
+
+# --- E012: date format giving other characters than letters, digits, - and _ --------------
+
+
+@pytest.mark.parametrize("fmt", ["%Y/%m/%d %H:%M:%S", "%c"])
+def test_e012_date_format_with_characters_a_storage_may_not_keep(tmp_path, fmt):
+    site = make_site(tmp_path / "site", INVENTREE_BACKUP_DATE_FORMAT=fmt)
+    assert_error(check(site), "backup_app.E012", "INVENTREE_BACKUP_DATE_FORMAT", repr(fmt))
 
 
 def test_e007_quiet_for_another_complete_format(tmp_path):
@@ -228,6 +251,77 @@ def test_e007_quiet_for_another_complete_format(tmp_path):
 def test_e008_template_with_a_folder(tmp_path):
     site = make_site(tmp_path / "site", INVENTREE_BACKUP_MEDIA_FILENAME_TEMPLATE="media/{datetime}.{extension}")
     assert_error(check(site), "backup_app.E008", "INVENTREE_BACKUP_MEDIA_FILENAME_TEMPLATE")
+
+
+# --- E013-E016: filename templates django-dbbackup cannot fill ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("template", "check_id"),
+    [
+        ("InvenTree-db-{datetime}.dump", "backup_app.E013"),
+        ("InvenTree-db-{foo}-{datetime}.{extension}", "backup_app.E014"),
+        ("InvenTree-db-{datetime.year}-{datetime}.{extension}", "backup_app.E014"),
+        ("InvenTree-db-{datetime}-{.{extension}", "backup_app.E015"),
+        ("InvenTree-db-}{datetime}.{extension}", "backup_app.E015"),
+        ("InvenTree-db-{}-{datetime}.{extension}", "backup_app.E016"),
+        ("InvenTree-db-{0}-{datetime}.{extension}", "backup_app.E016"),
+    ],
+    ids=[
+        "no-extension",
+        "unknown-field",
+        "attribute-of-a-field",
+        "stray-open-brace",
+        "stray-close-brace",
+        "empty-field",
+        "numbered-field",
+    ],
+)
+def test_template_problem_has_its_own_id(tmp_path, template, check_id):
+    site = make_site(tmp_path / "site", INVENTREE_BACKUP_DATABASE_FILENAME_TEMPLATE=template)
+    assert_error(check(site), check_id, "INVENTREE_BACKUP_DATABASE_FILENAME_TEMPLATE", repr(template))
+
+
+# --- E017 / E018: the connector class --------------------------------------------------------------
+
+
+def test_e017_connector_that_does_not_import(tmp_path):
+    site = make_site(tmp_path / "site", INVENTREE_BACKUP_CONNECTOR_OPTIONS='{"CONNECTOR": "no.such.Connector"}')
+    assert_error(check(site), "backup_app.E017", "INVENTREE_BACKUP_CONNECTOR_OPTIONS", "'no.such.Connector'")
+
+
+def test_e018_connector_that_is_not_a_connector(tmp_path):
+    site = make_site(tmp_path / "site", INVENTREE_BACKUP_CONNECTOR_OPTIONS='{"CONNECTOR": "collections.OrderedDict"}')
+    assert_error(check(site), "backup_app.E018", "INVENTREE_BACKUP_CONNECTOR_OPTIONS", "'collections.OrderedDict'")
+
+
+# --- E020: the backup folder is a file -------------------------------------------------------------
+
+
+def test_e020_backup_folder_that_is_a_file(tmp_path):
+    (tmp_path / "afile").write_text("a regular file")
+    site = make_site(tmp_path / "site", INVENTREE_BACKUP_DIR=str(tmp_path / "afile"))
+    assert_error(check(site), "backup_app.E020", "INVENTREE_BACKUP_DIR", str(tmp_path / "afile"))
+
+
+# --- W006: stock failure mail not replaced -----------------------------------------------------------
+
+APPS_IN_THE_WRONG_ORDER = """\
+from config.settings import *  # noqa: F403
+
+INSTALLED_APPS = [app for app in INSTALLED_APPS if app != "dbbackup"]
+INSTALLED_APPS.insert(INSTALLED_APPS.index("backup_app") + 1, "dbbackup")
+"""
+
+
+def test_w006_backup_app_listed_before_dbbackup_with_failure_mail_on(tmp_path):
+    (tmp_path / "wrong_order_settings.py").write_text(APPS_IN_THE_WRONG_ORDER)
+    pythonpath = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH", "")) if p)
+    env = {"DJANGO_SETTINGS_MODULE": "wrong_order_settings", "PYTHONPATH": pythonpath}
+    wrong = make_site(tmp_path / "wrong", INVENTREE_BACKUP_SEND_EMAIL="true", **env)
+    right = make_site(tmp_path / "right", INVENTREE_BACKUP_SEND_EMAIL="true")
+
+    assert ("backup_app.W006" in reported(check(wrong)), "backup_app.W006" in reported(check(right))) == (True, False)
 
 
 # --- E009: GnuPG home that is not a folder ----------------------------------------

@@ -417,3 +417,66 @@ def test_path_to_a_regular_file_fails_with_one_line_naming_it(path_site, tmp_pat
     assert result.returncode != 0, result.output
     assert str(afile) in last[0] and "Traceback" not in result.output, result.output
     assert FIX.search(last[0]), last[0]
+
+
+# --- any site's manage.py, not only the demo's: a configuration error is one line, exit status 2 ------------
+
+STRANGER_SETTINGS = """
+from backup_app.conf import apply_backup_settings
+
+INSTALLED_APPS += ["dbbackup", "backup_app"]
+apply_backup_settings(globals(), prefix="MYSITE_")
+"""
+BAD_KEEP = "Configuration error: MYSITE_BACKUP_KEEP: 'abc' is not a whole number; use e.g. 10"
+
+
+@pytest.fixture(scope="module")
+def stranger(tmp_path_factory) -> tuple[Path, dict]:
+    """A project made by Django's own ``startproject`` (its stock manage.py), backup_app added to its settings,
+    ``MYSITE_BACKUP_KEEP=abc``; returns its folder and environment."""
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("stranger") / "project"
+    root.mkdir()
+    subprocess.run([sys.executable, "-m", "django", "startproject", "mysite", str(root)], check=True)
+    settings = root / "mysite" / "settings.py"
+    settings.write_text(settings.read_text() + STRANGER_SETTINGS)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("INVENTREE_", "DJANGO_", "MYSITE_"))}
+    env.update(PYTHONPATH=str(ROOT), MYSITE_BACKUP_KEEP="abc", MYSITE_BACKUP_DIR=str(root / "backup"))
+    return root, env
+
+
+def run_in(root: Path, env: dict, *argv: str) -> Result:
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, *argv], cwd=root, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.mark.parametrize("command", ["check", "migrate", "backup_create"])
+def test_configuration_error_stops_any_sites_manage_py_with_one_line(stranger, command):
+    result = run_in(*stranger, "manage.py", command)
+
+    assert (result.returncode, result.stdout, result.stderr.splitlines()) == (2, "", [BAD_KEEP])
+
+
+def test_configuration_error_shows_its_traceback_when_asked(stranger):
+    result = run_in(*stranger, "manage.py", "check", "--traceback")
+
+    assert result.returncode != 0 and "Traceback" in result.stderr
+    assert result.stderr.splitlines()[-1].endswith(BAD_KEEP.removeprefix("Configuration error: "))
+
+
+def test_configuration_error_fails_a_wsgi_server_start_with_the_error_logged_in_one_line(stranger):
+    # What gunicorn or uwsgi do when they load the application: the exception reaches them, the line is logged.
+    result = run_in(*stranger, "-c", "import mysite.wsgi")
+
+    assert result.returncode != 0
+    assert result.stderr.splitlines()[0] == BAD_KEEP
+    assert result.stderr.splitlines()[-1] == "backup_app.conf.ConfigError: " + BAD_KEEP.removeprefix(
+        "Configuration error: "
+    )

@@ -7,6 +7,7 @@ and returns a :class:`BackupResult`.
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import socket
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 
 import dbbackup
 import django
-from django.core.checks import ERROR, run_checks
+from django.core.checks import ERROR, WARNING, run_checks
 from django.core.files.storage import FileSystemStorage
 from django.utils import timezone
 
@@ -36,6 +37,8 @@ from ..sets import MANIFEST_FORMAT, Naming, Retention, list_files, manifest_size
 from ..settings import app_settings
 from ..storage import backup_storage, describe
 from . import prune
+
+logger = logging.getLogger("backup_app")
 
 
 @dataclass
@@ -107,11 +110,15 @@ def run(
 def _back_up(options: BackupOptions, progress: Progress) -> BackupResult:
     if options.skip_db and options.skip_media:
         raise BackupError("--skip-db and --skip-media together leave nothing to back up")
-    problems = [m for m in run_checks(tags=["backup_app"]) if m.level >= ERROR]
+    found = run_checks(tags=["backup_app"])
+    problems = [m for m in found if m.level >= ERROR]
     if problems:
         raise BackupError(
             "backup refused: " + "; ".join(f"{m.id}: {m.msg}" + (f" ({m.hint})" if m.hint else "") for m in problems)
         )
+    for m in found:
+        if m.level >= WARNING:  # a misspelt key, the default folder: said on every run, not only by `check`
+            logger.warning("%s: %s%s", m.id, m.msg, f" ({m.hint})" if m.hint else "")
     storage = backup_storage(options.path)
     where = describe(storage)
     progress.step(f"Backing up to {where}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import gc
+import os
 import sys
 import threading
 from contextlib import suppress
@@ -59,6 +60,15 @@ def steady_memory() -> None:
     """
     with suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").mallopt(-3, 256 * 1024)  # -3 = M_MMAP_THRESHOLD
+
+
+def backup_folder(path: str | None) -> str | None:
+    """``--path`` of a command that reads backups: the folder as given; CommandError naming it when it is
+    missing or not a folder (it is never created: an empty new folder would read as "no backups")."""
+    if path and not os.path.isdir(path):
+        what = "is a file, not a folder" if os.path.exists(path) else "does not exist"
+        raise CommandError(f"--path {path} {what}; give the folder that holds the backup files")
+    return path
 
 
 def options_for(cls: type, options: dict):

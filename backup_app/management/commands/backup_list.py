@@ -4,7 +4,7 @@ import json
 
 from backup_app.actions import list as list_action
 
-from ._base import BackupCommand, options_for
+from ._base import BackupCommand, backup_folder, options_for
 
 
 def _size(n: int) -> str:
@@ -24,6 +24,7 @@ class Command(BackupCommand):
         parser.add_argument("--path", help="List backups in this local folder instead of the storage.")
 
     def handle(self, *args, **options):
+        backup_folder(options["path"])
         sets = list_action.run(options_for(list_action.ListOptions, options))
         if options["json"]:
             self.stdout.write(json.dumps([s.as_json() for s in sets], indent=2))

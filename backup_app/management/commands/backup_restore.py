@@ -2,7 +2,7 @@
 
 from backup_app.actions import restore
 
-from ._base import BackupCommand, options_for
+from ._base import BackupCommand, backup_folder, options_for
 
 
 class Command(BackupCommand):
@@ -59,6 +59,7 @@ class Command(BackupCommand):
         )
 
     def handle(self, *args, **options):
+        backup_folder(options["path"])
         restore.run(
             options_for(restore.RestoreOptions, options),
             progress=self,

@@ -4,7 +4,7 @@ from django.core.management.base import CommandError
 
 from backup_app.actions import verify
 
-from ._base import BackupCommand, options_for
+from ._base import BackupCommand, backup_folder, options_for
 
 
 class Command(BackupCommand):
@@ -21,6 +21,7 @@ class Command(BackupCommand):
         parser.add_argument("--path", help="Verify the backups in this local folder instead of the storage.")
 
     def handle(self, *args, **options):
+        backup_folder(options["path"])
         result = verify.run(options_for(verify.VerifyOptions, options), progress=self)
         for r in result.reports:
             state = "OK" if r.ok else "PROBLEM"
