@@ -395,6 +395,21 @@ class ReadResult:
     sha256: str = ""
 
 
+def _decrypt_error(name: str, decryptor: Running, spec: GpgSpec) -> RestoreError:
+    """gpg's failure to decrypt ``name``, in one line with the fix."""
+    reason = decryptor.error_text()
+    if spec.passphrase is None and "can't get input" in reason:
+        # The key has a passphrase, none was given and (rightly) no agent had one.
+        variable = app_settings.env_name("backup_gpg_passphrase_file")
+        return RestoreError(
+            f"gpg could not decrypt {name}: the secret key needs its passphrase and none was given; "
+            f"set {variable} (backup_gpg_passphrase_file)"
+        )
+    return RestoreError(
+        f"gpg could not decrypt {name}: {reason}; check that the secret key is in backup_gpg_home and its passphrase"
+    )
+
+
 @contextmanager
 def open_stream(
     storage,
@@ -457,10 +472,7 @@ def open_stream(
                 feeder.join()
                 decryptor.proc.wait()
                 if decryptor.proc.returncode > 0:
-                    raise RestoreError(
-                        f"gpg could not decrypt {name}: {decryptor.error_text()}; "
-                        "check that the secret key is in backup_gpg_home and its passphrase"
-                    ) from None
+                    raise _decrypt_error(name, decryptor, spec) from None
             if _is_decoding_error(err):
                 what = compression + " " if compression else ""
                 raise RestoreError(f"{name} is damaged or not a {what}backup file ({redact(err)})") from None
@@ -469,10 +481,7 @@ def open_stream(
             feeder.join()
             decryptor.proc.wait()
             if decryptor.proc.returncode:
-                raise RestoreError(
-                    f"gpg could not decrypt {name}: {decryptor.error_text()}; "
-                    "check that the secret key is in backup_gpg_home and its passphrase"
-                )
+                raise _decrypt_error(name, decryptor, spec)
             if feed_errors:
                 raise RestoreError(f"reading {name} failed: {redact(feed_errors[0])}")
         else:

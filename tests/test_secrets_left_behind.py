@@ -566,6 +566,12 @@ def test_restore_without_passphrase_fails_after_a_run_with_it(after_a_run_with_t
     assert (seen["second restore"].returncode != 0, seen["doc.txt"]) == (True, "current"), seen["second restore"]
 
 
+def test_restore_without_passphrase_says_which_setting_gives_it(after_a_run_with_the_passphrase):
+    last = after_a_run_with_the_passphrase["second restore"].stderr.strip().splitlines()[-1]
+
+    assert "needs its passphrase" in last and "set INVENTREE_BACKUP_GPG_PASSPHRASE_FILE" in last, last
+
+
 def test_no_gpg_agent_is_left_running_after_a_run_with_the_passphrase(after_a_run_with_the_passphrase):
     seen = after_a_run_with_the_passphrase
 
