@@ -25,7 +25,8 @@ class StockFailureMail(logging.Handler):
             command = re.search(r"commands[/\\](\w+)\.py", text)
             action = "restore" if command and "restore" in command.group(1) else "backup"
             origin = f"stock {command.group(1)}" if command else "stock"
-            notify_failure(action, text.split("\n", 1)[0], origin=origin)
+            # The error (it may span lines: a tool's stderr) without the traceback, which starts at '  File "'.
+            notify_failure(action, text.split('\n  File "', 1)[0], origin=origin)
         except Exception:
             self.handleError(record)
 
