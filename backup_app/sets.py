@@ -2,8 +2,9 @@
 
 A *set* is everything one ``invoke backup`` run wrote: one dump per database,
 one media archive, and a manifest written last.  All its files carry the same
-``{datetime}`` stamp, which is the set's name.  Names are parsed exactly
-against the configured filename templates (never by substring).
+``{datetime}`` stamp, which is the set's name.  Sets are found by their
+manifests first, whatever templates named them; files no manifest names are
+parsed exactly against the configured filename templates (never by substring).
 
 Files without a manifest form *legacy* sets when they were written by stock
 django-dbbackup, and *incomplete* sets when a run of ours left a pending
@@ -15,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.core.files.base import ContentFile
@@ -303,35 +304,58 @@ def list_files(storage) -> list[str]:
 
 
 def list_sets(storage, naming: Naming | None = None, names: list[str] | None = None) -> list[BackupSet]:
-    """All backup sets in ``storage``, newest first."""
+    """All backup sets in ``storage``, newest first.
+
+    Sets are found by their manifests first, whatever templates and date format named them: every
+    ``*.manifest.metadata`` that reads as a manifest of this app makes a set of the files it names.  Only the
+    files no manifest names (stock dbbackup's, a run that never finished) are grouped by the current templates.
+    """
     naming = naming or Naming()
     names = list_files(storage) if names is None else names
+    stored = set(names)
+    sets: dict[str, BackupSet] = {}
+    claimed: set[str] = set()
+    for name in names:
+        if name.endswith(MANIFEST_EXT):
+            bset = _manifest_set(storage, naming, name, stored)
+            if bset is not None and bset.name not in sets:
+                sets[bset.name] = bset
+                claimed.update(f.name for f in bset.files)
+
     by_stamp: dict[str, list[BackupFile]] = {}
     for name in names:
-        parsed = naming.parse(name)
-        if parsed is not None:
+        parsed = None if name in claimed else naming.parse(name)
+        if parsed is not None and parsed.kind != "manifest":
             by_stamp.setdefault(parsed.stamp, []).append(parsed)
+    for bset in sets.values():
+        # A stock sidecar of a file the manifest names goes with it (and with it when the set is pruned).
+        bset.extra += [
+            BackupFile(n, "metadata", bset.name)
+            for n in names
+            if n.endswith(".metadata") and n not in claimed and any(n.startswith(f.name + ".") for f in bset.files)
+        ]
+        for f in by_stamp.pop(bset.name, []):
+            if f.kind in ("metadata", "pending"):
+                if f.name not in {x.name for x in bset.extra}:
+                    bset.extra.append(f)
+            elif bset.manifest is None:
+                bset.files.append(f)  # the manifest is unreadable: the set's files by their names
+            else:
+                bset.problems.append(f"{f.name} is not named in the manifest")
 
-    sets = []
     for stamp, files in by_stamp.items():
-        created = naming.stamp_to_datetime(stamp)
-        manifest_file = next((f for f in files if f.kind == "manifest"), None)
         pending = [f for f in files if f.kind == "pending"]
         data_files = [f for f in files if f.kind in ("db", "media")]
         extra = [f for f in files if f.kind in ("metadata", "pending")]
-        bset = BackupSet(name=stamp, created=created, status="legacy", files=data_files, extra=extra)
-        if manifest_file is not None:
-            try:
-                manifest, manifest_file.size = read_manifest(storage, manifest_file.name)
-            except Exception as err:
-                bset.status = "incomplete"
-                bset.problems.append(f"manifest {manifest_file.name} unreadable: {redact(err)}")
-                bset.files.append(manifest_file)
-            else:
-                _apply_manifest(bset, manifest, manifest_file)
-        elif pending:
+        bset = BackupSet(
+            name=stamp, created=naming.stamp_to_datetime(stamp), status="legacy", files=data_files, extra=extra
+        )
+        if pending:
             bset.status = "incomplete"
             bset.problems.append("the run that wrote this set did not finish")
+        sets[stamp] = bset
+
+    for bset in sets.values():
         if bset.status != "complete":
             for f in bset.files:
                 if f.size is None and f.kind != "manifest":
@@ -339,40 +363,78 @@ def list_sets(storage, naming: Naming | None = None, names: list[str] | None = N
                         f.size = storage.size(f.name)
                     except Exception:
                         f.size = None
-        if bset.files or bset.extra:
-            sets.append(bset)
-    sets.sort(key=lambda s: (s.created, s.name), reverse=True)
-    return sets
+    found = [s for s in sets.values() if s.files or s.extra]
+    found.sort(key=lambda s: (s.created, s.name), reverse=True)
+    return found
 
 
-def _apply_manifest(bset: BackupSet, manifest: dict, manifest_file: BackupFile) -> None:
-    bset.manifest = manifest
-    with_created = manifest.get("created")
-    if with_created:
-        try:
-            bset.created = datetime.fromisoformat(with_created)
-        except ValueError:
-            pass
-    present = {f.name: f for f in bset.files}
+def _manifest_set(storage, naming: Naming, name: str, stored: set[str]) -> BackupSet | None:
+    """The set manifest ``name`` describes; None when it is no manifest of this app and no name of the templates.
+
+    An unreadable manifest whose name the current templates parse makes an incomplete set of that stamp.
+    """
+    parsed = naming.parse(name)
+    if parsed is not None and parsed.kind != "manifest":
+        parsed = None
+    manifest_file = BackupFile(name, "manifest", parsed.stamp if parsed else "")
+    try:
+        manifest, manifest_file.size = read_manifest(storage, name)
+    except Exception as err:
+        if parsed is None:
+            return None
+        return BackupSet(
+            name=parsed.stamp,
+            created=naming.stamp_to_datetime(parsed.stamp),
+            status="incomplete",
+            files=[manifest_file],
+            problems=[f"manifest {name} unreadable: {redact(err)}"],
+        )
+    stamp = manifest.get("name") if isinstance(manifest.get("name"), str) else manifest_file.stamp
+    if not stamp:
+        return None
+    manifest_file.stamp = stamp
+    created = _manifest_created(manifest) or naming.stamp_to_datetime(stamp) or _modified(storage, name)
+    bset = BackupSet(name=stamp, created=created, status="complete", manifest=manifest)
     missing = []
     for entry in manifest.get("files", []):
-        stored = present.get(entry["name"])
-        if stored is None:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            continue
+        if entry["name"] not in stored:
             missing.append(entry["name"])
             continue
-        stored.size = entry.get("size")
-        stored.sha256 = entry.get("sha256")
-        stored.database = entry.get("database") or stored.database
-    listed = {e["name"] for e in manifest.get("files", [])}
-    for f in bset.files:
-        if f.name not in listed:
-            bset.problems.append(f"{f.name} is not named in the manifest")
-    bset.files = [f for f in bset.files if f.name in listed] + [manifest_file]
+        base, compression, encrypted = split_extension(entry["name"])
+        bset.files.append(
+            BackupFile(
+                entry["name"],
+                entry.get("kind") if entry.get("kind") in ("db", "media") else "db",
+                stamp,
+                database=entry.get("database"),
+                compression=entry.get("compression", compression),
+                encrypted=bool(entry.get("encrypted", encrypted)),
+                size=entry.get("size"),
+                sha256=entry.get("sha256"),
+            )
+        )
+    bset.files.append(manifest_file)
     if missing:
         bset.status = "incomplete"
         bset.problems.append("missing: " + ", ".join(missing))
-    else:
-        bset.status = "complete"
+    return bset
+
+
+def _manifest_created(manifest: dict) -> datetime | None:
+    try:
+        created = datetime.fromisoformat(manifest["created"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return timezone.make_aware(created) if timezone.is_naive(created) else created
+
+
+def _modified(storage, name: str) -> datetime:
+    try:
+        return storage.get_modified_time(name)
+    except Exception:
+        return datetime.fromtimestamp(0, tz=UTC)
 
 
 @dataclass(frozen=True)

@@ -238,3 +238,91 @@ def test_doomed_keeps_legacy_files_unless_asked_then_the_newest_of_each_kind(tmp
         "InvenTree-db-2026-11-26-020000.sqlite3.gz",
         "InvenTree-db-2026-11-26-020000.sqlite3.gz.metadata",
     ]
+
+
+# --- sets found by their manifests, whatever the templates were --------------------------------------------------
+
+#: Templates and date format a site used before changing them.
+OLD = Naming(
+    db_template="{servername}-{databasename}-{datetime}.{extension}",
+    media_template="files-{datetime}.{extension}",
+    date_format="%Y%m%dT%H%M%S",
+)
+
+
+def manifest_set(storage, naming: Naming, stamp: str, *, missing: bool = False) -> dict[str, str]:
+    """A set as ``write_set`` stores it (gzip + gpg dump of 'default', gzip archive), named by ``naming``."""
+    db, media = naming.db_name(stamp, "default", "sqlite3.gz.gpg"), naming.media_name(stamp, "tar.gz")
+    for name in (db,) if missing else (db, media):
+        storage.save(name, ContentFile(b"data"))
+    created = naming.stamp_to_datetime(stamp).astimezone(UTC).isoformat()
+    entry = {"size": 4, "sha256": "1" * 64}
+    files = [
+        {**entry, "name": db, "kind": "db", "compression": "gzip", "encrypted": True, "database": "default"},
+        {**entry, "name": media, "kind": "media", "compression": "gzip", "encrypted": False, "database": None},
+    ]
+    write_json(
+        storage,
+        naming.manifest_name(stamp),
+        {
+            "format": MANIFEST_FORMAT,
+            "name": stamp,
+            "created": created,
+            "databases": [{"alias": "default", "file": db}],
+            "media": {"file": media},
+            "files": files,
+        },
+    )
+    return {"db": db, "media": media, "manifest": naming.manifest_name(stamp)}
+
+
+def test_a_set_written_under_other_templates_and_date_format_is_listed_complete_from_its_manifest(tmp_path):
+    storage = FileSystemStorage(location=tmp_path)
+    old = manifest_set(storage, OLD, "20261127T020000")
+    manifest_set(storage, Naming(), "2026-11-28-020000")
+
+    sets = list_sets(storage)
+
+    assert [(s.name, s.status) for s in sets] == [("2026-11-28-020000", "complete"), ("20261127T020000", "complete")]
+    older = sets[1]
+    assert older.created == datetime(2026, 11, 27, 2, 0, tzinfo=UTC)
+    assert {f.kind: f.name for f in older.files} == old
+    [dump] = older.db_files
+    assert (dump.database, dump.compression, dump.encrypted, dump.sha256) == ("default", "gzip", True, "1" * 64)
+    assert (older.media_file.compression, older.media_file.encrypted) == ("gzip", False)
+    assert older.problems == []
+
+
+def test_a_set_under_other_templates_missing_a_file_is_incomplete_and_names_it(tmp_path):
+    storage = FileSystemStorage(location=tmp_path)
+    old = manifest_set(storage, OLD, "20261127T020000", missing=True)
+
+    [bset] = list_sets(storage)
+
+    assert (bset.name, bset.status, bset.problems) == ("20261127T020000", "incomplete", [f"missing: {old['media']}"])
+
+
+def test_files_without_a_manifest_are_found_by_the_current_templates_only(tmp_path):
+    storage = FileSystemStorage(location=tmp_path)
+    storage.save(OLD.db_name("20261127T020000", "default", "sqlite3.gz"), ContentFile(b"stock"))
+    storage.save(Naming().db_name("2026-11-28-020000", "default", "sqlite3.gz"), ContentFile(b"stock"))
+
+    assert [(s.name, s.status) for s in list_sets(storage)] == [("2026-11-28-020000", "legacy")]
+
+
+def test_a_file_that_only_ends_like_a_manifest_makes_no_set(tmp_path):
+    storage = FileSystemStorage(location=tmp_path)
+    storage.save("notes.manifest.metadata", ContentFile(b"not json"))
+    storage.save("other.manifest.metadata", ContentFile(b'{"format": "someone-else/1"}'))
+
+    assert list_sets(storage) == []
+
+
+def test_retention_deletes_a_set_of_older_templates_whole_manifest_first(tmp_path):
+    storage = FileSystemStorage(location=tmp_path)
+    old = manifest_set(storage, OLD, "20261127T020000")
+    manifest_set(storage, Naming(), "2026-11-28-020000")
+
+    gone = doomed(list_sets(storage), Retention(keep=1))
+
+    assert (gone[0], sorted(gone[1:])) == (old["manifest"], sorted([old["db"], old["media"]]))
