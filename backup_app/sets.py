@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,6 +27,7 @@ from .errors import BackupError
 from .pipeline import SUFFIX_TO_COMPRESSION
 from .secrets import redact
 from .settings import app_settings
+from .storage.base import RemoteStorage
 
 MANIFEST_EXT = "manifest.metadata"
 PENDING_EXT = "pending.metadata"
@@ -286,9 +288,8 @@ def write_json(storage, name: str, data: dict) -> None:
 
 
 def read_manifest(storage, name: str) -> tuple[dict, int]:
-    """The manifest's data and its size in bytes."""
-    with storage.open(name, "rb") as fh:
-        raw = fh.read()
+    """The manifest's data and its size in bytes (one GET on a remote store)."""
+    raw = read_bytes(storage, name)
     data = json.loads(raw.decode("utf-8"))
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
         raise ValueError("not a backup_app manifest")
@@ -297,10 +298,42 @@ def read_manifest(storage, name: str) -> tuple[dict, int]:
 
 def list_files(storage) -> list[str]:
     """Every name in the top folder of the backup storage (one listing request)."""
+    return sorted(list_sizes(storage))
+
+
+def list_sizes(storage) -> dict[str, int | None]:
+    """Every name in the top folder with its size where the listing gives it (S3: one request per 1,000)."""
     try:
-        return sorted(storage.listdir("")[1])
+        if isinstance(storage, RemoteStorage):
+            return storage.list_sizes("")
+        return dict.fromkeys(storage.listdir("")[1])
     except FileNotFoundError:
-        return []
+        return {}
+
+
+def read_bytes(storage, name: str) -> bytes:
+    """All of a small file: one GET on a remote store (no HEAD first)."""
+    if isinstance(storage, RemoteStorage):
+        return storage.read_bytes(name)
+    with storage.open(name, "rb") as fh:
+        return fh.read()
+
+
+def read_manifests(storage, names: list[str]) -> dict[str, tuple[dict, int] | Exception]:
+    """Each manifest of ``names`` read (:func:`read_manifest`) or the error it gave; several at once where the
+    backend's client allows (:attr:`RemoteStorage.read_workers`)."""
+
+    def read(name: str):
+        try:
+            return read_manifest(storage, name)
+        except Exception as err:
+            return err
+
+    workers = storage.read_workers if isinstance(storage, RemoteStorage) else 1
+    if workers > 1 and len(names) > 1:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backup-list") as pool:
+            return dict(zip(names, pool.map(read, names), strict=True))
+    return {name: read(name) for name in names}
 
 
 def list_sets(storage, naming: Naming | None = None, names: list[str] | None = None) -> list[BackupSet]:
@@ -309,15 +342,21 @@ def list_sets(storage, naming: Naming | None = None, names: list[str] | None = N
     Sets are found by their manifests first, whatever templates and date format named them: every
     ``*.manifest.metadata`` that reads as a manifest of this app makes a set of the files it names.  Only the
     files no manifest names (stock dbbackup's, a run that never finished) are grouped by the current templates.
+
+    Costs one listing (sizes included where the backend's listing has them) and one read per manifest, in
+    parallel where the backend allows; a size is asked for only for files of sets without a manifest and only
+    when the listing did not give it.
     """
     naming = naming or Naming()
-    names = list_files(storage) if names is None else names
+    sizes = list_sizes(storage) if names is None else dict.fromkeys(names)
+    names = sorted(sizes)
     stored = set(names)
     sets: dict[str, BackupSet] = {}
     claimed: set[str] = set()
+    manifests = read_manifests(storage, [name for name in names if name.endswith(MANIFEST_EXT)])
     for name in names:
         if name.endswith(MANIFEST_EXT):
-            bset = _manifest_set(storage, naming, name, stored)
+            bset = _manifest_set(storage, naming, name, stored, manifests[name])
             if bset is not None and bset.name not in sets:
                 sets[bset.name] = bset
                 claimed.update(f.name for f in bset.files)
@@ -359,6 +398,8 @@ def list_sets(storage, naming: Naming | None = None, names: list[str] | None = N
         if bset.status != "complete":
             for f in bset.files:
                 if f.size is None and f.kind != "manifest":
+                    f.size = sizes.get(f.name)
+                if f.size is None and f.kind != "manifest":
                     try:
                         f.size = storage.size(f.name)
                     except Exception:
@@ -368,8 +409,11 @@ def list_sets(storage, naming: Naming | None = None, names: list[str] | None = N
     return found
 
 
-def _manifest_set(storage, naming: Naming, name: str, stored: set[str]) -> BackupSet | None:
-    """The set manifest ``name`` describes; None when it is no manifest of this app and no name of the templates.
+def _manifest_set(
+    storage, naming: Naming, name: str, stored: set[str], read_back: tuple[dict, int] | Exception
+) -> BackupSet | None:
+    """The set manifest ``name`` describes (``read_back``: what :func:`read_manifest` gave for it); None when it
+    is no manifest of this app and no name of the templates.
 
     An unreadable manifest whose name the current templates parse makes an incomplete set of that stamp.
     """
@@ -377,11 +421,10 @@ def _manifest_set(storage, naming: Naming, name: str, stored: set[str]) -> Backu
     if parsed is not None and parsed.kind != "manifest":
         parsed = None
     manifest_file = BackupFile(name, "manifest", parsed.stamp if parsed else "")
-    try:
-        manifest, manifest_file.size = read_manifest(storage, name)
-    except Exception as err:
+    if isinstance(read_back, Exception):
         if parsed is None:
             return None
+        err = read_back
         return BackupSet(
             name=parsed.stamp,
             created=naming.stamp_to_datetime(parsed.stamp),
@@ -389,6 +432,7 @@ def _manifest_set(storage, naming: Naming, name: str, stored: set[str]) -> Backu
             files=[manifest_file],
             problems=[f"manifest {name} unreadable: {redact(err)}"],
         )
+    manifest, manifest_file.size = read_back
     stamp = manifest.get("name") if isinstance(manifest.get("name"), str) else manifest_file.stamp
     if not stamp:
         return None

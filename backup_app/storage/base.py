@@ -99,6 +99,23 @@ class RemoteStorage:
             self.adapter.ready(self.backend)
             return self.backend.size(name)
 
+    def list_sizes(self, path: str) -> dict[str, int | None]:
+        """The files directly in ``path`` with their sizes where the listing gives them (else None)."""
+        with self._explained("list", path):
+            self.adapter.ready(self.backend)
+            return self.adapter.list_sizes(self.backend, path)
+
+    def read_bytes(self, name: str) -> bytes:
+        """All of a small file (a manifest) in as few requests as the protocol allows."""
+        with self._explained("read", name):
+            self.adapter.ready(self.backend)
+            return self.adapter.read_bytes(self.backend, name)
+
+    @property
+    def read_workers(self) -> int:
+        """How many small reads may run at once on this backend (1: its client is not thread-safe)."""
+        return self.adapter.read_workers
+
 
 def unreachable(err: BaseException) -> str | None:
     """The reason when ``err`` (or what caused it) is a network failure to reach the server."""
@@ -129,6 +146,8 @@ class Adapter:
     """
 
     label = "storage"
+    #: Small reads (manifests) run at once by a listing; more than 1 only where the client is thread-safe.
+    read_workers = 1
     #: Defaults of the backend's ``object_parameters`` option (metadata of every stored object), or None.
     object_parameters: dict | None = None
 
@@ -154,6 +173,14 @@ class Adapter:
 
     def listdir(self, backend, path: str) -> tuple[list[str], list[str]]:
         return backend.listdir(path)
+
+    def list_sizes(self, backend, path: str) -> dict[str, int | None]:
+        """Names of the files in ``path`` -> size; the default listing gives none (None: ask ``size``)."""
+        return dict.fromkeys(self.listdir(backend, path)[1])
+
+    def read_bytes(self, backend, name: str) -> bytes:
+        with self.open(backend, name) as fh:
+            return fh.read()
 
     def save(self, backend, name: str, content) -> str:
         stream = content.file if isinstance(content, File) else content

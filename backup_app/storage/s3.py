@@ -23,6 +23,8 @@ class S3Adapter(Adapter):
     }
 
     object_parameters = {"ContentType": "application/octet-stream"}
+    #: boto3 clients are thread-safe, and S3Storage keeps one connection per thread.
+    read_workers = 8
 
     def prepare(self, options: dict) -> dict:
         from botocore.config import Config
@@ -92,6 +94,38 @@ class S3Adapter(Adapter):
                 return body.read()
 
         return buffered(RangedReader(fetch, size, READ_CHUNK))
+
+    def list_sizes(self, backend, path: str) -> dict[str, int | None]:
+        """One ListObjects request per 1,000 keys, sizes included (S3Storage.listdir drops them)."""
+        from storages.utils import clean_name
+
+        prefix = backend._normalize_name(clean_name(path))
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        client = backend.connection.meta.client
+        found: dict[str, int | None] = {}
+        for page in client.get_paginator("list_objects").paginate(
+            Bucket=backend.bucket_name, Delimiter="/", Prefix=prefix
+        ):
+            for entry in page.get("Contents", ()):
+                if entry["Key"] != prefix:
+                    found[entry["Key"][len(prefix) :]] = entry["Size"]
+        return found
+
+    def read_bytes(self, backend, name: str) -> bytes:
+        """One GET (``open`` asks the size first, for its ranged reads)."""
+        from botocore.exceptions import ClientError
+        from storages.utils import clean_name
+
+        key = backend._normalize_name(clean_name(name))
+        try:
+            body = backend.connection.meta.client.get_object(Bucket=backend.bucket_name, Key=key)["Body"]
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                raise FileNotFoundError(f"{name} is not in the bucket") from None
+            raise
+        with body:
+            return body.read()
 
     def explain(self, backend, err: BaseException, action: str, name: str) -> str | None:
         from botocore.exceptions import (
