@@ -16,6 +16,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.http import url_has_allowed_host_and_scheme
 
+from . import hints
 from .models import BackupRun, BackupSettings
 from .schedule import (
     CLAIM,
@@ -214,7 +215,7 @@ class BackupRunAdmin(admin.ModelAdmin):
             enqueue_backup_now(request.user.get_username())
             self.message_user(
                 request,
-                "Backup queued. The worker (invoke worker) runs it in a few seconds; "
+                f"Backup queued. The worker ({hints.command('worker')}) runs it in a few seconds; "
                 "reload this page to see it in the history.",
                 messages.SUCCESS,
             )

@@ -13,17 +13,27 @@ import socket
 from django.core.mail import EmailMessage
 from django.utils import timezone
 
+from . import hints
 from .secrets import redact
 from .settings import app_settings
 
 logger = logging.getLogger("backup_app")
 
-NEXT_STEP = {
-    "backup": "Fix the cause, then run `invoke backup` and check `invoke listbackups` shows a complete set. "
-    "Until then the newest complete set listed there is your latest good backup.",
-    "restore": "Read the message above for what state was left. Run `invoke listbackups` to pick a set and "
-    "`invoke restore` again once the cause is fixed.",
-}
+
+def next_step(what: str) -> str:
+    """What the admin does after a failed ``what`` (backup, restore), with the site's commands."""
+    listing = hints.command("listbackups")
+    if what == "backup":
+        return (
+            f"Fix the cause, then run {hints.command('backup')} and check {listing} shows a complete set. "
+            "Until then the newest complete set listed there is your latest good backup."
+        )
+    if what != "restore":
+        return ""
+    return (
+        f"Read the message above for what state was left. Run {listing} to pick a set and "
+        f"{hints.command('restore')} again once the cause is fixed."
+    )
 
 
 def recipients() -> list[str]:
@@ -57,7 +67,7 @@ def notify_failure(action: str, error: object, *, origin: str = "manual") -> boo
             "",
             f"Error: {redact(error)}",
             "",
-            f"Next step: {NEXT_STEP.get(action, '')}",
+            f"Next step: {next_step(action)}",
         ]
     )
     try:

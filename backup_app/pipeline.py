@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from . import hints
 from .errors import BackupError, RestoreError
 from .secrets import redact
 from .settings import app_settings
@@ -429,7 +430,7 @@ def open_stream(
     try:
         raw = storage.open(name, "rb")
     except FileNotFoundError:
-        raise RestoreError(f"{name} is not in the backup storage; run `invoke listbackups`") from None
+        raise RestoreError(f"{name} is not in the backup storage; run {hints.command('listbackups')}") from None
     except Exception as err:
         raise RestoreError(f"cannot open {name} in the backup storage: {redact(err)}") from None
     hashed = HashingReader(raw)

@@ -27,6 +27,7 @@ from datetime import datetime, time, timedelta
 from django.db import DEFAULT_DB_ALIAS, connections, router
 from django.utils import timezone
 
+from . import hints
 from .history import AlreadyRunning, discard_run, start_run
 from .models import BackupRun, BackupSettings
 from .sets import age_text
@@ -190,7 +191,7 @@ class Status:
         elif d.due:
             waiting = self.now - d.next_due
             late = (
-                f" (due since {duration_text(waiting)}; is the worker running? `invoke worker`)"
+                f" (due since {duration_text(waiting)}; is the worker running? {hints.command('worker')})"
                 if waiting > 2 * CHECK_EVERY
                 else ""
             )

@@ -92,6 +92,9 @@ def manage(c, command: str, **kwargs):
         kwargs.setdefault("pty", False)
         # An empty stream: invoke closes the command's stdin as soon as it reads the end of it.
         kwargs.setdefault("in_stream", io.StringIO(""))
+    # Tells the command (and a worker it starts) that the user drives the site through invoke: its hints then
+    # name the tasks (``invoke listbackups``) rather than the commands (backup_app.hints.INVOKED).
+    kwargs["env"] = {**kwargs.get("env", {}), "BACKUP_APP_INVOKED": "1"}
     with c.cd(str(project)):
         return c.run(f"{shlex.quote(sys.executable)} {MANAGE_PY} {command}", **kwargs)
 

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "backup_app"
 #: Lowest first.  A module is known by its first name under backup_app/ (``engines/mysql.py``: ``engines``).
 LAYERS: list[set[str]] = [
     {"__init__", "errors", "conf"},
-    {"settings", "secrets"},
+    {"settings", "secrets", "hints"},
     {"streams", "tools", "progress"},
     {"pipeline", "sets", "media", "safety", "models", "migrations", "engines", "storage"},
     {"history", "notify"},

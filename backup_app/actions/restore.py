@@ -23,6 +23,7 @@ from django.db import connections
 from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.loader import MigrationLoader
 
+from .. import hints
 from ..engines import Engine, Staged, engine_for, site_lock
 from ..errors import RestoreError
 from ..history import record_run
@@ -142,7 +143,7 @@ def _find(sets: list[BackupSet], name: str, exists: Callable[[str], bool]) -> tu
             if f.name == name:
                 return f, s
     if not exists(name):
-        raise RestoreError(f"{name} is not in the backup storage; run `invoke listbackups` to see the sets")
+        raise RestoreError(f"{name} is not in the backup storage; run {hints.command('listbackups')} to see the sets")
     return _adhoc(name), None
 
 
@@ -212,7 +213,7 @@ def choose(sets: list[BackupSet], opts: RestoreOptions, *, exists: Callable[[str
         else:
             legacy = [s for s in sets if s.status == "legacy"]
             if not legacy:
-                raise RestoreError("no backup found in the backup storage; run `invoke backup` first")
+                raise RestoreError(f"no backup found in the backup storage; run {hints.command('backup')} first")
             newest_db: dict[str, tuple[BackupFile, BackupSet]] = {}
             for s in legacy:  # newest first
                 for f in s.db_files:
@@ -391,7 +392,7 @@ def restore(storage, opts: RestoreOptions, progress: Progress, confirm: Confirm 
         except Exception as undo_err:
             raise RestoreError(
                 f"{message}; putting the old state back ALSO failed ({redact(undo_err)}): the safety copy is in "
-                f"{safety.folder}, run `invoke rollback --name {safety.name}` once the cause is fixed"
+                f"{safety.folder}, run {hints.command('rollback', '--name', safety.name)} once the cause is fixed"
             ) from None
         rollback.discard(safety)
         what = " and ".join(undone) + " put back as they were" if undone else "nothing had been changed"
@@ -402,7 +403,7 @@ def restore(storage, opts: RestoreOptions, progress: Progress, confirm: Confirm 
         result.safety = safety.name
         say(
             f"The replaced state is kept in {safety.folder}; undo this restore with "
-            f"`invoke rollback --name {safety.name}` (kept {app_settings.safety_days} days)"
+            f"{hints.command('rollback', '--name', safety.name)} (kept {app_settings.safety_days} days)"
         )
     else:
         rollback.discard(safety)

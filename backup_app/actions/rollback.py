@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass, field
 
+from .. import hints
 from ..engines import engine_for, site_lock
 from ..errors import BackupAppError
 from ..media import media_storage, undo_media
@@ -44,7 +45,7 @@ def run(options: RollbackOptions | None = None, progress: Progress = NO_PROGRESS
             raise BackupAppError("there is no safety copy to roll back to (restores keep one for backup_safety_days)")
         record = next((r for r in records if r.name == options.name), None) if options.name else records[0]
         if record is None:
-            raise BackupAppError(f"no safety copy named {options.name!r}; see `invoke rollback --list`")
+            raise BackupAppError(f"no safety copy named {options.name!r}; see {hints.command('rollback', '--list')}")
         with site_lock("rollback"):
             undone = undo(record)
             discard(record)

@@ -11,6 +11,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.files.storage import FileSystemStorage
 
+from .. import hints
 from ..engines import engine_for
 from ..errors import BackupAppError
 from ..media import restore_archive, scan_archive
@@ -124,7 +125,7 @@ def run(options: VerifyOptions | None = None, progress: Progress = NO_PROGRESS) 
     if options.name is not None:
         sets = [s for s in sets if s.name == options.name]
         if not sets:
-            raise BackupAppError(f"no backup set named {options.name!r}; run `invoke listbackups`")
+            raise BackupAppError(f"no backup set named {options.name!r}; run {hints.command('listbackups')}")
     reports = []
     for bset in sets:
         progress.step(f"Verifying {bset.status} set {bset.name}")

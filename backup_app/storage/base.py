@@ -25,6 +25,7 @@ from typing import BinaryIO
 
 from django.core.files import File
 
+from .. import hints
 from ..errors import StorageUnavailable
 from ..secrets import redact
 from ..streams import StreamFile
@@ -32,7 +33,7 @@ from ..streams import StreamFile
 #: Bytes fetched per ranged request when reading.
 READ_CHUNK = 8 * 1024 * 1024
 
-OPTIONS_HINT = "backup_options (INVENTREE_BACKUP_OPTIONS)"
+OPTIONS_HINT = hints.Setting("backup_options")
 
 
 class RemoteStorageError(StorageUnavailable):

@@ -2,6 +2,7 @@
 
 from django.core.management.base import CommandError
 
+from backup_app import hints
 from backup_app.actions import verify
 
 from ._base import BackupCommand, backup_folder, options_for
@@ -31,7 +32,7 @@ class Command(BackupCommand):
             for line in r.problems:
                 self.stdout.write(f"         ! {line}")
         if not result.reports:
-            raise CommandError("there are no backup sets to verify; run `invoke backup` first")
+            raise CommandError(f"there are no backup sets to verify; run {hints.command('backup')} first")
         if result.bad:
             raise CommandError(
                 f"{len(result.bad)} of {len(result.reports)} backup sets have problems: "
