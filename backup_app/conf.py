@@ -168,8 +168,21 @@ FILESYSTEM_STORAGES = {
 
 COMPRESSIONS = ("gzip", "zstd", "none")
 
-#: Folder next to ``BASE_DIR`` that holds safety copies when ``backup_safety_dir`` is unset.
-DEFAULT_SAFETY_FOLDER = "backup-safety"
+#: Safety copies go next to ``BASE_DIR`` (not inside the project) when ``backup_safety_dir`` is unset:
+#: ``/srv/mysite`` -> ``/srv/mysite-backup-safety``.
+DEFAULT_SAFETY_SUFFIX = "-backup-safety"
+
+#: django-q2's settings for a site that has no ``Q_CLUSTER``: the database broker (no other service), one
+#: worker, and ``retry`` above the backup tasks' own 6-hour timeout (``backup_app.schedule.TASK_TIMEOUT``; check
+#: W002), so that the broker never hands a running backup out again.  ``catch_up`` off: after downtime the
+#: hourly check runs once, not once per missed hour.
+DEFAULT_Q_CLUSTER = {"name": "backup_app", "workers": 1, "timeout": 6 * 3600, "retry": 7 * 3600, "catch_up": False}
+
+
+def safety_dir_beside(base_dir: str | os.PathLike) -> Path:
+    """The folder next to ``base_dir`` named after it: ``/srv/mysite`` -> ``/srv/mysite-backup-safety``."""
+    base = Path(base_dir).resolve()
+    return base.parent / (base.name + DEFAULT_SAFETY_SUFFIX) if base.name else base / DEFAULT_SAFETY_SUFFIX[1:]
 
 
 class ConfigError(ImproperlyConfigured):
@@ -912,7 +925,7 @@ def _apply(namespace, config, prefix, config_file, default_dir, default_safety_d
             "SAFETY_DIR": str(
                 config["backup_safety_dir"]
                 or default_safety_dir
-                or Path(namespace.get("BASE_DIR", ".")) / DEFAULT_SAFETY_FOLDER
+                or safety_dir_beside(namespace.get("BASE_DIR", "."))
             ),
             "SAFETY_DAYS": config["backup_safety_days"],
             "DIR": str(backup_dir) if backup_dir is not None else None,
@@ -922,5 +935,7 @@ def _apply(namespace, config, prefix, config_file, default_dir, default_safety_d
         },
         "BACKUP_APP_CONFIG": config,
     }
+    if "Q_CLUSTER" not in namespace:
+        added["Q_CLUSTER"] = {**DEFAULT_Q_CLUSTER, "orm": aliases[0] if aliases else "default"}
     namespace.update(added)
     return added

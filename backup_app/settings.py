@@ -18,7 +18,7 @@ from typing import Any
 
 from django.conf import settings
 
-from .conf import BACKUP_KEYS, DEFAULT_SAFETY_FOLDER, Config
+from .conf import BACKUP_KEYS, Config, safety_dir_beside
 
 #: Default of every configuration key, by key name (``backup_keep`` -> 10).
 KEY_DEFAULTS: dict[str, Any] = {key.name: key.default for key in BACKUP_KEYS}
@@ -172,7 +172,7 @@ class AppSettings:
         app = getattr(settings, "BACKUP_APP", None) or {}
         if app.get("SAFETY_DIR"):
             return Path(app["SAFETY_DIR"])
-        return Path(getattr(settings, "BASE_DIR", ".")) / DEFAULT_SAFETY_FOLDER
+        return safety_dir_beside(getattr(settings, "BASE_DIR", "."))
 
     @property
     def safety_days(self) -> int:

@@ -8,20 +8,8 @@ with this checkout on ``PYTHONPATH``.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
-from conftest import ROOT
-
-#: Added to a startproject settings module (the adoption page's lines, without django_q's worker).
-SETTINGS = """
-INSTALLED_APPS += ["django_q", "dbbackup", "backup_app"]
-MEDIA_ROOT = BASE_DIR / "media"
-from backup_app.conf import apply_backup_settings  # noqa: E402
-apply_backup_settings(globals(), prefix="MYSITE_")
-"""
+from startproject_site import make_project
 
 
 def last_line(result) -> str:
@@ -90,33 +78,10 @@ def test_verify_of_an_unknown_set_names_the_listing_the_user_has(sqlite_site):
 
 @pytest.fixture
 def mysite(tmp_path):
-    """A startproject site with prefix MYSITE_, migrated; ``run(*manage_args, **env)``."""
-    root = tmp_path / "mysite-project"
-    root.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("INVENTREE_", "DJANGO_", "MYSITE_", "BACKUP_"))}
-    env.update(
-        PYTHONPATH=str(ROOT),
-        MYSITE_BACKUP_DIR=str(tmp_path / "backups"),
-        MYSITE_BACKUP_SAFETY_DIR=str(tmp_path / "safety"),
-    )
-    subprocess.run([sys.executable, "-m", "django", "startproject", "mysite", str(root)], check=True, env=env)
-    settings = root / "mysite" / "settings.py"
-    settings.write_text(settings.read_text() + SETTINGS)
-
-    def run(*args: str, **extra: str):
-        return subprocess.run(
-            [sys.executable, "manage.py", *args],
-            cwd=root,
-            env={**env, **extra},
-            capture_output=True,
-            text=True,
-            stdin=subprocess.DEVNULL,
-            timeout=300,
-        )
-
-    assert run("migrate", "-v0").returncode == 0
-    run.root = root  # type: ignore[attr-defined]
-    return run
+    """A startproject site with prefix MYSITE_, migrated: ``mysite(*manage_args, **env)``."""
+    return make_project(
+        tmp_path, MYSITE_BACKUP_DIR=str(tmp_path / "backups"), MYSITE_BACKUP_SAFETY_DIR=str(tmp_path / "safety")
+    ).manage
 
 
 def test_a_missing_gpg_recipient_names_the_sites_variable(mysite):

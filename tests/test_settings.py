@@ -59,7 +59,7 @@ def test_without_backup_app_each_value_is_its_keys_default(prop, key):
 
 def test_without_backup_app_safety_copies_go_next_to_base_dir(tmp_path):
     with override_settings(BACKUP_APP={}, BASE_DIR=tmp_path):
-        assert app_settings.safety_dir == tmp_path / "backup-safety"
+        assert app_settings.safety_dir == tmp_path.parent / f"{tmp_path.name}-backup-safety"
 
 
 def test_file_name_settings_default_to_django_dbbackups_own():
