@@ -52,8 +52,13 @@ class BackupAppConfig(AppConfig):
 
     def ready(self) -> None:
         from django.apps import apps
+        from django.conf import settings
 
         from . import checks  # noqa: F401  (registers the system checks)
+        from .conf import install_mysql_driver
+
+        # A site configured without apply_backup_settings: PyMySQL as MySQLdb before its first connection.
+        install_mysql_driver(settings.DATABASES)
         from .schedule import register_schedule
 
         # The schedule row is written after migrate (its tables exist then), never at import.

@@ -783,6 +783,26 @@ MYSQL_ENGINES = (
 OPTION_FILE_CONNECTOR = "backup_app.engines.mysql.OptionFileConnector"
 
 
+def install_mysql_driver(databases: dict) -> bool:
+    """Make ``MySQLdb`` importable for Django's MySQL backend when the site has PyMySQL but not mysqlclient.
+
+    Only when a database of ``databases`` uses a MySQL engine (``MYSQL_ENGINES``) and ``import MySQLdb`` fails;
+    mysqlclient, where installed, is kept.  Returns whether PyMySQL was installed under that name.
+    """
+    if not any((entry or {}).get("ENGINE") in MYSQL_ENGINES for entry in (databases or {}).values()):
+        return False
+    try:
+        import MySQLdb  # noqa: F401
+    except ImportError:
+        try:
+            import pymysql
+        except ImportError:
+            return False  # Django's own error says what to install
+        pymysql.install_as_MySQLdb()
+        return True
+    return False
+
+
 def _under_management_command() -> bool:
     """Whether this code runs inside ``manage.py``/``django-admin`` (``ManagementUtility.execute`` is on the stack)."""
     management = sys.modules.get("django.core.management")
@@ -857,6 +877,7 @@ def apply_backup_settings(
 def _apply(namespace, config, prefix, config_file, default_dir, default_safety_dir) -> dict:
     if config is None:
         config = load_config(prefix=prefix, config_file=config_file, keys=BACKUP_KEYS)
+    install_mysql_driver(namespace.get("DATABASES", {}))
     aliases = list(namespace.get("DATABASES", {}))
     databases = config["backup_databases"] or aliases
     unknown = [a for a in databases if a not in aliases]

@@ -143,13 +143,8 @@ DATABASES = {
     }
 }
 if _engine.endswith("mysql"):
+    # mysqlclient when installed, else PyMySQL: apply_backup_settings installs it as MySQLdb.
     DATABASES["default"]["OPTIONS"] = {"charset": "utf8mb4"}
-    try:  # mysqlclient when installed, else the pure-Python driver
-        import MySQLdb  # noqa: F401
-    except ImportError:
-        import pymysql
-
-        pymysql.install_as_MySQLdb()
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

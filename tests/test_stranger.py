@@ -28,7 +28,7 @@ from conftest import ROOT, media_hashes, service_missing
 
 PAGE = ROOT / "docs" / "adopting.md"
 
-SETUP_STEPS = ['pip install "backup_app[postgres]"', "django-admin startproject mysite ."]
+SETUP_STEPS = ['pip install "backup_app[postgres,mysql]"', "django-admin startproject mysite ."]
 RUN_STEPS = [
     "python manage.py migrate",
     "invoke --list",
@@ -46,6 +46,7 @@ APP_TASKS = [
 NOT_SOURCE = shutil.ignore_patterns(
     ".git", "node_modules", "data", "site", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache"
 )
+VENDOR = {"postgres": "PostgreSQL", "mysql": "MariaDB"}
 PIP_OFFLINE = ("NewConnectionError", "Max retries exceeded", "Temporary failure in name resolution")
 
 
@@ -138,7 +139,7 @@ def build_wheel(workdir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory) -> Venv:
-    """The wheel of this checkout, installed with its ``[postgres]`` extra into a new virtual environment."""
+    """The wheel of this checkout, installed with its ``[postgres,mysql]`` extras into a new virtual environment."""
     workdir = tmp_path_factory.mktemp("stranger")
     started = time.monotonic()
     wheel = build_wheel(workdir)
@@ -242,7 +243,7 @@ def tree(folder: Path) -> dict[str, tuple[int, int, int]]:
     return found
 
 
-def stranger_project(venv: Venv, tmp: Path, database: str | None) -> Stranger:
+def stranger_project(venv: Venv, tmp: Path, database: str | None, vendor: str = "PostgreSQL") -> Stranger:
     """The page's setup steps: startproject, the settings lines, tasks.py; the site's environment."""
     root = tmp / "project"
     root.mkdir()
@@ -257,7 +258,7 @@ def stranger_project(venv: Venv, tmp: Path, database: str | None) -> Stranger:
     settings = root / "mysite" / "settings.py"
     added = ""
     if database:
-        block = page_block("# mysite/settings.py on PostgreSQL")
+        block = page_block(f"# mysite/settings.py on {vendor}")
         assert '"NAME": "mysite"' in block
         added += "\n" + block.replace('"NAME": "mysite"', f'"NAME": {database!r}')
     added += "\n" + page_block("# mysite/settings.py: add at the end")
@@ -270,13 +271,13 @@ def django_shell(site: Stranger, code: str) -> None:
     site.manage("shell", "-v", "0", "-c", "from django.contrib.auth.models import User; " + code)
 
 
-@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
+@pytest.mark.parametrize("engine", ["sqlite", "postgres", "mysql"])
 def test_page_steps_back_up_and_restore_the_project(engine, venv, tmp_path, request):
-    database = request.getfixturevalue("postgres_database") if engine == "postgres" else None
+    database = request.getfixturevalue(f"{engine}_database") if engine != "sqlite" else None
     demo_before = {part: tree(ROOT / part) for part in ("data", "config")}
     package_before = tree(venv.site_packages)
     started = time.monotonic()
-    site = stranger_project(venv, tmp_path, database)
+    site = stranger_project(venv, tmp_path, database, VENDOR.get(engine, ""))
     backups = Path(site.env["MYSITE_BACKUP_DIR"])
     safety = Path(site.env["MYSITE_BACKUP_SAFETY_DIR"])
     media = site.root / "media"
