@@ -25,6 +25,7 @@ from django.core.management.base import CommandError
 from django.db import DatabaseError, IntegrityError, connections, router
 from django.utils import timezone
 
+from . import hints
 from .errors import BackupAppError
 from .models import ERROR_LENGTH, BackupRun
 from .secrets import redact
@@ -107,7 +108,7 @@ def start_run(kind: str, *, claim: str | None = None, requested_by: str = "") ->
     except DatabaseError as err:
         if claim is not None:
             raise
-        logger.warning("backup history not recorded (run `manage.py migrate`?): %s", redact(err))
+        logger.warning("backup history not recorded (run %s?): %s", hints.command("migrate"), redact(err))
         run.pk = None
     return run
 
