@@ -15,7 +15,7 @@ import shutil
 import stat
 import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,13 +105,33 @@ def _copy_member(src, out: BinaryIO, size: int, buf: memoryview) -> None:
         out.write(tarfile.NUL * (tarfile.BLOCKSIZE - size % tarfile.BLOCKSIZE))
 
 
-def write_tar(storage, out: BinaryIO, stats: ArchiveStats | None = None, cancel=None) -> ArchiveStats:
+def media_size(storage) -> int | None:
+    """Bytes of all media files of a plain local media folder (one ``stat`` each); None for other storages,
+    where it would cost a request per file."""
+    root = _plain_local_root(storage)
+    if root is None:
+        return None
+    total = 0
+    for name in iter_media(storage):
+        with suppress(OSError):
+            total += os.stat(root / name).st_size
+    return total
+
+
+def write_tar(
+    storage,
+    out: BinaryIO,
+    stats: ArchiveStats | None = None,
+    cancel=None,
+    on_file: Callable[[int], None] | None = None,
+) -> ArchiveStats:
     """Write every media file of ``storage`` as a tar stream (PAX format, what tarfile writes) into ``out``.
 
     Headers come from :meth:`tarfile.TarInfo.tobuf`; bodies are copied here, so that a file that does not
     compress can go into stored blocks.  A plain local media folder is read directly (one ``fstat`` per
     file, size and time from the open file); other storages through their API.
-    ``cancel`` (a threading.Event) stops the archive between two files with BackupError.
+    ``cancel`` (a threading.Event) stops the archive between two files with BackupError.  ``on_file`` is told
+    the size of each file archived (for progress).
     """
     stats = stats or ArchiveStats()
     root = _plain_local_root(storage)
@@ -148,6 +168,8 @@ def write_tar(storage, out: BinaryIO, stats: ArchiveStats | None = None, cancel=
         written += len(header) + info.size + (-info.size % tarfile.BLOCKSIZE)
         stats.files += 1
         stats.bytes += info.size
+        if on_file is not None:
+            on_file(info.size)
     out.write(_end_of_archive(written))
     return stats
 

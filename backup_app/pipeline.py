@@ -420,12 +420,14 @@ def open_stream(
     encrypted: bool,
     gpg: GpgSpec | None = None,
     result: ReadResult | None = None,
+    on_read: Callable[[int], None] | None = None,
 ) -> Iterator[BinaryIO]:
     """Yield a readable stream of the decrypted, decompressed content of ``name``.
 
     When the block ends, the rest of the stored file is read so that
     ``result`` holds the size and SHA-256 of all its stored bytes.  Decryption
-    and decompression failures raise :class:`RestoreError`.
+    and decompression failures raise :class:`RestoreError`.  ``on_read`` is told the size of every chunk
+    of stored bytes read (for progress).
     """
     try:
         raw = storage.open(name, "rb")
@@ -433,7 +435,7 @@ def open_stream(
         raise RestoreError(f"{name} is not in the backup storage; run {hints.command('listbackups')}") from None
     except Exception as err:
         raise RestoreError(f"cannot open {name} in the backup storage: {redact(err)}") from None
-    hashed = HashingReader(raw)
+    hashed = HashingReader(raw, on_read)
     decryptor = None
     private: PrivateHome | None = None
     feeder = None

@@ -30,6 +30,7 @@ from django.utils import timezone
 from . import hints
 from .history import AlreadyRunning, discard_run, start_run
 from .models import BackupRun, BackupSettings
+from .progress import size_text
 from .sets import age_text
 from .tools import process_exists
 
@@ -395,15 +396,6 @@ def duration_text(delta: timedelta) -> str:
         seconds = max(int(delta.total_seconds()), 0)
         return f"{seconds} second{'s' if seconds != 1 else ''}"
     return age_text(delta)
-
-
-def size_text(n: int) -> str:
-    value = float(n)
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "bytes" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} bytes"
 
 
 __all__ = [

@@ -62,16 +62,40 @@ class ShieldedWriter(io.RawIOBase):
         return len(data)
 
 
+class CountingWriter(io.RawIOBase):
+    """Writable wrapper that tells ``on_write`` the size of every write (for progress); closes nothing."""
+
+    def __init__(self, raw: BinaryIO, on_write: Callable[[int], None]):
+        self._raw = raw
+        self._on_write = on_write
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self._raw.write(data)
+        n = len(data)
+        self._on_write(n)
+        return n
+
+    def close(self) -> None:
+        pass
+
+
 # --- readers ---------------------------------------------------------------------------------------
 
 
 class HashingReader(io.RawIOBase):
-    """Readable wrapper that counts and hashes (SHA-256) every byte read through it."""
+    """Readable wrapper that counts and hashes (SHA-256) every byte read through it.
 
-    def __init__(self, raw: BinaryIO):
+    ``on_read``, when given, is told the size of every chunk (for progress).
+    """
+
+    def __init__(self, raw: BinaryIO, on_read: Callable[[int], None] | None = None):
         self._raw = raw
         self.size = 0
         self._hash = hashlib.sha256()
+        self._on_read = on_read
 
     def readable(self) -> bool:
         return True
@@ -83,6 +107,8 @@ class HashingReader(io.RawIOBase):
         hook = _on_streamed
         if hook is not None:
             hook(n)
+        if self._on_read is not None:
+            self._on_read(n)
         self.size += n
         self._hash.update(data)
         return n
@@ -98,6 +124,8 @@ class HashingReader(io.RawIOBase):
                 data = self._raw.read(CHUNK)
                 parts.append(data)
             data = b"".join(parts)
+        if self._on_read is not None:
+            self._on_read(len(data))
         self.size += len(data)
         self._hash.update(data)
         return data

@@ -27,15 +27,16 @@ from .. import __version__
 from ..engines import engine_for, site_lock
 from ..errors import BackupError
 from ..history import note_manifest, record_run
-from ..media import ArchiveStats, media_storage, write_tar
+from ..media import ArchiveStats, media_size, media_storage, write_tar
 from ..models import BackupRun
 from ..notify import notify_failure
 from ..pipeline import SUFFIX, GpgSpec, store_stream
-from ..progress import NO_PROGRESS, Progress
+from ..progress import NO_PROGRESS, Progress, seconds_text, size_text
 from ..secrets import redact
 from ..sets import MANIFEST_FORMAT, Naming, Retention, list_files, manifest_size, write_json
 from ..settings import app_settings
 from ..storage import backup_storage, describe
+from ..streams import CountingWriter
 from . import prune
 
 logger = logging.getLogger("backup_app")
@@ -77,6 +78,7 @@ class BackupResult:
     manifest: dict
     storage: str  # where it went, without passwords
     deleted: list[str] = field(default_factory=list)  # pruned files
+    seconds: float = 0.0  # the whole run
 
     @property
     def name(self) -> str:
@@ -84,7 +86,43 @@ class BackupResult:
 
     @property
     def size(self) -> int:
+        """Bytes stored (compressed, encrypted)."""
         return manifest_size(self.manifest)
+
+    @property
+    def source_size(self) -> int:
+        """Bytes read: the dumps as the tools wrote them, plus the media files."""
+        dumps = sum(d.get("source_bytes") or 0 for d in self.manifest.get("databases", []))
+        return dumps + ((self.manifest.get("media") or {}).get("bytes") or 0)
+
+    def summary(self) -> str:
+        """One line: what, source size, stored size, ratio, duration, where."""
+        parts = []
+        dbs = self.manifest.get("databases", [])
+        if dbs:
+            parts.append(f"{len(dbs)} database{'s' if len(dbs) != 1 else ''}")
+        media = self.manifest.get("media")
+        if media:
+            parts.append(f"{media['files']:,} media files")
+        ratio = f" ({self.size / self.source_size:.0%})" if self.source_size else ""
+        pruned = f"; --clean removed {len(self.deleted)} files" if self.deleted else ""
+        return (
+            f"Backup {self.name}: {' and '.join(parts)}, {size_text(self.source_size)} -> "
+            f"{size_text(self.size)} stored{ratio} in {seconds_text(self.seconds)}, to {self.storage}{pruned}"
+        )
+
+    def as_json(self) -> dict:
+        return {
+            "action": "backup",
+            "ok": True,
+            "set": self.name,
+            "storage": self.storage,
+            "source_size": self.source_size,
+            "size": self.size,
+            "seconds": round(self.seconds, 3),
+            "files": self.manifest["files"],
+            "deleted": self.deleted,
+        }
 
 
 def run(
@@ -96,11 +134,13 @@ def run(
     a new row is made.  Any failure is recorded, mailed, and raised (a :class:`BackupError` with one line).
     """
     options = options or BackupOptions()
+    t0 = time.monotonic()
     try:
         with record_run(options.origin, run=record) as row:
             row.partial = options.partial
             result = _back_up(options, progress)
             note_manifest(row, result.manifest)
+        result.seconds = time.monotonic() - t0
         return result
     except Exception as err:
         notify_failure("backup", err, origin=options.origin)
@@ -203,13 +243,24 @@ def write_set(storage, what: SetContents, progress: Progress = NO_PROGRESS) -> d
 
             def archive_media():
                 t0 = time.monotonic()
-                stored = store_stream(
-                    storage,
-                    media_name,
-                    lambda out: write_tar(media_storage(), out, stats, cancel=cancel),
-                    compression=what.compression,
-                    gpg=gpg,
-                )
+                total = media_size(media_storage()) if progress.live else None
+                progress.start(media_name, label="media files", total=total)
+                try:
+                    stored = store_stream(
+                        storage,
+                        media_name,
+                        lambda out: write_tar(
+                            media_storage(),
+                            out,
+                            stats,
+                            cancel=cancel,
+                            on_file=lambda size: progress.advance(media_name, size, files=1),
+                        ),
+                        compression=what.compression,
+                        gpg=gpg,
+                    )
+                finally:
+                    progress.finish(media_name)
                 return stored, time.monotonic() - t0
 
             if isinstance(storage, FileSystemStorage):
@@ -222,15 +273,26 @@ def write_set(storage, what: SetContents, progress: Progress = NO_PROGRESS) -> d
             t0 = time.monotonic()
             migrations = engine.applied_migrations()
             tables = engine.table_count()
-            stored = store_stream(
-                storage,
-                name,
-                lambda out, e=engine: e.dump(out, compressed=what.compression != "none"),
-                compression=what.compression,
-                gpg=gpg,
-            )
+            dumped = [0]
+
+            def count(n: int, name=name, dumped=dumped) -> None:
+                dumped[0] += n
+                progress.advance(name, n)
+
+            progress.start(name, label=f"database '{alias}'")
+            try:
+                stored = store_stream(
+                    storage,
+                    name,
+                    lambda out, e=engine, count=count: e.dump(
+                        CountingWriter(out, count), compressed=what.compression != "none"
+                    ),
+                    compression=what.compression,
+                    gpg=gpg,
+                )
+            finally:
+                progress.finish(name)
             written.append(name)
-            progress.advance(name, stored.size)
             manifest["databases"].append(
                 {
                     "alias": alias,
@@ -241,18 +303,24 @@ def write_set(storage, what: SetContents, progress: Progress = NO_PROGRESS) -> d
                     "migrations": migrations,
                     "tables": tables,
                     "excluded_table_data": engine.exclude,
+                    "source_bytes": dumped[0],
                 }
             )
             manifest["files"].append(_entry(stored, "db", what, database=alias))
-            say(f"  {stored.size:,} bytes in {time.monotonic() - t0:.1f} s")
+            say(
+                f"  {size_text(dumped[0])} dumped, {size_text(stored.size)} stored "
+                f"in {seconds_text(time.monotonic() - t0)}"
+            )
         if what.media:
             stored, seconds = media_job.result() if media_job is not None else archive_media()
             media_job = None
             written.append(media_name)
-            progress.advance(media_name, stored.size)
             manifest["media"] = {"file": media_name, "files": stats.files, "bytes": stats.bytes}
             manifest["files"].append(_entry(stored, "media", what))
-            say(f"  media: {stats.files} files, {stored.size:,} bytes in {seconds:.1f} s")
+            say(
+                f"  media: {stats.files:,} files, {size_text(stats.bytes)} read, {size_text(stored.size)} stored "
+                f"in {seconds_text(seconds)}"
+            )
         manifest["finished"] = timezone.localtime(timezone.now()).isoformat()
         write_json(storage, naming.manifest_name(stamp), manifest)
         written.append(naming.manifest_name(stamp))

@@ -12,11 +12,19 @@ from ..sets import BackupFile
 
 
 @contextmanager
-def read_checked(storage, f: BackupFile, gpg: GpgSpec, *, uncompress: bool = True) -> Iterator[BinaryIO]:
+def read_checked(
+    storage,
+    f: BackupFile,
+    gpg: GpgSpec,
+    *,
+    uncompress: bool = True,
+    on_read: Callable[[int], None] | None = None,
+) -> Iterator[BinaryIO]:
     """Yield the decrypted, decompressed content of ``f``; afterwards check size and SHA-256 against the manifest.
 
     A stored size that already differs is refused before reading.  ``uncompress=False`` reads the bytes as
-    they are, whatever the name says.  RestoreError names the file and what is wrong with it.
+    they are, whatever the name says; ``on_read`` is told every chunk of stored bytes read.  RestoreError
+    names the file and what is wrong with it.
     """
     if f.size is not None:
         try:
@@ -29,7 +37,9 @@ def read_checked(storage, f: BackupFile, gpg: GpgSpec, *, uncompress: bool = Tru
             )
     result = ReadResult()
     compression = f.compression if uncompress else None
-    with open_stream(storage, f.name, compression=compression, encrypted=f.encrypted, gpg=gpg, result=result) as stream:
+    with open_stream(
+        storage, f.name, compression=compression, encrypted=f.encrypted, gpg=gpg, result=result, on_read=on_read
+    ) as stream:
         yield stream
     if f.size is not None and result.size != f.size:
         raise RestoreError(
@@ -39,7 +49,13 @@ def read_checked(storage, f: BackupFile, gpg: GpgSpec, *, uncompress: bool = Tru
         raise RestoreError(f"{f.name} does not match its SHA-256 in the manifest; the file is damaged")
 
 
-def read_and_check(storage, f: BackupFile, gpg: GpgSpec, consume: Callable[[BinaryIO], object]) -> None:
+def read_and_check(
+    storage,
+    f: BackupFile,
+    gpg: GpgSpec,
+    consume: Callable[[BinaryIO], object],
+    on_read: Callable[[int], None] | None = None,
+) -> None:
     """Read all of ``f`` through ``consume``, checking size and SHA-256 against the manifest."""
-    with read_checked(storage, f, gpg) as stream:
+    with read_checked(storage, f, gpg, on_read=on_read) as stream:
         consume(stream)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
@@ -31,7 +32,7 @@ from ..media import StagedArchive, abandon_archive, commit_archive, media_storag
 from ..models import BackupRun
 from ..notify import notify_failure
 from ..pipeline import GpgSpec
-from ..progress import NO_PROGRESS, Progress
+from ..progress import NO_PROGRESS, Progress, seconds_text
 from ..safety import SafetyRecord, safety_root
 from ..secrets import redact
 from ..sets import BackupFile, BackupSet, Naming, list_sets, split_extension
@@ -69,6 +70,37 @@ class RestoreResult:
     media: dict | None = None  # files, unchanged, removed
     migrated: list[str] = field(default_factory=list)  # aliases migrated forward
     safety: str | None = None  # the safety copy kept, for invoke rollback
+    safety_folder: str | None = None  # where it is
+    storage: str = ""  # where the backup was read from, without passwords
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        """One line: what was restored, from where, how long, how to undo it."""
+        parts = [f"database '{alias}'" for alias in self.databases]
+        if self.media is not None:
+            parts.append(
+                f"{self.media['files']:,} media files ({self.media['unchanged']:,} already as in the backup, "
+                f"{self.media['removed']:,} removed)"
+            )
+        what = f"set {self.set_name}" if self.set_name else "named files"
+        undo = f"; undo with `invoke rollback --name {self.safety}`" if self.safety else ""
+        return (
+            f"Restored {what}: {', '.join(parts) or 'nothing'} in {seconds_text(self.seconds)}, "
+            f"from {self.storage}{undo}"
+        )
+
+    def as_json(self) -> dict:
+        return {
+            "action": "restore",
+            "ok": True,
+            "set": self.set_name,
+            "storage": self.storage,
+            "databases": self.databases,
+            "media": self.media,
+            "migrated": self.migrated,
+            "safety": {"name": self.safety, "folder": self.safety_folder} if self.safety else None,
+            "seconds": round(self.seconds, 3),
+        }
 
 
 @dataclass
@@ -103,6 +135,7 @@ def run(
     RestoreError whose one line says what state is left.
     """
     options = options or RestoreOptions()
+    t0 = time.monotonic()
     try:
         with record_run(BackupRun.RESTORE) as row:
             path, db_file, media_file = locate(options.path, options.db_file, options.media_file)
@@ -112,6 +145,8 @@ def run(
             with site_lock("restore"):
                 result = restore(storage, opts, progress, confirm)
             row.set_name = result.set_name or ""
+        result.storage = describe(storage)
+        result.seconds = time.monotonic() - t0
         return result
     except Exception as err:
         notify_failure("restore", err)
@@ -296,8 +331,15 @@ def _stage(storage, plan: Plan, engines: dict[str, Engine], opts: RestoreOptions
     staged_media: StagedArchive | None = None
 
     def stage_media() -> StagedArchive:
-        with read_checked(storage, plan.media, gpg, uncompress=opts.uncompress) as stream:
-            return stage_archive(media_storage(), stream)
+        name = plan.media.name
+        progress.start(name, label="media files", total=plan.media.size)
+        try:
+            with read_checked(
+                storage, plan.media, gpg, uncompress=opts.uncompress, on_read=lambda n: progress.advance(name, n)
+            ) as stream:
+                return stage_archive(media_storage(), stream)
+        finally:
+            progress.finish(name)
 
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="restore-media")
     media_job = None
@@ -309,12 +351,22 @@ def _stage(storage, plan: Plan, engines: dict[str, Engine], opts: RestoreOptions
         for item in plan.databases:
             say(f"Loading {item.file.name} into a staging database")
             engine = engines[item.alias]
-            with read_checked(storage, item.file, gpg, uncompress=opts.uncompress) as stream:
-                head = stream.read(64)
-                engine.check_dump(head, item.file.name)
-                staged = engine.stage(PrefixedReader(head, stream))
-                staged_dbs.append((engine, staged))
-            progress.advance(item.file.name, item.file.size or 0)
+            name = item.file.name
+            progress.start(name, label=f"database '{item.alias}'", total=item.file.size)
+            try:
+                with read_checked(
+                    storage,
+                    item.file,
+                    gpg,
+                    uncompress=opts.uncompress,
+                    on_read=lambda n, name=name: progress.advance(name, n),
+                ) as stream:
+                    head = stream.read(64)
+                    engine.check_dump(head, name)
+                    staged = engine.stage(PrefixedReader(head, stream))
+                    staged_dbs.append((engine, staged))
+            finally:
+                progress.finish(name)
         if plan.media is not None:
             job, media_job = media_job, None
             staged_media = job.result() if job is not None else stage_media()
@@ -401,6 +453,7 @@ def restore(storage, opts: RestoreOptions, progress: Progress, confirm: Confirm 
     keep = app_settings.safety if opts.safety is None else opts.safety
     if keep:
         result.safety = safety.name
+        result.safety_folder = str(safety.folder)
         say(
             f"The replaced state is kept in {safety.folder}; undo this restore with "
             f"{hints.command('rollback', '--name', safety.name)} (kept {app_settings.safety_days} days)"

@@ -4,7 +4,7 @@ scratch places (a throwaway database, a temporary folder).  Nothing live is touc
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,10 +16,10 @@ from ..engines import engine_for
 from ..errors import BackupAppError
 from ..media import restore_archive, scan_archive
 from ..pipeline import GpgSpec, open_stream
-from ..progress import NO_PROGRESS, Progress
+from ..progress import NO_PROGRESS, Progress, seconds_text, size_text
 from ..secrets import redact
 from ..sets import BackupFile, BackupSet, list_sets
-from ..storage import backup_storage
+from ..storage import backup_storage, describe
 from .common import read_and_check
 
 
@@ -33,10 +33,34 @@ class VerifyOptions:
 @dataclass
 class VerifyResult:
     reports: list[SetReport]
+    storage: str = ""  # where the sets were read, without passwords
+    seconds: float = 0.0
+    bytes_read: int = 0  # stored bytes read back
 
     @property
     def bad(self) -> list[SetReport]:
         return [r for r in self.reports if not r.ok]
+
+    def summary(self) -> str:
+        ok = len(self.reports) - len(self.bad)
+        return (
+            f"Verified {len(self.reports)} backup set{'s' if len(self.reports) != 1 else ''}: {ok} OK, "
+            f"{len(self.bad)} with problems; {size_text(self.bytes_read)} read in {seconds_text(self.seconds)} "
+            f"from {self.storage}"
+        )
+
+    def as_json(self) -> dict:
+        return {
+            "action": "verify",
+            "ok": not self.bad and bool(self.reports),
+            "storage": self.storage,
+            "seconds": round(self.seconds, 3),
+            "bytes_read": self.bytes_read,
+            "sets": [
+                {"name": r.name, "status": r.status, "ok": r.ok, "checked": r.checked, "problems": r.problems}
+                for r in self.reports
+            ],
+        }
 
 
 @dataclass
@@ -59,19 +83,26 @@ def _db_entry(bset: BackupSet, f: BackupFile) -> dict:
 
 
 def verify_set(
-    storage, bset: BackupSet, gpg: GpgSpec, *, restore_test: bool = False, say: Callable[[str], None] = lambda _m: None
+    storage, bset: BackupSet, gpg: GpgSpec, *, restore_test: bool = False, progress: Progress = NO_PROGRESS
 ) -> SetReport:
     """Check every file of ``bset``; with ``restore_test`` also restore it into scratch places."""
     report = SetReport(bset.name, bset.status, problems=list(bset.problems))
     for f in bset.files:
         if f.kind == "manifest":
             continue
-        say(f"  {f.name}")
+        progress.step(f"  {f.name}")
+        progress.start(f.name, label=f"database '{f.database}'" if f.kind == "db" else "media files", total=f.size)
+
+        def on_read(n: int, name=f.name) -> None:
+            progress.advance(name, n)
+
         try:
             if f.kind == "db":
                 entry = _db_entry(bset, f)
                 engine = engine_for(entry["alias"])
-                read_and_check(storage, f, gpg, lambda s, e=engine, n=f.name: e.check_dump(s.read(64), n))
+                read_and_check(
+                    storage, f, gpg, lambda s, e=engine, n=f.name: e.check_dump(s.read(64), n), on_read=on_read
+                )
                 if restore_test:
                     with open_stream(
                         storage, f.name, compression=f.compression, encrypted=f.encrypted, gpg=gpg
@@ -85,7 +116,9 @@ def verify_set(
                     report.checked.append(f"{f.name}: checksum and content ok")
             else:
                 found = {}
-                read_and_check(storage, f, gpg, lambda s, found=found: found.setdefault("c", scan_archive(s)))
+                read_and_check(
+                    storage, f, gpg, lambda s, found=found: found.setdefault("c", scan_archive(s)), on_read=on_read
+                )
                 contents = found["c"]
                 expected = (bset.manifest or {}).get("media") or {}
                 if expected and (contents.files, contents.bytes) != (expected.get("files"), expected.get("bytes")):
@@ -110,6 +143,8 @@ def verify_set(
             report.problems.append(redact(err))
         except Exception as err:
             report.problems.append(f"{f.name}: {type(err).__name__}: {redact(err)}")
+        finally:
+            progress.finish(f.name)
     return report
 
 
@@ -119,6 +154,7 @@ def run(options: VerifyOptions | None = None, progress: Progress = NO_PROGRESS) 
     BackupAppError when the named set does not exist.  Problems found are in the reports, not raised.
     """
     options = options or VerifyOptions()
+    t0 = time.monotonic()
     storage = backup_storage(options.path)
     gpg = GpgSpec.for_decryption()
     sets = list_sets(storage)
@@ -129,5 +165,6 @@ def run(options: VerifyOptions | None = None, progress: Progress = NO_PROGRESS) 
     reports = []
     for bset in sets:
         progress.step(f"Verifying {bset.status} set {bset.name}")
-        reports.append(verify_set(storage, bset, gpg, restore_test=options.restore_test, say=progress.step))
-    return VerifyResult(reports)
+        reports.append(verify_set(storage, bset, gpg, restore_test=options.restore_test, progress=progress))
+    read = sum(f.size or 0 for s in sets for f in s.files if f.kind != "manifest")
+    return VerifyResult(reports, storage=describe(storage), seconds=time.monotonic() - t0, bytes_read=read)

@@ -48,6 +48,13 @@ class Trimmer:
         self._trim(0)
 
 
+def _is_terminal(stream) -> bool:
+    try:
+        return stream is not None and stream.isatty()
+    except (AttributeError, ValueError):  # replaced or closed
+        return False
+
+
 def steady_memory() -> None:
     """Fix glibc's mmap threshold at 256 KiB, so that large buffers (a tar header block, a big read) are
     mapped and go back to the system when freed.
@@ -103,12 +110,18 @@ class BackupCommand(BaseCommand):
     def execute(self, *args, **options):
         self.quiet = options.get("quiet", False)
         self._console = None
+        self._bars = None
+        self._tasks: dict[str, object] = {}
+        self.live = not self.quiet and _is_terminal(sys.stderr)
         try:
             return super().execute(*args, **options)
         except KeyboardInterrupt:
             raise
         except Exception as err:
             self._translate(err, options)
+        finally:
+            if self._bars is not None:
+                self._bars.stop()
 
     def _translate(self, err: Exception, options: dict):
         """Re-raise ``err`` as a one-line CommandError (or as it is, with --traceback)."""
@@ -126,12 +139,62 @@ class BackupCommand(BaseCommand):
             self._console = Console(stderr=True, highlight=False, soft_wrap=True)
         return self._console
 
+    # --- the Progress of the action (backup_app.progress) --------------------------------------------
+
     def step(self, message: str) -> None:
         if not self.quiet:
             self.console.print(message, markup=False)
 
-    def advance(self, name: str, nbytes: int) -> None:
-        pass
+    def start(self, name: str, *, label: str = "", total: int | None = None) -> None:
+        """On a terminal, a bar for ``name``: bytes, rate, time left (with a total), media files counted."""
+        if not self.live:
+            return
+        if self._bars is None:
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            self._bars = Progress(
+                TextColumn("{task.description:<22}"),
+                BarColumn(bar_width=30),
+                DownloadColumn(binary_units=True),
+                TransferSpeedColumn(),
+                TextColumn("{task.fields[files]}"),
+                TimeRemainingColumn(compact=True, elapsed_when_finished=True),
+                console=self.console,
+            )
+            self._bars.start()
+        self._tasks[name] = self._bars.add_task(label or name, total=total, files="")
+
+    def advance(self, name: str, nbytes: int, *, files: int = 0) -> None:
+        task = self._tasks.get(name)
+        if task is None:
+            return
+        if files:
+            counted = self._bars.tasks[task].fields.get("count", 0) + files
+            self._bars.update(task, advance=nbytes, count=counted, files=f"{counted:,} files")
+        else:
+            self._bars.update(task, advance=nbytes)
+
+    def finish(self, name: str) -> None:
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            done = self._bars.tasks[task].completed
+            self._bars.update(task, total=done, completed=done)
+            self._bars.stop_task(task)
+
+    def summary(self, line: str) -> None:
+        """The result in one line on stdout (after the bars), unless --quiet."""
+        if self._bars is not None:
+            self._bars.stop()
+            self._bars = None
+        if not self.quiet:
+            self.stdout.write(line)
 
     def confirm(self, question: str) -> bool:
         """Ask on a terminal only; without one the answer is yes (never waits for input)."""

@@ -44,4 +44,5 @@ class Command(BackupCommand):
         )
 
     def handle(self, *args, **options):
-        backup.run(options_for(backup.BackupOptions, options), progress=self)
+        result = backup.run(options_for(backup.BackupOptions, options), progress=self)
+        self.summary(result.summary())

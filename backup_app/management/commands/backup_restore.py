@@ -60,8 +60,9 @@ class Command(BackupCommand):
 
     def handle(self, *args, **options):
         backup_folder(options["path"])
-        restore.run(
+        result = restore.run(
             options_for(restore.RestoreOptions, options),
             progress=self,
             confirm=self.confirm if options["interactive"] else None,
         )
+        self.summary(result.summary())

@@ -33,6 +33,7 @@ class Command(BackupCommand):
                 self.stdout.write(f"         ! {line}")
         if not result.reports:
             raise CommandError(f"there are no backup sets to verify; run {hints.command('backup')} first")
+        self.summary(result.summary())
         if result.bad:
             raise CommandError(
                 f"{len(result.bad)} of {len(result.reports)} backup sets have problems: "

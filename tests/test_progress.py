@@ -1,0 +1,84 @@
+"""What an operator sees while a command runs: live bars on a terminal, plain lines otherwise, one summary."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+from conftest import ROOT
+from terminal import run_on_pty, screen_html
+from test_admin_browser import CHROMIUM_ARGS, chromium  # noqa: F401  (fixture)
+
+
+def write_media(site, files: int = 300, size: int = 64 * 1024) -> None:
+    for i in range(files):
+        folder = site.media / f"part-{i % 10}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"file-{i}.bin").write_bytes(os.urandom(size))
+
+
+def test_backup_on_a_terminal_draws_bars_per_database_and_for_media(sqlite_site):
+    write_media(sqlite_site)
+
+    run = run_on_pty([sys.executable, "manage.py", "backup_create"], env=sqlite_site.env, cwd=str(ROOT), columns=200)
+
+    assert run.returncode == 0, run.final
+    screen = run.final
+    assert re.search(r"database 'default'\s+━+\s+[\d.]+/[\d.]+ KiB", screen), screen
+    assert re.search(r"media files\s+━+\s+18\.8/18\.8 MiB\s+.*/s\s+300 files", screen), screen
+    assert re.search(
+        r"Backup \S+: 1 database and 300 media files, 18\.\d MiB -> 18\.\d MiB stored \(\d+%\) in ", screen
+    )
+
+
+def test_backup_without_a_terminal_prints_plain_lines_and_one_summary(sqlite_site):
+    write_media(sqlite_site, files=20)
+
+    result = sqlite_site.manage("backup_create")
+
+    assert "\x1b[" not in result.output
+    assert "━" not in result.output
+    assert "media: 20 files, 1.2 MiB read" in result.stderr
+    [summary] = result.stdout.splitlines()
+    assert re.fullmatch(
+        r"Backup \S+: 1 database and 20 media files, 1\.\d MiB -> 1\.\d MiB stored \(\d+%\) in [\d.]+ s, "
+        r"to FileSystemStorage\(.*\)",
+        summary,
+    ), summary
+
+
+def test_quiet_backup_prints_nothing(sqlite_site):
+    result = sqlite_site.manage("backup_create", "--quiet")
+
+    assert result.stdout == "" and result.stderr == ""
+
+
+def test_backup_progress_moves_while_it_runs(sqlite_site, chromium, tmp_path):  # noqa: F811
+    """A screen drawn mid-run shows part of the media counted, with a rate; it is docs/img/backup-progress.png."""
+    write_media(sqlite_site, files=800, size=96 * 1024)
+
+    run = run_on_pty(
+        [sys.executable, "manage.py", "backup_create"], env=sqlite_site.env, cwd=str(ROOT), columns=118, lines=14
+    )
+
+    assert run.returncode == 0, run.final
+    counted = [
+        (i, int(m.group(1).replace(",", "")))
+        for i, s in enumerate(run.screens)
+        if (m := re.search(r"media files .* MB/s\s+([\d,]+) files", "\n".join(s)))
+    ]
+    midway = [(i, n) for i, n in counted if 0 < n < 800]
+    assert midway, run.final
+    index = midway[len(midway) // 2][0]
+    page_html = screen_html(run, index, title="invoke backup")
+    folder = Path(os.environ.get("BACKUP_TEST_SCREENSHOTS") or tmp_path)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1100, "height": 300})
+        page.set_content(page_html)
+        page.locator("body").screenshot(path=str(folder / "backup-progress.png"))
+        browser.close()
