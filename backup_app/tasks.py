@@ -134,14 +134,36 @@ def _flags(**flags) -> str:
         "quiet": "Suppress informational output (only show errors)",
         "skip_db": "Skip database backup step (only backup media files)",
         "skip_media": "Skip media backup step (only backup database files)",
+        "dry_run": "Say what would be written, where, and what --clean would delete; change nothing",
+        "json": "Print the result as one JSON object (docs/results.schema.json)",
     }
 )
-def backup(c, clean=False, compress=True, encrypt=False, path="", quiet=False, skip_db=False, skip_media=False):
+def backup(
+    c,
+    clean=False,
+    compress=True,
+    encrypt=False,
+    path="",
+    quiet=False,
+    skip_db=False,
+    skip_media=False,
+    dry_run=False,
+    json=False,
+):
     """Backup the database and media files."""
     manage(
         c,
         "backup_create "
-        + _flags(clean=clean, encrypt=encrypt, path=_here(path), quiet=quiet, skip_db=skip_db, skip_media=skip_media)
+        + _flags(
+            clean=clean,
+            encrypt=encrypt,
+            path=_here(path),
+            quiet=quiet,
+            skip_db=skip_db,
+            skip_media=skip_media,
+            dry_run=dry_run,
+            json=json,
+        )
         + ("" if compress else " --no-compress"),
     )
 
@@ -159,6 +181,9 @@ def backup(c, clean=False, compress=True, encrypt=False, path="", quiet=False, s
         "mirror": "Delete media files that were not in the backup",
         "quiet": "Suppress informational output (only show errors)",
         "safety_backup": "Keep the replaced state so the restore can be undone (default: backup_safety)",
+        "noinput": "Do not ask for confirmation",
+        "dry_run": "Say which set and files would be restored, what they replace, whether they pass the checks",
+        "json": "Print the result as one JSON object (docs/results.schema.json)",
     }
 )
 def restore(
@@ -174,6 +199,9 @@ def restore(
     mirror=False,
     quiet=False,
     safety_backup=True,
+    noinput=False,
+    dry_run=False,
+    json=False,
 ):
     """Restore the database and media files from a backup."""
     manage(
@@ -189,6 +217,9 @@ def restore(
             restore_allow_newer_version=restore_allow_newer_version,
             mirror=mirror,
             quiet=quiet,
+            noinput=noinput,
+            dry_run=dry_run,
+            json=json,
         )
         + ("" if uncompress else " --no-uncompress")
         + ("" if safety_backup else " --no-safety-backup"),
@@ -296,11 +327,12 @@ def rollback(c, name="", list=False):  # noqa: A002 - invoke derives the option 
         "set": "Verify only this backup set (default: all)",
         "restore_test": "Also restore into a scratch database and folder and count tables and files",
         "path": "Verify the backups in this local folder",
+        "json": "Print the result as one JSON object (docs/results.schema.json)",
     },
 )
-def verify(c, set="", restore_test=False, path=""):  # noqa: A002 - invoke derives the option name from it
+def verify(c, set="", restore_test=False, path="", json=False):  # noqa: A002 - invoke derives the option name
     """Re-read every file of the backup sets and check it against its manifest."""
-    manage(c, "backup_verify " + _flags(set=set, restore_test=restore_test, path=_here(path)))
+    manage(c, "backup_verify " + _flags(set=set, restore_test=restore_test, path=_here(path), json=json))
 
 
 @task(

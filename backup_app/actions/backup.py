@@ -27,13 +27,23 @@ from .. import __version__
 from ..engines import engine_for, site_lock
 from ..errors import BackupError
 from ..history import note_manifest, record_run
-from ..media import ArchiveStats, media_size, media_storage, write_tar
+from ..media import ArchiveStats, iter_media, media_size, media_storage, write_tar
 from ..models import BackupRun
 from ..notify import notify_failure
 from ..pipeline import SUFFIX, GpgSpec, store_stream
 from ..progress import NO_PROGRESS, Progress, seconds_text, size_text
 from ..secrets import redact
-from ..sets import MANIFEST_FORMAT, Naming, Retention, list_files, manifest_size, write_json
+from ..sets import (
+    MANIFEST_FORMAT,
+    BackupSet,
+    Naming,
+    Retention,
+    doomed,
+    list_files,
+    list_sets,
+    manifest_size,
+    write_json,
+)
 from ..settings import app_settings
 from ..storage import backup_storage, describe
 from ..streams import CountingWriter
@@ -145,6 +155,125 @@ def run(
     except Exception as err:
         notify_failure("backup", err, origin=options.origin)
         raise
+
+
+@dataclass
+class BackupPlan:
+    """What a backup would do (``--dry-run``): nothing is written, locked, recorded or deleted."""
+
+    storage: str
+    set_name: str
+    compression: str
+    encrypted: bool
+    gpg_recipient: str | None
+    files: list[dict]  # name, kind, database, vendor, connector
+    media: dict | None  # files, bytes (None: unknown without reading a remote media storage file by file)
+    checks: list[dict]  # id, level, message of every backup_app check found
+    deleted: list[str] = field(default_factory=list)  # with --clean: the files retention would delete
+    clean: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not any(c["level"] == "error" for c in self.checks)
+
+    def lines(self) -> list[str]:
+        out = [f"Dry run: nothing is written or deleted. A backup would write set {self.set_name} to {self.storage}"]
+        for f in self.files:
+            if f.get("kind") == "db":
+                out.append(f"  {f['name']}: database '{f['database']}' ({f['vendor']}, {f['connector']})")
+            else:
+                what = self.media or {}
+                count = f"{what['files']:,} files, {size_text(what['bytes'])}" if what.get("bytes") is not None else ""
+                out.append(f"  {f['name']}: media files" + (f" ({count})" if count else ""))
+        secured = f", encrypted to {self.gpg_recipient}" if self.encrypted else ", not encrypted"
+        out.append(f"  compression {self.compression}{secured}")
+        for c in self.checks:
+            out.append(f"  {c['level']} {c['id']}: {c['message']}")
+        if self.deleted:
+            out.append(f"  --clean would delete {len(self.deleted)} files: " + ", ".join(self.deleted))
+        elif self.clean:
+            out.append("  --clean would delete nothing")
+        out.append("  checks pass" if self.ok else "  the backup would be refused: fix the errors above")
+        return out
+
+    def as_json(self) -> dict:
+        return {
+            "action": "backup",
+            "dry_run": True,
+            "ok": self.ok,
+            "set": self.set_name,
+            "storage": self.storage,
+            "compression": self.compression,
+            "encrypted": self.encrypted,
+            "gpg_recipient": self.gpg_recipient,
+            "files": self.files,
+            "media": self.media,
+            "checks": self.checks,
+            "deleted": self.deleted,
+        }
+
+
+def plan(options: BackupOptions | None = None) -> BackupPlan:
+    """What :func:`run` with ``options`` would write, where, with which connector and compression, what
+    ``--clean`` would delete, and what the checks say.  Reads the storage's listing; writes nothing."""
+    options = options or BackupOptions()
+    if options.skip_db and options.skip_media:
+        raise BackupError("--skip-db and --skip-media together leave nothing to back up")
+    checks = [
+        {
+            "id": m.id,
+            "level": "error" if m.level >= ERROR else "warning",
+            "message": m.msg + (f" ({m.hint})" if m.hint else ""),
+        }
+        for m in run_checks(tags=["backup_app"])
+        if m.level >= WARNING
+    ]
+    storage = backup_storage(options.path)
+    naming = Naming()
+    compression = app_settings.compression if options.compress else "none"
+    suffix = SUFFIX[compression] + (".gpg" if options.encrypt else "")
+    sets = list_sets(storage, naming)
+    stamp = naming.stamp(timezone.now())
+    files = []
+    for alias in [] if options.skip_db else app_settings.databases:
+        engine = engine_for(alias)
+        connector = type(engine.connector)
+        files.append(
+            {
+                "name": naming.db_name(stamp, alias, engine.extension + suffix),
+                "kind": "db",
+                "database": alias,
+                "vendor": engine.vendor,
+                "connector": f"{connector.__module__}.{connector.__name__}",
+            }
+        )
+    media = None
+    if not options.skip_media:
+        files.append({"name": naming.media_name(stamp, "tar" + suffix), "kind": "media", "database": None})
+        source = media_storage()
+        names = list(iter_media(source))
+        media = {"files": len(names), "bytes": media_size(source)}
+    deleted: list[str] = []
+    if options.clean:
+        new = BackupSet(name=stamp, created=timezone.now(), status="complete")
+        deleted = doomed(
+            [new, *sets],
+            options.retention or Retention.configured(),
+            include_legacy=options.clean_legacy,
+            protect={stamp},
+        )
+    return BackupPlan(
+        storage=describe(storage),
+        set_name=stamp,
+        compression=compression,
+        encrypted=options.encrypt,
+        gpg_recipient=app_settings.gpg_recipient if options.encrypt else None,
+        files=files,
+        media=media,
+        checks=checks,
+        deleted=deleted,
+        clean=options.clean,
+    )
 
 
 def _back_up(options: BackupOptions, progress: Progress) -> BackupResult:

@@ -153,6 +153,115 @@ def run(
         raise
 
 
+@dataclass
+class RestorePlan:
+    """What a restore would do (``--dry-run``): which set and files, what they replace, whether they pass the
+    checks a restore makes before changing anything.  Nothing is staged, locked, recorded or changed."""
+
+    storage: str
+    set_name: str | None
+    status: str | None  # of the set: complete, incomplete, legacy
+    databases: list[dict]  # alias, vendor, file, replaces (the live database's name)
+    media: dict | None  # file, files (in the backup), replaces (the media folder), mirror
+    notes: list[str]  # versions: migrations applied afterwards
+    problems: list[str]  # what the checks found; empty: the restore would go ahead
+    checked: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def lines(self) -> list[str]:
+        what = f"{self.status} set {self.set_name}" if self.set_name else "named files"
+        out = [f"Dry run: nothing is changed. A restore would take {what} from {self.storage}"]
+        for d in self.databases:
+            out.append(f"  database '{d['alias']}' ({d['vendor']}, {d['replaces']}) would be replaced by {d['file']}")
+        if self.media:
+            m = self.media
+            count = f"{m['files']:,} files" if m.get("files") is not None else "its files"
+            extra = "; files not in the backup would be deleted (--mirror)" if m["mirror"] else ""
+            out.append(f"  media files in {m['replaces']} would be replaced by {count} of {m['file']}{extra}")
+        out += [f"  {note}" for note in self.notes]
+        out += [f"  checked: {line}" for line in self.checked]
+        out += [f"  ! {line}" for line in self.problems]
+        out.append("  checks pass" if self.ok else "  the restore would be refused")
+        return out
+
+    def as_json(self) -> dict:
+        return {
+            "action": "restore",
+            "dry_run": True,
+            "ok": self.ok,
+            "set": self.set_name,
+            "status": self.status,
+            "storage": self.storage,
+            "databases": self.databases,
+            "media": self.media,
+            "notes": self.notes,
+            "checked": self.checked,
+            "problems": self.problems,
+        }
+
+
+def plan(options: RestoreOptions | None = None, progress: Progress = NO_PROGRESS) -> RestorePlan:
+    """What :func:`run` with ``options`` would restore and replace, with every chosen file read and checked
+    (size, SHA-256, decryption, decompression, dump type, archive members).  Changes nothing, takes no lock;
+    RestoreError when there is nothing to restore."""
+    from .verify import verify_set
+
+    options = options or RestoreOptions()
+    path, db_file, media_file = locate(options.path, options.db_file, options.media_file)
+    storage = backup_storage(path)
+    opts = replace(options, path=path, db_file=db_file, media_file=media_file)
+    sets = list_sets(storage, Naming())
+    chosen = choose(sets, opts, exists=storage.exists, aliases=list(settings.DATABASES))
+    problems: list[str] = []
+    try:
+        notes = check_versions(chosen, opts.allow_newer)
+    except RestoreError as err:
+        notes, problems = [], [str(err)]
+    databases = []
+    for item in chosen.databases:
+        engine = engine_for(item.alias)
+        databases.append(
+            {
+                "alias": item.alias,
+                "vendor": engine.vendor,
+                "file": item.file.name,
+                "replaces": str(engine.settings["NAME"]),
+            }
+        )
+    media = None
+    if chosen.media is not None:
+        media = {
+            "file": chosen.media.name,
+            "files": (chosen.media_expected or {}).get("files"),
+            "replaces": str(getattr(media_storage(), "location", "") or "the media storage"),
+            "mirror": opts.mirror,
+        }
+    files = [item.file for item in chosen.databases] + ([chosen.media] if chosen.media else [])
+    source = chosen.set
+    checked_set = BackupSet(
+        name=source.name if source else "named files",
+        created=source.created if source else None,
+        status=source.status if source else "named",
+        files=files,
+        manifest=source.manifest if source else None,
+    )
+    progress.step(f"Checking {len(files)} files of {chosen.label}")
+    report = verify_set(storage, checked_set, gpg_for_restore(chosen, opts.interactive), progress=progress)
+    return RestorePlan(
+        storage=describe(storage),
+        set_name=source.name if source else None,
+        status=source.status if source else None,
+        databases=databases,
+        media=media,
+        notes=notes,
+        problems=problems + report.problems,
+        checked=report.checked,
+    )
+
+
 def locate(path: str | None, db_file: str | None, media_file: str | None) -> tuple[str | None, str | None, str | None]:
     """A file given as an absolute path on disk is read from its own folder: ``(folder, name, name)``."""
     for value in (db_file, media_file):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import gc
+import json
 import os
 import sys
 import threading
@@ -96,6 +97,16 @@ class BackupCommand(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--quiet", action="store_true", help="Print nothing but errors.")
 
+    def add_json_argument(self, parser) -> None:
+        parser.add_argument(
+            "--json",
+            action="store_true",
+            help="Print the result as one JSON object on stdout (docs/results.schema.json); steps stay on stderr.",
+        )
+
+    def add_dry_run_argument(self, parser, what: str) -> None:
+        parser.add_argument("--dry-run", action="store_true", help=f"Say {what}; change nothing.")
+
     def run_from_argv(self, argv):
         # Only for ``manage.py <command>``, whose process ends with it (call_command, as a django-q2 worker
         # does, never comes here), the process-wide settings: glibc's allocator tuned for streaming and
@@ -111,6 +122,7 @@ class BackupCommand(BaseCommand):
         self.quiet = options.get("quiet", False)
         self._console = None
         self._bars = None
+        self._emitted = False
         self._tasks: dict[str, object] = {}
         self.live = not self.quiet and _is_terminal(sys.stderr)
         try:
@@ -123,13 +135,31 @@ class BackupCommand(BaseCommand):
             if self._bars is not None:
                 self._bars.stop()
 
+    #: The ``action`` of this command's ``--json`` results (docs/results.schema.json).
+    action = ""
+
     def _translate(self, err: Exception, options: dict):
-        """Re-raise ``err`` as a one-line CommandError (or as it is, with --traceback)."""
+        """Re-raise ``err`` as a one-line CommandError (or as it is, with --traceback); with ``--json`` the
+        same line also goes to stdout as ``{"action": ..., "ok": false, "error": ...}``."""
+        if isinstance(err, CommandError):
+            line = str(err)
+        elif isinstance(err, BackupAppError):
+            line = redact(err)
+        else:
+            line = f"{type(err).__name__}: {redact(err)} (run with --traceback for details)"
+        if options.get("json") and self.action and not self._emitted:
+            self.emit({"action": self.action, "ok": False, "error": line})
         if isinstance(err, CommandError) or options.get("traceback"):
             raise err
-        if isinstance(err, BackupAppError):
-            raise CommandError(redact(err)) from None
-        raise CommandError(f"{type(err).__name__}: {redact(err)} (run with --traceback for details)") from None
+        raise CommandError(line) from None
+
+    def emit(self, data) -> None:
+        """One JSON document on stdout (the bars, if any, stopped first)."""
+        if self._bars is not None:
+            self._bars.stop()
+            self._bars = None
+        self.stdout.write(json.dumps(data, indent=2))
+        self._emitted = True
 
     @property
     def console(self):

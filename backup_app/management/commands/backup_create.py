@@ -1,5 +1,7 @@
 """``manage.py backup_create``: write one complete backup set (``invoke backup``)."""
 
+from django.core.management.base import CommandError
+
 from backup_app.actions import backup
 
 from ._base import BackupCommand, options_for
@@ -42,7 +44,27 @@ class Command(BackupCommand):
             action="store_true",
             help="Accepted for stock dbbackup's command lines; a backup never asks anything.",
         )
+        self.add_json_argument(parser)
+        self.add_dry_run_argument(parser, "what would be written, where, and what --clean would delete")
+
+    action = "backup"
 
     def handle(self, *args, **options):
-        result = backup.run(options_for(backup.BackupOptions, options), progress=self)
-        self.summary(result.summary())
+        opts = options_for(backup.BackupOptions, options)
+        if options["dry_run"]:
+            planned = backup.plan(opts)
+            if options["json"]:
+                self.emit(planned.as_json())
+            else:
+                self.stdout.write("\n".join(planned.lines()))
+            if not planned.ok:
+                raise CommandError(
+                    "the backup would be refused: "
+                    + "; ".join(f"{c['id']}: {c['message']}" for c in planned.checks if c["level"] == "error")
+                )
+            return
+        result = backup.run(opts, progress=self)
+        if options["json"]:
+            self.emit(result.as_json())
+        else:
+            self.summary(result.summary())

@@ -1,5 +1,7 @@
 """``manage.py backup_restore``: restore a backup set (``invoke restore``)."""
 
+from django.core.management.base import CommandError
+
 from backup_app.actions import restore
 
 from ._base import BackupCommand, backup_folder, options_for
@@ -57,12 +59,27 @@ class Command(BackupCommand):
             default=True,
             help="Never ask for confirmation.",
         )
+        self.add_json_argument(parser)
+        self.add_dry_run_argument(
+            parser, "which set and files would be restored, what they would replace, and whether they pass the checks"
+        )
+
+    action = "restore"
 
     def handle(self, *args, **options):
         backup_folder(options["path"])
-        result = restore.run(
-            options_for(restore.RestoreOptions, options),
-            progress=self,
-            confirm=self.confirm if options["interactive"] else None,
-        )
-        self.summary(result.summary())
+        opts = options_for(restore.RestoreOptions, options)
+        if options["dry_run"]:
+            planned = restore.plan(opts, progress=self)
+            if options["json"]:
+                self.emit(planned.as_json())
+            else:
+                self.stdout.write("\n".join(planned.lines()))
+            if not planned.ok:
+                raise CommandError("the restore would be refused: " + "; ".join(planned.problems))
+            return
+        result = restore.run(opts, progress=self, confirm=self.confirm if options["interactive"] else None)
+        if options["json"]:
+            self.emit(result.as_json())
+        else:
+            self.summary(result.summary())

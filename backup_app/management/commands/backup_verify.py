@@ -20,10 +20,26 @@ class Command(BackupCommand):
             help="Also restore into a scratch database and folder and count tables and files.",
         )
         parser.add_argument("--path", help="Verify the backups in this local folder instead of the storage.")
+        self.add_json_argument(parser)
+
+    action = "verify"
 
     def handle(self, *args, **options):
         backup_folder(options["path"])
         result = verify.run(options_for(verify.VerifyOptions, options), progress=self)
+        if options["json"]:
+            self.emit(result.as_json())
+        else:
+            self._print(result)
+        if not result.reports:
+            raise CommandError(f"there are no backup sets to verify; run {hints.command('backup')} first")
+        if result.bad:
+            raise CommandError(
+                f"{len(result.bad)} of {len(result.reports)} backup sets have problems: "
+                + "; ".join(f"{r.name}: {r.problems[0]}" for r in result.bad)
+            )
+
+    def _print(self, result) -> None:
         for r in result.reports:
             state = "OK" if r.ok else "PROBLEM"
             self.stdout.write(f"{state:8} {r.name} ({r.status})")
@@ -31,11 +47,5 @@ class Command(BackupCommand):
                 self.stdout.write(f"         {line}")
             for line in r.problems:
                 self.stdout.write(f"         ! {line}")
-        if not result.reports:
-            raise CommandError(f"there are no backup sets to verify; run {hints.command('backup')} first")
-        self.summary(result.summary())
-        if result.bad:
-            raise CommandError(
-                f"{len(result.bad)} of {len(result.reports)} backup sets have problems: "
-                + "; ".join(f"{r.name}: {r.problems[0]}" for r in result.bad)
-            )
+        if result.reports:
+            self.summary(result.summary())
