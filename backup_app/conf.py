@@ -944,9 +944,7 @@ def _apply(namespace, config, prefix, config_file, default_dir, default_safety_d
             "GPG_PASSPHRASE": config["backup_gpg_passphrase"],
             "SAFETY": config["backup_safety"],
             "SAFETY_DIR": str(
-                config["backup_safety_dir"]
-                or default_safety_dir
-                or safety_dir_beside(namespace.get("BASE_DIR", "."))
+                config["backup_safety_dir"] or default_safety_dir or safety_dir_beside(namespace.get("BASE_DIR", "."))
             ),
             "SAFETY_DAYS": config["backup_safety_days"],
             "DIR": str(backup_dir) if backup_dir is not None else None,

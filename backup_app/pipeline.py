@@ -367,7 +367,8 @@ def store_stream(
     if encryptor is not None and encryptor.proc.returncode:
         discard()
         raise BackupError(
-            f"gpg could not encrypt {name}: {encryptor.error_text()}; check backup_gpg_recipient and backup_gpg_home"
+            f"gpg could not encrypt {name}: {encryptor.error_text()}; check {hints.setting('backup_gpg_recipient')} "
+            f"and {hints.setting('backup_gpg_home')}"
         )
     if stored_name != name:
         discard()

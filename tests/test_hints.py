@@ -108,3 +108,16 @@ def test_a_site_without_tasks_py_is_told_its_management_commands(mysite):
     result = mysite("backup_restore")
 
     assert "run `python manage.py backup_create` first" in last_line(result), result.stderr
+
+
+def test_a_storage_that_cannot_be_set_up_names_the_sites_variables(mysite):
+    result = mysite(
+        "backup_check",
+        MYSITE_BACKUP_STORAGE="storages.backends.ftp.FTPStorage",
+        MYSITE_BACKUP_OPTIONS='{"location": "not-an-ftp-url"}',
+    )
+
+    assert result.returncode != 0
+    line = last_line(result)
+    assert "MYSITE_BACKUP_STORAGE storages.backends.ftp.FTPStorage: cannot be set up" in line, result.stderr
+    assert line.endswith("check backup_options (MYSITE_BACKUP_OPTIONS)"), result.stderr

@@ -23,7 +23,7 @@ from django.core.checks import ERROR, WARNING, run_checks
 from django.core.files.storage import FileSystemStorage
 from django.utils import timezone
 
-from .. import __version__
+from .. import __version__, hints
 from ..engines import engine_for, site_lock
 from ..errors import BackupError
 from ..history import note_manifest, record_run
@@ -321,7 +321,7 @@ def _new_stamp(storage, naming: Naming) -> str:
         if stamp not in taken:
             return stamp
         time.sleep(0.5)
-    raise BackupError("no unused timestamp for a new backup; backup_date_format needs seconds (%S)")
+    raise BackupError(f"no unused timestamp for a new backup; {hints.setting('backup_date_format')} needs seconds (%S)")
 
 
 def write_set(storage, what: SetContents, progress: Progress = NO_PROGRESS) -> dict:

@@ -11,6 +11,7 @@ from importlib import import_module
 
 from django.core.files.storage import FileSystemStorage
 
+from .. import hints
 from ..conf import FILESYSTEM_STORAGES, import_storage_class
 from ..errors import StorageUnavailable
 from ..secrets import redact
@@ -51,7 +52,7 @@ def build_storage(path: str, options: dict):
             return cls(**options)
         except Exception as err:
             raise StorageUnavailable(
-                f"backup_storage {path}: cannot be set up ({redact(err)}); check {OPTIONS_HINT}"
+                f"{hints.variable('backup_storage')} {path}: cannot be set up ({redact(err)}); check {OPTIONS_HINT}"
             ) from None
     adapter = adapter_for(cls)
     try:
@@ -60,7 +61,7 @@ def build_storage(path: str, options: dict):
         raise
     except Exception as err:
         raise StorageUnavailable(
-            f"backup_storage {path}: cannot be set up ({redact(err)}); check {OPTIONS_HINT}"
+            f"{hints.variable('backup_storage')} {path}: cannot be set up ({redact(err)}); check {OPTIONS_HINT}"
         ) from None
     return RemoteStorage(backend, adapter)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import BinaryIO
 
+from .. import hints
 from ..streams import RangedReader, buffered
 from .base import OPTIONS_HINT, Adapter
 
@@ -64,4 +65,7 @@ class SFTPAdapter(Adapter):
         return super().explain(backend, err, action, name)
 
     def permission_hint(self, action: str) -> str:
-        return "the SSH user needs to create, read, list and delete files in the root_path folder (backup_dir)"
+        return (
+            "the SSH user needs to create, read, list and delete files in the root_path folder "
+            f"({hints.setting('backup_dir')})"
+        )
