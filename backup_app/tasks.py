@@ -14,8 +14,10 @@ Each task is a thin wrapper around one ``manage.py`` command; the work lives in
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -66,6 +68,45 @@ def find_project(start: str | os.PathLike | None = None) -> Path:
     )
 
 
+#: ``os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mysite.settings")``, as startproject writes it in manage.py.
+_SETTINGS_DEFAULT = re.compile(r"""os\.environ\.setdefault\(\s*['"]DJANGO_SETTINGS_MODULE['"]\s*,\s*['"]([\w.]+)['"]""")
+
+
+def settings_module(project: Path) -> tuple[str, str] | None:
+    """``(module, where it comes from)``: ``$DJANGO_SETTINGS_MODULE``, else the default ``project``'s manage.py
+    sets; None when neither names one (then Django says what is missing)."""
+    if os.environ.get("DJANGO_SETTINGS_MODULE"):
+        return os.environ["DJANGO_SETTINGS_MODULE"], "DJANGO_SETTINGS_MODULE"
+    try:
+        match = _SETTINGS_DEFAULT.search((project / MANAGE_PY).read_text(errors="replace"))
+    except OSError:
+        return None
+    return (match.group(1), f"the default of {project / MANAGE_PY}") if match else None
+
+
+def check_settings_module(project: Path) -> None:
+    """Exit (one line, status 2) when the settings module the command would use cannot be found: in the
+    project's folder (which ``manage.py`` puts first on ``sys.path``), else on this Python's path."""
+    found = settings_module(project)
+    if found is None:
+        return
+    name, source = found
+    parts = name.split(".")
+    base = project.joinpath(*parts)
+    if base.with_suffix(".py").is_file() or (base / "__init__.py").is_file():
+        return
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        raise Exit(
+            f"Settings module {name} ({source}) is not in {project} nor importable: set DJANGO_SETTINGS_MODULE "
+            "to the project's settings module, or run invoke in the project it belongs to.",
+            code=2,
+        )
+
+
 def _is_terminal(stream) -> bool:
     try:
         return stream is not None and stream.isatty()
@@ -85,6 +126,7 @@ def manage(c, command: str, **kwargs):
     its stdin closed at once, so that it never waits for input, and its stdout and stderr stay apart.
     """
     project = find_project()
+    check_settings_module(project)
     c.config.runners.local = _Local
     if interactive():
         kwargs.setdefault("pty", True)

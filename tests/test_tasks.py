@@ -41,6 +41,7 @@ record = {
     "stdin_tty": sys.stdin.isatty(),
     "stdout_tty": sys.stdout.isatty(),
     "settings": os.environ.get("DJANGO_SETTINGS_MODULE"),
+    "invoked": os.environ.get("BACKUP_APP_INVOKED"),
 }
 if os.environ.get("READ_STDIN"):
     record["stdin"] = sys.stdin.read()
@@ -223,6 +224,52 @@ def test_without_manage_py_invoke_fails_with_one_line(tmp_path):
         f"No manage.py in {folder.resolve()} or any folder above it: run invoke in your Django project's folder "
         "(the one with manage.py) or below it."
     ]
+
+
+def test_tasks_tell_the_command_it_runs_under_invoke(project):
+    project.invoke("listbackups")
+
+    [run] = project.runs()
+    assert run["invoked"] == "1"
+
+
+def test_a_settings_module_manage_py_names_but_nothing_holds_fails_with_one_line(project):
+    manage_py = project.root / "manage.py"
+    manage_py.write_text(
+        'import os\nos.environ.setdefault("DJANGO_SETTINGS_MODULE", "nowhere_i18.settings")\n' + RECORDING_MANAGE_PY
+    )
+
+    result = project.invoke("backup")
+
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"Settings module nowhere_i18.settings (the default of {manage_py.resolve()}) is not in "
+        f"{project.root.resolve()} nor importable: set DJANGO_SETTINGS_MODULE to the project's settings module, "
+        "or run invoke in the project it belongs to."
+    ]
+    assert project.runs() == []
+
+
+def test_a_missing_settings_module_in_the_environment_is_named_by_its_variable(project):
+    result = project.invoke("backup", DJANGO_SETTINGS_MODULE="elsewhere_i18.settings")
+
+    assert result.returncode == 2
+    assert result.stderr.startswith("Settings module elsewhere_i18.settings (DJANGO_SETTINGS_MODULE) is not in ")
+    assert project.runs() == []
+
+
+def test_a_settings_module_in_the_project_folder_is_found(project):
+    (project.root / "site_i18").mkdir()
+    (project.root / "site_i18" / "__init__.py").write_text("")
+    (project.root / "site_i18" / "settings.py").write_text("")
+    (project.root / "manage.py").write_text(
+        'import os\nos.environ.setdefault("DJANGO_SETTINGS_MODULE", "site_i18.settings")\n' + RECORDING_MANAGE_PY
+    )
+
+    result = project.invoke("backup")
+
+    assert result.returncode == 0, result.stderr
+    assert project.commands() == [["backup_create"]]
 
 
 def test_exit_status_is_the_commands(project):
