@@ -365,6 +365,28 @@ BACKUP_KEYS: tuple[Key, ...] = (
         kind="list",
         help="Database aliases to back up (default: every alias in DATABASES).",
     ),
+    Key(
+        "backup_notify_urls",
+        "BACKUP_NOTIFY_URLS",
+        None,
+        kind="list",
+        secret=True,
+        help="Apprise URLs told when a backup or restore fails (chat, pager, mail...): a list, or commas in env.",
+    ),
+    Key(
+        "backup_notify_on_success",
+        "BACKUP_NOTIFY_ON_SUCCESS",
+        False,
+        kind="bool",
+        help="Also tell backup_notify_urls when a backup or restore succeeds.",
+    ),
+    Key(
+        "backup_ping_url",
+        "BACKUP_PING_URL",
+        None,
+        secret=True,
+        help="Dead-man's-switch URL (healthchecks.io style): URL/start, URL (success), URL/fail around every run.",
+    ),
 )
 
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
@@ -947,6 +969,9 @@ def _apply(namespace, config, prefix, config_file, default_dir, default_safety_d
                 config["backup_safety_dir"] or default_safety_dir or safety_dir_beside(namespace.get("BASE_DIR", "."))
             ),
             "SAFETY_DAYS": config["backup_safety_days"],
+            "NOTIFY_URLS": config["backup_notify_urls"] or [],
+            "NOTIFY_ON_SUCCESS": config["backup_notify_on_success"],
+            "PING_URL": config["backup_ping_url"],
             "DIR": str(backup_dir) if backup_dir is not None else None,
             "DIR_IS_DEFAULT": dir_used_default,
             "EMAIL_PREFIX": prefix_text,

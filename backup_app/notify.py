@@ -1,14 +1,23 @@
-"""Failure mail: one message to the site's admins when a backup or restore fails.
+"""What the site's people and monitors are told: failure mail, pushes through Apprise, pings.
 
-Recipients: ``DBBACKUP_ADMIN`` (``ADMINS`` plus the configured admin address)
-and every active superuser with an email address.  The body is built from
-the one-line error with every known secret masked; no traceback, no locals.
+Mail: one message to the site's admins when a backup or restore fails.  Recipients: ``DBBACKUP_ADMIN``
+(``ADMINS`` plus the configured admin address) and every active superuser with an email address.
+
+Pushes: every URL of ``backup_notify_urls`` (any service Apprise knows: chat, pager, mail, a webhook) is told
+of a failure, and of a success with ``backup_notify_on_success``.  Pings: ``backup_ping_url`` gets
+``URL/start`` when a run starts, ``URL`` when it succeeds and ``URL/fail`` when it fails (the healthchecks.io
+convention), so a dead-man's-switch monitor also notices a run that never happens.
+
+Every body is built from the one-line error with every known secret masked; no traceback, no locals.
+Timeouts are short (:data:`TIMEOUT`); a push or ping that fails is logged (without its URL) and never fails
+the backup.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import urllib.request
 
 from django.core.mail import EmailMessage
 from django.utils import timezone
@@ -76,3 +85,90 @@ def notify_failure(action: str, error: object, *, origin: str = "manual") -> boo
         logger.error("the failure mail could not be sent: %s", redact(err))
         return False
     return True
+
+
+#: Seconds a ping or a push may take before it is given up (connect and read).
+TIMEOUT = 10
+
+
+def _described(url: str) -> str:
+    """A URL as it may be logged: its scheme and host, no path, user or token."""
+    scheme, _, rest = url.partition("://")
+    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    return f"{scheme}://{host}" if rest else scheme
+
+
+def ping(state: str, message: str = "") -> bool:
+    """Tell ``backup_ping_url`` that a run started (``start``), succeeded (``success``) or failed (``fail``).
+
+    ``message`` (masked) goes as the request body, which healthchecks.io shows with the ping.  Returns
+    whether the monitor answered 2xx; a failure is logged, never raised.
+    """
+    base = app_settings.ping_url
+    if not base:
+        return False
+    url = base if state == "success" else f"{base}/{state}"
+    request = urllib.request.Request(
+        url, data=redact(message).encode()[:10000], method="POST", headers={"User-Agent": "backup_app"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:  # noqa: S310 - the configured URL
+            response.read()
+            return 200 <= response.status < 300
+    except Exception as err:
+        logger.warning("the %s ping to %s failed: %s", state, _described(base), redact(err))
+        return False
+
+
+def push(title: str, body: str, *, failed: bool) -> bool:
+    """Send ``title`` and ``body`` (masked) to every ``backup_notify_urls`` through Apprise; returns whether
+    all took it.  A URL Apprise does not know, or a service that fails, is logged (without the URL)."""
+    urls = app_settings.notify_urls
+    if not urls:
+        return False
+    try:
+        import apprise
+    except ImportError:
+        logger.warning("backup_notify_urls is set but Apprise is not installed (pip install apprise)")
+        return False
+    sender = apprise.Apprise()
+    for url in urls:
+        if not sender.add(_with_timeouts(url)):
+            logger.warning("backup_notify_urls: %s is not a URL Apprise knows; see its wiki", _described(url))
+    if not len(sender):
+        return False
+    kind = apprise.NotifyType.FAILURE if failed else apprise.NotifyType.SUCCESS
+    try:
+        sent = bool(sender.notify(title=redact(title), body=redact(body), notify_type=kind))
+    except Exception as err:
+        logger.warning("the notification could not be sent: %s", redact(err))
+        return False
+    if not sent:
+        logger.warning("a notification to backup_notify_urls was not accepted (see the apprise log)")
+    return sent
+
+
+def _with_timeouts(url: str) -> str:
+    """Apprise's connect/read timeouts (``cto``/``rto``, 4 s by default) kept at most :data:`TIMEOUT`."""
+    if "cto=" in url or "rto=" in url:
+        return url
+    return url + ("&" if "?" in url else "?") + f"cto={TIMEOUT}&rto={TIMEOUT}"
+
+
+def announce(action: str, error: BaseException | None, *, origin: str = "manual", detail: str = "") -> None:
+    """The end of a run, to the monitors: the ping (success or fail), and a push on failure (and on success
+    with ``backup_notify_on_success``).  ``detail`` is the success's summary line."""
+    host = socket.gethostname()
+    if error is None:
+        ping("success", detail)
+        if app_settings.notify_on_success:
+            title = f"{action.capitalize()} succeeded on {host}"
+            push(title, detail or f"A {origin} {action} succeeded.", failed=False)
+        return
+    line = redact(error)
+    ping("fail", line)
+    push(
+        f"{action.capitalize()} failed on {host}",
+        f"A {origin} {action} failed on {host}: {line}\n\nNext step: {next_step(action)}",
+        failed=True,
+    )

@@ -178,6 +178,23 @@ class AppSettings:
     def safety_days(self) -> int:
         return self._app("SAFETY_DAYS", "backup_safety_days")
 
+    # --- pushes to monitors -----------------------------------------------------------------------
+
+    @property
+    def notify_urls(self) -> list[str]:
+        """Apprise URLs told of failures (``backup_notify_urls``)."""
+        return list(self._app("NOTIFY_URLS", "backup_notify_urls") or [])
+
+    @property
+    def notify_on_success(self) -> bool:
+        return bool(self._app("NOTIFY_ON_SUCCESS", "backup_notify_on_success"))
+
+    @property
+    def ping_url(self) -> str | None:
+        """The dead-man's-switch URL (``backup_ping_url``), without a trailing slash."""
+        url = self._app("PING_URL", "backup_ping_url")
+        return url.rstrip("/") if url else None
+
     # --- failure mail --------------------------------------------------------------------------
 
     @property

@@ -29,7 +29,7 @@ from ..errors import BackupError
 from ..history import note_manifest, record_run
 from ..media import ArchiveStats, iter_media, media_size, media_storage, write_tar
 from ..models import BackupRun
-from ..notify import notify_failure
+from ..notify import announce, notify_failure, ping
 from ..pipeline import SUFFIX, GpgSpec, store_stream
 from ..progress import NO_PROGRESS, Progress, seconds_text, size_text
 from ..secrets import redact
@@ -141,20 +141,27 @@ def run(
     """Write a backup set as ``options`` say; returns a :class:`BackupResult`.
 
     ``record`` is the history row of a queued run that already holds the claim (the scheduler's); without it
-    a new row is made.  Any failure is recorded, mailed, and raised (a :class:`BackupError` with one line).
+    a new row is made.  Any failure is recorded, mailed, pushed (``backup_notify_urls``, ``backup_ping_url``)
+    and raised (a :class:`BackupError` with one line); an interruption (Ctrl-C) too, as "interrupted".
     """
     options = options or BackupOptions()
     t0 = time.monotonic()
+    ping("start", f"{options.origin} backup")
     try:
         with record_run(options.origin, run=record) as row:
             row.partial = options.partial
             result = _back_up(options, progress)
             note_manifest(row, result.manifest)
         result.seconds = time.monotonic() - t0
-        return result
     except Exception as err:
         notify_failure("backup", err, origin=options.origin)
+        announce("backup", err, origin=options.origin)
         raise
+    except KeyboardInterrupt as err:
+        announce("backup", BackupError("backup interrupted (Ctrl-C or SIGINT)"), origin=options.origin)
+        raise err
+    announce("backup", None, origin=options.origin, detail=result.summary())
+    return result
 
 
 @dataclass

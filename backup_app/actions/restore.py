@@ -30,7 +30,7 @@ from ..errors import RestoreError
 from ..history import record_run
 from ..media import StagedArchive, abandon_archive, commit_archive, media_storage, stage_archive
 from ..models import BackupRun
-from ..notify import notify_failure
+from ..notify import announce, notify_failure, ping
 from ..pipeline import GpgSpec
 from ..progress import NO_PROGRESS, Progress, seconds_text
 from ..safety import SafetyRecord, safety_root
@@ -83,7 +83,7 @@ class RestoreResult:
                 f"{self.media['removed']:,} removed)"
             )
         what = f"set {self.set_name}" if self.set_name else "named files"
-        undo = f"; undo with `invoke rollback --name {self.safety}`" if self.safety else ""
+        undo = f"; undo with {hints.command('rollback', '--name', self.safety)}" if self.safety else ""
         return (
             f"Restored {what}: {', '.join(parts) or 'nothing'} in {seconds_text(self.seconds)}, "
             f"from {self.storage}{undo}"
@@ -136,6 +136,7 @@ def run(
     """
     options = options or RestoreOptions()
     t0 = time.monotonic()
+    ping("start", "restore")
     try:
         with record_run(BackupRun.RESTORE) as row:
             path, db_file, media_file = locate(options.path, options.db_file, options.media_file)
@@ -147,10 +148,15 @@ def run(
             row.set_name = result.set_name or ""
         result.storage = describe(storage)
         result.seconds = time.monotonic() - t0
-        return result
     except Exception as err:
         notify_failure("restore", err)
+        announce("restore", err)
         raise
+    except KeyboardInterrupt as err:
+        announce("restore", RestoreError("restore interrupted (Ctrl-C or SIGINT)"))
+        raise err
+    announce("restore", None, detail=result.summary())
+    return result
 
 
 @dataclass
