@@ -1,32 +1,44 @@
-"""Admin pages: the automatic-backup settings, the backup history, and "Back up now".
+"""Admin pages: the automatic-backup settings, the backup history, the sets in the storage, "Back up now".
 
-Both pages open with the same status panel: the last successful backup's age,
-the next due time in plain words, overdue and failed marked in red, and for
-staff with ``backup_app.run_backup`` a "Back up now" button that queues a
-backup for the worker (the web request never runs one).
+Every page opens with the same status panel: the last successful backup's age,
+the next due time in plain words, overdue and failed marked in red, a notice
+when no worker has been seen, and for staff with ``backup_app.run_backup`` a
+"Back up now" button that queues a backup for the worker (the web request
+never runs one; a second click while one is queued or running queues nothing).
+
+The sets page lists what is in the backup storage (one listing plus one read
+per manifest) with size, parts, encryption, status and last verification;
+"Verify" queues a verification of one set for the worker, "Delete" asks first
+and then deletes the set under the site lock; both are recorded in the history.
 """
 
 from __future__ import annotations
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.http import HttpResponseNotAllowed, HttpResponseRedirect
+from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.http import url_has_allowed_host_and_scheme
 
 from . import hints
+from .errors import BackupAppError
 from .models import BackupRun, BackupSettings
+from .progress import size_text
 from .schedule import (
     CLAIM,
+    backup_now_queued,
     backup_status,
     check_soon,
     close_stale_runs,
     duration_text,
     enqueue_backup_now,
-    size_text,
+    enqueue_verify,
+    worker_missing,
 )
+from .secrets import redact
 from .sets import Retention
 
 RUN_PERMISSION = "backup_app.run_backup"
@@ -43,6 +55,9 @@ def status_context(request) -> dict:
         "backup_now_url": reverse("admin:backup_app_backuprun_backup_now"),
         "backup_history_url": reverse("admin:backup_app_backuprun_changelist"),
         "backup_settings_url": reverse("admin:backup_app_backupsettings_change", args=[1]),
+        "backup_sets_url": reverse("admin:backup_app_backuprun_sets"),
+        "worker_missing": worker_missing(),
+        "worker_command": hints.command("worker").strip("`"),
     }
 
 
@@ -179,17 +194,125 @@ class BackupRunAdmin(admin.ModelAdmin):
     def error_text(self, run: BackupRun):
         if not run.error:
             return ""
-        return format_html('<span style="color: #cf222e">{}</span>', run.error)
+        # A width of its own: in a narrow column the browser broke the message after every word.
+        return format_html('<div style="color: #cf222e; min-width: 24em; max-width: 48em">{}</div>', run.error)
+
+    readonly_fields = [*readonly_fields, "destination", "files"]
+    fields = [f for f in readonly_fields if f not in ("host", "pid", "token")]
+
+    @admin.display(description="destination")
+    def destination(self, run: BackupRun):
+        from .storage import backup_storage, describe
+
+        if run.kind not in BackupRun.BACKUP_KINDS or not run.set_name:
+            return "–"
+        if run.partial:
+            return "another folder or a partial set (--path, --skip-db or --skip-media)"
+        try:
+            return describe(backup_storage())
+        except Exception as err:
+            return f"the backup storage ({redact(err)})"
+
+    @admin.display(description="files")
+    def files(self, run: BackupRun):
+        sets = _sets_or_error()[0]
+        found = next((s for s in sets if s.name == run.set_name), None) if run.set_name else None
+        if found is None:
+            return "–" if not run.set_name else "not in the backup storage now (pruned or deleted)"
+        return format_html(
+            "<ul style='margin:0;padding-left:1em'>{}</ul>",
+            format_html_join_lines((f.name, size_text(f.size) if f.size is not None else "") for f in found.files),
+        )
 
     def get_urls(self):
+        view = self.admin_site.admin_view
         urls = [
-            path(
-                "backup-now/",
-                self.admin_site.admin_view(self.backup_now_view),
-                name="backup_app_backuprun_backup_now",
-            )
+            path("backup-now/", view(self.backup_now_view), name="backup_app_backuprun_backup_now"),
+            path("sets/", view(self.sets_view), name="backup_app_backuprun_sets"),
+            path("sets/<str:name>/verify/", view(self.verify_view), name="backup_app_backuprun_verify"),
+            path("sets/<str:name>/delete/", view(self.delete_view), name="backup_app_backuprun_delete_set"),
         ]
         return urls + super().get_urls()
+
+    def sets_view(self, request):
+        """The sets in the backup storage, newest first, with their last verification."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        sets, error = _sets_or_error()
+        verified = {}
+        for run in BackupRun.objects.filter(kind=BackupRun.VERIFY).order_by("started"):
+            verified[run.set_name] = run  # the newest wins
+        rows = []
+        for s in sets:
+            data = [f for f in s.files if f.kind != "manifest"]
+            rows.append(
+                {
+                    "set": s,
+                    "size": size_text(s.size),
+                    "parts": ", ".join(
+                        f"database {f.database}" if f.kind == "db" and f.database else f.kind for f in data
+                    ),
+                    "compression": ", ".join(sorted({f.compression or "none" for f in data})) or "–",
+                    "encrypted": any(f.encrypted for f in data),
+                    "verified": verified.get(s.name),
+                }
+            )
+        context = {
+            **self.admin_site.each_context(request),
+            **status_context(request),
+            "title": "Backup sets in the storage",
+            "rows": rows,
+            "error": error,
+            "opts": self.model._meta,
+            "can_run_backup": request.user.has_perm(RUN_PERMISSION),
+        }
+        return TemplateResponse(request, "admin/backup_app/backuprun/sets.html", context)
+
+    def verify_view(self, request, name: str):
+        """POST: queue a verification of set ``name`` for the worker."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if not request.user.has_perm(RUN_PERMISSION):
+            raise PermissionDenied
+        enqueue_verify(name, request.user.get_username())
+        notice = f" {_worker_notice()}" if worker_missing() else " Its result will show in this list and the history."
+        self.message_user(request, f"Verification of set {name} queued.{notice}", messages.SUCCESS)
+        return HttpResponseRedirect(reverse("admin:backup_app_backuprun_sets"))
+
+    def delete_view(self, request, name: str):
+        """GET: what would be deleted, and a confirmation button; POST: delete the set (actions.delete)."""
+        if not request.user.has_perm(RUN_PERMISSION):
+            raise PermissionDenied
+        sets, error = _sets_or_error()
+        found = next((s for s in sets if s.name == name), None)
+        if found is None:
+            if error:
+                self.message_user(request, error, messages.ERROR)
+                return HttpResponseRedirect(reverse("admin:backup_app_backuprun_sets"))
+            raise Http404(f"no backup set {name}")
+        if request.method == "POST":
+            from .actions import delete
+
+            try:
+                result = delete.run(name, requested_by=request.user.get_username())
+            except BackupAppError as err:
+                self.message_user(request, f"Set {name} was not deleted: {redact(err)}", messages.ERROR)
+            else:
+                self.message_user(
+                    request,
+                    f"Deleted set {name}: {len(result.deleted)} files, {size_text(result.size)}.",
+                    messages.SUCCESS,
+                )
+            return HttpResponseRedirect(reverse("admin:backup_app_backuprun_sets"))
+        complete = [s for s in sets if s.complete]
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Delete backup set {name}?",
+            "set": found,
+            "last_complete": bool(found.complete and len(complete) == 1),
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/backup_app/backuprun/delete_set.html", context)
 
     def changelist_view(self, request, extra_context=None):
         context = {**status_context(request), **(extra_context or {})}
@@ -203,7 +326,14 @@ class BackupRunAdmin(admin.ModelAdmin):
             raise PermissionDenied
         close_stale_runs()
         running = BackupRun.objects.filter(claim=CLAIM).first()
-        if running is not None:
+        if backup_now_queued():
+            self.message_user(
+                request,
+                "A backup is already queued; it was not queued again. "
+                + (_worker_notice() if worker_missing() else ""),
+                messages.WARNING,
+            )
+        elif running is not None:
             since = duration_text(timezone.now() - running.started)
             self.message_user(
                 request,
@@ -213,13 +343,37 @@ class BackupRunAdmin(admin.ModelAdmin):
             )
         else:
             enqueue_backup_now(request.user.get_username())
-            self.message_user(
-                request,
-                f"Backup queued. The worker ({hints.command('worker')}) runs it in a few seconds; "
-                "reload this page to see it in the history.",
-                messages.SUCCESS,
-            )
+            if worker_missing():
+                self.message_user(request, f"Backup queued. {_worker_notice()}", messages.WARNING)
+            else:
+                self.message_user(
+                    request,
+                    f"Backup queued. The worker ({hints.command('worker')}) runs it in a few seconds; "
+                    "reload this page to see it in the history.",
+                    messages.SUCCESS,
+                )
         target = request.POST.get("next") or reverse("admin:backup_app_backuprun_changelist")
         if not url_has_allowed_host_and_scheme(target, {request.get_host()}, request.is_secure()):
             target = reverse("admin:backup_app_backuprun_changelist")
         return HttpResponseRedirect(target)
+
+
+def _worker_notice() -> str:
+    reason = worker_missing()
+    return f"No worker seems to be running ({reason}): it waits until one is started with {hints.command('worker')}."
+
+
+def _sets_or_error() -> tuple[list, str | None]:
+    """The sets of the backup storage, or ``([], the one-line reason)`` when it cannot be listed."""
+    from .actions import list as list_action
+
+    try:
+        return list_action.run(), None
+    except Exception as err:
+        return [], f"The backup storage cannot be listed: {redact(err)}"
+
+
+def format_html_join_lines(items) -> str:
+    from django.utils.html import format_html_join
+
+    return format_html_join("", "<li>{} <span style='color:#666'>{}</span></li>", items)

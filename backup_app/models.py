@@ -98,7 +98,15 @@ class BackupRun(models.Model):
     """One backup or restore, from start to end (``backup_app.history.record_run`` writes it)."""
 
     SCHEDULED, MANUAL, UPDATE, RESTORE = "scheduled", "manual", "update", "restore"
-    KINDS = [(SCHEDULED, "scheduled"), (MANUAL, "manual"), (UPDATE, "update"), (RESTORE, "restore")]
+    VERIFY, DELETE = "verify", "delete"  # of one set, from the admin's sets page
+    KINDS = [
+        (SCHEDULED, "scheduled"),
+        (MANUAL, "manual"),
+        (UPDATE, "update"),
+        (RESTORE, "restore"),
+        (VERIFY, "verify"),
+        (DELETE, "delete"),
+    ]
     BACKUP_KINDS = (SCHEDULED, MANUAL, UPDATE)
     RUNNING, SUCCESS, FAILED = "running", "success", "failed"
     OUTCOMES = [(RUNNING, "running"), (SUCCESS, "success"), (FAILED, "failed")]

@@ -28,7 +28,8 @@ from django.db import DEFAULT_DB_ALIAS, connections, router
 from django.utils import timezone
 
 from . import hints
-from .history import AlreadyRunning, discard_run, start_run
+from .errors import BackupAppError
+from .history import AlreadyRunning, discard_run, record_run, start_run
 from .models import BackupRun, BackupSettings
 from .progress import size_text
 from .sets import age_text
@@ -333,6 +334,87 @@ def enqueue_backup_now(requested_by: str = "") -> str:
     from django_q.tasks import async_task
 
     return async_task(BACKUP_NOW_TASK, requested_by=requested_by, q_options={**TASK_OPTIONS, "task_name": "backup now"})
+
+
+VERIFY_TASK = "backup_app.schedule.verify_now"
+#: A worker that finished no task for this long is reported missing (the backup check runs hourly).
+WORKER_SILENT_AFTER = timedelta(hours=2)
+#: A queued task no worker picked up for this long means none is running.
+QUEUE_UNTOUCHED_AFTER = timedelta(minutes=2)
+
+
+def verify_now(name: str, requested_by: str = "") -> str:
+    """Verify one set (the admin's "Verify"), run by the worker; recorded as a ``verify`` run of that set."""
+    from .actions import verify
+
+    with record_run(BackupRun.VERIFY, requested_by=requested_by) as row:
+        row.set_name = name[:100]
+        result = verify.run(verify.VerifyOptions(name=name))
+        [report] = result.reports
+        if report.problems:
+            raise BackupAppError("; ".join(report.problems))
+    return f"set {name} verified: " + "; ".join(report.checked)
+
+
+def enqueue_verify(name: str, requested_by: str = "") -> str:
+    """Queue :func:`verify_now` of set ``name`` for the worker; returns the django-q2 task id."""
+    from django_q.tasks import async_task
+
+    return async_task(
+        VERIFY_TASK, name, requested_by=requested_by, q_options={**TASK_OPTIONS, "task_name": f"verify {name}"}
+    )
+
+
+def queued_tasks() -> list[dict]:
+    """The tasks waiting in django-q2's database queue (``func``, ``args``, ``queued`` when known, ``taken``);
+    empty for other brokers, which cannot be looked into."""
+    try:
+        from django_q.models import OrmQ
+
+        found = []
+        for row in OrmQ.objects.all()[:200]:
+            task = row.task
+            found.append(
+                {
+                    "func": task.get("func"),
+                    "args": task.get("args"),
+                    "taken": row.lock is not None,
+                    "queued": task.get("started"),
+                }
+            )
+        return found
+    except Exception:
+        return []
+
+
+def backup_now_queued() -> bool:
+    """A "Back up now" is waiting for the worker (so a second click must not queue another)."""
+    return any(t["func"] == BACKUP_NOW_TASK for t in queued_tasks())
+
+
+def worker_missing(now: datetime | None = None) -> str | None:
+    """Why no django-q2 worker seems to run, or None when one was seen recently.
+
+    Seen: a task finished within :data:`WORKER_SILENT_AFTER` (the hourly backup check is one).  Missing also
+    when a queued task has waited :data:`QUEUE_UNTOUCHED_AFTER` untaken.
+    """
+    now = now or timezone.now()
+    try:
+        from django_q.models import OrmQ, Task
+
+        last = Task.objects.order_by("-stopped").values_list("stopped", flat=True).first()
+        stale = OrmQ.objects.filter(lock__isnull=True).order_by("id").first()
+    except Exception:
+        return None
+    if stale is not None:
+        queued_at = stale.task.get("started")
+        if queued_at is not None and now - queued_at > QUEUE_UNTOUCHED_AFTER:
+            return f"a task has waited {duration_text(now - queued_at)} for a worker"
+    if last is None:
+        return "no task has ever been run by a worker"
+    if now - last > WORKER_SILENT_AFTER:
+        return f"the last task a worker ran ended {duration_text(now - last)} ago"
+    return None
 
 
 # -- registration -------------------------------------------------------------------------------

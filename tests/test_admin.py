@@ -169,3 +169,26 @@ def test_the_status_marks_an_overdue_backup(db):
 
     assert "OVERDUE" in page
     assert "Overdue: no successful backup for 3 days, more than twice the 1-day interval." in page
+
+
+def test_a_second_click_on_back_up_now_queues_nothing_more(db):
+    client = staff("run_backup")
+
+    client.post(BACKUP_NOW_URL)
+    response = client.post(BACKUP_NOW_URL, follow=True)
+
+    assert OrmQ.objects.count() == 1
+    assert "already queued" in response.content.decode()
+
+
+def test_no_worker_seen_is_said_on_the_status_panel(db):
+    page = staff().get(HISTORY_URL).content.decode()  # no worker has ever run a task in this database
+
+    assert 'id="worker-missing"' in page and "No worker seems to be running" in page
+
+
+def test_back_up_now_without_a_worker_says_it_will_wait(db):
+    response = staff("run_backup").post(BACKUP_NOW_URL, follow=True)
+
+    assert "it waits until one is started" in response.content.decode()
+    assert "runs it in a few seconds" not in response.content.decode()

@@ -141,3 +141,67 @@ def test_admin_switches_on_automatic_backups_and_backs_up_now(sqlite_site, serve
         finally:
             browser.close()
     assert len(sqlite_site.sets()) == 2
+
+
+def test_admin_lists_the_sets_verifies_one_and_deletes_one_after_confirming(sqlite_site, server, chromium, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    shots = Path(os.environ.get("BACKUP_TEST_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    sqlite_site.manage(
+        "createsuperuser", "--noinput", "--username", "admin", "--email", "admin@example.com",
+        extra_env={"DJANGO_SUPERUSER_PASSWORD": PASSWORD},
+    )  # fmt: skip
+    (sqlite_site.media / "manual.pdf").write_bytes(b"%PDF-1.4 demo\n" * 1000)
+    sqlite_site.manage("backup_create", "--quiet")
+    sqlite_site.manage("backup_create", "--quiet", "--skip-media")
+    newest, oldest = sqlite_site.sets()
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 700})
+            page.set_default_timeout(15_000)
+            page.goto(f"{server}/admin/login/?next=/admin/backup_app/backuprun/sets/")
+            page.fill("#id_username", "admin")
+            page.fill("#id_password", PASSWORD)
+            page.click("input[type=submit]")
+            page.wait_for_url("**/admin/backup_app/backuprun/sets/")
+            rows = page.locator("#backup-sets tbody tr")
+            expect(rows).to_have_count(2)
+            expect(rows.nth(0)).to_contain_text(newest["name"])
+            expect(rows.nth(0)).to_contain_text("database default")
+            expect(rows.nth(1)).to_contain_text("media")
+            expect(rows.nth(1)).to_contain_text("✔ complete")
+            expect(page.locator("#worker-missing")).to_contain_text("No worker seems to be running")
+
+            rows.nth(1).locator(".verify-set").click()
+            expect(page.locator(".messagelist")).to_contain_text(f"Verification of set {oldest['name']} queued")
+            log = tmp_path / "qcluster.log"
+            cluster = start_cluster(sqlite_site, log)
+            try:
+                wait_for(
+                    lambda: [r for r in runs(sqlite_site) if r["kind"] == "verify" and r["outcome"] != "running"],
+                    45,
+                    "the queued verification",
+                    [log],
+                )
+            finally:
+                stop_cluster(cluster)
+            page.reload()
+            expect(rows.nth(1).locator("td").nth(7)).to_contain_text("✔")
+            expect(rows.nth(0).locator("td").nth(7)).to_contain_text("never")
+            page.screenshot(path=str(shots / "admin-sets.png"), full_page=True)
+
+            rows.nth(1).locator(".delete-set").click()
+            doomed = page.locator("#doomed-files li")
+            expect(doomed).to_have_count(len(oldest["files"]))
+            assert sqlite_site.sets() == [newest, oldest]  # asking deleted nothing
+            page.click("#confirm-delete")
+            expect(page.locator(".messagelist")).to_contain_text(f"Deleted set {oldest['name']}: 3 files")
+            expect(rows).to_have_count(1)
+        finally:
+            browser.close()
+    assert [s["name"] for s in sqlite_site.sets()] == [newest["name"]]
+    [deleted] = [r for r in runs(sqlite_site) if r["kind"] == "delete"]
+    assert deleted["outcome"] == "success" and deleted["set_name"] == oldest["name"]
