@@ -254,6 +254,9 @@ SAMPLES |= {
     "backup_databases": ("default", ["default"]),
     "backup_safety_dir": ("/srv/safety", "/srv/safety"),
     "backup_safety_days": ("3", 3),
+    "backup_notify_urls": ("json://127.0.0.1/hook", ["json://127.0.0.1/hook"]),
+    "backup_notify_on_success": ("true", True),
+    "backup_ping_url": ("https://hc-ping.example/abc", "https://hc-ping.example/abc"),
 }
 BACKUP_KEY_NAMES = [key.name for key in BACKUP_KEYS]
 
