@@ -4,11 +4,23 @@ The archive is a plain (PAX) tar of regular files named by their storage
 names, the layout stock ``mediabackup`` writes and ``mediarestore`` reads.
 Restoring first validates every member (:func:`scan_archive`), then stages the
 files and moves them into place, so a bad archive changes nothing.
+
+From a plain local media folder the archive also records what a restore must
+give back exactly: every folder (empty ones too) with its mode, and each
+file's real mode and mtime (to the second, the tar header's precision).  The
+walker never follows a link and never opens anything but a regular file:
+links, FIFOs, sockets and devices are skipped, logged and listed
+(:attr:`ArchiveStats.skipped`, the manifest's ``media.skipped``).  A name whose
+path a restore could not make again (over ``PATH_MAX`` in the staging folder)
+is a backup error.  On restore, files keep the owner and group of the files
+they replace; new files and folders get the media folder's owner when root
+restores; nothing is written through a link.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import posixpath
 import shutil
@@ -25,12 +37,26 @@ from django.core.files import File
 from django.core.files.storage import FileSystemStorage, storages
 
 from .errors import BackupError, RestoreError
+from .ownership import Ownership, chown, folder_owner, umask
 from .pipeline import incompressible
 from .streams import CHUNK, ChangedWhileRead, EndedEarly, copy_exact, copy_unless_same
 
 #: Folder name prefix of restore staging areas inside MEDIA_ROOT; never archived.
 STAGING_PREFIX = ".backup-restore-"
 MAX_MEMBERS = 10_000_000
+#: What a staging folder adds to a name's path on restore: ``<prefix><8 random characters>/``.
+STAGING_EXTRA = len(STAGING_PREFIX) + 8 + 1
+
+logger = logging.getLogger("backup_app")
+
+#: ``stat`` file types the walker skips, by the name the manifest gives them.
+_SPECIAL = {
+    stat.S_IFLNK: "symlink",
+    stat.S_IFIFO: "fifo",
+    stat.S_IFSOCK: "socket",
+    stat.S_IFCHR: "character device",
+    stat.S_IFBLK: "block device",
+}
 
 
 def media_storage():
@@ -38,9 +64,79 @@ def media_storage():
     return storages["default"]
 
 
+def walk_local(root: Path, skipped: list[dict] | None = None) -> Iterator[tuple[str, os.stat_result]]:
+    """``(name, lstat)`` of every folder and regular file under ``root``, folders before what they hold, files
+    of a folder before its subfolders, sorted; staging folders left out.
+
+    No link is followed and nothing else is opened: links, FIFOs, sockets and devices are logged and added to
+    ``skipped`` (``{"name", "kind"}``).  A name whose path a restore could not make again in its staging folder
+    raises BackupError.
+    """
+    limit = _path_max(root) - len(os.fsencode(str(root))) - 1 - STAGING_EXTRA
+    stack: list[tuple[str, os.stat_result | None]] = [("", None)]
+    while stack:
+        folder, folder_stat = stack.pop()
+        if folder_stat is not None:
+            yield folder, folder_stat
+        try:
+            with os.scandir(root / folder if folder else root) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except FileNotFoundError:
+            continue  # removed while we were walking
+        except OSError as err:
+            if err.errno == errno.ENAMETOOLONG:
+                raise _too_long(folder, limit) from None
+            raise BackupError(f"media folder {folder!r} could not be read ({err}); check its permissions") from None
+        dirs = []
+        for entry in entries:
+            if not folder and entry.name.startswith(STAGING_PREFIX):
+                continue
+            name = f"{folder}/{entry.name}" if folder else entry.name
+            if len(os.fsencode(name)) > limit:
+                raise _too_long(name, limit)
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            kind = stat.S_IFMT(st.st_mode)
+            if kind not in (stat.S_IFREG, stat.S_IFDIR):
+                what = _SPECIAL.get(kind, "special file")
+                logger.warning("skipped media entry %r (%s): only files and folders are backed up", name, what)
+                if skipped is not None:
+                    skipped.append({"name": name, "kind": what})
+                continue
+            if kind == stat.S_IFDIR:
+                dirs.append((name, st))
+            else:
+                yield name, st
+        stack.extend(reversed(dirs))
+
+
+def _path_max(root: Path) -> int:
+    try:
+        return os.pathconf(root, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        return 4096
+
+
+def _too_long(name: str, limit: int) -> BackupError:
+    shown = name if len(name) <= 120 else f"{name[:60]}...{name[-50:]}"
+    return BackupError(
+        f"media entry {shown!r} has a path too long to be restored ({len(os.fsencode(name))} bytes under the "
+        f"media folder; a restore can make at most {limit}); shorten or move it"
+    )
+
+
 def iter_media(storage, exclude: set[str] | None = None) -> Iterator[str]:
-    """Every file name in ``storage``, depth first, sorted, skipping staging folders."""
+    """Every file name in ``storage``, depth first, sorted, skipping staging folders (and, in a plain local
+    folder, links and special files: see :func:`walk_local`)."""
     exclude = exclude or set()
+    root = _plain_local_root(storage)
+    if root is not None:
+        for name, st in walk_local(root):
+            if stat.S_ISREG(st.st_mode) and name not in exclude:
+                yield name
+        return
     stack = [""]
     while stack:
         path = stack.pop()
@@ -62,6 +158,8 @@ def iter_media(storage, exclude: set[str] | None = None) -> Iterator[str]:
 class ArchiveStats:
     files: int = 0
     bytes: int = 0
+    #: Entries of a local media folder left out: ``{"name", "kind"}`` (links, FIFOs, sockets, devices).
+    skipped: list[dict] = field(default_factory=list)
 
 
 #: Files at least this large are probed once; if their start does not compress, they are stored as they are.
@@ -137,16 +235,28 @@ def write_tar(
     root = _plain_local_root(storage)
     buf = memoryview(bytearray(CHUNK))
     written = 0
-    for name in iter_media(storage):
+    entries = walk_local(root, stats.skipped) if root is not None else ((n, None) for n in iter_media(storage))
+    for name, st in entries:
         if cancel is not None and cancel.is_set():
             raise BackupError("media archive cancelled: another part of the backup failed")
         info = tarfile.TarInfo(name)
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            # Folders too (empty ones, and their modes); stock mediarestore skips them.
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, stat.S_IMODE(st.st_mode), int(st.st_mtime)
+            info.uid, info.gid = st.st_uid, st.st_gid
+            header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+            out.write(header)
+            written += len(header)
+            continue
         info.mode = 0o644
         try:
             if root is not None:
-                fh = open(root / name, "rb", buffering=0)  # noqa: SIM115 - closed below
+                fh = _open_regular(root / name)
+                if fh is None:
+                    continue  # replaced by something else than a file while we were walking
                 st = os.fstat(fh.fileno())
-                info.size, info.mtime = st.st_size, int(st.st_mtime)
+                info.size, info.mtime, info.mode = st.st_size, int(st.st_mtime), stat.S_IMODE(st.st_mode)
+                info.uid, info.gid = st.st_uid, st.st_gid
             else:
                 info.size = storage.size(name)
                 with suppress(NotImplementedError, OSError, AttributeError):
@@ -174,22 +284,45 @@ def write_tar(
     return stats
 
 
+def _open_regular(path: Path):
+    """``path`` opened for reading if it is a regular file (never a link, never blocking on a FIFO), else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return None  # a link now
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return open(fd, "rb", buffering=0)  # noqa: SIM115 - the caller closes it
+
+
+def _safe_name(name: str) -> str:
+    """``name`` made relative and normalised; RestoreError for anything that could leave the media folder."""
+    if "\x00" in name or "\\" in name or name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        raise RestoreError(f"media archive member {name!r} has an absolute or unsafe path; refusing the archive")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise RestoreError(f"media archive member {name!r} points outside the media folder; refusing the archive")
+    return "/".join(parts)
+
+
 def check_member(member: tarfile.TarInfo) -> str | None:
     """The safe relative name of a member, None for a directory; RestoreError for anything unsafe."""
     name = member.name
     if member.isdir():
+        _safe_name(name)
         return None
     if not member.isreg():
         kind = "link" if (member.issym() or member.islnk()) else "special file"
         raise RestoreError(f"media archive member {name!r} is a {kind}; refusing the whole archive")
-    if "\x00" in name or "\\" in name or name.startswith("/") or (len(name) > 1 and name[1] == ":"):
-        raise RestoreError(f"media archive member {name!r} has an absolute or unsafe path; refusing the archive")
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    if not parts or ".." in parts:
+    safe = _safe_name(name)
+    if not safe:
         raise RestoreError(f"media archive member {name!r} points outside the media folder; refusing the archive")
     if member.size < 0:
         raise RestoreError(f"media archive member {name!r} has an impossible size; refusing the archive")
-    return "/".join(parts)
+    return safe
 
 
 @dataclass
@@ -207,8 +340,9 @@ class ArchiveContents:
         return sum(self.members.values())
 
 
-def iter_members(stream: BinaryIO) -> Iterator[tuple[str, tarfile.TarInfo, tarfile.TarFile]]:
-    """``(safe name, member, tar)`` for each regular file of a tar stream, each checked before it is given.
+def iter_members(stream: BinaryIO, *, folders: bool = False) -> Iterator[tuple[str, tarfile.TarInfo, tarfile.TarFile]]:
+    """``(safe name, member, tar)`` for each regular file of a tar stream (and, with ``folders``, each folder
+    but the top one), each checked before it is given.
 
     Unsafe members, duplicates and absurd counts raise :class:`RestoreError`; so does a damaged archive.
     """
@@ -220,6 +354,9 @@ def iter_members(stream: BinaryIO) -> Iterator[tuple[str, tarfile.TarInfo, tarfi
                 tar.members.clear()
                 name = check_member(member)
                 if name is None:
+                    folder = _safe_name(member.name)
+                    if folders and folder:
+                        yield folder, member, tar
                     continue
                 if name in seen:
                     raise RestoreError(f"media archive holds {name!r} twice; refusing the archive")
@@ -246,11 +383,20 @@ def _local_path(storage, name: str) -> Path | None:
         return None
 
 
-def _folder(path: Path, made: set[Path]) -> None:
-    """Create ``path`` (and parents) once per restore."""
-    if path not in made:
-        path.mkdir(parents=True, exist_ok=True)
-        made.add(path)
+def _folder(path: Path, made: set[Path], owner: tuple[int, int] | None = None) -> None:
+    """Create ``path`` (and parents) once per restore; folders it makes get ``owner`` (uid, gid) when given."""
+    if path in made:
+        return
+    missing = []
+    parent = path
+    while not os.path.lexists(parent):
+        missing.append(parent)
+        parent = parent.parent
+    path.mkdir(parents=True, exist_ok=True)
+    if owner is not None:
+        for folder in missing:
+            chown(folder, *owner)
+    made.add(path)
 
 
 def _move(source: Path, target: Path) -> None:
@@ -286,12 +432,12 @@ def _keep_original(storage, name: str, safety_media: Path, made: set[Path]) -> b
     return True
 
 
-def _put(storage, name: str, source: Path, made: set[Path]) -> None:
-    """Put the file ``source`` at ``name`` in ``storage`` (nothing is there now)."""
+def _put(storage, name: str, source: Path, made: set[Path], owner: tuple[int, int] | None = None) -> None:
+    """Put the file ``source`` at ``name`` in ``storage`` (nothing is there now); folders made get ``owner``."""
     root = _plain_local_root(storage)
     local = root / name if root is not None else _local_path(storage, name)
     if local is not None:
-        _folder(local.parent, made)
+        _folder(local.parent, made, owner)
         _move(source, local)
         return
     with open(source, "rb") as fh:
@@ -304,50 +450,64 @@ def _put(storage, name: str, source: Path, made: set[Path]) -> None:
 class StagedArchive:
     """Media files extracted into a staging folder, not yet in place.
 
-    ``names`` are staged (new or different from the live file); ``unchanged`` are live files whose bytes
-    are already those of the archive, left where they are.
+    ``names`` are staged (new or different from the live file); ``unchanged`` are live files whose bytes,
+    mode and mtime are already those of the archive, left where they are.  ``folders`` are the archive's
+    folders with their modes (local media only; archives older than this carry none); ``exact``: the archive's
+    modes and mtimes were applied to the staged files (a plain local media folder).
     """
 
     folder: Path
     names: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
+    folders: dict[str, int] = field(default_factory=dict)
     bytes: int = 0
+    exact: bool = False
 
     @property
     def files(self) -> int:
         return len(self.names) + len(self.unchanged)
 
 
-def _open_live(path: Path, size: int) -> int | None:
-    """A read descriptor of the live regular file ``path`` if it has ``size`` bytes (no symlink), else None."""
+def _open_live(path: Path, member: tarfile.TarInfo, exact: bool) -> int | None:
+    """A read descriptor of the live regular file ``path`` if it has the member's size (and, ``exact``, its mode
+    and mtime), never a link nor a FIFO; else None."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None
     try:
         info = os.fstat(fd)
     except OSError:
         info = None
-    if info is None or not stat.S_ISREG(info.st_mode) or info.st_size != size:
+    same = (
+        info is not None
+        and stat.S_ISREG(info.st_mode)
+        and info.st_size == member.size
+        and (not exact or (stat.S_IMODE(info.st_mode) == member.mode and int(info.st_mtime) == int(member.mtime)))
+    )
+    if not same:
         os.close(fd)
         return None
     return fd
 
 
-def _stage_member(source: BinaryIO, size: int, target: Path, live: Path | None, folders: set[Path]) -> bool:
+def _stage_member(
+    source: BinaryIO, member: tarfile.TarInfo, target: Path, live: Path | None, folders: set[Path], exact: bool
+) -> bool:
     """Write an archive member to ``target``, unless the live file has the same bytes; True if it wrote.
 
     The live file of the same size is compared as the member is read: while they agree nothing is written;
     at the first difference the agreed part is copied from the live file and the rest from the archive.
+    ``exact``: a live file whose mode or mtime differ is written too, and the staged file gets the member's.
     """
-    fd = _open_live(live, size) if live is not None else None
+    fd = _open_live(live, member, exact) if live is not None else None
 
     def open_target() -> BinaryIO:
         _folder(target.parent, folders)
         return open(target, "wb")
 
     try:
-        return copy_unless_same(source, size, fd, open_target)
+        wrote = copy_unless_same(source, member.size, fd, open_target)
     except EndedEarly:
         raise RestoreError("the media archive ends inside a file; media left unchanged") from None
     except ChangedWhileRead:
@@ -355,6 +515,32 @@ def _stage_member(source: BinaryIO, size: int, target: Path, live: Path | None, 
     finally:
         if fd is not None:
             os.close(fd)
+    if wrote and exact:
+        os.chmod(target, member.mode)
+        os.utime(target, (member.mtime, member.mtime))
+    return wrote
+
+
+def _check_no_link(root: Path, name: str, checked: set[str]) -> None:
+    """RestoreError if a folder on the way to ``name`` under ``root`` is a link or not a folder: a restore never
+    writes through a link, in or out of the media folder."""
+    parts = name.split("/")
+    for i in range(1, len(parts)):
+        prefix = "/".join(parts[:i])
+        if prefix in checked:
+            continue
+        try:
+            st = os.lstat(root / prefix)
+        except FileNotFoundError:
+            return  # made by the restore, a real folder
+        if stat.S_ISLNK(st.st_mode):
+            raise RestoreError(
+                f"media file {name!r} cannot be restored: {prefix!r} is a symbolic link on this site and a "
+                "restore never writes through one; remove the link, or restore into another media folder"
+            )
+        if not stat.S_ISDIR(st.st_mode):
+            raise RestoreError(f"media file {name!r} cannot be restored: {prefix!r} is not a folder on this site")
+        checked.add(prefix)
 
 
 def stage_archive(storage, stream: BinaryIO) -> StagedArchive:
@@ -362,20 +548,27 @@ def stage_archive(storage, stream: BinaryIO) -> StagedArchive:
 
     The folder is under MEDIA_ROOT for local media (so that putting files in
     place is a rename), else a temp folder.  On plain local media, a member
-    whose live file already holds the same bytes is not written (it is
-    ``unchanged``).  Nothing of the live media changes; on any error the
-    staging folder is removed.
+    whose live file already holds the same bytes, mode and mtime is not written
+    (it is ``unchanged``), the staged files get the archive's modes and mtimes,
+    and a name that would go through a link is refused.  Nothing of the live
+    media changes; on any error the staging folder is removed.
     """
     root = _local_path(storage, "")
     if root is not None:
         root.mkdir(parents=True, exist_ok=True)
     live_root = _plain_local_root(storage)
-    staged = StagedArchive(Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=root)))
+    staged = StagedArchive(Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=root)), exact=live_root is not None)
     folders: set[Path] = set()
+    checked: set[str] = set()
     try:
-        for name, member, tar in iter_members(stream):
+        for name, member, tar in iter_members(stream, folders=live_root is not None):
+            if live_root is not None:
+                _check_no_link(live_root, f"{name}/" if member.isdir() else name, checked)
+            if member.isdir():
+                staged.folders[name] = member.mode
+                continue
             live = live_root / name if live_root is not None else None
-            if _stage_member(tar.extractfile(member), member.size, staged.folder / name, live, folders):
+            if _stage_member(tar.extractfile(member), member, staged.folder / name, live, folders, staged.exact):
                 staged.names.append(name)
             else:
                 staged.unchanged.append(name)
@@ -390,31 +583,76 @@ def abandon_archive(staged: StagedArchive) -> None:
     shutil.rmtree(staged.folder, ignore_errors=True)
 
 
+def _put_folders(root: Path, staged: StagedArchive, owner: tuple[int, int] | None) -> dict:
+    """Make the archive's folders, with its modes; returns ``{"made": [...], "modes": {name: old mode}}``."""
+    made, modes = [], {}
+    for name, mode in sorted(staged.folders.items()):
+        path = root / name
+        current = Ownership.of(path)
+        if current is None:
+            path.mkdir(mode=0o700)
+            made.append(name)
+            if owner is not None:
+                chown(path, *owner)
+        elif current.mode == mode:
+            continue
+        else:
+            modes[name] = current.mode
+        os.chmod(path, mode)
+    return {"made": made, "modes": modes}
+
+
 def commit_archive(storage, staged: StagedArchive, safety_media: Path, *, mirror: bool = False) -> dict:
     """Put staged files in place.
 
     Every file that is replaced (or, with ``mirror``, removed) is moved into
     ``safety_media``; names that did not exist before are returned in
-    ``created``, so :func:`undo_media` can put everything back.  On failure
-    it is put back at once.
+    ``created``, folders made and folder modes changed in ``folders``, so
+    :func:`undo_media` can put everything back.  On failure it is put back at once.
+
+    On a plain local media folder a file takes the owner and group of the file
+    it replaces; new files and folders get the media folder's owner when root
+    restores.  A file from an archive without modes (stock's, or one made
+    before they were recorded) also keeps the mode of the file it replaces.
     """
     created: list[str] = []
     removed = 0
     made: set[Path] = set()
+    root = _plain_local_root(storage)
+    owner = folder_owner(root) if root is not None else None
+    folders: dict = {"made": [], "modes": {}}
     try:
+        if root is not None:
+            folders = _put_folders(root, staged, owner)
         for name in staged.names:
+            source = staged.folder / name
+            replaced = Ownership.of(root / name) if root is not None else None
             if not _keep_original(storage, name, safety_media, made):
                 created.append(name)
-            _put(storage, name, staged.folder / name, made)
+            if root is not None:
+                if replaced is not None:
+                    replaced.apply(source, mode=not staged.exact)
+                else:
+                    if owner is not None:
+                        chown(source, *owner)
+                    if not staged.exact:
+                        os.chmod(source, 0o666 & ~umask())
+            _put(storage, name, source, made, owner)
         if mirror:
             keep = set(staged.names) | set(staged.unchanged)
             for name in list(iter_media(storage)):
                 if name not in keep:
                     _keep_original(storage, name, safety_media, made)
                     removed += 1
-        return {"files": staged.files, "unchanged": len(staged.unchanged), "removed": removed, "created": created}
+        return {
+            "files": staged.files,
+            "unchanged": len(staged.unchanged),
+            "removed": removed,
+            "created": created,
+            "folders": folders,
+        }
     except BaseException:
-        undo_media(storage, safety_media, created)
+        undo_media(storage, safety_media, created, folders)
         raise
     finally:
         abandon_archive(staged)
@@ -425,16 +663,25 @@ def restore_archive(storage, stream: BinaryIO, safety_media: Path, *, mirror: bo
     return commit_archive(storage, stage_archive(storage, stream), safety_media, mirror=mirror)
 
 
-def undo_media(storage, safety_media: Path, created: list[str]) -> None:
-    """Delete the ``created`` names and move every kept original back into place."""
+def undo_media(storage, safety_media: Path, created: list[str], folders: dict | None = None) -> None:
+    """Delete the ``created`` names, move every kept original back into place, put back the modes of the
+    folders the restore changed and remove the (now empty) folders it made."""
     for name in created:
         with suppress(FileNotFoundError):
             storage.delete(name)
-    if not safety_media.is_dir():
-        return
     made: set[Path] = set()
-    for path in sorted(p for p in safety_media.rglob("*") if p.is_file()):
-        name = path.relative_to(safety_media).as_posix()
+    if safety_media.is_dir():
+        for path in sorted(p for p in safety_media.rglob("*") if p.is_file() or p.is_symlink()):
+            name = path.relative_to(safety_media).as_posix()
+            with suppress(FileNotFoundError):
+                storage.delete(name)
+            _put(storage, name, path, made)
+    root = _plain_local_root(storage)
+    if root is None or not folders:
+        return
+    for name, mode in folders.get("modes", {}).items():
         with suppress(FileNotFoundError):
-            storage.delete(name)
-        _put(storage, name, path, made)
+            os.chmod(root / name, mode)
+    for name in sorted(folders.get("made", []), reverse=True):
+        with suppress(OSError):
+            (root / name).rmdir()

@@ -76,8 +76,9 @@ class SafetyRecord:
     def media_folder(self) -> Path:
         return self.folder / "media"
 
-    def set_media(self, created: list[str]) -> None:
-        self.data["media"] = {"originals": "media", "created": created}
+    def set_media(self, created: list[str], folders: dict | None = None) -> None:
+        """``created``: files the restore added; ``folders``: ``{"made": [...], "modes": {name: old mode}}``."""
+        self.data["media"] = {"originals": "media", "created": created, "folders": folders or {}}
         self.save()
 
     def mark(self, state: str) -> None:

@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "backup_app"
 LAYERS: list[set[str]] = [
     {"__init__", "errors", "conf"},
     {"settings", "secrets", "hints"},
-    {"streams", "tools", "progress"},
+    {"streams", "tools", "progress", "ownership"},
     {"pipeline", "sets", "media", "safety", "models", "migrations", "engines", "storage"},
     {"history", "notify"},
     {"actions"},

@@ -452,6 +452,8 @@ def write_set(storage, what: SetContents, progress: Progress = NO_PROGRESS) -> d
             media_job = None
             written.append(media_name)
             manifest["media"] = {"file": media_name, "files": stats.files, "bytes": stats.bytes}
+            if stats.skipped:
+                manifest["media"]["skipped"] = stats.skipped
             manifest["files"].append(_entry(stored, "media", what))
             say(
                 f"  media: {stats.files:,} files, {size_text(stats.bytes)} read, {size_text(stored.size)} stored "

@@ -545,7 +545,7 @@ def restore(storage, opts: RestoreOptions, progress: Progress, confirm: Confirm 
             say("Putting media files in place")
             media = commit_archive(media_storage(), staged_media, safety.media_folder, mirror=opts.mirror)
             staged_media = None
-            safety.set_media(media.pop("created"))
+            safety.set_media(media.pop("created"), media.pop("folders"))
             result.media = media
             say(
                 f"  {media['files']} files restored ({media['unchanged']} already as in the backup), "

@@ -60,7 +60,8 @@ def undo(record: SafetyRecord) -> list[str]:
     """Put back everything ``record`` kept (media files, then each database); returns what was rolled back."""
     done = []
     if record.media is not None or record.media_folder.exists():
-        undo_media(media_storage(), record.media_folder, (record.media or {}).get("created", []))
+        media = record.media or {}
+        undo_media(media_storage(), record.media_folder, media.get("created", []), media.get("folders"))
         done.append("media files")
     for alias, entry in record.databases.items():
         engine_for(alias).undo(entry, record.folder)

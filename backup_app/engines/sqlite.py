@@ -16,6 +16,7 @@ from dbbackup.db.sqlite import SqliteBackupConnector
 from django.db import connections
 
 from ..errors import BackupError, RestoreError
+from ..ownership import Ownership, give_to_folder, take_over
 from ..streams import copy, pump
 from .base import Engine, SiteLock, Staged, Strategy, holder, locked, released
 
@@ -64,16 +65,19 @@ class FileSwap(Strategy):
         path = self.engine.path
         # No connection may keep the old file (or its WAL) open across the swap.
         connections[self.engine.alias].close()
-        if path.exists():
+        replaced = Ownership.of(path, follow=True)
+        if replaced is not None:
             kept = safety.folder / f"{self.engine.alias}.sqlite3"
             _checkpoint(path)
             try:
                 os.link(path, kept)  # the old file, kept for free
             except OSError:
                 shutil.copy2(path, kept)
-            entry = {"kind": "sqlite-file", "file": kept.name, "path": str(path)}
+            entry = {"kind": "sqlite-file", "file": kept.name, "path": str(path), "ownership": replaced.as_dict()}
         else:
             entry = {"kind": "sqlite-new", "path": str(path)}
+        # The site's user must open the restored file as it opened the old one: same owner, group and mode.
+        take_over(staged.path, replaced)
         safety.add_database(self.engine.alias, entry)
         _swap(staged.path, path)
         return entry
@@ -100,7 +104,10 @@ class FileSwap(Strategy):
             return
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.rollback-", dir=path.parent)
         os.close(fd)
-        shutil.copyfile(folder / entry["file"], tmp_name)
+        kept = folder / entry["file"]
+        shutil.copyfile(kept, tmp_name)
+        # The file as it was: owner, group and mode recorded at the swap (a hard link has them too).
+        take_over(tmp_name, Ownership.from_dict(entry.get("ownership")) or Ownership.of(kept))
         _swap(Path(tmp_name), path)
 
 
@@ -118,7 +125,10 @@ class SqliteEngine(Engine):
         path = self.path
         with tempfile.TemporaryDirectory(prefix="backup-sqlite-") as tmp:
             snapshot = Path(tmp) / "snapshot.sqlite3"
-            src = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            if not path.is_file():
+                raise BackupError(f"the SQLite database {path} does not exist; check the database NAME")
+            # A URI with the path quoted: a '#' or '?' in a folder name is part of the name, not of the URI.
+            src = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
             try:
                 dst = sqlite3.connect(snapshot)
                 try:
@@ -128,8 +138,9 @@ class SqliteEngine(Engine):
                         if table in tables:
                             dst.execute(f'DELETE FROM "{table.replace(chr(34), chr(34) * 2)}"')
                     dst.commit()
-                    # A plain rollback-journal file: restorable by copying, no WAL needed.
-                    dst.execute("PRAGMA journal_mode=DELETE")
+                    # The snapshot keeps the live file's header (journal mode, page size, user_version,
+                    # application_id): a WAL database comes back in WAL mode.  Closing it folds its WAL into
+                    # the file, which alone is then the whole database (stock dbrestore can copy it).
                 finally:
                     dst.close()
             except sqlite3.Error as err:
@@ -163,6 +174,8 @@ class SqliteEngine(Engine):
         lock_file = Path(f"{self.settings['NAME']}.backup-lock")
         lock_file.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+        # Made by root (sudo, Docker): the site's user, whose scheduled backups take the same lock, must open it.
+        give_to_folder(lock_file, self.path if self.path.exists() else lock_file.parent)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
