@@ -148,6 +148,52 @@ def run_to(tool: Tool, out: BinaryIO) -> None:
     running.check()
 
 
+def run_chain(first: Tool, stream: BinaryIO, second: Tool, *, after: bytes, insert: bytes) -> None:
+    """``first < stream | second``, with ``insert`` put into the pipe after the first line that is ``after``.
+
+    ``stream`` is a file.  ``second`` gets ``first``'s output only as far as ``first`` wrote it: if ``first``
+    fails, ``second``'s input just ends (a script whose COMMIT never came is rolled back).  Raises the error
+    of ``second`` if it stopped reading, else ``first``'s if it failed or never wrote the line ``after``, else
+    ``second``'s if it failed.
+    """
+    head = Running(first, stdin=stream, stdout=subprocess.PIPE)
+    try:
+        tail = Running(second, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    except BaseException:
+        head.kill()
+        raise
+    found = broken = False
+    try:
+        try:
+            while line := head.stdout.readline():
+                tail.stdin.write(line)
+                if line.rstrip(b"\r\n") == after:
+                    tail.stdin.write(insert)
+                    found = True
+                    break
+            if found:
+                pump(head.stdout, tail.stdin)
+        except BrokenPipeError:
+            broken = True
+            head.kill()
+    finally:
+        head.stdout.close()
+        head.wait()
+        with suppress(BrokenPipeError):
+            tail.stdin.close()  # only now: a failed first's script ends short of its COMMIT
+        tail.wait()
+    errors = []
+    for running, stopped in ((tail, True), (head, False)) if broken else ((head, False), (tail, False)):
+        try:
+            running.check(broken=stopped)
+        except Exception as err:  # the tool's own error class
+            errors.append(err)
+    if errors:
+        raise errors[0]
+    if not found:
+        raise first.error(f"{first.name} wrote no {after.decode()!r} line; nothing was loaded")
+
+
 def run_from(tool: Tool, stream: BinaryIO) -> None:
     """Run ``tool``, feeding ``stream`` to its stdin; raises ``tool.error`` if it fails or stops reading."""
     running = Running(tool, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)

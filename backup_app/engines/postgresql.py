@@ -2,13 +2,21 @@
 
 Connection arguments, the password (``PGPASSWORD``, never the command line) and the TLS options come from
 django-dbbackup's :func:`~dbbackup.db.postgresql.parse_postgres_settings`, so they match its connector.
+
+What the dump carries comes back: owners and privileges (ACLs, default privileges) unless the connector option
+``NO_OWNER`` asks otherwise.  What belongs to the database itself and no dump of its contents carries — owner,
+encoding, locale provider, collation, ctype, ICU locale, connection limit, tablespace, ACL, per-database and
+per-role-in-database settings, comment — is copied from the live database to the side database
+(:class:`DatabaseProperties`) before the swap; a restore in place keeps the database, so it keeps them all.
 """
 
 from __future__ import annotations
 
+import logging
 import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import BinaryIO
 
@@ -24,13 +32,197 @@ from .server import NoSideDatabase, ServerEngine
 MAGIC = b"PGDMP"
 MISSING = "install the PostgreSQL client tools"
 
+logger = logging.getLogger("backup_app")
+
+#: Settings whose value is a list of quoted names (``GUC_LIST_QUOTE``): given back element by element.
+LIST_SETTINGS = {
+    "search_path",
+    "temp_tablespaces",
+    "session_preload_libraries",
+    "shared_preload_libraries",
+    "local_preload_libraries",
+    "unix_socket_directories",
+}
+
+
+def split_list(value: str) -> list[str]:
+    """The elements of a list setting as PostgreSQL stores it (``"$user", public``): names, some quoted."""
+    items, current, quoted, i = [], "", False, 0
+    while i < len(value):
+        c = value[i]
+        if quoted:
+            if c == '"' and value[i + 1 : i + 2] == '"':
+                current += '"'
+                i += 1
+            elif c == '"':
+                quoted = False
+            else:
+                current += c
+        elif c == '"':
+            quoted = True
+        elif c == ",":
+            items.append(current.strip())
+            current = ""
+        else:
+            current += c
+        i += 1
+    items.append(current.strip())
+    return [item for item in items if item]
+
+
+#: ``pg_default_acl.defaclobjtype`` -> the word ``ALTER DEFAULT PRIVILEGES`` uses, and what PUBLIC has by default.
+DEFAULT_ACL_KINDS = {"r": ("TABLES", None), "S": ("SEQUENCES", None), "f": ("FUNCTIONS", "EXECUTE"),
+                     "T": ("TYPES", "USAGE"), "n": ("SCHEMAS", None)}  # fmt: skip
+
+
+def default_privileges_reset(rows: list[tuple[str, str | None, str, str]]) -> list[str]:
+    """Statements that take every ``ALTER DEFAULT PRIVILEGES`` back to PostgreSQL's built-in defaults, from rows
+    ``(role, schema or None, objtype, grantee)`` (names quoted).  Before a restore in place: tables the dump
+    makes must not pick up default grants set after the backup (the dump sets its own at its end)."""
+    statements, seen = [], set()
+    for role, schema, objtype, grantee in rows:
+        kind, public = DEFAULT_ACL_KINDS[objtype]
+        scope = f"ALTER DEFAULT PRIVILEGES FOR ROLE {role}" + (f" IN SCHEMA {schema}" if schema else "")
+        statements.append(f"{scope} REVOKE ALL ON {kind} FROM {grantee}")
+        if schema is None and (role, objtype) not in seen:
+            seen.add((role, objtype))
+    for role, objtype in sorted(seen):
+        kind, public = DEFAULT_ACL_KINDS[objtype]
+        # What a role has by default on what it makes, and PUBLIC's default: the entry then disappears.
+        statements.append(f"ALTER DEFAULT PRIVILEGES FOR ROLE {role} GRANT ALL ON {kind} TO {role}")
+        if public:
+            statements.append(f"ALTER DEFAULT PRIVILEGES FOR ROLE {role} GRANT {public} ON {kind} TO PUBLIC")
+    return statements
+
+
+@dataclass
+class DatabaseProperties:
+    """What a database has of its own, outside anything ``pg_dump`` of its contents carries."""
+
+    owner: str
+    encoding: str
+    provider: str  # 'c' libc, 'i' ICU
+    collate: str
+    ctype: str
+    icu_locale: str | None
+    connlimit: int
+    tablespace: str
+    acl: list[tuple[str, str, bool]] | None  # (grantee or '' for PUBLIC, privilege, grantable); None: default
+    comment: str | None
+    settings: list[tuple[str | None, list[str]]] = field(default_factory=list)  # (role or None, name=value...)
+
+    @classmethod
+    def read(cls, admin, database: str) -> DatabaseProperties:
+        row = admin.execute(
+            "SELECT pg_get_userbyid(d.datdba), pg_encoding_to_char(d.encoding), d.datlocprovider, d.datcollate,"
+            " d.datctype, d.daticulocale, d.datconnlimit, t.spcname, d.datacl IS NULL,"
+            " shobj_description(d.oid, 'pg_database'), d.oid"
+            " FROM pg_database d JOIN pg_tablespace t ON t.oid = d.dattablespace WHERE d.datname = %s",
+            (database,),
+        ).fetchone()
+        acl = None
+        if not row[8]:
+            acl = [
+                (grantee or "", privilege, grantable)
+                for grantee, privilege, grantable in admin.execute(
+                    "SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END,"
+                    " a.privilege_type, a.is_grantable"
+                    " FROM pg_database d, aclexplode(d.datacl) a WHERE d.datname = %s",
+                    (database,),
+                ).fetchall()
+            ]
+        settings = admin.execute(
+            "SELECT CASE WHEN s.setrole = 0 THEN NULL ELSE pg_get_userbyid(s.setrole) END, s.setconfig"
+            " FROM pg_db_role_setting s WHERE s.setdatabase = %s ORDER BY 1 NULLS FIRST",
+            (row[10],),
+        ).fetchall()
+        return cls(*row[:8], acl=acl, comment=row[9], settings=[(r, list(c)) for r, c in settings])
+
+    def create(self, admin, name: str) -> None:
+        """``CREATE DATABASE name`` with this owner, encoding, locale and connection limit (from template0)."""
+        from psycopg import sql
+
+        parts = [
+            sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE template0 ENCODING {}").format(
+                sql.Identifier(name), sql.Identifier(self.owner), sql.Literal(self.encoding)
+            ),
+            sql.SQL("LC_COLLATE {} LC_CTYPE {}").format(sql.Literal(self.collate), sql.Literal(self.ctype)),
+            sql.SQL("CONNECTION LIMIT {}").format(sql.Literal(self.connlimit)),
+        ]
+        if admin.info.server_version >= 150000:
+            parts.append(sql.SQL("LOCALE_PROVIDER {}").format(sql.SQL("icu" if self.provider == "i" else "libc")))
+            if self.provider == "i" and self.icu_locale:
+                parts.append(sql.SQL("ICU_LOCALE {}").format(sql.Literal(self.icu_locale)))
+        if self.tablespace != "pg_default":
+            parts.append(sql.SQL("TABLESPACE {}").format(sql.Identifier(self.tablespace)))
+        admin.execute(sql.SQL(" ").join(parts))
+
+    def setting_statements(self, name: str, *, reset: bool = False) -> list:
+        """``ALTER DATABASE name SET ...`` / ``ALTER ROLE r IN DATABASE name SET ...`` (``reset``: RESET ALL)."""
+        from psycopg import sql
+
+        statements = []
+        for role, config in self.settings:
+            target = sql.SQL("ALTER DATABASE {}").format(sql.Identifier(name))
+            if role is not None:
+                target = sql.SQL("ALTER ROLE {} IN DATABASE {}").format(sql.Identifier(role), sql.Identifier(name))
+            if reset:
+                statements.append(sql.SQL("{} RESET ALL").format(target))
+                continue
+            for item in config:
+                key, _, value = item.partition("=")
+                values = split_list(value) if key.lower() in LIST_SETTINGS else [value]
+                statements.append(
+                    sql.SQL("{} SET {} TO {}").format(
+                        target, sql.Identifier(key), sql.SQL(", ").join(sql.Literal(v) for v in values)
+                    )
+                )
+        return statements
+
+    def apply(self, admin, name: str) -> None:
+        """Give database ``name`` these settings, comment and ACL."""
+        from psycopg import sql
+
+        for statement in self.setting_statements(name):
+            admin.execute(statement)
+        if self.comment is not None:
+            admin.execute(
+                sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(self.comment))
+            )
+        if self.acl is not None:
+            db = sql.Identifier(name)
+            admin.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC, {}").format(db, sql.Identifier(self.owner)))
+            for grantee, privilege, grantable in self.acl:
+                admin.execute(
+                    sql.SQL("GRANT {} ON DATABASE {} TO {}{}").format(
+                        sql.SQL(privilege),
+                        db,
+                        sql.Identifier(grantee) if grantee else sql.SQL("PUBLIC"),
+                        sql.SQL(" WITH GRANT OPTION" if grantable else ""),
+                    )
+                )
+
+    def check(self, admin, name: str) -> None:
+        """Try the settings on the new, empty database ``name`` and take them off again: a refusal comes now,
+        before any of the dump is read, not after (they go back on after the load, which they could hamper)."""
+        for statement in self.setting_statements(name):
+            admin.execute(statement)
+        if self.comment is not None:
+            from psycopg import sql
+
+            admin.execute(
+                sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(self.comment))
+            )
+        for statement in self.setting_statements(name, reset=True):
+            admin.execute(statement)
+
 
 class PostgresEngine(ServerEngine):
     vendor = "postgresql"
     extension = PgDumpBinaryConnector.extension
     entry_prefix = "pg"
     server = "PostgreSQL"
-    replace_is_atomic = True  # pg_restore --single-transaction
+    replace_is_atomic = True  # one transaction: pg_restore --single-transaction, as a script or not
 
     # --- backup ---------------------------------------------------------------------------------
 
@@ -73,21 +265,125 @@ class PostgresEngine(ServerEngine):
         args = [*words(getattr(c, "pg_options", None)), "--single-transaction", "--exit-on-error"]
         if clean and c.drop:
             args += ["--clean", "--if-exists"]
-        if getattr(c, "no_owner", True):
+        if getattr(c, "no_owner", False):
+            # Asked for (connector option NO_OWNER): objects belong to the restoring role, grants are dropped.
+            logger.warning("restoring without owners and privileges (the connector option NO_OWNER is set)")
             args += ["--no-owner", "--no-privileges"]
         for schema in c.schemas or []:
             args += ["-n", schema]
         tool = self._tool(
             c.restore_cmd, c.restore_prefix, c.restore_suffix, database, args, c.restore_env, RestoreError
         )
-        tools.run_from(tool, stream)
+        try:
+            tools.run_from(tool, stream)
+        except RestoreError as err:
+            if 'role "' in str(err) and "does not exist" in str(err):
+                raise RestoreError(
+                    f"{err}; the dump gives objects or grants to a role this server does not have: create the "
+                    "role, or set the connector option NO_OWNER: True to restore without owners and privileges"
+                ) from None
+            raise
 
     def load(self, database: str, stream: BinaryIO) -> None:
         self._restore(database, stream, clean=False)
+        # What the database has of its own (settings, comment, ACL) goes on once the dump is in.
+        with self._admin() as admin:
+            DatabaseProperties.read(admin, self.name).apply(admin, database)
 
     def replace(self, stream: BinaryIO) -> None:
+        """Load the dump over the live database in one transaction, everything of the database's own (owner,
+        locale, ACL, settings, comment) kept, as the swap leaves it: ``pg_restore`` writes the dump as a script,
+        ``psql`` runs it in the script's one transaction after dropping every object of the dumped schemas, so that the
+        result holds exactly what the backup holds (tables made after it, say by newer migrations, are gone
+        and cannot collide with the dump's).  ``stream`` is a file (the spooled dump, or the safety dump)."""
         connections[self.alias].close()
-        self._restore(self.name, stream, clean=True)
+        c = self.connector
+        if not c.drop:  # the connector asks not to drop anything: load over what is there
+            self._restore(self.name, stream, clean=False)
+            return
+        drops = "".join(f"{statement};\n" for statement in self._drops())
+        args = [*words(getattr(c, "pg_options", None)), "--single-transaction", "--clean", "--if-exists", "--file=-"]
+        if getattr(c, "no_owner", False):
+            logger.warning("restoring without owners and privileges (the connector option NO_OWNER is set)")
+            args += ["--no-owner", "--no-privileges"]
+        for schema in c.schemas or []:
+            args += ["-n", schema]
+        script = tools.Tool(
+            [*words(c.restore_prefix), c.restore_cmd, *args, *words(c.restore_suffix)],
+            name=c.restore_cmd,
+            env=self.tool_env(c.restore_env),
+            error=RestoreError,
+            missing_hint=MISSING,
+        )
+        psql = ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"]
+        loader = self._tool("psql", None, None, self.name, psql, c.restore_env, RestoreError)
+        # The drops go right after the script's BEGIN: one transaction, committed by the script's last line.
+        tools.run_chain(script, stream, loader, after=b"BEGIN;", insert=drops.encode())
+
+    def _drops(self) -> list[str]:
+        """``DROP ... CASCADE`` of every object of the dumped schemas that no extension owns: the schemas other
+        than ``public`` (the dump makes them again), and in ``public`` (or the connector's ``schemas``) the
+        tables, views, materialized views, sequences, foreign tables, routines and types."""
+        import psycopg
+
+        schemas = list(self.connector.schemas or [])
+        with psycopg.connect(dbname=self.name, **self.connection_args()) as conn:
+            rows = conn.execute(
+                """
+                WITH ns AS (
+                    SELECT n.oid, n.nspname FROM pg_namespace n
+                    WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+                      AND n.nspname NOT LIKE 'pg\\_%%'
+                      AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = 'pg_namespace'::regclass
+                                      AND e.objid = n.oid AND e.deptype = 'e')
+                      AND (cardinality(%(schemas)s::text[]) = 0 OR n.nspname = ANY(%(schemas)s::text[]))
+                ), members AS (
+                    SELECT classid, objid FROM pg_depend WHERE deptype = 'e'
+                )
+                SELECT 0, 'SCHEMA', format('%%I', nspname) FROM ns
+                 WHERE nspname <> 'public' AND cardinality(%(schemas)s::text[]) = 0
+                UNION ALL
+                SELECT 1, CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                               WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END,
+                       format('%%I.%%I', ns.nspname, c.relname)
+                  FROM pg_class c JOIN ns ON ns.oid = c.relnamespace
+                 WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND NOT c.relispartition
+                   AND NOT EXISTS (SELECT 1 FROM members m WHERE m.classid = 'pg_class'::regclass
+                                   AND m.objid = c.oid)
+                UNION ALL
+                SELECT 2, CASE p.prokind WHEN 'a' THEN 'AGGREGATE' ELSE 'ROUTINE' END,
+                       format('%%I.%%I(%%s)', ns.nspname, p.proname, pg_get_function_identity_arguments(p.oid))
+                  FROM pg_proc p JOIN ns ON ns.oid = p.pronamespace
+                 WHERE NOT EXISTS (SELECT 1 FROM members m WHERE m.classid = 'pg_proc'::regclass
+                                   AND m.objid = p.oid)
+                UNION ALL
+                SELECT 3, CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END,
+                       format('%%I.%%I', ns.nspname, t.typname)
+                  FROM pg_type t JOIN ns ON ns.oid = t.typnamespace
+                 WHERE t.typtype IN ('c', 'd', 'e', 'r')
+                   AND (t.typtype <> 'c' OR (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c')
+                   AND NOT EXISTS (SELECT 1 FROM members m WHERE m.classid = 'pg_type'::regclass
+                                   AND m.objid = t.oid)
+                ORDER BY 1, 3
+                """,
+                {"schemas": schemas},
+            ).fetchall()
+            defaults = conn.execute(
+                """
+                SELECT format('%%I', pg_get_userbyid(d.defaclrole)),
+                       CASE WHEN d.defaclnamespace = 0 THEN NULL ELSE format('%%I', n.nspname) END,
+                       d.defaclobjtype,
+                       CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE format('%%I', pg_get_userbyid(a.grantee)) END
+                  FROM pg_default_acl d LEFT JOIN pg_namespace n ON n.oid = d.defaclnamespace,
+                       aclexplode(d.defaclacl) a
+                 WHERE d.defaclnamespace = 0 OR cardinality(%(schemas)s::text[]) = 0
+                       OR n.nspname = ANY(%(schemas)s::text[])
+                 GROUP BY 1, 2, 3, 4 ORDER BY 1, 2 NULLS FIRST, 3, 4
+                """,
+                {"schemas": schemas},
+            ).fetchall()
+        statements = [f"DROP {kind} IF EXISTS {name} CASCADE" for _order, kind, name in rows]
+        return statements + default_privileges_reset(defaults)
 
     def _admin(self, dbname: str = "postgres", **extra):
         """An autocommit connection to ``dbname`` (default: the server's maintenance database)."""
@@ -96,12 +392,20 @@ class PostgresEngine(ServerEngine):
         return psycopg.connect(dbname=dbname, autocommit=True, **self.connection_args(), **extra)
 
     def create_database(self, name: str) -> None:
+        """A database like the live one: same owner, encoding, locale provider, collation, ctype, ICU locale,
+        connection limit and tablespace; its settings and comment tried on it (:meth:`DatabaseProperties.check`)
+        so that one this role may not copy sends the restore in place, where the database keeps them all."""
         import psycopg
-        from psycopg import sql
 
         try:
             with self._admin() as admin:
-                admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+                props = DatabaseProperties.read(admin, self.name)
+                props.create(admin, name)
+                try:
+                    props.check(admin, name)
+                except psycopg.Error:
+                    self.drop_database(name)
+                    raise
         except psycopg.Error as err:
             raise NoSideDatabase(redact(str(err).strip().splitlines()[0])) from None
 
