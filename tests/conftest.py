@@ -7,13 +7,24 @@ django-dbbackup reads its settings once per process.
 Services: PostgreSQL on 127.0.0.1:5432 and MariaDB on 127.0.0.1:3306.  A test
 needing one that is absent is skipped with the reason, unless
 ``BACKUP_TEST_REQUIRE_SERVICES=1`` (set by ``.ci/run``), when it fails.
+
+The suite runs in parallel (pytest-xdist, ``-n auto --dist loadgroup`` in
+pyproject.toml): each worker is its own process with its own session.  The
+rules a test keeps to be safe there are in ``tests/README.md``; in short: names
+from :func:`unique_name`, ports from :func:`free_port`, folders under
+``tmp_path``, nothing written into the repository, no process-wide change that
+outlives the test.  ``-n 0`` runs the suite in this one process.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import random
+import re
 import shutil
+import socket
 import subprocess
 import sys
 import uuid
@@ -50,6 +61,123 @@ os.environ.update(
 
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_SESSION_DIR, ignore_errors=True)
+
+
+# --- running in parallel ---------------------------------------------------------------------------------------
+
+#: This process's pytest-xdist worker ("gw0", "gw1", ...), "main" when the suite runs in one process.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
+def unique_name(prefix: str = "backup_test") -> str:
+    """A database, role, user or queue name no other test, worker or concurrent pytest run uses.
+
+    ``<prefix>_<worker>_<8 hex>``: lower case, letters, digits and ``_`` only (valid unquoted in
+    PostgreSQL and MariaDB), 26 characters with the default prefix, so that names the app derives
+    from it (``<name>_safety_...``, ``<name>_restore_...``) stay under PostgreSQL's 63.
+    """
+    return f"{prefix}_{WORKER}_{uuid.uuid4().hex[:8]}"
+
+
+#: Folder of the port reservations every pytest process of this machine shares (one lock file per port).
+_PORT_LOCKS = Path("/tmp/backup-app-test-ports")
+#: The reservations this process holds: each lock is released when the process ends.
+_held_ports: list = []
+
+
+def _port_range() -> range:
+    """Ports below the kernel's ephemeral range: ``bind(("", 0))`` and outgoing connections never take them."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return range(10000, max(low, 10001))
+
+
+def free_port() -> int:
+    """A loopback TCP port for a server a test starts (or one to leave closed, for "unreachable").
+
+    Not ``bind(0)`` and close: the kernel may hand that port to another worker before the server binds
+    it, and a test then talks to another test's server.  The port is reserved for the life of this
+    process with an exclusive lock on ``/tmp/backup-app-test-ports/<port>.lock`` (so no other worker
+    or pytest run on the machine picks it), and checked free with a bind; it is taken from below the
+    ephemeral range, so no outgoing connection or ``bind(0)`` elsewhere lands on it.
+    """
+    _PORT_LOCKS.mkdir(mode=0o777, exist_ok=True)
+    ports = _port_range()
+    start = random.randrange(len(ports))
+    for i in range(len(ports)):
+        port = ports[(start + i) % len(ports)]
+        lock = open(_PORT_LOCKS / f"{port}.lock", "a")  # noqa: SIM115 - held until the process ends
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                lock.close()
+                continue
+        _held_ports.append(lock)
+        return port
+    raise RuntimeError(f"no free port in {ports.start}-{ports.stop - 1}")
+
+
+def _module_fixture_groups(items) -> dict:
+    """``{item: group}`` for the tests that share an expensive fixture of module (or class) scope.
+
+    pytest-xdist's ``load`` distribution hands tests to whichever worker is free, so tests sharing one
+    module-scoped fixture (a built wheel, a killed restore inspected by four tests) would each build
+    it again on another worker.  Tests that share one instance of such a fixture (same parameter) go
+    into one ``xdist_group``; a test using two joins their groups.  Session-scoped fixtures (the S3,
+    SFTP, FTP, GCS and Azurite servers) are left alone: each worker starts its own.
+    """
+    parent: dict = {}
+
+    def find(key):
+        while parent.setdefault(key, key) != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    keys_of = {}
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        if info is None:
+            continue
+        callspec = getattr(item, "callspec", None)
+        keys = []
+        for name in item.fixturenames:
+            defs = info.name2fixturedefs.get(name)
+            if not defs or defs[-1].scope not in ("module", "class", "package"):
+                continue
+            param = callspec.params.get(name, None) if callspec is not None and name in callspec.params else None
+            keys.append((item.module.__name__ if item.module else "", name, re.sub(r"[^\w.-]+", "-", str(param))))
+        if keys:
+            keys_of[item] = keys
+            for key in keys[1:]:
+                parent[find(key)] = find(keys[0])
+    return {item: "{}::{}[{}]".format(*find(keys[0])) for item, keys in keys_of.items()}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(session, config, items):
+    """Under pytest-xdist: group the tests of one module-scoped fixture, and hand out the groups first.
+
+    Runs before pytest-xdist reads the ``xdist_group`` marks (its own hook of the same name, under
+    ``--dist loadgroup``).  A group runs on one worker from start to end, so the groups (the longest units)
+    are put first and the single tests fill in around them, instead of one group starting last and
+    running alone while the other worker idles.
+    """
+    if not config.pluginmanager.hasplugin("xdist") or config.getoption("dist", "no") == "no":
+        return
+    groups = _module_fixture_groups(items)
+    for item, group in groups.items():
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)  # stable: order kept within each
 
 
 def service_missing(what: str, err: Exception):

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, service_missing
+from conftest import ROOT, free_port, service_missing
 from test_schedule import runs, start_cluster, stop_cluster, wait_for
 
 PASSWORD = "correct-horse-battery"
@@ -43,12 +43,6 @@ def chromium() -> str:
     except ImportError as err:
         service_missing("the playwright package (pip install -e '.[test]')", err)
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture

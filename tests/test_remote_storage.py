@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, Site, service_missing
+from conftest import ROOT, Site, free_port, service_missing
 
 BUCKET = "backups"
 
@@ -61,14 +61,8 @@ AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1
 # --- process plumbing --------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def closed_port() -> int:
-    """A port nothing listens on (for "unreachable host")."""
+    """A port nothing listens on (for "unreachable host"), reserved so that no other test's server takes it."""
     return free_port()
 
 

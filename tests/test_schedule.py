@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from zoneinfo import ZoneInfo
 
 import django
 import pytest
-from conftest import ROOT, Site
+from conftest import ROOT, Site, free_port, unique_name
 
 django.setup()
 
@@ -407,9 +406,7 @@ class Inbox:
 def test_failed_scheduled_backup_is_recorded_and_mailed(sqlite_site, tmp_path):
     from aiosmtpd.controller import Controller
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     inbox = Inbox()
     controller = Controller(inbox, hostname="127.0.0.1", port=port)
     controller.start()
@@ -509,7 +506,7 @@ def redis_site(sqlite_site, tmp_path) -> Site:
         from conftest import service_missing
 
         service_missing("Redis on 127.0.0.1:6379 (and the redis package)", err)
-    name = f"backup_test_{tmp_path.name[-20:]}"
+    name = unique_name()
     (tmp_path / "redis_settings.py").write_text(REDIS_SETTINGS.format(name=name))
     sqlite_site.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path), sqlite_site.env.get("PYTHONPATH")]))
     sqlite_site.env["DJANGO_SETTINGS_MODULE"] = "redis_settings"

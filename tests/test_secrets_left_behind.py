@@ -39,6 +39,7 @@ from conftest import (
     _my_connect,
     _pg_connect,
     drop_gpg_home,
+    free_port,
     make_gpg_home,
     make_site,
     server_site,
@@ -702,9 +703,7 @@ class Inbox:
 def smtp():
     from aiosmtpd.controller import Controller
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     inbox = Inbox()
     controller = Controller(inbox, hostname="127.0.0.1", port=port)
     controller.start()
@@ -725,9 +724,8 @@ def decoded(raw: bytes) -> str:
 
 
 def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A port nothing listens on, reserved so that no other test's server takes it."""
+    return free_port()
 
 
 def unreachable_site(tmp_path: Path, engine: str, smtp) -> Site:
