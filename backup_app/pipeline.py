@@ -353,8 +353,8 @@ def store_stream(
 
     if storage_error is not None:
         discard()
-        if isinstance(storage_error, BackupError):
-            raise storage_error
+        if isinstance(storage_error, BackupError | KeyboardInterrupt):
+            raise storage_error  # Ctrl-C: the caller says what it leaves
         raise BackupError(f"writing {name} to the backup storage failed: {redact(storage_error)}") from None
     if errors:
         discard()

@@ -50,6 +50,16 @@ class _Local(Local):
     """
 
     read_chunk_size = 64 * 1024
+    #: Set when our own stdout's reader went away (``invoke backup-config | head``).
+    reader_gone = False
+
+    def write_our_output(self, stream, string):
+        if _Local.reader_gone:
+            return  # the command's output is read on (it never blocks) and dropped
+        try:
+            super().write_our_output(stream, string)
+        except BrokenPipeError:
+            _Local.reader_gone = True
 
 
 def find_project(start: str | os.PathLike | None = None) -> Path:
@@ -137,8 +147,22 @@ def manage(c, command: str, **kwargs):
     # Tells the command (and a worker it starts) that the user drives the site through invoke: its hints then
     # name the tasks (``invoke listbackups``) rather than the commands (backup_app.hints.INVOKED).
     kwargs["env"] = {**kwargs.get("env", {}), "BACKUP_APP_INVOKED": "1"}
-    with c.cd(str(project)):
-        return c.run(f"{shlex.quote(sys.executable)} {MANAGE_PY} {command}", **kwargs)
+    try:
+        with c.cd(str(project)):
+            return c.run(f"{shlex.quote(sys.executable)} {MANAGE_PY} {command}", **kwargs)
+    finally:
+        if _Local.reader_gone:
+            _end_quietly()
+
+
+def _end_quietly() -> None:
+    """stdout's reader went away: exit 141 (128 + SIGPIPE) without a word, as a piped command would."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    raise Exit(code=141)
 
 
 def _here(path: str) -> str:

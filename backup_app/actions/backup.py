@@ -368,6 +368,7 @@ def write_set(storage, what: SetContents, progress: Progress = NO_PROGRESS) -> d
         "files": [],
     }
     media_job = None
+    media_name = None
     cancel = threading.Event()
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backup-media")
     try:
@@ -467,7 +468,8 @@ def write_set(storage, what: SetContents, progress: Progress = NO_PROGRESS) -> d
             cancel.set()
             with suppress(BaseException):
                 media_job.result()  # its own failure (or the cancel) removed its file
-        for name in [*written, pending]:
+        # The archive too: a cancelled archive thread that was inside one large file finished it.
+        for name in [*written, pending, *([media_name] if media_name else [])]:
             try:
                 if storage.exists(name):
                     storage.delete(name)

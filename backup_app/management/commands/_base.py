@@ -49,6 +49,31 @@ class Trimmer:
         self._trim(0)
 
 
+#: Exit status after Ctrl-C (128 + SIGINT), and when the reader of stdout went away (128 + SIGPIPE).
+INTERRUPTED = 130
+READER_GONE = 141
+
+
+def reader_gone() -> None:
+    """Exit quietly with :data:`READER_GONE`; stdout points at /dev/null first, so that the interpreter's
+    last flush does not complain either."""
+    with suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(READER_GONE)
+
+
+def _interrupted(err: BaseException) -> bool:
+    """``err`` was raised while handling a KeyboardInterrupt (an action turned Ctrl-C into its one line)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, KeyboardInterrupt):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
 def _is_terminal(stream) -> bool:
     try:
         return stream is not None and stream.isatty()
@@ -116,7 +141,16 @@ class BackupCommand(BaseCommand):
         steady_memory()
         streams.set_streamed_hook(Trimmer().add)
         gc.freeze()
-        return super().run_from_argv(argv)
+        try:
+            return super().run_from_argv(argv)
+        except BrokenPipeError:
+            # The reader went away (``| head``): nothing more to say to it, and no traceback.  128 + SIGPIPE,
+            # as a command killed by the signal would end.
+            reader_gone()
+        except KeyboardInterrupt:
+            # Ctrl-C outside the steps that turn it into a sentence of what was left (the action's own errors).
+            sys.stderr.write("Interrupted (Ctrl-C).\n")
+            sys.exit(INTERRUPTED)
 
     def execute(self, *args, **options):
         self.quiet = options.get("quiet", False)
@@ -127,9 +161,15 @@ class BackupCommand(BaseCommand):
         self.live = not self.quiet and _is_terminal(sys.stderr)
         try:
             return super().execute(*args, **options)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, BrokenPipeError):
             raise
         except Exception as err:
+            if _interrupted(err) and not options.get("traceback"):
+                # The action said what state it left; the status is the shell's for Ctrl-C.
+                if options.get("json") and self.action:
+                    self.emit({"action": self.action, "ok": False, "error": redact(err)})
+                sys.stderr.write(f"Interrupted: {redact(err)}\n")
+                sys.exit(INTERRUPTED)
             self._translate(err, options)
         finally:
             if self._bars is not None:
