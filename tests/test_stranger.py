@@ -35,6 +35,9 @@ RUN_STEPS = [
     "invoke backup-config",
     "invoke backup",
     "invoke listbackups --json",
+    "invoke verify",
+    "invoke restore",
+    "invoke rollback",
     "invoke restore",
     "invoke update",
 ]
@@ -292,13 +295,19 @@ def test_page_steps_back_up_and_restore_the_project(engine, venv, tmp_path, requ
     users, files = site.users(), media_hashes(media)
     site.step("invoke backup")
     [entry] = json.loads(site.step("invoke listbackups --json").stdout)
+    verified = site.step("invoke verify").stdout
     # The site is used: rows and files change.
     django_shell(site, "User.objects.all().delete(); User.objects.create_user('mallory')")
     (media / "docs" / "a.txt").write_text("changed")
     (media / "b.bin").unlink()
     (media / "new.txt").write_text("created after the backup")
-    site.step("invoke restore")
+    used_users, used_files = site.users(), media_hashes(media)
+    restored = site.step("invoke restore")
     users_after, files_after = site.users(), media_hashes(media)
+    site.step("invoke rollback")
+    users_rolled_back, files_rolled_back = site.users(), media_hashes(media)
+    site.step("invoke restore")
+    users_again = site.users()
     site.step("invoke update")
     seconds = time.monotonic() - started
     print(f"\n[{engine}] wheel {venv.seconds}, project steps {seconds:.1f} s\n" + "\n".join(site.transcript))
@@ -320,8 +329,14 @@ def test_page_steps_back_up_and_restore_the_project(engine, venv, tmp_path, requ
     assert [u["fields"]["username"] for u in users] == ["alice"]
     assert users_after == users
     assert files_after == {**files, "new.txt": hashlib.sha256(b"created after the backup").hexdigest()}
-    # The replaced state went to MYSITE_BACKUP_SAFETY_DIR.
+    # The set verifies; the restore says how to undo it, as this site runs the app.
+    assert verified.splitlines()[0].split() == ["OK", entry["name"], "(complete)"], verified
+    assert "undo this restore with `invoke rollback --name " in restored.stdout + restored.stderr
+    # The replaced state went to MYSITE_BACKUP_SAFETY_DIR; the rollback brought it back.
     assert any(safety.iterdir())
+    assert (users_rolled_back, files_rolled_back) == (used_users, used_files)
+    assert [u["fields"]["username"] for u in used_users] == ["mallory"]
+    assert users_again == users
     # invoke update: a second set, static files collected.
     assert [s["complete"] for s in json.loads(site.command("invoke listbackups --json").stdout)] == [True, True]
     assert (site.root / "static" / "admin").is_dir()
