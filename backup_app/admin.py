@@ -27,6 +27,7 @@ from . import hints
 from .errors import BackupAppError
 from .models import BackupRun, BackupSettings
 from .progress import size_text
+from .safety import kept_copies
 from .schedule import (
     CLAIM,
     backup_now_queued,
@@ -263,6 +264,7 @@ class BackupRunAdmin(admin.ModelAdmin):
             "title": "Backup sets in the storage",
             "rows": rows,
             "error": error,
+            "safety_copies": [{**c, "size": size_text(c["bytes"])} for c in kept_copies()],
             "opts": self.model._meta,
             "can_run_backup": request.user.has_perm(RUN_PERMISSION),
         }

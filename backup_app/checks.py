@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import string
 import tempfile
 from datetime import datetime
@@ -21,6 +22,7 @@ from django.conf import settings
 from django.core.checks import Error, Warning, register
 from django.utils.module_loading import import_string
 
+from . import hints
 from .conf import FILESYSTEM_STORAGES, ConfigError, NotAStorage, import_storage_class
 from .settings import app_settings
 
@@ -405,5 +407,36 @@ def check_sftp_host_key(app_configs=None, **kwargs):
             "machine in the middle could receive your backups.",
             hint='Add "known_host_file": "/path/to/known_hosts" holding the server\'s key (ssh-keyscan HOST).',
             id="backup_app.W003",
+        )
+    ]
+
+
+@register(TAG)
+def check_safety_space(app_configs=None, **kwargs):
+    """W007: the safety copies of restores hold more than ``backup_safety_warn_percent`` of the free space of
+    the safety folder's file system (copies kept on a database server are not counted here)."""
+    from .safety import kept_copies
+
+    folder = app_settings.safety_dir
+    try:
+        copies = kept_copies()
+        free = shutil.disk_usage(folder).free
+    except Exception:
+        return []
+    held = sum(c["bytes"] for c in copies)
+    limit = app_settings.safety_warn_percent
+    if not held or held * 100 <= free * limit:
+        return []
+    names = ", ".join(c["name"] for c in copies)
+    return [
+        Warning(
+            f"the safety copies of restores in {folder} hold {held:,} bytes, more than {limit} % of the "
+            f"{free:,} bytes free there ({names})",
+            hint=(
+                f"Roll back or let them expire: {hints.command('rollback', '--list')} lists them; lower "
+                f"backup_safety_days ({hints.variable('backup_safety_days')}), or raise "
+                f"backup_safety_warn_percent ({hints.variable('backup_safety_warn_percent')})."
+            ),
+            id="backup_app.W007",
         )
     ]

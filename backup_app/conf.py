@@ -359,6 +359,14 @@ BACKUP_KEYS: tuple[Key, ...] = (
         help="Days a restore's safety copy is kept before it expires.",
     ),
     Key(
+        "backup_safety_warn_percent",
+        "BACKUP_SAFETY_WARN_PERCENT",
+        50,
+        kind="int",
+        minimum=1,
+        help="Check W007 warns when the safety copies hold more than this percent of the safety folder's free space.",
+    ),
+    Key(
         "backup_databases",
         "BACKUP_DATABASES",
         None,
@@ -969,6 +977,7 @@ def _apply(namespace, config, prefix, config_file, default_dir, default_safety_d
                 config["backup_safety_dir"] or default_safety_dir or safety_dir_beside(namespace.get("BASE_DIR", "."))
             ),
             "SAFETY_DAYS": config["backup_safety_days"],
+            "SAFETY_WARN_PERCENT": config["backup_safety_warn_percent"],
             "NOTIFY_URLS": config["backup_notify_urls"] or [],
             "NOTIFY_ON_SUCCESS": config["backup_notify_on_success"],
             "PING_URL": config["backup_ping_url"],

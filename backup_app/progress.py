@@ -69,3 +69,17 @@ def seconds_text(seconds: float) -> str:
     if minutes < 60:
         return f"{minutes} min {rest} s"
     return f"{minutes // 60} h {minutes % 60} min"
+
+
+def safety_lines(copies: list[dict]) -> list[str]:
+    """The safety copies restores kept (``safety.kept_copies()``), one line each, for the commands."""
+    if not copies:
+        return []
+    lines = [f"{len(copies)} safety cop{'y' if len(copies) == 1 else 'ies'} kept by restores (invoke rollback):"]
+    for c in copies:
+        where = "; ".join(c["databases"]) or "no database"
+        lines.append(
+            f"  {c['name']} ({c['state']}): {size_text(c['bytes'])} in {c['folder']}; {where}; "
+            f"expires {c['expires']:%Y-%m-%d %H:%M}"
+        )
+    return lines

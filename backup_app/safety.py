@@ -16,6 +16,7 @@ A record lives in ``<backup_safety_dir>/<name>/safety.json``; roll back with
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -130,3 +131,42 @@ def expired(records: list[SafetyRecord], days: int, now: datetime | None = None)
     """The records older than ``days`` at ``now`` (default: now)."""
     limit = (now or timezone.now()) - timedelta(days=days)
     return [record for record in records if record.created < limit]
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the files under ``folder`` (not following links)."""
+    total = 0
+    for base, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(base, name)).st_size
+            except OSError:
+                continue
+    return total
+
+
+def kept_copies(root: Path | None = None, days: int | None = None) -> list[dict]:
+    """What the safety copies of restores hold and where, newest first: ``name``, ``created``, ``state``,
+    ``folder``, ``bytes`` (of the folder), ``databases`` (where each replaced database is kept: a database on
+    its server, or a file in the folder), ``expires`` (after ``backup_safety_days``)."""
+    days = app_settings.safety_days if days is None else days
+    found = []
+    for record in list_records(root):
+        where = []
+        for alias, entry in record.databases.items():
+            if entry.get("database"):
+                where.append(f"database '{alias}': {entry['database']} on its server")
+            elif entry.get("file") or entry.get("path"):
+                where.append(f"database '{alias}': {entry.get('file') or entry.get('path')}")
+        found.append(
+            {
+                "name": record.name,
+                "created": record.created,
+                "state": record.state,
+                "folder": str(record.folder),
+                "bytes": folder_bytes(record.folder),
+                "databases": where,
+                "expires": record.created + timedelta(days=days),
+            }
+        )
+    return found

@@ -298,7 +298,10 @@ def scheduled_backup() -> str:
     close_stale_runs()
     decision = current_decision(timezone.now())
     if not decision.due:
-        return f"not due: {decision.reason}"
+        from .actions import rollback
+
+        expired = rollback.expire_now()  # safety copies expire on every check, backup or not
+        return f"not due: {decision.reason}" + (f"; expired safety copies {', '.join(expired)}" if expired else "")
     try:
         run = start_run(BackupRun.SCHEDULED, claim=CLAIM)
     except AlreadyRunning:

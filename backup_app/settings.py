@@ -178,6 +178,10 @@ class AppSettings:
     def safety_days(self) -> int:
         return self._app("SAFETY_DAYS", "backup_safety_days")
 
+    @property
+    def safety_warn_percent(self) -> int:
+        return self._app("SAFETY_WARN_PERCENT", "backup_safety_warn_percent")
+
     # --- pushes to monitors -----------------------------------------------------------------------
 
     @property

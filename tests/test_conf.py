@@ -257,6 +257,7 @@ SAMPLES |= {
     "backup_notify_urls": ("json://127.0.0.1/hook", ["json://127.0.0.1/hook"]),
     "backup_notify_on_success": ("true", True),
     "backup_ping_url": ("https://hc-ping.example/abc", "https://hc-ping.example/abc"),
+    "backup_safety_warn_percent": ("20", 20),
 }
 BACKUP_KEY_NAMES = [key.name for key in BACKUP_KEYS]
 

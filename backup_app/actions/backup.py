@@ -47,7 +47,7 @@ from ..sets import (
 from ..settings import app_settings
 from ..storage import backup_storage, describe
 from ..streams import CountingWriter
-from . import prune
+from . import prune, rollback
 
 logger = logging.getLogger("backup_app")
 
@@ -317,6 +317,9 @@ def _back_up(options: BackupOptions, progress: Progress) -> BackupResult:
                 new_set=manifest["name"],
                 progress=progress,
             ).deleted
+        # Safety copies of earlier restores expire on every backup, not only at the next restore.
+        for name in rollback.expire(app_settings.safety_days):
+            progress.step(f"Removed expired safety copy {name} (older than {app_settings.safety_days} days)")
     return BackupResult(manifest=manifest, storage=where, deleted=deleted)
 
 

@@ -9,12 +9,13 @@ import shutil
 from dataclasses import dataclass, field
 
 from .. import hints
-from ..engines import engine_for, site_lock
+from ..engines import Locked, engine_for, site_lock
 from ..errors import BackupAppError
 from ..media import media_storage, undo_media
 from ..notify import notify_failure
 from ..progress import NO_PROGRESS, Progress
 from ..safety import SafetyRecord, expired, list_records
+from ..settings import app_settings
 
 
 @dataclass
@@ -87,4 +88,17 @@ def expire(days: int) -> list[str]:
     for record in expired(list_records(), days):
         discard(record)
         gone.append(record.name)
+    return gone
+
+
+def expire_now(progress: Progress = NO_PROGRESS) -> list[str]:
+    """Discard the safety copies older than ``backup_safety_days`` under the site lock (every backup and
+    hourly check calls it); nothing when a backup or restore holds the lock (the next run expires them)."""
+    try:
+        with site_lock("expire safety copies"):
+            gone = expire(app_settings.safety_days)
+    except Locked:
+        return []
+    for name in gone:
+        progress.step(f"Removed expired safety copy {name} (older than {app_settings.safety_days} days)")
     return gone

@@ -5,6 +5,8 @@ import json
 from django.core.management.base import CommandError
 
 from backup_app.conf import redact_value
+from backup_app.progress import safety_lines
+from backup_app.safety import kept_copies
 from backup_app.settings import app_settings
 
 from ._base import BackupCommand
@@ -32,6 +34,7 @@ class Command(BackupCommand):
                         "file": str(config.file) if config.file else None,
                         "keys": [dict(zip(("key", "env", "value", "source"), r, strict=True)) for r in rows],
                         "settings": produced,
+                        "safety_copies": kept_copies(),
                     },
                     indent=2,
                     default=str,
@@ -54,3 +57,5 @@ class Command(BackupCommand):
         for key, value in produced.items():
             settings_table.add_row(key, json.dumps(value, default=str))
         out.print(settings_table)
+        for line in safety_lines(kept_copies()) or ["No safety copies kept by restores."]:
+            self.stdout.write(line)

@@ -3,6 +3,8 @@
 import json
 
 from backup_app.actions import list as list_action
+from backup_app.progress import safety_lines
+from backup_app.safety import kept_copies
 
 from ._base import BackupCommand, backup_folder, options_for
 
@@ -53,3 +55,5 @@ class Command(BackupCommand):
                 s.status + (f" ({'; '.join(s.problems)})" if s.problems else ""),
             )
         Console(file=self.stdout, soft_wrap=False, width=160).print(table)
+        for line in safety_lines(kept_copies()):
+            self.stdout.write(line)
