@@ -33,6 +33,7 @@ from .history import AlreadyRunning, discard_run, record_run, start_run
 from .models import BackupRun, BackupSettings
 from .progress import size_text
 from .sets import age_text
+from .settings import app_settings
 from .tools import process_exists
 
 logger = logging.getLogger("backup_app")
@@ -296,6 +297,7 @@ def scheduled_backup() -> str:
     raised, so django-q2 lists the task as failed too.
     """
     close_stale_runs()
+    push_if_overdue()
     decision = current_decision(timezone.now())
     if not decision.due:
         from .actions import rollback
@@ -337,6 +339,43 @@ def enqueue_backup_now(requested_by: str = "") -> str:
     from django_q.tasks import async_task
 
     return async_task(BACKUP_NOW_TASK, requested_by=requested_by, q_options={**TASK_OPTIONS, "task_name": "backup now"})
+
+
+#: An overdue backup is pushed again after this long while it stays overdue.
+OVERDUE_REPEAT = timedelta(hours=24)
+
+
+def push_if_overdue(now: datetime | None = None) -> bool:
+    """With automatic backups on and the last success older than twice the interval (``overdue``, as the
+    health endpoint says), push it to ``backup_notify_urls`` and ping ``backup_ping_url``/fail — once, then
+    every :data:`OVERDUE_REPEAT` while it stays overdue (a marker file in ``backup_safety_dir`` remembers).
+    Returns whether it pushed; never raises."""
+    from .notify import ping, push
+
+    try:
+        status = backup_status(now)
+        if not status.settings.enabled or status.state != "overdue":
+            return False
+        marker = app_settings.safety_dir / ".overdue-pushed"
+        seen = status.last_success.set_name if status.last_success else ""
+        if marker.exists():
+            age = timezone.now().timestamp() - marker.stat().st_mtime
+            if marker.read_text() == seen and age < OVERDUE_REPEAT.total_seconds():
+                return False
+        host = socket.gethostname()
+        text = (
+            f"No backup has succeeded on {host} for {duration_text(status.age)} (automatic backups every "
+            f"{status.settings.interval_days} days; last good set {seen or '?'}). Check the worker "
+            f"({hints.command('worker')}) and the backup history."
+        )
+        push(f"Backups overdue on {host}", text, failed=True)
+        ping("fail", text)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(seen)
+        return True
+    except Exception as err:
+        logger.warning("could not check for an overdue backup: %s", err)
+        return False
 
 
 VERIFY_TASK = "backup_app.schedule.verify_now"

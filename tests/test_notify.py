@@ -116,3 +116,26 @@ class socket_closed:  # noqa: N801 - used as a context manager
 
     def __exit__(self, *exc):
         return False
+
+
+def test_an_overdue_backup_is_pushed_once_not_every_hour(sqlite_site, receiver):
+    import sqlite3
+
+    from test_schedule import django_shell, enable
+
+    port = receiver.url.rsplit(":", 1)[1]
+    sqlite_site.env["INVENTREE_BACKUP_NOTIFY_URLS"] = f"json://127.0.0.1:{port}/hook"
+    sqlite_site.manage("backup_create", "--quiet")
+    enable(sqlite_site, interval_days=1)
+    with sqlite3.connect(sqlite_site.root / "db.sqlite3") as conn:  # the last success: months ago
+        conn.execute("UPDATE backup_app_backuprun SET started = '2026-01-01 00:00', finished = '2026-01-01 00:01'")
+    check = "from backup_app.schedule import push_if_overdue; print(push_if_overdue())"
+
+    first = django_shell(sqlite_site, check)
+    second = django_shell(sqlite_site, check)
+
+    assert (first.strip(), second.strip()) == ("True", "False")
+    [push] = receiver.requests
+    message = json.loads(push[2])
+    assert message["type"] == "failure" and "overdue" in message["title"].lower()
+    assert "No backup has succeeded" in message["message"]
