@@ -434,14 +434,28 @@ def _manifest_set(
         )
     manifest, manifest_file.size = read_back
     stamp = manifest.get("name") if isinstance(manifest.get("name"), str) else manifest_file.stamp
-    if not stamp:
-        return None
+    if not stamp or stamp not in name:
+        # Every name of a set carries its stamp ({datetime} is required): a manifest that claims another's
+        # set is not believed.
+        if parsed is None:
+            return None
+        return BackupSet(
+            name=parsed.stamp,
+            created=naming.stamp_to_datetime(parsed.stamp),
+            status="incomplete",
+            files=[manifest_file],
+            problems=[f"manifest {name} names set {stamp!r}, not its own"],
+        )
     manifest_file.stamp = stamp
     created = _manifest_created(manifest) or naming.stamp_to_datetime(stamp) or _modified(storage, name)
     bset = BackupSet(name=stamp, created=created, status="complete", manifest=manifest)
-    missing = []
+    missing: list[str] = []
+    foreign: list[str] = []
     for entry in manifest.get("files", []):
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            continue
+        if stamp not in entry["name"]:
+            foreign.append(entry["name"])
             continue
         if entry["name"] not in stored:
             missing.append(entry["name"])
@@ -463,6 +477,9 @@ def _manifest_set(
     if missing:
         bset.status = "incomplete"
         bset.problems.append("missing: " + ", ".join(missing))
+    if foreign:
+        bset.status = "incomplete"
+        bset.problems.append("names files without the set's stamp (not taken as its own): " + ", ".join(foreign))
     return bset
 
 
@@ -536,9 +553,15 @@ def doomed(
     """
     keep_names = retained(sets, retention) | set(protect)
     names: list[str] = []
-    for s in sets:
-        if (s.complete and s.name not in keep_names) or (s.status == "incomplete" and s.name not in protect):
-            names += sorted(s.all_names(), key=lambda n: (not n.endswith(MANIFEST_EXT), n))
+    going = [
+        s
+        for s in sets
+        if (s.complete and s.name not in keep_names) or (s.status == "incomplete" and s.name not in protect)
+    ]
+    # A file that a kept set names too (two manifests claiming it) stays.
+    kept = {n for s in sets if s not in going and s.status != "legacy" for n in s.all_names()}
+    for s in going:
+        names += sorted((n for n in s.all_names() if n not in kept), key=lambda n: (not n.endswith(MANIFEST_EXT), n))
     if include_legacy:
         seen: dict[tuple[str, str | None], int] = {}
         for s in (s for s in sets if s.status == "legacy"):  # newest first

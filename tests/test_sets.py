@@ -326,3 +326,45 @@ def test_retention_deletes_a_set_of_older_templates_whole_manifest_first(tmp_pat
     gone = doomed(list_sets(storage), Retention(keep=1))
 
     assert (gone[0], sorted(gone[1:])) == (old["manifest"], sorted([old["db"], old["media"]]))
+
+
+def test_a_manifest_naming_files_of_another_set_does_not_get_them_deleted(tmp_path):
+    storage = FileSystemStorage(location=tmp_path)
+    good = manifest_set(storage, Naming(), "2026-11-28-020000")
+    storage.save("notes.txt", ContentFile(b"not a backup"))
+    liar = Naming().manifest_name("2026-11-27-020000")
+    write_json(
+        storage,
+        liar,
+        {
+            "format": MANIFEST_FORMAT,
+            "name": "2026-11-27-020000",
+            "created": "2026-11-27T02:00:00+00:00",
+            "files": [{"name": good["db"], "kind": "db"}, {"name": "notes.txt", "kind": "media"}],
+        },
+    )
+
+    sets = list_sets(storage)
+    gone = doomed(sets, Retention(keep=1))
+
+    assert [(s.name, s.status) for s in sets] == [
+        ("2026-11-28-020000", "complete"),
+        ("2026-11-27-020000", "incomplete"),
+    ]
+    assert gone == [liar]
+
+
+def test_a_manifest_claiming_another_stamp_than_its_name_is_not_believed(tmp_path):
+    storage = FileSystemStorage(location=tmp_path)
+    good = manifest_set(storage, Naming(), "2026-11-28-020000")
+    liar = Naming().manifest_name("2026-11-27-020000")
+    write_json(storage, liar, {"format": MANIFEST_FORMAT, "name": "2026-11-28-020000", "files": []})
+
+    sets = list_sets(storage)
+
+    assert [(s.name, s.status) for s in sets] == [
+        ("2026-11-28-020000", "complete"),
+        ("2026-11-27-020000", "incomplete"),
+    ]
+    assert {f.name for f in sets[0].files} == set(good.values())
+    assert doomed(sets, Retention(keep=1)) == [liar]
