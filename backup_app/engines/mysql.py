@@ -1,5 +1,12 @@
-"""MariaDB/MySQL: ``mariadb-dump --single-transaction`` streamed; restored into a side database whose tables
-move in with one atomic ``RENAME TABLE``.
+"""MariaDB/MySQL: ``mariadb-dump --single-transaction --routines --triggers --events`` streamed; restored into
+a side database whose tables move in with one atomic ``RENAME TABLE``.
+
+Triggers, stored routines, events and views do not move with the tables (a table with a trigger cannot be
+renamed into another database at all): the swap reads their definitions (:class:`SchemaObject`, with the
+``sql_mode``, character set and time zone each was made under), keeps the live database's as SQL in the safety
+folder, drops them on both sides, moves the tables, and makes the staged database's again in the live one; the
+routine-level grants that ``DROP`` takes away (``automatic_sp_privileges``) are put back as they were.  Grants
+on the database, its tables and columns name the database and stay where they are.
 
 Host, port, user and password reach the client tools in a ``[client]`` option file read from a pipe
 (``--defaults-extra-file=/dev/fd/N``): never on the command line, never in a file on disk.  Stock
@@ -8,9 +15,13 @@ django-dbbackup's commands get the same through :class:`OptionFileConnector`.
 
 from __future__ import annotations
 
+import json
+import logging
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import BinaryIO
 
 from dbbackup.db.exceptions import CommandConnectorError
@@ -24,6 +35,149 @@ from .base import SiteLock, locked, released, tool_env, words
 from .server import NoSideDatabase, ServerEngine
 
 MISSING = "install the MySQL/MariaDB client tools"
+
+logger = logging.getLogger("backup_app")
+
+
+@dataclass
+class SchemaObject:
+    """A trigger, routine, event or view as ``SHOW CREATE`` gives it, with what it was made under."""
+
+    kind: str  # TRIGGER, PROCEDURE, FUNCTION, EVENT, VIEW
+    name: str
+    sql: str
+    sql_mode: str = ""
+    charset: str = ""
+    collation: str = ""
+    time_zone: str = ""
+
+
+#: The order objects are made in: routines first (views and triggers may call them), events last.
+KINDS = ("FUNCTION", "PROCEDURE", "VIEW", "TRIGGER", "EVENT")
+
+
+def quote(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def read_objects(cursor, database: str, *, definitions: bool = True) -> list[SchemaObject]:
+    """Every trigger, routine, event and view of ``database``, as made in it (``USE`` it: names unqualified);
+    without ``definitions`` only their kinds and names (enough to drop them)."""
+    cursor.execute("SELECT DATABASE()")
+    current = cursor.fetchone()[0]
+    cursor.execute(f"USE {quote(database)}")
+    try:
+        found = []
+        listings = {
+            "VIEW": ("SELECT TABLE_NAME FROM information_schema.VIEWS WHERE TABLE_SCHEMA = %s", [database]),
+            "TRIGGER": (
+                "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = %s "
+                "ORDER BY EVENT_OBJECT_TABLE, ACTION_TIMING, EVENT_MANIPULATION, ACTION_ORDER",
+                [database],
+            ),
+            "EVENT": ("SELECT EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %s", [database]),
+            "FUNCTION": (
+                "SELECT ROUTINE_NAME FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = %s "
+                "AND ROUTINE_TYPE = 'FUNCTION'",
+                [database],
+            ),
+            "PROCEDURE": (
+                "SELECT ROUTINE_NAME FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = %s "
+                "AND ROUTINE_TYPE = 'PROCEDURE'",
+                [database],
+            ),
+        }
+        for kind in KINDS:
+            query, args = listings[kind]
+            cursor.execute(query, args)
+            for (name,) in cursor.fetchall():
+                if not definitions:
+                    found.append(SchemaObject(kind, name, ""))
+                    continue
+                cursor.execute(f"SHOW CREATE {kind} {quote(name)}")
+                row = cursor.fetchone()
+                names = [d[0].lower() for d in cursor.description]
+                value = dict(zip(names, row, strict=False))
+                sql = next(value[n] for n in names if n.startswith(("create ", "sql original")))
+                if sql is None:
+                    raise RestoreError(
+                        f"the {kind.lower()} {name} of {database} cannot be read by this database user "
+                        "(it is another user's); nothing was changed"
+                    )
+                found.append(
+                    SchemaObject(
+                        kind,
+                        name,
+                        sql,
+                        value.get("sql_mode", "") or "",
+                        value.get("character_set_client", "") or "",
+                        value.get("collation_connection", "") or "",
+                        value.get("time_zone", "") or "",
+                    )
+                )
+        return found
+    finally:
+        if current:
+            cursor.execute(f"USE {quote(current)}")
+
+
+def drop_objects(cursor, database: str, objects: list[SchemaObject]) -> None:
+    for obj in reversed(objects):
+        cursor.execute(f"DROP {obj.kind} IF EXISTS {quote(database)}.{quote(obj.name)}")
+
+
+def make_objects(cursor, database: str, objects: list[SchemaObject]) -> None:
+    """Make ``objects`` in ``database``, each under its own sql_mode, character set and time zone."""
+    cursor.execute("SELECT DATABASE(), @@SESSION.sql_mode, @@SESSION.character_set_client, "
+                   "@@SESSION.collation_connection, @@SESSION.time_zone")  # fmt: skip
+    current, mode, charset, collation, zone = cursor.fetchone()
+    cursor.execute(f"USE {quote(database)}")
+    try:
+        for obj in objects:
+            cursor.execute("SET SESSION sql_mode = %s", [obj.sql_mode])
+            if obj.charset:
+                cursor.execute(f"SET SESSION character_set_client = {obj.charset}")
+            if obj.collation:
+                cursor.execute(f"SET SESSION collation_connection = {obj.collation}")
+            if obj.time_zone:
+                cursor.execute("SET SESSION time_zone = %s", [obj.time_zone])
+            cursor.execute(obj.sql)
+    finally:
+        cursor.execute("SET SESSION sql_mode = %s, time_zone = %s", [mode, zone])
+        cursor.execute(f"SET SESSION character_set_client = {charset}, collation_connection = {collation}")
+        if current:
+            cursor.execute(f"USE {quote(current)}")
+
+
+def routine_grants(cursor, database: str) -> list[tuple] | None:
+    """``(user, host, routine, type, privileges)`` of every routine-level grant in ``database``; None when this
+    user may not read them (``mysql.procs_priv``)."""
+    try:
+        cursor.execute(
+            "SELECT User, Host, Routine_name, Routine_type, Proc_priv FROM mysql.procs_priv WHERE Db = %s "
+            "ORDER BY 1, 2, 3, 4",
+            [database],
+        )
+    except Exception:
+        return None
+    return [tuple(row) for row in cursor.fetchall()]
+
+
+def put_back_routine_grants(cursor, database: str, grants: list[tuple] | None) -> None:
+    """Make the routine-level grants of ``database`` exactly ``grants`` again (``DROP`` took them away, and
+    ``CREATE`` may have given its maker new ones)."""
+    if grants is None:
+        logger.warning(
+            "this database user cannot read mysql.procs_priv: grants on single routines of %s are not kept", database
+        )
+        return
+    now = routine_grants(cursor, database) or []
+    for user, host, routine, kind, _privileges in set(now) - set(grants):
+        cursor.execute(f"REVOKE ALL ON {kind} {quote(database)}.{quote(routine)} FROM %s@%s", [user, host])
+    for user, host, routine, kind, privileges in grants:
+        for privilege in sorted(p for p in str(privileges).split(",") if p):
+            cursor.execute(f"GRANT {privilege} ON {kind} {quote(database)}.{quote(routine)} TO %s@%s", [user, host])
+
 
 #: What the client's option file parser (mysys) decodes inside double quotes.
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b"}
@@ -61,6 +215,13 @@ def option_file_tool(connector, cmd: str, prefix, suffix, args: list[str], env, 
     return tools.Tool(
         argv, name=cmd, env=tool_env(connector, env), secrets=[options], error=error, missing_hint=MISSING
     )
+
+
+def load_objects(path: Path) -> list[SchemaObject]:
+    """The objects a swap kept in ``path`` (none if it wrote no file: the database had none)."""
+    if not path.exists():
+        return []
+    return [SchemaObject(**item) for item in json.loads(path.read_text())]
 
 
 class OptionFileConnector(MysqlDumpConnector):
@@ -119,7 +280,7 @@ class MysqlEngine(ServerEngine):
 
     def dump(self, out: BinaryIO, *, compressed: bool = True) -> None:
         c = self.connector
-        args = ["--single-transaction", "--quick", "--routines", "--triggers", "--hex-blob"]
+        args = ["--single-transaction", "--quick", "--routines", "--triggers", "--events", "--hex-blob"]
         args += ["--default-character-set=utf8mb4"]
         args += [f"--ignore-table-data={self.name}.{table}" for table in self.exclude]
         tools.run_to(
@@ -141,17 +302,22 @@ class MysqlEngine(ServerEngine):
         tools.run_from(tool, stream)
 
     def replace(self, stream: BinaryIO) -> None:
-        """Drop every table of the live database, then load the dump into it (not atomic: a failure is rolled
-        back by the restore from the kept dump)."""
+        """Drop every table, view, trigger, routine and event of the live database, then load the dump into it,
+        and put back the routine-level grants (not atomic: a failure is rolled back by the restore from the
+        kept dump)."""
         connection = connections[self.alias]
         with connection.cursor() as cursor:
-            tables = self._tables(cursor, self.name)
+            grants = routine_grants(cursor, self.name)
+            drop_objects(cursor, self.name, read_objects(cursor, self.name, definitions=False))
             cursor.execute("SET FOREIGN_KEY_CHECKS = 0")
-            for table in tables:
+            for table in self._tables(cursor, self.name):
                 cursor.execute(f"DROP TABLE IF EXISTS `{table}`")
             cursor.execute("SET FOREIGN_KEY_CHECKS = 1")
         connection.close()
         self.load(self.name, stream)
+        with connection.cursor() as cursor:
+            put_back_routine_grants(cursor, self.name, grants)
+        connection.close()
 
     def _charset(self, cursor, database: str) -> tuple[str, str]:
         cursor.execute(
@@ -175,40 +341,74 @@ class MysqlEngine(ServerEngine):
 
     @staticmethod
     def _tables(cursor, database: str) -> list[str]:
+        """The base tables of ``database`` (views are objects: :func:`read_objects`)."""
         cursor.execute(
-            "SELECT TABLE_NAME, TABLE_TYPE FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s", [database]
+            "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_TYPE <> 'VIEW'",
+            [database],
         )
-        rows = cursor.fetchall()
-        views = [name for name, kind in rows if kind == "VIEW"]
-        if views:
-            raise RestoreError(
-                f"database {database} has views ({', '.join(views[:3])}), which cannot be swapped "
-                "atomically; nothing was changed"
-            )
-        return [name for name, _kind in rows]
+        return [name for (name,) in cursor.fetchall()]
 
-    def swap(self, live: str, *, aside: str, incoming: str) -> None:
+    def swap(
+        self, live: str, *, aside: str, incoming: str, keep: Path | None = None, objects: Path | None = None
+    ) -> None:
         """Every table moves in one ``RENAME TABLE``: ``live``'s into ``aside`` (created like it), ``incoming``'s
-        into ``live``; ``incoming`` is dropped after."""
+        into ``live``; ``incoming`` is dropped after.
+
+        Around it (see the module docstring): ``live``'s triggers, routines, events and views are written to
+        ``keep`` and dropped, ``incoming``'s (or those of the file ``objects``) made in ``live``.  If any step
+        fails, what was done is undone and RestoreError says the database was left unchanged.
+        """
         connection = connections[self.alias]
         with connection.cursor() as cursor:
             new_tables, old_tables = self._tables(cursor, incoming), self._tables(cursor, live)
+            old_objects = read_objects(cursor, live)
+            staged_objects = read_objects(cursor, incoming)
+            new_objects = load_objects(objects) if objects is not None else staged_objects
+            grants = routine_grants(cursor, live)
+            if keep is not None and old_objects:
+                keep.write_text(json.dumps([asdict(o) for o in old_objects], indent=1))
             charset, collation = self._charset(cursor, live)
             cursor.execute(f"CREATE DATABASE IF NOT EXISTS `{aside}` CHARACTER SET {charset} COLLATE {collation}")
             moves = [(live, aside, t) for t in old_tables] + [(incoming, live, t) for t in new_tables]
+            # A routine, event or view that is the same on both sides stays as it is (and so keep the grants on
+            # it); a trigger belongs to its table and always goes (a table with one cannot change database).
+            same = {(o.kind, o.name) for o in new_objects if o.kind != "TRIGGER" and o in old_objects}
+            old_objects = [o for o in old_objects if (o.kind, o.name) not in same]
+            new_objects = [o for o in new_objects if (o.kind, o.name) not in same]
+            done = []
             try:
+                drop_objects(cursor, incoming, staged_objects)
+                drop_objects(cursor, live, old_objects)
+                done.append("dropped")
                 if moves:
                     cursor.execute(
                         "RENAME TABLE "
                         + ", ".join(f"`{src}`.`{table}` TO `{dst}`.`{table}`" for src, dst, table in moves)
                     )
+                done.append("moved")
+                make_objects(cursor, live, new_objects)
+                put_back_routine_grants(cursor, live, grants)
             except Exception as err:
-                cursor.execute(f"DROP DATABASE IF EXISTS `{aside}`")
+                self._swap_back(cursor, live, aside, moves, done, old_objects, new_objects, grants)
                 raise RestoreError(
                     f"swapping in the restored tables failed ({redact(err)}); database left unchanged"
                 ) from None
             cursor.execute(f"DROP DATABASE IF EXISTS `{incoming}`")
         connection.close()
+
+    def _swap_back(self, cursor, live, aside, moves, done, old_objects, new_objects, grants) -> None:
+        """Undo what a failed :meth:`swap` did: the objects it made in ``live`` dropped, tables moved back, the
+        objects it dropped from ``live`` and the routine grants made again."""
+        if "dropped" in done:
+            drop_objects(cursor, live, new_objects)
+        if "moved" in done and moves:
+            cursor.execute(
+                "RENAME TABLE " + ", ".join(f"`{dst}`.`{t}` TO `{src}`.`{t}`" for src, dst, t in reversed(moves))
+            )
+        if "dropped" in done:
+            make_objects(cursor, live, old_objects)
+            put_back_routine_grants(cursor, live, grants)
+        cursor.execute(f"DROP DATABASE IF EXISTS `{aside}`")
 
     def side_databases(self, prefix: str) -> list[str]:
         with connections[self.alias].cursor() as cursor:
@@ -219,7 +419,10 @@ class MysqlEngine(ServerEngine):
             return [r[0] for r in cursor.fetchall()]
 
     def tables_in(self, database: str) -> int:
+        """Base tables of ``database``; its triggers, routines, events and views are read as the swap reads
+        them, so that ``verify --restore-test`` fails where a swap would."""
         with connections[self.alias].cursor() as cursor:
+            read_objects(cursor, database)
             return len(self._tables(cursor, database))
 
     # --- the site lock --------------------------------------------------------------------------

@@ -415,8 +415,9 @@ class PostgresEngine(ServerEngine):
         with self._admin() as admin:
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
-    def swap(self, live: str, *, aside: str, incoming: str) -> None:
-        """In one transaction: end the sessions on ``live``, rename it to ``aside`` and ``incoming`` to ``live``."""
+    def swap(self, live: str, *, aside: str, incoming: str, keep=None, objects=None) -> None:
+        """In one transaction: end the sessions on ``live``, rename it to ``aside`` and ``incoming`` to ``live``
+        (a renamed database takes everything in it along: ``keep`` and ``objects`` are not needed)."""
         from psycopg import sql
 
         connections[self.alias].close()

@@ -110,8 +110,12 @@ class SideDatabase(Strategy):
         engine = self.engine
         name = engine.name
         kept = engine.side_name("safety", safety.name)
-        engine.swap(name, aside=kept, incoming=staged.database)
+        # What moves with no table (MariaDB's triggers, routines, events, views) is kept as SQL in this file.
+        objects = safety.folder / f"{engine.alias}.objects.json"
+        engine.swap(name, aside=kept, incoming=staged.database, keep=objects)
         entry = {"kind": self.kinds[0], "database": kept, "name": name}
+        if objects.exists():
+            entry["objects"] = objects.name
         safety.add_database(engine.alias, entry)
         return entry
 
@@ -123,7 +127,8 @@ class SideDatabase(Strategy):
 
     def undo(self, entry: dict, folder: Path) -> None:
         trash = f"{entry['database'][:40]}_undone"
-        self.engine.swap(entry["name"], aside=trash, incoming=entry["database"])
+        objects = folder / entry["objects"] if entry.get("objects") else None
+        self.engine.swap(entry["name"], aside=trash, incoming=entry["database"], objects=objects)
         self.engine.drop_database(trash)
 
     def discard(self, entry: dict) -> None:
@@ -232,9 +237,14 @@ class ServerEngine(Engine):
         """Restore the dump in ``stream`` into the (empty) ``database``."""
         raise NotImplementedError
 
-    def swap(self, live: str, *, aside: str, incoming: str) -> None:
+    def swap(
+        self, live: str, *, aside: str, incoming: str, keep: Path | None = None, objects: Path | None = None
+    ) -> None:
         """Atomically: ``live`` becomes ``aside``, ``incoming`` becomes ``live`` (``incoming`` is gone after).
 
+        An engine whose swap leaves objects behind (MariaDB: triggers, routines, events and views do not move
+        with the tables) writes ``live``'s to ``keep`` before the swap, and gives ``live`` those of ``objects``
+        (a file an earlier swap kept) instead of ``incoming``'s.
         RestoreError ("...; database left unchanged") if it cannot be done.
         """
         raise NotImplementedError
