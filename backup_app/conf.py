@@ -337,6 +337,22 @@ BACKUP_KEYS: tuple[Key, ...] = (
         help="Passphrase of the secret key used to decrypt backups (prefer the file).",
     ),
     Key(
+        "backup_restore_allow_newer_version",
+        "BACKUP_RESTORE_ALLOW_NEWER_VERSION",
+        False,
+        kind="bool",
+        help="Restore a backup that DBBACKUP_RESTORE_METADATA_VALIDATOR refuses (InvenTree: one from a newer "
+        "version); like restore --restore-allow-newer-version.",
+    ),
+    Key(
+        "backup_restore_warn_age_days",
+        "BACKUP_RESTORE_WARN_AGE_DAYS",
+        120,
+        kind="int",
+        minimum=0,
+        help="A restore warns when the backup is older than this many days (0 = never), as InvenTree's does.",
+    ),
+    Key(
         "backup_safety",
         "BACKUP_SAFETY",
         True,
@@ -963,6 +979,8 @@ def _apply(namespace, config, prefix, config_file, default_dir, default_safety_d
         "DBBACKUP_ADMIN": [],
         "DBBACKUP_CLEANUP_KEEP": config["backup_keep"],
         "DBBACKUP_CLEANUP_KEEP_MEDIA": config["backup_keep"],
+        # InvenTree's restore validator reads this setting (INVE-E16); restore --restore-allow-newer-version sets it.
+        "BACKUP_RESTORE_ALLOW_NEWER_VERSION": config["backup_restore_allow_newer_version"],
         "BACKUP_APP": {
             "COMPRESSION": config["backup_compression"],
             "KEEP": config["backup_keep"],
@@ -981,6 +999,7 @@ def _apply(namespace, config, prefix, config_file, default_dir, default_safety_d
             "NOTIFY_URLS": config["backup_notify_urls"] or [],
             "NOTIFY_ON_SUCCESS": config["backup_notify_on_success"],
             "PING_URL": config["backup_ping_url"],
+            "RESTORE_WARN_AGE_DAYS": config["backup_restore_warn_age_days"],
             "DIR": str(backup_dir) if backup_dir is not None else None,
             "DIR_IS_DEFAULT": dir_used_default,
             "EMAIL_PREFIX": prefix_text,

@@ -31,6 +31,8 @@ from .storage.base import RemoteStorage
 
 MANIFEST_EXT = "manifest.metadata"
 PENDING_EXT = "pending.metadata"
+#: django-dbbackup's metadata sidecar of a database file: ``<file>.metadata``.
+SIDECAR_EXT = ".metadata"
 MANIFEST_FORMAT = "backup_app/1"
 
 #: strftime directive -> regex, for parsing stamps back out of names.
@@ -197,7 +199,7 @@ class Naming:
                 if not is_media_template:
                     continue
                 return BackupFile(name, "manifest" if ext == MANIFEST_EXT else "pending", stamp)
-            if ext.endswith(".metadata"):
+            if ext.endswith(SIDECAR_EXT):
                 return BackupFile(name, "metadata", stamp, base_extension=ext)
             base, compression, encrypted = split_extension(ext)
             if base == "tar":

@@ -13,6 +13,8 @@ default to django-dbbackup's own, so that names render and parse as its commands
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +120,46 @@ class AppSettings:
     def connector_mapping(self) -> dict[str, str]:
         """``DBBACKUP_CONNECTOR_MAPPING``: Django ENGINE -> connector class path, added to dbbackup's own."""
         return dict(self._dbbackup("CONNECTOR_MAPPING", None) or {})
+
+    # --- django-dbbackup's metadata hooks --------------------------------------------------------
+
+    @property
+    def metadata_setter(self):
+        """``DBBACKUP_BACKUP_METADATA_SETTER`` (a dotted path or a callable), or None."""
+        return self._dbbackup("BACKUP_METADATA_SETTER", None)
+
+    @property
+    def metadata_validator(self):
+        """``DBBACKUP_RESTORE_METADATA_VALIDATOR`` (a dotted path or a callable), or None."""
+        return self._dbbackup("RESTORE_METADATA_VALIDATOR", None)
+
+    @property
+    def restore_allow_newer_version(self) -> bool:
+        """``BACKUP_RESTORE_ALLOW_NEWER_VERSION``: InvenTree's switch, which its own validator reads too."""
+        return bool(getattr(settings, "BACKUP_RESTORE_ALLOW_NEWER_VERSION", False))
+
+    @contextmanager
+    def allowing_newer_version(self, allow: bool) -> Iterator[None]:
+        """With ``allow``, ``BACKUP_RESTORE_ALLOW_NEWER_VERSION`` is True for the ``with`` block (a restore's
+        ``--restore-allow-newer-version`` while the site's validator runs), then as it was."""
+        if not allow:
+            yield
+            return
+        missing = object()
+        before = getattr(settings, "BACKUP_RESTORE_ALLOW_NEWER_VERSION", missing)
+        settings.BACKUP_RESTORE_ALLOW_NEWER_VERSION = True
+        try:
+            yield
+        finally:
+            if before is missing:
+                del settings.BACKUP_RESTORE_ALLOW_NEWER_VERSION
+            else:
+                settings.BACKUP_RESTORE_ALLOW_NEWER_VERSION = before
+
+    @property
+    def restore_warn_age_days(self) -> int:
+        """A restore warns when the backup is older than this many days (0: never)."""
+        return self._app("RESTORE_WARN_AGE_DAYS", "backup_restore_warn_age_days")
 
     # --- compression and encryption ------------------------------------------------------------
 

@@ -205,6 +205,7 @@ ADDED_ROWS = [
     ("backup_keep_monthly", "12", 12, "KEEP_MONTHLY", 12),
     ("backup_gpg_home", "/srv/gnupg", "/srv/gnupg", "GPG_HOME", "/srv/gnupg"),
     ("backup_safety", "false", False, "SAFETY", False),
+    ("backup_restore_warn_age_days", "30", 30, "RESTORE_WARN_AGE_DAYS", 30),
 ]
 ADDED_IDS = [row[0] for row in ADDED_ROWS]
 
@@ -258,6 +259,7 @@ SAMPLES |= {
     "backup_notify_on_success": ("true", True),
     "backup_ping_url": ("https://hc-ping.example/abc", "https://hc-ping.example/abc"),
     "backup_safety_warn_percent": ("20", 20),
+    "backup_restore_allow_newer_version": ("true", True),
 }
 BACKUP_KEY_NAMES = [key.name for key in BACKUP_KEYS]
 

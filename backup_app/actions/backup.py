@@ -47,7 +47,7 @@ from ..sets import (
 from ..settings import app_settings
 from ..storage import backup_storage, describe
 from ..streams import CountingWriter
-from . import prune, rollback
+from . import hooks, prune, rollback
 
 logger = logging.getLogger("backup_app")
 
@@ -372,6 +372,7 @@ def write_set(storage, what: SetContents, progress: Progress = NO_PROGRESS) -> d
     }
     media_job = None
     media_name = None
+    posts = []  # dbbackup's post_* signals, sent once the set is complete
     cancel = threading.Event()
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backup-media")
     try:
@@ -380,6 +381,7 @@ def write_set(storage, what: SetContents, progress: Progress = NO_PROGRESS) -> d
             media_name = naming.media_name(stamp, "tar" + suffix)
             stats = ArchiveStats()
             say(f"Backing up media files to {media_name}")
+            hooks.send_pre_media_backup(storage)
 
             def archive_media():
                 t0 = time.monotonic()
@@ -413,6 +415,8 @@ def write_set(storage, what: SetContents, progress: Progress = NO_PROGRESS) -> d
             t0 = time.monotonic()
             migrations = engine.applied_migrations()
             tables = engine.table_count()
+            sidecar = hooks.sidecar_for(engine.connector)
+            hooks.send_pre_backup(engine.connector)
             dumped = [0]
 
             def count(n: int, name=name, dumped=dumped) -> None:
@@ -433,13 +437,15 @@ def write_set(storage, what: SetContents, progress: Progress = NO_PROGRESS) -> d
             finally:
                 progress.finish(name)
             written.append(name)
+            written.append(hooks.write_sidecar(storage, name, sidecar))
             manifest["databases"].append(
                 {
                     "alias": alias,
                     "vendor": engine.vendor,
                     "engine": engine.settings["ENGINE"],
-                    "connector": f"{type(engine.connector).__module__}.{type(engine.connector).__name__}",
+                    "connector": hooks.connector_path(engine.connector),
                     "file": name,
+                    "metadata": hooks.sidecar_name(name),
                     "migrations": migrations,
                     "tables": tables,
                     "excluded_table_data": engine.exclude,
@@ -451,6 +457,7 @@ def write_set(storage, what: SetContents, progress: Progress = NO_PROGRESS) -> d
                 f"  {size_text(dumped[0])} dumped, {size_text(stored.size)} stored "
                 f"in {seconds_text(time.monotonic() - t0)}"
             )
+            posts.append(lambda e=engine, n=name: hooks.send_post_backup(e.connector, n, storage))
         if what.media:
             stored, seconds = media_job.result() if media_job is not None else archive_media()
             media_job = None
@@ -463,6 +470,7 @@ def write_set(storage, what: SetContents, progress: Progress = NO_PROGRESS) -> d
                 f"  media: {stats.files:,} files, {size_text(stats.bytes)} read, {size_text(stored.size)} stored "
                 f"in {seconds_text(seconds)}"
             )
+            posts.append(lambda: hooks.send_post_media_backup(media_name, storage))
         manifest["finished"] = timezone.localtime(timezone.now()).isoformat()
         write_json(storage, naming.manifest_name(stamp), manifest)
         written.append(naming.manifest_name(stamp))
@@ -489,6 +497,8 @@ def write_set(storage, what: SetContents, progress: Progress = NO_PROGRESS) -> d
         storage.delete(pending)
     except Exception:
         pass
+    for post in posts:
+        post()
     say(f"Backup set {stamp} complete ({len(manifest['files'])} files)")
     return manifest
 

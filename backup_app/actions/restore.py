@@ -39,7 +39,7 @@ from ..sets import BackupFile, BackupSet, Naming, list_sets, split_extension
 from ..settings import app_settings
 from ..storage import backup_storage, describe
 from ..streams import PrefixedReader
-from . import rollback
+from . import hooks, rollback
 from .common import read_checked
 
 #: Asked before anything changes (on a terminal); False cancels the restore.
@@ -427,6 +427,26 @@ def check_versions(plan: Plan, allow_newer: bool = False) -> list[str]:
     return notes
 
 
+def check_metadata(storage, plan: Plan, allow_newer: bool) -> list[str]:
+    """Each database file's ``.metadata`` sidecar through stock's engine check and the site's validator
+    (DBBACKUP_RESTORE_METADATA_VALIDATOR), and the age of every file; returns the notes to show."""
+    notes = []
+    for item in plan.databases:
+        metadata = hooks.read_sidecar(storage, item.file.name)
+        if metadata is not None:
+            engine = connections.settings[item.alias]["ENGINE"]
+            notes += hooks.check_sidecar(item.file.name, metadata, engine, allow_newer=allow_newer)
+    naming = Naming()
+    for f in [item.file for item in plan.databases] + ([plan.media] if plan.media else []):
+        created = naming.stamp_to_datetime(f.stamp) if f.stamp else None
+        if plan.set is not None and plan.set.name == f.stamp:
+            created = plan.set.created
+        note = hooks.age_note(f.name, created)
+        if note:
+            notes.append(note)
+    return notes
+
+
 def _abandon(staged_dbs: list[tuple[Engine, Staged]], staged_media: StagedArchive | None) -> None:
     """Throw away everything staged and not swapped in."""
     for engine, staged in staged_dbs:
@@ -520,7 +540,10 @@ def restore(storage, opts: RestoreOptions, progress: Progress, confirm: Confirm 
     engines = {item.alias: engine_for(item.alias) for item in plan.databases}
     say(f"Restoring from {plan.label}")
     gpg = gpg_for_restore(plan, opts.interactive)
-    for note in check_versions(plan, opts.allow_newer):
+    allow_newer = opts.allow_newer or app_settings.restore_allow_newer_version
+    for note in check_versions(plan, allow_newer):
+        say(f"  {note}")
+    for note in check_metadata(storage, plan, allow_newer):
         say(f"  {note}")
     what = [f"database '{i.alias}' from {i.file.name}" for i in plan.databases]
     if plan.media is not None:
@@ -531,6 +554,10 @@ def restore(storage, opts: RestoreOptions, progress: Progress, confirm: Confirm 
         for stale in engine.cleanup():
             say(f"Removed {stale}, left behind by an interrupted restore")
 
+    for item in plan.databases:
+        hooks.send_pre_restore(item.alias, item.file.name, storage)
+    if plan.media is not None:
+        hooks.send_pre_media_restore(plan.media.name, storage)
     staged_dbs, staged_media = _stage(storage, plan, engines, opts, gpg, progress)
     result = RestoreResult(set_name=plan.set.name if plan.set else None)
     safety = SafetyRecord.create(safety_root(), result.set_name)
@@ -565,6 +592,10 @@ def restore(storage, opts: RestoreOptions, progress: Progress, confirm: Confirm 
         what = " and ".join(undone) + " put back as they were" if undone else "nothing had been changed"
         raise RestoreError(f"{message}; the restore was undone ({what})") from None
     safety.mark("done")
+    for item in plan.databases:
+        hooks.send_post_restore(item.alias, item.file.name, engines[item.alias].connector, storage)
+    if plan.media is not None:
+        hooks.send_post_media_restore(plan.media.name, storage)
     keep = app_settings.safety if opts.safety is None else opts.safety
     if keep:
         result.safety = safety.name
