@@ -35,6 +35,10 @@ DBBACKUP_DEFAULTS: dict[str, Any] = {
 
 DEFAULT_STORAGE = "django.core.files.storage.FileSystemStorage"
 
+#: Names of django-dbbackup's metadata hook settings, for messages.
+METADATA_SETTER = "DBBACKUP_BACKUP_METADATA_SETTER"
+METADATA_VALIDATOR = "DBBACKUP_RESTORE_METADATA_VALIDATOR"
+
 
 class AppSettings:
     """Typed, read-at-call-time view of the backup settings (django-cors-headers' ``conf.py`` style)."""
@@ -78,6 +82,11 @@ class AppSettings:
     @property
     def backup_dir(self) -> str | None:
         return self._app("DIR", "backup_dir")
+
+    @property
+    def backup_dir_unused(self) -> bool:
+        """Whether ``backup_dir`` is an absolute local path that a remote backup storage does not use."""
+        return bool((getattr(settings, "BACKUP_APP", None) or {}).get("DIR_UNUSED", False))
 
     @property
     def backup_dir_is_default(self) -> bool:

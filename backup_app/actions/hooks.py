@@ -41,7 +41,7 @@ from django.utils.module_loading import import_string
 from ..errors import BackupError, RestoreError
 from ..secrets import redact
 from ..sets import SIDECAR_EXT, age_text, write_json
-from ..settings import app_settings
+from ..settings import METADATA_SETTER, METADATA_VALIDATOR, app_settings
 
 logger = logging.getLogger("backup_app")
 
@@ -80,21 +80,19 @@ def sidecar_for(connector) -> dict:
     setting = app_settings.metadata_setter
     if not setting:
         return metadata
-    setter, shown = _hook(setting, "DBBACKUP_BACKUP_METADATA_SETTER", BackupError)
+    setter, shown = _hook(setting, METADATA_SETTER, BackupError)
     try:
         extra = setter(copy.deepcopy(metadata))
     except Exception as err:
-        raise BackupError(f"DBBACKUP_BACKUP_METADATA_SETTER {shown} failed: {redact(err)}") from None
+        raise BackupError(f"{METADATA_SETTER} {shown} failed: {redact(err)}") from None
     if extra is None:
         return metadata
     if not isinstance(extra, dict):
-        raise BackupError(
-            f"DBBACKUP_BACKUP_METADATA_SETTER {shown} returned {type(extra).__name__}, not a dict; return a dict"
-        )
+        raise BackupError(f"{METADATA_SETTER} {shown} returned {type(extra).__name__}, not a dict; return a dict")
     try:
         json.dumps(extra)
     except (TypeError, ValueError) as err:
-        raise BackupError(f"DBBACKUP_BACKUP_METADATA_SETTER {shown} returned data that is not JSON ({err})") from None
+        raise BackupError(f"{METADATA_SETTER} {shown} returned data that is not JSON ({err})") from None
     return {**metadata, **extra}
 
 
@@ -139,23 +137,22 @@ def check_sidecar(name: str, metadata: dict, engine: str, *, allow_newer: bool) 
     setting = app_settings.metadata_validator
     if not setting:
         return notes
-    validator, shown = _hook(setting, "DBBACKUP_RESTORE_METADATA_VALIDATOR", RestoreError)
+    validator, shown = _hook(setting, METADATA_VALIDATOR, RestoreError)
     try:
         with app_settings.allowing_newer_version(allow_newer):
             verdict = validator(copy.deepcopy(metadata))
     except Exception as err:
         raise RestoreError(
-            f"{name}: DBBACKUP_RESTORE_METADATA_VALIDATOR {shown} failed ({redact(err)}); nothing was changed"
+            f"{name}: {METADATA_VALIDATOR} {shown} failed ({redact(err)}); nothing was changed"
         ) from None
     if verdict is not None and not isinstance(verdict, bool):
         raise RestoreError(
-            f"DBBACKUP_RESTORE_METADATA_VALIDATOR {shown} returned {type(verdict).__name__}; "
-            "it must return True, False or None"
+            f"{METADATA_VALIDATOR} {shown} returned {type(verdict).__name__}; it must return True, False or None"
         )
     if verdict is False:
         if not allow_newer:
             raise RestoreError(
-                f"{name}: DBBACKUP_RESTORE_METADATA_VALIDATOR {shown} refused this backup (InvenTree refuses one "
+                f"{name}: {METADATA_VALIDATOR} {shown} refused this backup (InvenTree refuses one "
                 "made by a newer version); install that version, or pass --restore-allow-newer-version"
             )
         notes.append(f"{name}: {shown} refused this backup; restoring anyway (--restore-allow-newer-version)")
