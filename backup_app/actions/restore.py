@@ -222,8 +222,9 @@ def plan(options: RestoreOptions | None = None, progress: Progress = NO_PROGRESS
     sets = list_sets(storage, Naming())
     chosen = choose(sets, opts, exists=storage.exists, aliases=list(settings.DATABASES))
     problems: list[str] = []
+    allow_newer = opts.allow_newer or app_settings.restore_allow_newer_version
     try:
-        notes = check_versions(chosen, opts.allow_newer)
+        notes = check_versions(chosen, allow_newer) + check_metadata(storage, chosen, allow_newer)
     except RestoreError as err:
         notes, problems = [], [str(err)]
     databases = []
