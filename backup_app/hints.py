@@ -9,14 +9,17 @@ Which form a message takes:
 
 - under the invoke tasks of :mod:`backup_app.tasks` (they set ``BACKUP_APP_INVOKED=1`` for the command they
   run, and for the worker ``invoke worker`` starts): ``invoke <task>``;
-- under any other management command (``manage.py``, ``django-admin``): ``python manage.py <command>``;
-- elsewhere (the admin under a web server, a script): ``invoke <task>`` when the project's ``tasks.py``, next
-  to ``BASE_DIR``'s ``manage.py``, imports ``backup_app.tasks``; else ``python manage.py <command>``.
+- under one of the app's commands run by hand (``python manage.py backup_restore``, ``django-admin ...``):
+  ``python manage.py <command>``;
+- elsewhere (the admin under ``runserver`` or a web server, a worker started with ``manage.py qcluster``, a
+  script): ``invoke <task>`` when the project's ``tasks.py``, next to ``BASE_DIR``'s ``manage.py``, imports
+  ``backup_app.tasks``; else ``python manage.py <command>``.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from .conf import DEFAULT_PREFIX, _under_management_command
@@ -51,11 +54,16 @@ def _project_uses_invoke() -> bool:
         return False
 
 
+def _backup_command_run() -> bool:
+    """Whether this process is ``manage.py <one of the app's commands>`` (or ``django-admin ...``)."""
+    return _under_management_command() and len(sys.argv) > 1 and sys.argv[1] in COMMANDS.values()
+
+
 def invoked() -> bool:
     """Whether the user drives this site through the invoke tasks (see the module's rules)."""
     if os.environ.get(INVOKED) == "1":
         return True
-    if _under_management_command():
+    if _backup_command_run():
         return False
     return _project_uses_invoke()
 

@@ -121,3 +121,18 @@ def test_a_storage_that_cannot_be_set_up_names_the_sites_variables(mysite):
     line = last_line(result)
     assert "MYSITE_BACKUP_STORAGE storages.backends.ftp.FTPStorage: cannot be set up" in line, result.stderr
     assert line.endswith("check backup_options (MYSITE_BACKUP_OPTIONS)"), result.stderr
+
+
+SHOW = "from backup_app import hints; print(hints.command('listbackups'))"
+
+
+def test_outside_the_apps_commands_the_demo_with_its_tasks_py_is_told_invoke(sqlite_site):
+    shown = sqlite_site.manage("shell", "--no-imports", "-c", SHOW)
+
+    assert shown.stdout.strip() == "`invoke listbackups`"
+
+
+def test_outside_the_apps_commands_a_site_without_tasks_py_is_told_manage_py(mysite):
+    shown = mysite("shell", "--no-imports", "-c", SHOW)
+
+    assert shown.stdout.strip() == "`python manage.py backup_list`", shown.stderr
