@@ -127,3 +127,28 @@ def test_rollback_gives_back_the_replaced_catalog(site):
 
     found = postgres_catalog(site.database)
     assert found == replaced, differences(replaced, found)
+
+
+@pytest.mark.parametrize("site", ["swap", "in-place"], indirect=True)
+def test_a_dump_naming_a_role_the_server_lacks_changes_nothing_and_says_what_to_do(site):
+    with _pg_connect() as conn:
+        conn.execute(f"CREATE ROLE {site.database}_gone")
+    with _pg_connect(site.database) as conn:
+        conn.execute(f"GRANT SELECT ON demo_part TO {site.database}_gone")
+    site.invoke("backup", "--skip-media")
+    with _pg_connect(site.database) as conn:
+        conn.execute(f"REVOKE SELECT ON demo_part FROM {site.database}_gone")
+    with _pg_connect() as conn:
+        conn.execute(f"DROP ROLE {site.database}_gone")
+    damage(site)
+    before = postgres_catalog(site.database)
+
+    result = site.invoke("restore", "--skip-media", check=False)
+
+    assert result.returncode != 0
+    assert f'role "{site.database}_gone" does not exist' in result.stderr
+    assert "NO_OWNER: True" in result.stderr
+    # Staging into a side database failed before the swap; in place, the one transaction was rolled back.
+    assert "nothing was changed" in result.stderr or "database left unchanged" in result.stderr
+    found = postgres_catalog(site.database)
+    assert found == before, differences(before, found)

@@ -95,6 +95,20 @@ def default_privileges_reset(rows: list[tuple[str, str | None, str, str]]) -> li
     return statements
 
 
+@contextmanager
+def missing_roles_named() -> Iterator[None]:
+    """A restore that fails on a role this server lacks says what to do about it."""
+    try:
+        yield
+    except RestoreError as err:
+        if 'role "' in str(err) and "does not exist" in str(err):
+            raise RestoreError(
+                f"{err}; the dump gives objects or grants to a role this server does not have: create the "
+                "role, or set the connector option NO_OWNER: True to restore without owners and privileges"
+            ) from None
+        raise
+
+
 @dataclass
 class DatabaseProperties:
     """What a database has of its own, outside anything ``pg_dump`` of its contents carries."""
@@ -274,15 +288,8 @@ class PostgresEngine(ServerEngine):
         tool = self._tool(
             c.restore_cmd, c.restore_prefix, c.restore_suffix, database, args, c.restore_env, RestoreError
         )
-        try:
+        with missing_roles_named():
             tools.run_from(tool, stream)
-        except RestoreError as err:
-            if 'role "' in str(err) and "does not exist" in str(err):
-                raise RestoreError(
-                    f"{err}; the dump gives objects or grants to a role this server does not have: create the "
-                    "role, or set the connector option NO_OWNER: True to restore without owners and privileges"
-                ) from None
-            raise
 
     def load(self, database: str, stream: BinaryIO) -> None:
         self._restore(database, stream, clean=False)
@@ -318,7 +325,8 @@ class PostgresEngine(ServerEngine):
         psql = ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"]
         loader = self._tool("psql", None, None, self.name, psql, c.restore_env, RestoreError)
         # The drops go right after the script's BEGIN: one transaction, committed by the script's last line.
-        tools.run_chain(script, stream, loader, after=b"BEGIN;", insert=drops.encode())
+        with missing_roles_named():
+            tools.run_chain(script, stream, loader, after=b"BEGIN;", insert=drops.encode())
 
     def _drops(self) -> list[str]:
         """``DROP ... CASCADE`` of every object of the dumped schemas that no extension owns: the schemas other
