@@ -43,6 +43,7 @@ def demo(c):
         "profile": "Also profile this app's backup and restore with py-spy (extra, untimed runs)",
         "source": "Code to measure: a commit, snapshotted with git archive (default HEAD), or . for the working tree",
         "restore_media": "live (default): restores replace media holding the backed-up files; empty: an emptied folder",
+        "no_incremental": "Skip the incremental media scenario (ten nightly backups with 1 % of the files changed)",
     }
 )
 def benchmark(
@@ -60,6 +61,7 @@ def benchmark(
     profile=False,
     source="",
     restore_media="",
+    no_incremental=False,
 ):
     """Time backup and restore against stock django-dbbackup and raw tools (see docs/performance.md)."""
     args = _flags(
@@ -75,6 +77,7 @@ def benchmark(
         profile=profile,
         source=source,
         restore_media=restore_media,
+        no_incremental=no_incremental,
     )
     with c.cd(str(ROOT)):
         c.run(f"{shlex.quote(sys.executable)} -m bench {args} --sets {int(sets)}", pty=False)

@@ -167,6 +167,7 @@ FILESYSTEM_STORAGES = {
 }
 
 COMPRESSIONS = ("gzip", "zstd", "none")
+MEDIA_MODES = ("archive", "incremental")
 
 #: Safety copies go next to ``BASE_DIR`` (not inside the project) when ``backup_safety_dir`` is unset:
 #: ``/srv/mysite`` -> ``/srv/mysite-backup-safety``.
@@ -282,6 +283,13 @@ BACKUP_KEYS: tuple[Key, ...] = (
         "gzip",
         choices=COMPRESSIONS,
         help="Compression of backup files: gzip, zstd or none.",
+    ),
+    Key(
+        "backup_media_mode",
+        "BACKUP_MEDIA_MODE",
+        "archive",
+        choices=MEDIA_MODES,
+        help="Media in each set: archive (a full tar, read by stock mediarestore) or incremental (deduplicated).",
     ),
     Key(
         "backup_keep",
@@ -983,6 +991,7 @@ def _apply(namespace, config, prefix, config_file, default_dir, default_safety_d
         "BACKUP_RESTORE_ALLOW_NEWER_VERSION": config["backup_restore_allow_newer_version"],
         "BACKUP_APP": {
             "COMPRESSION": config["backup_compression"],
+            "MEDIA_MODE": config["backup_media_mode"],
             "KEEP": config["backup_keep"],
             "KEEP_DAILY": config["backup_keep_daily"],
             "KEEP_WEEKLY": config["backup_keep_weekly"],

@@ -34,6 +34,8 @@ PENDING_EXT = "pending.metadata"
 #: django-dbbackup's metadata sidecar of a database file: ``<file>.metadata``.
 SIDECAR_EXT = ".metadata"
 MANIFEST_FORMAT = "backup_app/1"
+#: Base extension of an incremental set's media index (``….mediaindex.gz``); see ``incremental.py``.
+INDEX_BASE = "mediaindex"
 
 #: strftime directive -> regex, for parsing stamps back out of names.
 _DIRECTIVES = {
@@ -105,6 +107,11 @@ class BackupFile:
     encrypted: bool = False
     size: int | None = None
     sha256: str | None = None
+
+    @property
+    def is_media_index(self) -> bool:
+        """The media index of an incremental set (``….mediaindex[.gz][.gpg]``), not a tar."""
+        return self.kind == "media" and split_extension(self.name)[0].endswith("." + INDEX_BASE)
 
     def as_json(self) -> dict:
         return {
@@ -202,7 +209,7 @@ class Naming:
             if ext.endswith(SIDECAR_EXT):
                 return BackupFile(name, "metadata", stamp, base_extension=ext)
             base, compression, encrypted = split_extension(ext)
-            if base == "tar":
+            if base in ("tar", INDEX_BASE):
                 if not is_media_template:
                     continue
                 kind, database = "media", None
@@ -251,6 +258,11 @@ class BackupSet:
     def size(self) -> int:
         return sum(f.size or 0 for f in self.files)
 
+    @property
+    def packs(self) -> dict[str, dict]:
+        """The media packs an incremental set needs (name -> stored size, SHA-256), from its manifest."""
+        return dict(((self.manifest or {}).get("media") or {}).get("packs") or {})
+
     def file(self, name: str) -> BackupFile | None:
         return next((f for f in self.files if f.name == name), None)
 
@@ -268,6 +280,10 @@ class BackupSet:
             "encrypted": any(f.encrypted for f in self.files),
             "files": [f.as_json() for f in self.files],
         }
+        packs = self.packs
+        if packs:  # incremental media: the shared packs it needs (not counted in ``size``)
+            data["media_packs"] = len(packs)
+            data["media_packs_size"] = sum(p.get("size") or 0 for p in packs.values())
         if self.problems:
             data["problems"] = self.problems
         return data

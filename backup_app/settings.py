@@ -178,6 +178,11 @@ class AppSettings:
         return self._app("COMPRESSION", "backup_compression")
 
     @property
+    def media_mode(self) -> str:
+        """``archive`` (a tar per set) or ``incremental`` (content-addressed packs shared by the sets)."""
+        return self._app("MEDIA_MODE", "backup_media_mode")
+
+    @property
     def gpg_recipient(self) -> str | None:
         return self._dbbackup("GPG_RECIPIENT", KEY_DEFAULTS["backup_gpg_recipient"])
 

@@ -35,6 +35,7 @@ __all__ = [
     "rollback",
     "backup_check",
     "backup_config",
+    "backup_export",
     "worker",
     "migrate",
     "static",
@@ -392,13 +393,28 @@ def rollback(c, name="", list=False):  # noqa: A002 - invoke derives the option 
     help={
         "set": "Verify only this backup set (default: all)",
         "restore_test": "Also restore into a scratch database and folder and count tables and files",
+        "read_data": "Incremental sets: read every media pack and check every blob",
         "path": "Verify the backups in this local folder",
         "json": "Print the result as one JSON object (docs/results.schema.json)",
     },
 )
-def verify(c, set="", restore_test=False, path="", json=False):  # noqa: A002 - invoke derives the option name
+def verify(c, set="", restore_test=False, read_data=False, path="", json=False):  # noqa: A002 - invoke's option name
     """Re-read every file of the backup sets and check it against its manifest."""
-    manage(c, "backup_verify " + _flags(set=set, restore_test=restore_test, path=_here(path), json=json))
+    flags = _flags(set=set, restore_test=restore_test, read_data=read_data, path=_here(path), json=json)
+    manage(c, "backup_verify " + flags)
+
+
+@task(
+    name="backup-export",
+    help={
+        "output": "A new local file: .tar, .tar.gz or .tar.zst",
+        "set": "The set to export (default: the newest complete set)",
+        "path": "Read the backups in this local folder",
+    },
+)
+def backup_export(c, output, set="", path=""):  # noqa: A002 - invoke derives the option name from it
+    """Write a set's media files as one plain tar (for moving a site, or for stock mediarestore)."""
+    manage(c, "backup_export " + _flags(output=_here(output), set=set, path=_here(path)))
 
 
 @task(

@@ -271,6 +271,11 @@ def markdown_report(results: dict) -> str:
         ):
             m = listing[key]
             lines.append(f"| {label} | {n:,} | {m['wall_s']:.2f} | {_mib(m['peak_rss_tree'])} |")
+    for engine_result in results.get("engines", {}).values():
+        if "incremental" in engine_result:
+            from .incremental import markdown
+
+            lines += markdown(engine_result["incremental"])
     targets = results.get("targets") or []
     if targets:
         lines += ["", "### Targets of issue 6", "", "| Target | Engine | Measured | Met |", "| --- | --- | --- | --- |"]

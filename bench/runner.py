@@ -80,6 +80,8 @@ class Config:
     #: "live": restores replace a media folder holding the backed-up files (every file already matches);
     #: "empty": the site's media folder is emptied (untimed) before each restore, so every file is written.
     restore_media: str = "live"
+    #: The incremental media scenario (issue 20), on the first engine's site after its other steps.
+    incremental: bool = True
 
     @property
     def label(self) -> str:
@@ -403,6 +405,10 @@ def bench_engine(engine: str, dataset: Dataset, cfg: Config, run_dir: Path) -> d
             result["restore"][variant] = _median(runs).as_json()
         if cfg.profile_dir is not None:
             result["profiles"] = _profile(site, dataset, cfg)
+        if cfg.incremental and engine == cfg.engines[0]:
+            from .incremental import bench_incremental
+
+            result["incremental"] = bench_incremental(site, cfg.seed, cfg.interval, log)
     finally:
         if cfg.keep:
             log(f"[{engine}] kept the site in {site.root} (database {site.db_name})")
@@ -620,6 +626,9 @@ def main(argv: list[str] | None = None) -> int:
         default="live",
         help="restores replace a media folder that holds the backed-up files (live) or an emptied one (empty)",
     )
+    parser.add_argument(
+        "--no-incremental", action="store_true", help="skip the incremental media scenario (ten nightly backups)"
+    )
     args = parser.parse_args(argv)
 
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
@@ -647,6 +656,7 @@ def main(argv: list[str] | None = None) -> int:
         note=args.note,
         source=args.source,
         restore_media=args.restore_media,
+        incremental=not args.no_incremental,
         command="invoke benchmark " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
     )
     stem = (

@@ -199,6 +199,7 @@ def test_seed_defaults_cover_every_seed_row():
 
 ADDED_ROWS = [
     ("backup_compression", "zstd", "zstd", "COMPRESSION", "zstd"),
+    ("backup_media_mode", "incremental", "incremental", "MEDIA_MODE", "incremental"),
     ("backup_keep", "3", 3, "KEEP", 3),
     ("backup_keep_daily", "7", 7, "KEEP_DAILY", 7),
     ("backup_keep_weekly", "4", 4, "KEEP_WEEKLY", 4),

@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"__init__", "errors", "conf"},
     {"settings", "secrets", "hints"},
     {"streams", "tools", "progress", "ownership"},
-    {"pipeline", "sets", "media", "safety", "models", "migrations", "engines", "storage"},
+    {"pipeline", "sets", "media", "incremental", "safety", "models", "migrations", "engines", "storage"},
     {"history", "notify"},
     {"actions"},
     {"schedule", "checks", "admin", "views", "urls", "apps", "management", "tasks"},

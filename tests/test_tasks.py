@@ -437,5 +437,5 @@ def test_repository_tasks_are_the_apps_plus_demo_and_benchmark():
     assert result.returncode == 0, result.stderr
     assert set(re.findall(r"^  (\S+)", result.stdout, flags=re.MULTILINE)) == {
         *("backup", "restore", "listbackups", "update", "verify", "rollback", "backup-check", "backup-config"),
-        *("worker", "migrate", "static", "demo", "benchmark"),
+        *("backup-export", "worker", "migrate", "static", "demo", "benchmark"),
     }

@@ -1,4 +1,5 @@
-"""One module per verb: ``backup``, ``restore``, ``rollback``, ``verify``, ``prune``, ``check``, ``list``.
+"""One module per verb: ``backup``, ``restore``, ``rollback``, ``verify``, ``prune``, ``check``, ``list``,
+``export``.
 
 Each takes its options (a dataclass) and a :class:`~backup_app.progress.Progress`, does the checks, takes
 the site lock, does the work (and, for a backup, the retention under the same lock), records the history

@@ -27,6 +27,7 @@ from .. import __version__, hints
 from ..engines import engine_for, site_lock
 from ..errors import BackupError
 from ..history import note_manifest, record_run
+from ..incremental import IncrementalStats, Previous, parse_index, recall_index, remember_index, write_media
 from ..media import ArchiveStats, iter_media, media_size, media_storage, write_tar
 from ..models import BackupRun
 from ..notify import announce, notify_failure, ping
@@ -34,6 +35,7 @@ from ..pipeline import SUFFIX, GpgSpec, store_stream
 from ..progress import NO_PROGRESS, Progress, seconds_text, size_text
 from ..secrets import redact
 from ..sets import (
+    INDEX_BASE,
     MANIFEST_FORMAT,
     BackupSet,
     Naming,
@@ -48,6 +50,7 @@ from ..settings import app_settings
 from ..storage import backup_storage, describe
 from ..streams import CountingWriter
 from . import hooks, prune, rollback
+from .common import read_checked
 
 logger = logging.getLogger("backup_app")
 
@@ -65,6 +68,7 @@ class BackupOptions:
     clean_legacy: bool = False  # with clean, also files of stock django-dbbackup
     retention: Retention | None = None  # of clean; None: backup_keep*
     origin: str = "manual"  # manual, update, scheduled: in the manifest and the history
+    media_mode: str | None = None  # archive, incremental; None: backup_media_mode
 
     @property
     def partial(self) -> bool:
@@ -81,6 +85,7 @@ class SetContents:
     databases: list[str]
     media: bool
     origin: str
+    media_mode: str = "archive"  # archive: a tar; incremental: packs and a media index
 
 
 @dataclass
@@ -256,7 +261,9 @@ def plan(options: BackupOptions | None = None) -> BackupPlan:
         )
     media = None
     if not options.skip_media:
-        files.append({"name": naming.media_name(stamp, "tar" + suffix), "kind": "media", "database": None})
+        mode = options.media_mode or app_settings.media_mode
+        base = INDEX_BASE if mode == "incremental" else "tar"
+        files.append({"name": naming.media_name(stamp, base + suffix), "kind": "media", "database": None})
         source = media_storage()
         names = list(iter_media(source))
         media = {"files": len(names), "bytes": media_size(source)}
@@ -304,6 +311,7 @@ def _back_up(options: BackupOptions, progress: Progress) -> BackupResult:
         databases=[] if options.skip_db else app_settings.databases,
         media=not options.skip_media,
         origin=options.origin,
+        media_mode=options.media_mode or app_settings.media_mode,
     )
     with site_lock("backup") as lock:
         manifest = write_set(storage, contents, progress)
@@ -377,7 +385,30 @@ def write_set(storage, what: SetContents, progress: Progress = NO_PROGRESS) -> d
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backup-media")
     try:
         write_json(storage, pending, {"started": manifest["created"], "pid": os.getpid(), "host": manifest["host"]})
-        if what.media:
+        if what.media and what.media_mode == "incremental":
+            media_name = naming.media_name(stamp, INDEX_BASE + suffix)
+            previous = previous_media(storage, what, say)
+            incremental: list[IncrementalStats] = []
+            say(f"Backing up media files incrementally, index {media_name}")
+            hooks.send_pre_media_backup(storage)
+
+            def archive_media():
+                t0 = time.monotonic()
+                stored, done = write_media(
+                    storage,
+                    media_storage(),
+                    media_name,
+                    previous=previous,
+                    compression=what.compression,
+                    gpg=gpg,
+                    cancel=cancel,
+                )
+                incremental.append(done)
+                return stored, time.monotonic() - t0
+
+            if isinstance(storage, FileSystemStorage):
+                media_job = pool.submit(archive_media)
+        elif what.media:
             media_name = naming.media_name(stamp, "tar" + suffix)
             stats = ArchiveStats()
             say(f"Backing up media files to {media_name}")
@@ -462,18 +493,41 @@ def write_set(storage, what: SetContents, progress: Progress = NO_PROGRESS) -> d
             stored, seconds = media_job.result() if media_job is not None else archive_media()
             media_job = None
             written.append(media_name)
-            manifest["media"] = {"file": media_name, "files": stats.files, "bytes": stats.bytes}
-            if stats.skipped:
-                manifest["media"]["skipped"] = stats.skipped
             manifest["files"].append(_entry(stored, "media", what))
-            say(
-                f"  media: {stats.files:,} files, {size_text(stats.bytes)} read, {size_text(stored.size)} stored "
-                f"in {seconds_text(seconds)}"
-            )
+            if what.media_mode == "incremental":
+                done = incremental[0]
+                manifest["media"] = {
+                    "file": media_name,
+                    "mode": "incremental",
+                    "files": done.files,
+                    "bytes": done.bytes,
+                    "packs": done.packs,
+                    "reused_files": done.reused_files,
+                    "read_bytes": done.read_bytes,
+                    "new_packs": done.new_packs,
+                    "new_bytes": done.new_bytes,
+                    "skipped": done.skipped,
+                }
+                say(
+                    f"  media: {done.files:,} files ({done.reused_files:,} unchanged, not read), "
+                    f"{size_text(done.read_bytes)} read, {done.new_packs} new packs of {size_text(done.new_bytes)}, "
+                    f"index {size_text(stored.size)}, in {seconds_text(seconds)}"
+                )
+            else:
+                manifest["media"] = {"file": media_name, "files": stats.files, "bytes": stats.bytes}
+                if stats.skipped:
+                    manifest["media"]["skipped"] = stats.skipped
+                say(
+                    f"  media: {stats.files:,} files, {size_text(stats.bytes)} read, {size_text(stored.size)} stored "
+                    f"in {seconds_text(seconds)}"
+                )
             posts.append(lambda: hooks.send_post_media_backup(media_name, storage))
         manifest["finished"] = timezone.localtime(timezone.now()).isoformat()
         write_json(storage, naming.manifest_name(stamp), manifest)
         written.append(naming.manifest_name(stamp))
+        if what.media and what.media_mode == "incremental":
+            entry = manifest["files"][-1]
+            remember_index(_index_cache(), describe(storage), stamp, entry["sha256"], incremental[0].index)
     except BaseException as err:
         if media_job is not None:
             cancel.set()
@@ -501,6 +555,36 @@ def write_set(storage, what: SetContents, progress: Progress = NO_PROGRESS) -> d
         post()
     say(f"Backup set {stamp} complete ({len(manifest['files'])} files)")
     return manifest
+
+
+def previous_media(storage, what: SetContents, say=lambda _m: None) -> Previous | None:
+    """The newest complete incremental set's index and packs, for a backup to reuse; None if there is none.
+
+    Only a set encrypted as this one will be (an encrypted set never shares packs with a plain one).  An
+    index that cannot be read (an encrypted one without the secret key here) is said, and nothing reused.
+    """
+    for bset in list_sets(storage):
+        media = (bset.manifest or {}).get("media") or {}
+        if not bset.complete or media.get("mode") != "incremental" or bset.media_file is None:
+            continue
+        if bool(bset.manifest.get("encrypted")) != what.encrypt:
+            continue
+        kept = recall_index(_index_cache(), describe(storage), bset.name, bset.media_file.sha256, bset.packs)
+        if kept is not None:
+            return Previous(kept, bset.packs)
+        try:
+            with read_checked(storage, bset.media_file, GpgSpec.for_decryption()) as stream:
+                index = parse_index(stream, bset.packs)
+        except Exception as err:
+            say(f"  the media index of set {bset.name} cannot be read ({redact(err)}); every media file is read again")
+            return None
+        return Previous(index, bset.packs)
+    return None
+
+
+def _index_cache():
+    """Where the plain copy of the last media index is kept: a private folder of ``backup_safety_dir``."""
+    return app_settings.safety_dir / ".media-index"
 
 
 def _entry(stored, kind: str, what: SetContents, database: str | None = None) -> dict:

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 
 from ..engines import SiteLock, site_lock
 from ..errors import BackupAppError, BackupError
+from ..incremental import list_packs
 from ..progress import NO_PROGRESS, Progress
-from ..sets import Retention, doomed, list_sets
+from ..sets import BackupSet, Retention, doomed, list_sets
 from ..storage import backup_storage
 
 
@@ -55,11 +56,35 @@ def prune(
     names = doomed(sets, retention, include_legacy=include_legacy, protect=protect)
     for name in names:
         storage.delete(name)
+    names += unreferenced_packs(storage, sets, progress)
     if names:
         progress.step(f"Removed {len(names)} old files: " + ", ".join(names))
     else:
         progress.step(f"Nothing to remove (keeping {retention.keep} sets)")
     return PruneResult(deleted=names)
+
+
+def unreferenced_packs(storage, before: list[BackupSet], progress: Progress = NO_PROGRESS) -> list[str]:
+    """Delete the media packs no manifest in ``storage`` names (the caller holds the site lock); returns them.
+
+    Every set with a readable manifest keeps its packs, complete or not.  If any manifest cannot be read,
+    now or in ``before`` (the sets as they were when pruning began), nothing is deleted (its set might need
+    any pack): pruning says so and leaves the packs.
+    """
+    packs = list_packs(storage)
+    if not packs:
+        return []
+    now = list_sets(storage)
+    for bset in [*before, *now]:
+        unreadable = [p for p in bset.problems if p.startswith("manifest ")]
+        if unreadable:
+            progress.step(f"Media packs left alone: {unreadable[0]}")
+            return []
+    needed = {pack for bset in now for pack in bset.packs}
+    gone = [name for name in packs if name not in needed]
+    for name in gone:
+        storage.delete(name)
+    return gone
 
 
 def run(options: PruneOptions | None = None, progress: Progress = NO_PROGRESS) -> PruneResult:

@@ -28,6 +28,7 @@ from .. import hints
 from ..engines import Engine, Staged, engine_for, site_lock
 from ..errors import RestoreError
 from ..history import record_run
+from ..incremental import parse_index, stage_index
 from ..media import StagedArchive, abandon_archive, commit_archive, media_storage, stage_archive
 from ..models import BackupRun
 from ..notify import announce, notify_failure, ping
@@ -256,7 +257,9 @@ def plan(options: RestoreOptions | None = None, progress: Progress = NO_PROGRESS
         manifest=source.manifest if source else None,
     )
     progress.step(f"Checking {len(files)} files of {chosen.label}")
-    report = verify_set(storage, checked_set, gpg_for_restore(chosen, opts.interactive), progress=progress)
+    gpg = gpg_for_restore(chosen, opts.interactive)
+    # read_data: an incremental set's packs are read and every blob hashed, as the restore would.
+    report = verify_set(storage, checked_set, gpg, read_data=True, progress=progress)
     return RestorePlan(
         storage=describe(storage),
         set_name=source.name if source else None,
@@ -467,6 +470,8 @@ def _stage(storage, plan: Plan, engines: dict[str, Engine], opts: RestoreOptions
     staged_media: StagedArchive | None = None
 
     def stage_media() -> StagedArchive:
+        if plan.media.is_media_index:
+            return stage_incremental(storage, plan, gpg, uncompress=opts.uncompress)
         name = plan.media.name
         progress.start(name, label="media files", total=plan.media.size)
         try:
@@ -525,6 +530,16 @@ def _stage(storage, plan: Plan, engines: dict[str, Engine], opts: RestoreOptions
     finally:
         pool.shutdown(wait=True)
     return staged_dbs, staged_media
+
+
+def stage_incremental(storage, plan: Plan, gpg: GpgSpec, *, uncompress: bool = True) -> StagedArchive:
+    """Stage the media of an incremental set: its index (checked against the manifest), then its packs."""
+    packs = (plan.media_expected or {}).get("packs")
+    if packs is None:
+        raise RestoreError(f"{plan.media.name} is an incremental media index; restore it with its set's manifest")
+    with read_checked(storage, plan.media, gpg, uncompress=uncompress) as stream:
+        index = parse_index(stream, packs)
+    return stage_index(media_storage(), storage, index, packs, gpg)
 
 
 def restore(storage, opts: RestoreOptions, progress: Progress, confirm: Confirm | None) -> RestoreResult:

@@ -14,6 +14,7 @@ from django.core.files.storage import FileSystemStorage
 from .. import hints
 from ..engines import engine_for
 from ..errors import BackupAppError
+from ..incremental import check_packs, parse_index, stage_index
 from ..media import restore_archive, scan_archive
 from ..pipeline import GpgSpec, open_stream
 from ..progress import NO_PROGRESS, Progress, seconds_text, size_text
@@ -27,6 +28,7 @@ from .common import read_and_check
 class VerifyOptions:
     name: str | None = None  # one set; None: every set
     restore_test: bool = False  # also restore each file into a scratch database / folder
+    read_data: bool = False  # incremental media: read every pack (else: present, with its size)
     path: str | None = None  # a local folder instead of the backup storage
 
 
@@ -82,10 +84,37 @@ def _db_entry(bset: BackupSet, f: BackupFile) -> dict:
     return {"alias": f.database if f.database in settings.DATABASES else "default"}
 
 
+def _verify_incremental(storage, bset: BackupSet, f: BackupFile, gpg: GpgSpec, *, read_data: bool, restore_test: bool):
+    """The index checked against the manifest, then its packs (present and sized, or read with ``read_data``)."""
+    found = {}
+    read_and_check(storage, f, gpg, lambda s: found.setdefault("index", parse_index(s, bset.packs)))
+    index = found["index"]
+    expected = (bset.manifest or {}).get("media") or {}
+    if (len(index.files), index.bytes) != (expected.get("files"), expected.get("bytes")):
+        raise BackupAppError(f"{f.name} holds {len(index.files)} files, the manifest says {expected.get('files')}")
+    checked = check_packs(storage, bset.packs, index, gpg, read_data=read_data or restore_test)
+    if restore_test:
+        with tempfile.TemporaryDirectory(prefix="backup-verify-media-") as tmp:
+            staged = stage_index(FileSystemStorage(location=tmp), storage, index, bset.packs, gpg)
+        if staged.files != len(index.files):
+            raise BackupAppError(f"{f.name} rebuilt {staged.files} files of {len(index.files)}")
+        return f"{f.name}: {staged.files} files rebuilt in a scratch folder, {checked}"
+    return f"{f.name}: checksum ok, {len(index.files)} files, {checked}"
+
+
 def verify_set(
-    storage, bset: BackupSet, gpg: GpgSpec, *, restore_test: bool = False, progress: Progress = NO_PROGRESS
+    storage,
+    bset: BackupSet,
+    gpg: GpgSpec,
+    *,
+    restore_test: bool = False,
+    read_data: bool = False,
+    progress: Progress = NO_PROGRESS,
 ) -> SetReport:
-    """Check every file of ``bset``; with ``restore_test`` also restore it into scratch places."""
+    """Check every file of ``bset``; with ``restore_test`` also restore it into scratch places.
+
+    An incremental set's packs are checked for presence and size, or with ``read_data`` read in full.
+    """
     report = SetReport(bset.name, bset.status, problems=list(bset.problems))
     for f in bset.files:
         if f.kind == "manifest":
@@ -114,6 +143,10 @@ def verify_set(
                     report.checked.append(f"{f.name}: restored to a scratch database, {tables} tables")
                 else:
                     report.checked.append(f"{f.name}: checksum and content ok")
+            elif f.is_media_index:
+                report.checked.append(
+                    _verify_incremental(storage, bset, f, gpg, read_data=read_data, restore_test=restore_test)
+                )
             else:
                 found = {}
                 read_and_check(
@@ -165,6 +198,10 @@ def run(options: VerifyOptions | None = None, progress: Progress = NO_PROGRESS) 
     reports = []
     for bset in sets:
         progress.step(f"Verifying {bset.status} set {bset.name}")
-        reports.append(verify_set(storage, bset, gpg, restore_test=options.restore_test, progress=progress))
+        reports.append(
+            verify_set(
+                storage, bset, gpg, restore_test=options.restore_test, read_data=options.read_data, progress=progress
+            )
+        )
     read = sum(f.size or 0 for s in sets for f in s.files if f.kind != "manifest")
     return VerifyResult(reports, storage=describe(storage), seconds=time.monotonic() - t0, bytes_read=read)

@@ -19,6 +19,11 @@ class Command(BackupCommand):
             action="store_true",
             help="Also restore into a scratch database and folder and count tables and files.",
         )
+        parser.add_argument(
+            "--read-data",
+            action="store_true",
+            help="Incremental sets: read every media pack and check every blob (default: present, with its size).",
+        )
         parser.add_argument("--path", help="Verify the backups in this local folder instead of the storage.")
         self.add_json_argument(parser)
 

@@ -1,0 +1,693 @@
+"""Incremental media: file contents stored once, in packs the sets share, and one media index per set.
+
+In the backup storage (``backup_media_mode: incremental``):
+
+- ``media-packs/<random>.pack[.gz|.zst][.gpg]`` — a *pack*: the bytes of many *blobs* back to back,
+  compressed and encrypted as one stream like every other backup file.  A pack is written once, never
+  changed, and deleted only by pruning, when no set's manifest names it.
+- ``<set's media name>.mediaindex[.gz|.zst][.gpg]`` — the set's *media index*, a file of the set like a
+  dump: JSON lines, a header and then one line per media file: path, size, mode, mtime (ns) and its chunks
+  ``[blob SHA-256, pack, offset, length]``.  Its size and SHA-256 are in the manifest.
+- The manifest's ``media`` entry names every pack the set needs with the pack's stored size and SHA-256,
+  in plain text, so that listing, pruning and a quick verify need no decryption.
+
+A blob is a chunk of a file, at most :data:`CHUNK_SIZE` bytes, known by the SHA-256 of its bytes.  Chunks
+have fixed boundaries (restic and borg cut them where the content says, which survives an insertion in the
+middle of a file): media attachments are replaced whole, not edited in place, so fixed chunks lose little
+and cost nothing.  Blobs are packed together up to :data:`PACK_TARGET`, so a million thumbnails are a few
+hundred objects, not a million.  Unlike restic, a pack is compressed and encrypted as one stream (through
+the same pipeline as a dump), so reading one blob reads its pack from the start: restores read packs whole,
+in order.
+
+A backup looks up each file in the previous set's index: same size and mtime, and its chunks are reused
+without reading the file; otherwise it is read and hashed, and only blobs no pack holds yet are stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import tarfile
+import tempfile
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from .errors import BackupError, RestoreError
+from .media import (
+    STAGING_PREFIX,
+    STORE_PROBE_MIN,
+    StagedArchive,
+    _local_path,
+    _plain_local_root,
+    abandon_archive,
+    check_member,
+    iter_media,
+)
+from .pipeline import SUFFIX, GpgSpec, ReadResult, StoredFile, incompressible, open_stream, store_stream
+from .secrets import redact
+from .sets import INDEX_BASE, split_extension
+from .storage import RemoteStorage
+
+#: Folder of the backup storage holding the packs (not listed with the sets: listing stays one request).
+PACK_FOLDER = "media-packs"
+INDEX_FORMAT = "backup_app/media-index/1"
+#: Largest blob: files above it are cut into chunks of this size.
+CHUNK_SIZE = 4 * 1024 * 1024
+#: A pack is stored once it holds this many bytes (and at the end of a backup).
+PACK_TARGET = 16 * 1024 * 1024
+#: Most files an index may hold (a crafted index must not make a restore allocate without end).
+MAX_FILES = 10_000_000
+
+
+@dataclass
+class FileEntry:
+    """One media file of an index."""
+
+    path: str
+    size: int
+    mode: int
+    mtime_ns: int
+    chunks: list[tuple[str, str, int, int]]  # (blob sha256, pack, offset, length)
+    owner: tuple[int, int] | None = None  # (uid, gid) on local media
+
+    def as_json(self) -> str:
+        data = {"path": self.path, "size": self.size, "mode": self.mode, "mtime_ns": self.mtime_ns}
+        if self.owner is not None:
+            data["uid"], data["gid"] = self.owner
+        data["chunks"] = self.chunks
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass
+class MediaIndex:
+    files: list[FileEntry] = field(default_factory=list)
+
+    def packs(self) -> set[str]:
+        return {chunk[1] for entry in self.files for chunk in entry.chunks}
+
+    @property
+    def bytes(self) -> int:
+        return sum(entry.size for entry in self.files)
+
+
+@dataclass
+class Previous:
+    """What a backup may reuse: the newest incremental set's index and its pack table (manifest ``packs``)."""
+
+    index: MediaIndex
+    packs: dict[str, dict]
+
+
+@dataclass
+class IncrementalStats:
+    """What one incremental backup did (quoted in the manifest and the progress output)."""
+
+    files: int = 0
+    bytes: int = 0
+    reused_files: int = 0  # taken from the previous index by size and mtime, not read
+    read_bytes: int = 0  # media bytes read and hashed
+    new_blobs: int = 0
+    new_packs: int = 0
+    new_bytes: int = 0  # stored bytes of the packs this run wrote
+    skipped: list[str] = field(default_factory=list)  # not regular files
+    packs: dict[str, dict] = field(default_factory=dict)  # every pack the set needs: name -> size, sha256
+    index: MediaIndex | None = None  # what the set's media index holds
+
+
+def is_pack(name: str) -> bool:
+    return name.startswith(PACK_FOLDER + "/") and ".pack" in name.rsplit("/", 1)[-1]
+
+
+def index_name_for(media_name: Callable[[str], str], suffix: str) -> str:
+    """The index's stored name from the media template (``media_name(extension)``) and the suffix."""
+    return media_name(INDEX_BASE + suffix)
+
+
+# --- writing -------------------------------------------------------------------------------------------
+
+
+class PackWriter:
+    """Collects new blobs into packs and stores each full pack while the next one fills (one in flight)."""
+
+    def __init__(self, storage, compression: str, gpg: GpgSpec | None, stats: IncrementalStats):
+        self.storage = storage
+        self.compression = compression
+        self.gpg = gpg
+        self.suffix = SUFFIX[compression] + (".gpg" if gpg is not None else "")
+        self.stats = stats
+        self.written: list[str] = []  # packs stored (or being stored) by this run
+        self._buffer = bytearray()
+        self._extents: list[tuple[int, int]] = []
+        self._name: str | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backup-packs")
+        self._pending: Future | None = None
+
+    def add(self, data: memoryview) -> tuple[str, int]:
+        """Put a new blob in the current pack; returns (pack name, offset)."""
+        if self._name is None:
+            self._name = f"{PACK_FOLDER}/{uuid.uuid4().hex}.pack{self.suffix}"
+        offset = len(self._buffer)
+        self._buffer += data
+        self._extents.append((offset, len(data)))
+        if len(self._buffer) >= PACK_TARGET:
+            name = self._name
+            self.flush()
+            return name, offset
+        return self._name, offset
+
+    def flush(self) -> None:
+        """Hand the current pack to the uploader (waiting for the one before)."""
+        if self._name is None:
+            return
+        self._wait()
+        name, data, extents = self._name, self._buffer, self._extents
+        self._name, self._buffer, self._extents = None, bytearray(), []
+        self.written.append(name)
+        self._pending = self._pool.submit(self._store, name, data, extents)
+
+    def _store(self, name: str, data: bytearray, extents: list[tuple[int, int]]) -> None:
+        view = memoryview(data)
+
+        def produce(out) -> None:
+            stored = getattr(out, "write_stored", None)
+            for offset, length in extents:
+                blob = view[offset : offset + length]
+                if stored is not None and length >= STORE_PROBE_MIN and incompressible(blob):
+                    stored(blob)
+                else:
+                    out.write(blob)
+
+        result: StoredFile = store_stream(self.storage, name, produce, compression=self.compression, gpg=self.gpg)
+        self.stats.packs[name] = {"size": result.size, "sha256": result.sha256}
+        self.stats.new_packs += 1
+        self.stats.new_bytes += result.size
+
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def finish(self) -> None:
+        """Store the last pack and wait for every upload."""
+        self.flush()
+        self._wait()
+        self._pool.shutdown(wait=True)
+
+    def discard(self) -> None:
+        """Delete every pack this run stored (a failed backup: no set references them)."""
+        with suppress(BaseException):
+            self._wait()
+        self._pool.shutdown(wait=True)
+        for name in self.written:
+            with suppress(Exception):
+                if self.storage.exists(name):
+                    self.storage.delete(name)
+
+
+def _stat_media(storage, root: Path | None, name: str) -> tuple[int, int, int, tuple[int, int] | None] | None:
+    """(size, mode, mtime_ns, owner) of a media file without opening it; None if it is not a regular file."""
+    if root is not None:
+        info = os.stat(root / name)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        return _from_stat(info)
+    size = storage.size(name)
+    mtime_ns = 0
+    with suppress(NotImplementedError, OSError, AttributeError):
+        mtime_ns = int(storage.get_modified_time(name).timestamp() * 1_000_000_000)
+    return size, 0o644, mtime_ns, None
+
+
+def _from_stat(info: os.stat_result) -> tuple[int, int, int, tuple[int, int]]:
+    return info.st_size, stat.S_IMODE(info.st_mode), info.st_mtime_ns, (info.st_uid, info.st_gid)
+
+
+def _read_chunks(fh, size: int) -> Iterator[memoryview]:
+    """The file's bytes in chunks of :data:`CHUNK_SIZE`; BackupError if it is not ``size`` bytes long."""
+    buffer = bytearray(CHUNK_SIZE)
+    view = memoryview(buffer)
+    total = 0
+    while True:
+        filled = 0
+        while filled < CHUNK_SIZE:
+            n = fh.readinto(view[filled:])
+            if not n:
+                break
+            filled += n
+        if not filled:
+            break
+        total += filled
+        yield view[:filled]
+        if filled < CHUNK_SIZE:
+            break
+    if total != size:
+        raise OSError(f"read {total} bytes of {size}")
+
+
+def write_media(
+    storage,
+    media,
+    index_name: str,
+    *,
+    previous: Previous | None,
+    compression: str,
+    gpg: GpgSpec | None,
+    cancel: threading.Event | None = None,
+) -> tuple[StoredFile, IncrementalStats]:
+    """Store the new blobs of ``media`` in packs and the set's media index as ``index_name``.
+
+    ``previous`` is reused: a file with the size and mtime it had there is not read; a blob it already has
+    is not stored again.  Only packs that are still in the storage are reused.  Returns the stored index
+    and what was done; on any failure the packs this call wrote are deleted and BackupError raised (a killed
+    run's packs are left to the next prune, which deletes packs no manifest names).
+    """
+    stats = IncrementalStats()
+    writer = PackWriter(storage, compression, gpg, stats)
+    root = _plain_local_root(media)
+    known: dict[str, tuple[str, int, int]] = {}
+    by_path: dict[str, FileEntry] = {}
+    reusable_packs: dict[str, dict] = {}
+    if previous is not None:
+        present = set(list_packs(storage))
+        reusable_packs = {name: info for name, info in previous.packs.items() if name in present}
+        for entry in previous.index.files:
+            if all(chunk[1] in reusable_packs for chunk in entry.chunks):
+                by_path[entry.path] = entry
+                for sha, pack, offset, length in entry.chunks:
+                    known.setdefault(sha, (pack, offset, length))
+    entries: list[FileEntry] = []
+    try:
+        for name in iter_media(media):
+            if cancel is not None and cancel.is_set():
+                raise BackupError("media backup cancelled: another part of the backup failed")
+            try:
+                found = _stat_media(media, root, name)
+            except FileNotFoundError:
+                continue  # deleted while we were walking
+            except OSError as err:
+                raise BackupError(f"media file {name!r} could not be read ({err}); check its permissions") from None
+            if found is None:
+                stats.skipped.append(name)
+                continue
+            size, mode, mtime_ns, owner = found
+            old = by_path.get(name)
+            if old is not None and old.size == size and old.mtime_ns == mtime_ns:
+                entries.append(FileEntry(name, size, mode, mtime_ns, [tuple(c) for c in old.chunks], owner))
+                stats.reused_files += 1
+            else:
+                entry = _read_file(media, root, name, known, writer, stats)
+                if entry is None:
+                    continue
+                entries.append(entry)
+            stats.files += 1
+            stats.bytes += entries[-1].size
+        writer.finish()
+        for entry in entries:
+            for _sha, pack, _offset, _length in entry.chunks:
+                if pack not in stats.packs:
+                    stats.packs[pack] = reusable_packs[pack]
+
+        def produce(out: BinaryIO) -> None:
+            out.write((json.dumps({"format": INDEX_FORMAT, "files": len(entries)}) + "\n").encode())
+            for entry in entries:
+                out.write((entry.as_json() + "\n").encode("utf-8", "surrogateescape"))
+
+        stored = store_stream(storage, index_name, produce, compression=compression, gpg=gpg)
+    except BaseException:
+        writer.discard()
+        raise
+    stats.index = MediaIndex(entries)
+    return stored, stats
+
+
+def _read_file(media, root, name, known, writer: PackWriter, stats: IncrementalStats) -> FileEntry | None:
+    """Read and hash one media file; its new blobs go to ``writer``.  None if it vanished meanwhile."""
+    try:
+        if root is not None:
+            fh = open(root / name, "rb", buffering=0)  # noqa: SIM115 - closed below
+            size, mode, mtime_ns, owner = _from_stat(os.fstat(fh.fileno()))
+        else:
+            size, mode, mtime_ns, owner = _stat_media(media, None, name)
+            fh = media.open(name, "rb")
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise BackupError(f"media file {name!r} could not be read ({err}); check its permissions") from None
+    chunks = []
+    try:
+        with fh:
+            reader = fh if hasattr(fh, "readinto") else fh.file
+            for data in _read_chunks(reader, size):
+                sha = hashlib.sha256(data).hexdigest()
+                ref = known.get(sha)
+                if ref is None:
+                    pack, offset = writer.add(data)
+                    ref = known[sha] = (pack, offset, len(data))
+                    stats.new_blobs += 1
+                chunks.append((sha, *ref))
+                stats.read_bytes += len(data)
+    except OSError as err:
+        raise BackupError(
+            f"media file {name!r} could not be read ({err}); it changed during the backup, run the backup again"
+        ) from None
+    return FileEntry(name, size, mode, mtime_ns, chunks, owner)
+
+
+# --- reading an index ----------------------------------------------------------------------------------
+
+
+def parse_index(stream: BinaryIO, packs: dict[str, dict] | None = None) -> MediaIndex:
+    """Read a media index and validate every entry (safe unique paths, chunks that add up, known packs).
+
+    ``packs`` is the set's pack table (the manifest's); a chunk in a pack it does not name is refused.
+    RestoreError names the first problem; nothing is written.
+    """
+    index = MediaIndex()
+    seen: set[str] = set()
+    header = stream.readline()
+    try:
+        head = json.loads(header)
+    except ValueError:
+        head = None
+    if not isinstance(head, dict) or head.get("format") != INDEX_FORMAT:
+        raise RestoreError("the media index is not a backup_app media index; media left unchanged")
+    for number, line in enumerate(stream, start=2):
+        try:
+            raw = json.loads(line.decode("utf-8", "surrogateescape"))
+            entry = FileEntry(
+                str(raw["path"]),
+                int(raw["size"]),
+                int(raw["mode"]),
+                int(raw["mtime_ns"]),
+                [(str(s), str(p), int(o), int(n)) for s, p, o, n in raw["chunks"]],
+                (int(raw["uid"]), int(raw["gid"])) if "uid" in raw else None,
+            )
+        except (ValueError, KeyError, TypeError) as err:
+            raise RestoreError(f"media index line {number} is malformed ({err}); media left unchanged") from None
+        member = tarfile.TarInfo(entry.path)
+        member.size = entry.size
+        name = check_member(member)
+        if name != entry.path:
+            raise RestoreError(f"media index entry {entry.path!r} is not a plain relative path; refusing the index")
+        if name in seen:
+            raise RestoreError(f"media index holds {name!r} twice; refusing the index")
+        if len(seen) >= MAX_FILES:
+            raise RestoreError("media index holds more files than any media folder should")
+        seen.add(name)
+        if sum(c[3] for c in entry.chunks) != entry.size or any(c[2] < 0 or c[3] <= 0 for c in entry.chunks):
+            raise RestoreError(f"media index entry {name!r}: its chunks do not add up to its size; refusing the index")
+        if packs is not None:
+            for chunk in entry.chunks:
+                if chunk[1] not in packs:
+                    raise RestoreError(
+                        f"media index entry {name!r} needs pack {chunk[1]}, which its manifest does not name"
+                    )
+        entry.mode &= 0o7777
+        index.files.append(entry)
+    if head.get("files") != len(index.files):
+        raise RestoreError(f"media index holds {len(index.files)} files but its header says {head.get('files')}")
+    return index
+
+
+# --- the local copy of the last index -------------------------------------------------------------------
+#
+# The next backup needs the previous set's index.  Read from the storage, an encrypted index needs the
+# secret key, which a backup host often does not have (it encrypts to a public key); and a remote one is a
+# download.  So the backup keeps a plain copy of the index it wrote, on the host, next to the safety copies
+# (media is on this host in plain anyway), and uses it when it names the same set and SHA-256 as the
+# storage's newest incremental set.
+
+
+def _cache_path(folder: Path, where: str) -> Path:
+    return folder / f"{hashlib.sha256(where.encode()).hexdigest()[:16]}.mediaindex.gz"
+
+
+def remember_index(folder: Path, where: str, set_name: str, index_sha256: str, index: MediaIndex) -> None:
+    """Keep a plain copy of the index just stored (for the storage described by ``where``); never fails."""
+    import gzip
+
+    with suppress(OSError):
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = _cache_path(folder, where)
+        partial = path.with_name(f".{path.name}.{os.getpid()}")
+        try:
+            with gzip.open(partial, "wb", compresslevel=1) as out:
+                head = {"format": INDEX_FORMAT, "files": len(index.files), "set": set_name, "sha256": index_sha256}
+                out.write((json.dumps(head) + "\n").encode())
+                for entry in index.files:
+                    out.write((entry.as_json() + "\n").encode("utf-8", "surrogateescape"))
+            os.chmod(partial, 0o600)
+            os.replace(partial, path)
+        finally:
+            with suppress(OSError):
+                os.unlink(partial)
+
+
+def recall_index(folder: Path, where: str, set_name: str, index_sha256: str, packs: dict) -> MediaIndex | None:
+    """The kept copy of set ``set_name``'s index if it is that set's (same SHA-256), else None."""
+    import gzip
+
+    path = _cache_path(folder, where)
+    try:
+        with gzip.open(path, "rb") as fh:
+            head = json.loads(fh.readline())
+            if head.get("set") != set_name or head.get("sha256") != index_sha256:
+                return None
+            fh.seek(0)
+            return parse_index(fh, packs)
+    except (OSError, ValueError, EOFError, RestoreError):
+        return None
+
+
+def list_packs(storage) -> dict[str, int | None]:
+    """Every pack in the backup storage with its size where the listing gives it (one listing of the folder)."""
+    try:
+        if isinstance(storage, RemoteStorage):
+            found = storage.list_sizes(PACK_FOLDER)
+        else:
+            found = dict.fromkeys(storage.listdir(PACK_FOLDER)[1])
+    except FileNotFoundError:
+        return {}
+    return {f"{PACK_FOLDER}/{name}": size for name, size in found.items()}
+
+
+# --- reading packs -------------------------------------------------------------------------------------
+
+
+def _read_exact(stream: BinaryIO, size: int, view: memoryview) -> memoryview:
+    filled = 0
+    while filled < size:
+        n = stream.readinto(view[filled:size]) if hasattr(stream, "readinto") else None
+        if n is None:
+            data = stream.read(size - filled)
+            n = len(data)
+            view[filled : filled + n] = data
+        if not n:
+            raise RestoreError("a media pack ends early; the media data is damaged")
+        filled += n
+    return view[:size]
+
+
+def read_pack(
+    storage,
+    pack: str,
+    info: dict,
+    extents: list[tuple[int, int, str]],
+    gpg: GpgSpec | None,
+    consume: Callable[[int, memoryview], None],
+) -> None:
+    """Read ``pack`` once, check every blob in ``extents`` (offset, length, sha256) and give it to ``consume``.
+
+    The pack's stored size and SHA-256 are checked against ``info`` (the manifest's) after the last byte.
+    RestoreError with one line names the pack and what is wrong.
+    """
+    _base, compression, encrypted = split_extension(pack)
+    result = ReadResult()
+    buffer = memoryview(bytearray(CHUNK_SIZE))
+    position = 0
+    try:
+        with open_stream(
+            storage, pack, compression=compression, encrypted=encrypted, gpg=gpg or GpgSpec(), result=result
+        ) as stream:
+            for offset, length, sha in sorted(set(extents)):
+                if offset < position or length > CHUNK_SIZE:
+                    raise RestoreError(f"media pack {pack}: overlapping or oversized blobs in the index")
+                while position < offset:
+                    position += len(_read_exact(stream, min(offset - position, CHUNK_SIZE), buffer))
+                blob = _read_exact(stream, length, buffer)
+                position += length
+                if hashlib.sha256(blob).hexdigest() != sha:
+                    raise RestoreError(
+                        f"media pack {pack}: blob {sha[:12]} does not match its SHA-256; the media data is damaged"
+                    )
+                consume(offset, blob)
+    except RestoreError as err:
+        if str(err).startswith(f"media pack {pack}"):
+            raise
+        raise RestoreError(f"media pack {pack}: {err}") from None
+    if result.size != info.get("size") or result.sha256 != info.get("sha256"):
+        raise RestoreError(
+            f"media pack {pack} is {result.size} bytes with another SHA-256 than its manifest says; "
+            "the media data is damaged"
+        )
+
+
+def _pack_plan(index: MediaIndex, wanted: set[str] | None = None) -> dict[str, list[tuple[int, int, str]]]:
+    """pack -> its blobs that ``index`` (the files in ``wanted``, or all) needs, in the order packs are first used."""
+    plan: dict[str, set[tuple[int, int, str]]] = {}
+    for entry in index.files:
+        if wanted is not None and entry.path not in wanted:
+            continue
+        for sha, pack, offset, length in entry.chunks:
+            plan.setdefault(pack, set()).add((offset, length, sha))
+    return {pack: sorted(blobs) for pack, blobs in plan.items()}
+
+
+def check_packs(storage, packs: dict[str, dict], index: MediaIndex, gpg: GpgSpec | None, *, read_data: bool) -> str:
+    """Verify the packs a set needs: present with their sizes, or with ``read_data`` every blob read and hashed.
+
+    Returns a line of what was checked; RestoreError names the first pack that is missing or damaged.
+    """
+    needed = index.packs()
+    unknown = needed - set(packs)
+    if unknown:
+        raise RestoreError(f"the media index needs pack {sorted(unknown)[0]}, which its manifest does not name")
+    if not read_data:
+        listed = list_packs(storage)
+        for pack in sorted(needed):
+            if pack not in listed:
+                raise RestoreError(f"media pack {pack} is missing from the backup storage")
+            try:
+                size = listed[pack] if listed[pack] is not None else storage.size(pack)
+            except FileNotFoundError:
+                raise RestoreError(f"media pack {pack} is missing from the backup storage") from None
+            except Exception as err:
+                raise RestoreError(f"media pack {pack} cannot be read: {redact(err)}") from None
+            if size != packs[pack].get("size"):
+                raise RestoreError(f"media pack {pack} is {size} bytes but the manifest says {packs[pack].get('size')}")
+        return f"{len(needed)} packs present with their sizes"
+    blobs = 0
+    for pack, extents in _pack_plan(index).items():
+        read_pack(storage, pack, packs[pack], extents, gpg, lambda _o, _b: None)
+        blobs += len(extents)
+    return f"{len(needed)} packs read, {blobs} blobs match their SHA-256"
+
+
+# --- restoring -----------------------------------------------------------------------------------------
+
+
+def _live_matches(path: Path, entry: FileEntry) -> bool:
+    """Whether the live file ``path`` already is the entry: bytes, mode, mtime (read, never written)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size != entry.size or stat.S_IMODE(info.st_mode) != entry.mode:
+            return False
+        if info.st_mtime_ns != entry.mtime_ns:
+            return False  # the same bytes, but restoring puts the backed-up mtime back too
+        with open(fd, "rb", buffering=0, closefd=False) as fh:
+            for chunk, data in zip(entry.chunks, _read_chunks(fh, entry.size), strict=False):
+                if hashlib.sha256(data).hexdigest() != chunk[0]:
+                    return False
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def stage_index(media, storage, index: MediaIndex, packs: dict[str, dict], gpg: GpgSpec | None) -> StagedArchive:
+    """Rebuild the files of ``index`` in a staging folder from their packs, every blob checked on the way.
+
+    The folder is under MEDIA_ROOT for local media (putting files in place is a rename), else a temp folder;
+    on plain local media a live file that already has the bytes, mode and mtime is ``unchanged``.  Files get
+    the index's mode and mtime (the owner is recorded, and applied as for an archive by the commit).
+    Nothing of the live media changes; on any error the staging folder is removed.
+    """
+    root = _local_path(media, "")
+    if root is not None:
+        root.mkdir(parents=True, exist_ok=True)
+    live_root = _plain_local_root(media)
+    # exact: the staged files carry the index's modes and mtimes; owners follow the media folder's rule
+    # (a replaced file keeps its owner, a new one gets the folder's: see media.commit_archive).
+    staged = StagedArchive(Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=root)), exact=live_root is not None)
+    try:
+        unknown = index.packs() - set(packs)
+        if unknown:
+            raise RestoreError(f"the media index needs pack {sorted(unknown)[0]}, which its manifest does not name")
+        wanted: list[FileEntry] = []
+        for entry in index.files:
+            if live_root is not None and _live_matches(live_root / entry.path, entry):
+                staged.unchanged.append(entry.path)
+            else:
+                wanted.append(entry)
+            staged.bytes += entry.size
+        targets: dict[tuple[str, int], list[tuple[Path, int]]] = {}
+        made: set[Path] = set()
+        for entry in wanted:
+            target = staged.folder / entry.path
+            if target.parent not in made:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                made.add(target.parent)
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            position = 0
+            for _sha, pack, offset, length in entry.chunks:
+                targets.setdefault((pack, offset), []).append((target, position))
+                position += length
+        for pack, extents in _pack_plan(index, {e.path for e in wanted}).items():
+
+            def consume(offset: int, blob: memoryview, pack: str = pack) -> None:
+                for target, position in targets[(pack, offset)]:
+                    fd = os.open(target, os.O_WRONLY)
+                    try:
+                        os.pwrite(fd, blob, position)
+                    finally:
+                        os.close(fd)
+
+            read_pack(storage, pack, packs[pack], extents, gpg, consume)
+        for entry in wanted:
+            target = staged.folder / entry.path
+            if target.stat().st_size != entry.size:
+                raise RestoreError(f"media file {entry.path!r} was not rebuilt whole; media left unchanged")
+            os.chmod(target, entry.mode)
+            os.utime(target, ns=(entry.mtime_ns, entry.mtime_ns))
+            staged.names.append(entry.path)
+    except BaseException:
+        abandon_archive(staged)
+        raise
+    return staged
+
+
+def export_tar(storage, index: MediaIndex, packs: dict[str, dict], gpg: GpgSpec | None, out: BinaryIO) -> int:
+    """Write the files of ``index`` as a plain tar stream (what stock ``mediarestore`` reads) into ``out``.
+
+    The files are rebuilt in a temporary folder first (packs are read whole, in order); returns the count.
+    """
+    from django.core.files.storage import FileSystemStorage
+
+    from .media import write_tar
+
+    folder = Path(tempfile.mkdtemp(prefix="backup-export-"))
+    try:
+        scratch = FileSystemStorage(location=str(folder))
+        staged = stage_index(scratch, storage, index, packs, gpg)
+        for name in staged.names:
+            target = folder / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(staged.folder / name, target)
+        abandon_archive(staged)
+        return write_tar(scratch, out).files
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

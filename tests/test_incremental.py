@@ -1,0 +1,468 @@
+"""Incremental media sets (``backup_media_mode: incremental``): file contents stored once in packs the sets
+share, a checksummed media index per set.
+
+Real storages (a local folder and moto's S3 server), real kills.  Each test states one behaviour.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, export_public
+from test_remote_storage import point_at, s3_server, workdir  # noqa: F401 - fixtures
+
+from backup_app.errors import RestoreError
+from backup_app.incremental import INDEX_FORMAT, PACK_FOLDER, parse_index
+
+PRUNE = (
+    "from backup_app.actions import prune; from backup_app.sets import Retention; "
+    "print(prune.run(prune.PruneOptions(retention=Retention(keep={keep}))).deleted)"
+)
+
+
+def incremental(site):
+    site.env["INVENTREE_BACKUP_MEDIA_MODE"] = "incremental"
+    return site
+
+
+@pytest.fixture
+def site(sqlite_site):
+    return incremental(sqlite_site)
+
+
+def write_media(media: Path, small: int = 300, big: int = 4, big_mb: float = 2.5) -> None:
+    """Many small text files (thumbnails, notes) and a few large incompressible ones (photos, PDFs)."""
+    (media / "notes" / "deep").mkdir(parents=True, exist_ok=True)
+    (media / "photos").mkdir(exist_ok=True)
+    for i in range(small):
+        (media / "notes" / ("deep" if i % 3 else "") / f"n{i:04}.txt").write_text(f"part {i} ✓\n" * (i % 50 + 1))
+    (media / "notes" / "empty.txt").write_bytes(b"")
+    for i in range(big):
+        (media / "photos" / f"p{i}.jpg").write_bytes(os.urandom(int(big_mb * 1024 * 1024) + i))
+
+
+def media_state(media: Path) -> dict[str, tuple]:
+    """Every file: SHA-256, size, mode, mtime (ns), owner."""
+    import hashlib
+
+    state = {}
+    for path in sorted(media.rglob("*")):
+        if path.is_file() and not any(part.startswith(".backup-restore-") for part in path.parts):
+            info = path.stat()
+            state[path.relative_to(media).as_posix()] = (
+                hashlib.sha256(path.read_bytes()).hexdigest(),
+                info.st_size,
+                stat.S_IMODE(info.st_mode),
+                info.st_mtime_ns,
+                info.st_uid,
+                info.st_gid,
+            )
+    return state
+
+
+def stored(folder: Path) -> dict[str, int]:
+    """Every file in a local backup folder (packs included) and its size."""
+    return {p.relative_to(folder).as_posix(): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
+
+
+def packs_on_disk(site) -> set[str]:
+    folder = site.backups / PACK_FOLDER
+    return {f"{PACK_FOLDER}/{p.name}" for p in folder.iterdir()} if folder.is_dir() else set()
+
+
+def manifests(site) -> list[dict]:
+    """The manifests of the complete sets, newest first."""
+    found = []
+    for entry in site.sets():
+        if entry["complete"]:
+            name = next(f["name"] for f in entry["files"] if f["kind"] == "manifest")
+            found.append(json.loads((site.backups / name).read_text()))
+    return found
+
+
+def media_size(media: Path) -> int:
+    return sum(p.stat().st_size for p in media.rglob("*") if p.is_file())
+
+
+def one_line_error(result) -> str:
+    assert result.returncode != 0, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def empty(media: Path) -> None:
+    for path in sorted(media.rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+
+
+# --- writing: the second backup costs what changed ------------------------------------------------------
+
+
+def test_the_default_media_mode_is_a_tar_archive(sqlite_site):
+    write_media(sqlite_site.media, small=3, big=1)
+    sqlite_site.invoke("backup")
+
+    [media] = [f["name"] for f in sqlite_site.sets()[0]["files"] if f["kind"] == "media"]
+    assert media.endswith(".tar.gz") and not (sqlite_site.backups / PACK_FOLDER).exists()
+
+
+def test_a_second_backup_of_unchanged_media_writes_no_pack_and_almost_no_bytes(site):
+    write_media(site.media)
+    site.invoke("backup")
+    first = stored(site.backups)
+
+    site.invoke("backup")
+
+    second = stored(site.backups)
+    added = {name: size for name, size in second.items() if name not in first}
+    assert not [name for name in added if name.startswith(PACK_FOLDER)]  # no pack
+    assert [name for name in added if ".mediaindex" in name] and [n for n in added if n.endswith(".manifest.metadata")]
+    index_and_manifest = sum(size for name, size in added.items() if ".sqlite3" not in name)
+    assert index_and_manifest < media_size(site.media) * 0.01, (index_and_manifest, media_size(site.media))
+    assert manifests(site)[0]["media"]["read_bytes"] == 0  # not one media byte read again
+
+
+def test_a_changed_file_is_the_only_media_stored_again(site):
+    write_media(site.media)
+    site.invoke("backup")
+    (site.media / "photos" / "p1.jpg").write_bytes(os.urandom(2 * 1024 * 1024))
+    packs_before = packs_on_disk(site)
+
+    site.invoke("backup")
+
+    [new_pack] = packs_on_disk(site) - packs_before
+    newest = manifests(site)[0]["media"]
+    assert newest["read_bytes"] == 2 * 1024 * 1024 and newest["reused_files"] == newest["files"] - 1
+    assert 2 * 1024 * 1024 <= (site.backups / new_pack).stat().st_size < 2 * 1024 * 1024 + 4096
+
+
+def test_identical_contents_are_stored_once(site):
+    blob = os.urandom(3 * 1024 * 1024)
+    for i in range(5):
+        (site.media / f"copy{i}.bin").write_bytes(blob)
+
+    site.invoke("backup")
+
+    assert sum(stored(site.backups / PACK_FOLDER).values()) < len(blob) + 4096
+
+
+def test_an_encrypting_host_without_the_secret_key_backs_up_incrementally(site, gpg_home, tmp_path):
+    public_only = tmp_path / "public-only"
+    export_public(gpg_home, public_only)
+    site.env.update({"INVENTREE_BACKUP_GPG_RECIPIENT": gpg_home.email, "INVENTREE_BACKUP_GPG_HOME": str(public_only)})
+    write_media(site.media, small=20, big=2)
+    site.invoke("backup", "--encrypt")
+    packs = packs_on_disk(site)
+    assert packs and all(name.endswith(".pack.gz.gpg") for name in packs)
+
+    site.invoke("backup", "--encrypt")
+
+    assert packs_on_disk(site) == packs
+    assert manifests(site)[0]["media"]["read_bytes"] == 0
+    expected = media_state(site.media)
+    empty(site.media)
+    site.invoke("restore", "--skip-db", extra_env={"INVENTREE_BACKUP_GPG_HOME": str(gpg_home.path)})
+    assert media_state(site.media) == expected
+
+
+# --- restoring ------------------------------------------------------------------------------------------
+
+
+def test_restoring_an_incremental_set_into_an_emptied_media_folder_is_exact(site):
+    write_media(site.media)
+    os.chmod(site.media / "photos" / "p0.jpg", 0o640)
+    site.invoke("backup")
+    (site.media / "notes" / "n0001.txt").write_text("changed")
+    site.invoke("backup")  # a set whose packs are mostly the first one's
+    expected = media_state(site.media)
+    empty(site.media)
+
+    site.invoke("restore", "--skip-db")
+
+    assert media_state(site.media) == expected
+
+
+def test_a_restore_brings_back_changed_and_deleted_files_and_keeps_new_ones(site):
+    write_media(site.media, small=20, big=1)
+    site.invoke("backup")
+    expected = media_state(site.media)
+    (site.media / "notes" / "n0003.txt").write_text("changed since")
+    (site.media / "photos" / "p0.jpg").unlink()
+    (site.media / "new.txt").write_text("made after the backup")
+
+    site.invoke("restore", "--skip-db")
+
+    now = media_state(site.media)
+    assert {k: v for k, v in now.items() if k != "new.txt"} == expected and "new.txt" in now
+
+
+def test_restore_and_rollback_of_an_incremental_set_put_the_media_back(site):
+    write_media(site.media, small=20, big=1)
+    site.invoke("backup")
+    (site.media / "notes" / "n0003.txt").write_text("changed since")
+    before_restore = media_state(site.media)
+    site.invoke("restore", "--skip-db")
+
+    site.invoke("rollback")
+
+    assert media_state(site.media) == before_restore
+
+
+def test_every_backup_on_s3_after_the_first_uploads_no_pack(sqlite_site, s3_server):  # noqa: F811
+    site = incremental(sqlite_site)
+    prefix = f"i20-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    point_at(site, s3_server, prefix)
+    write_media(site.media)
+    site.invoke("backup")
+    first = set(s3_server.names(prefix))
+
+    site.invoke("backup")
+
+    added = set(s3_server.names(prefix)) - first
+    # The dump (and its sidecar), the index and the manifest: no pack.
+    assert added and not any(name.startswith(PACK_FOLDER) for name in added), added
+    assert len(added) == len(set(first) - {n for n in first if n.startswith(PACK_FOLDER)}), (added, first)
+    expected = media_state(site.media)
+    empty(site.media)
+    site.invoke("restore", "--skip-db")
+    assert media_state(site.media) == expected
+    site.invoke("verify", "--read-data")
+
+
+def test_an_incremental_set_exports_as_a_plain_tar_of_every_file(site, tmp_path):
+    import hashlib
+    import tarfile
+
+    write_media(site.media, small=20, big=1)
+    site.invoke("backup")
+    expected = {name: state[0] for name, state in media_state(site.media).items()}
+
+    site.invoke("backup-export", "--output", str(tmp_path / "media.tar.gz"))
+
+    with tarfile.open(tmp_path / "media.tar.gz") as tar:
+        found = {m.name: hashlib.sha256(tar.extractfile(m).read()).hexdigest() for m in tar if m.isfile()}
+    assert found == expected
+
+
+# --- verify ---------------------------------------------------------------------------------------------
+
+
+def corrupt_one_pack(site) -> str:
+    pack = sorted(packs_on_disk(site), key=lambda n: (site.backups / n).stat().st_size)[-1]
+    path = site.backups / pack
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return pack
+
+
+def test_a_corrupted_pack_is_found_by_verify_read_data_in_one_line(site):
+    write_media(site.media, small=10, big=2)
+    site.invoke("backup")
+    pack = corrupt_one_pack(site)
+
+    line = one_line_error(site.manage("backup_verify", "--read-data", "--quiet", check=False))
+
+    assert pack in line and "damaged" in line
+
+
+def test_a_missing_pack_is_found_by_a_quick_verify(site):
+    write_media(site.media, small=10, big=2)
+    site.invoke("backup")
+    pack = sorted(packs_on_disk(site))[0]
+    (site.backups / pack).unlink()
+
+    line = one_line_error(site.manage("backup_verify", "--quiet", check=False))
+
+    assert pack in line and "missing" in line
+
+
+def test_a_restore_from_a_corrupted_pack_changes_nothing(site):
+    write_media(site.media, small=10, big=2)
+    site.invoke("backup")
+    corrupt_one_pack(site)
+    (site.media / "notes" / "n0001.txt").write_text("live, after the backup")
+    (site.media / "photos" / "p0.jpg").unlink()
+    live = media_state(site.media)
+
+    line = one_line_error(site.manage("backup_restore", "--skip-db", "--quiet", check=False))
+
+    assert "damaged" in line and "nothing was changed" in line
+    assert media_state(site.media) == live
+
+
+# --- retention ------------------------------------------------------------------------------------------
+
+
+def prune(site, keep: int, **kwargs):
+    return site.manage("shell", "--no-imports", "-c", PRUNE.format(keep=keep), **kwargs)
+
+
+def test_prune_keeps_every_pack_a_kept_set_needs_and_deletes_the_rest(site):
+    write_media(site.media, small=30, big=1)
+    site.invoke("backup")
+    for _ in range(2):  # a photo added, then replaced: each version in a pack of its own
+        (site.media / "photos" / "extra.jpg").write_bytes(os.urandom(2 * 1024 * 1024))
+        site.invoke("backup")
+    expected = media_state(site.media)
+    [newest, *older] = manifests(site)
+    only_older = set().union(*(m["media"]["packs"] for m in older)) - set(newest["media"]["packs"])
+    assert len(only_older) == 1  # the first version of the photo
+
+    prune(site, keep=1)
+
+    assert packs_on_disk(site) == set(newest["media"]["packs"])
+    empty(site.media)
+    site.invoke("restore", "--skip-db")
+    assert media_state(site.media) == expected
+
+
+def test_prune_leaves_every_pack_when_a_manifest_cannot_be_read(site):
+    write_media(site.media, small=10, big=1)
+    site.invoke("backup")
+    (site.media / "photos" / "extra.jpg").write_bytes(os.urandom(1024 * 1024))
+    site.invoke("backup")  # the only set that needs the photo's pack
+    (site.media / "photos" / "extra.jpg").unlink()
+    site.invoke("backup")
+    packs = packs_on_disk(site)
+    assert packs - set(manifests(site)[0]["media"]["packs"])
+    middle = sorted(site.backups.glob("*.manifest.metadata"))[1]
+    middle.write_text("{not json")  # unreadable: its set might need any pack
+
+    prune(site, keep=1)
+
+    assert packs_on_disk(site) == packs
+
+
+# --- killed runs ----------------------------------------------------------------------------------------
+
+
+def start(site, *args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "invoke", *args],
+        cwd=ROOT,
+        env={**site.env, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_a_backup_killed_while_writing_packs_leaves_no_complete_set_and_the_next_clean_no_orphan(site):
+    write_media(site.media, small=10, big=1)
+    site.invoke("backup")
+    kept = media_state(site.media)
+    for i in range(12):  # 36 MiB of new contents: packs of 16 MiB
+        (site.media / "photos" / f"new{i}.jpg").write_bytes(os.urandom(3 * 1024 * 1024))
+    packs_before = packs_on_disk(site)
+
+    running = start(site, "backup")
+    deadline = time.monotonic() + 120
+    while not (packs_on_disk(site) - packs_before):
+        assert running.poll() is None and time.monotonic() < deadline, "the backup ended before writing a pack"
+        time.sleep(0.005)
+    os.killpg(running.pid, signal.SIGKILL)
+    running.wait()
+
+    statuses = [s["status"] for s in site.sets()]
+    assert statuses == ["incomplete", "complete"]
+    assert packs_on_disk(site) - packs_before  # the killed run's packs are there, named by no manifest
+    empty(site.media)
+    site.invoke("restore", "--skip-db")
+    assert media_state(site.media) == kept  # the restore took the complete set
+    site.invoke("backup", "--clean")
+    referenced = set().union(*(m["media"]["packs"] for m in manifests(site)))
+    assert packs_on_disk(site) == referenced
+    assert all(s["complete"] for s in site.sets())
+
+
+@pytest.mark.parametrize("step", [".manifest.metadata", ".pack.gz"], ids=["deleting-sets", "deleting-packs"])
+def test_a_prune_killed_half_way_leaves_every_kept_set_restorable_exactly(site, tmp_path, step):
+    site.env.update(
+        {
+            "PYTHONPATH": str(ROOT / "tests"),
+            "INVENTREE_BACKUP_STORAGE": "pausing_storage.PausingStorage",
+            "INVENTREE_BACKUP_OPTIONS": json.dumps({"location": str(site.backups)}),
+        }
+    )
+    write_media(site.media, small=20, big=2)
+    states = {}
+    for i in range(4):
+        (site.media / "photos" / f"p{i % 2}.jpg").write_bytes(os.urandom(1024 * 1024 + i))
+        site.invoke("backup")
+        states[site.sets()[0]["name"]] = media_state(site.media)
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    env = {"BACKUP_TEST_DELETE_GATE": str(gate), "BACKUP_TEST_DELETE_GATE_SUFFIX": step}
+    pruning = subprocess.Popen(
+        [sys.executable, "manage.py", "shell", "--no-imports", "-c", PRUNE.format(keep=1)],
+        cwd=ROOT,
+        env={**site.env, **env},
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "gate.reached").exists():
+        assert pruning.poll() is None and time.monotonic() < deadline, "the prune ended before the gate"
+        time.sleep(0.05)
+    os.killpg(pruning.pid, signal.SIGKILL)
+    pruning.wait()
+
+    complete = [s for s in site.sets() if s["complete"]]
+    assert complete[0]["name"] == max(states)  # the kept set; older ones may still be there too
+    for entry in complete:
+        index = next(f["name"] for f in entry["files"] if f["kind"] == "media")
+        empty(site.media)
+        site.invoke("restore", "--skip-db", "--media-file", index)
+        assert media_state(site.media) == states[entry["name"]], entry["name"]
+    prune(site, keep=1)
+    assert packs_on_disk(site) == set().union(*(m["media"]["packs"] for m in manifests(site)))
+
+
+# --- a crafted index is refused before anything is written -------------------------------------------------
+
+
+def index_bytes(*entries: dict, files: int | None = None) -> io.BytesIO:
+    lines = [json.dumps({"format": INDEX_FORMAT, "files": len(entries) if files is None else files})]
+    lines += [json.dumps(e) for e in entries]
+    return io.BytesIO(("\n".join(lines) + "\n").encode())
+
+
+def entry(path: str, size: int = 3, chunks=None) -> dict:
+    chunks = [["a" * 64, "media-packs/x.pack.gz", 0, size]] if chunks is None else chunks
+    return {"path": path, "size": size, "mode": 0o644, "mtime_ns": 0, "chunks": chunks}
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        ([entry("../outside.txt")], "outside the media folder"),
+        ([entry("/etc/passwd")], "absolute or unsafe path"),
+        ([entry("a.txt"), entry("a.txt")], "twice"),
+        ([entry("a.txt", size=5, chunks=[["a" * 64, "media-packs/x.pack.gz", 0, 3]])], "do not add up"),
+        ([entry("a.txt", chunks=[["a" * 64, "media-packs/other.pack.gz", 0, 3]])], "does not name"),
+    ],
+    ids=["dot-dot", "absolute", "duplicate", "short-chunks", "unknown-pack"],
+)
+def test_a_crafted_media_index_is_refused(entries, message):
+    with pytest.raises(RestoreError, match=message):
+        parse_index(index_bytes(*entries), {"media-packs/x.pack.gz": {"size": 1, "sha256": "b" * 64}})
+
+
+def test_an_index_whose_header_miscounts_its_files_is_refused():
+    with pytest.raises(RestoreError, match="header says 2"):
+        parse_index(index_bytes(entry("a.txt"), files=2), None)
