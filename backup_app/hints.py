@@ -37,6 +37,7 @@ COMMANDS = {
     "verify": "backup_verify",
     "backup-check": "backup_check",
     "backup-config": "backup_config",
+    "backup-export": "backup_export",
     "worker": "qcluster",
     "migrate": "migrate",
 }

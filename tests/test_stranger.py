@@ -42,7 +42,8 @@ RUN_STEPS = [
     "invoke update",
 ]
 APP_TASKS = [
-    *("backup", "backup-check", "backup-config", "listbackups", "migrate", "restore", "rollback", "static"),
+    *("backup", "backup-check", "backup-config", "backup-export", "listbackups", "migrate", "restore", "rollback"),
+    "static",
     *("update", "verify", "worker"),
 ]
 # Not copied into the wheel's source tree: what the repository holds beside the code.
