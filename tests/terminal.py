@@ -55,7 +55,14 @@ def run_on_pty(
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", lines, columns, 0, 0))
     env = {**env, "COLUMNS": str(columns), "LINES": str(lines), "TERM": "xterm-256color"}
     env.pop("NO_COLOR", None)
-    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, cwd=cwd, env=env, start_new_session=True)
+
+    def controlling_terminal():  # a session of its own with the pty as its terminal, as a login shell has
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen(  # noqa: PLW1509 - preexec_fn: the child must own the terminal before exec
+        argv, stdin=slave, stdout=slave, stderr=slave, cwd=cwd, env=env, preexec_fn=controlling_terminal
+    )
     os.close(slave)
     screen = pyte.Screen(columns, lines)
     stream = pyte.ByteStream(screen)

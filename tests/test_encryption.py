@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 
 import pytest
-from conftest import drop_gpg_home, export_public, make_gpg_home
+from conftest import ROOT, drop_gpg_home, export_public, make_gpg_home
 
 
 def encrypting(site, home) -> dict:
@@ -142,3 +143,26 @@ def test_encrypt_without_recipient_is_refused(sqlite_site):
     assert "INVENTREE_BACKUP_GPG_RECIPIENT" in result.stderr
     assert not sqlite_site.backups.exists() or not any(sqlite_site.backups.iterdir())
 
+
+
+def test_invoke_restore_on_a_terminal_asks_for_the_passphrase_then_confirms(sqlite_site, protected_home):
+    from terminal import run_on_pty
+
+    env = encrypting(sqlite_site, protected_home)
+    (sqlite_site.media / "doc.txt").write_text("backed up")
+    sqlite_site.invoke("backup", "--encrypt", extra_env=env)
+    (sqlite_site.media / "doc.txt").write_text("current")
+
+    run = run_on_pty(
+        [sys.executable, "-m", "invoke", "restore"],
+        env={**sqlite_site.env, **env},
+        cwd=str(ROOT),
+        columns=200,
+        answers=[("GPG passphrase", protected_home.passphrase + "\r"), ("Continue?", "y\r")],
+        timeout=90,
+    )
+
+    assert run.returncode == 0, run.final
+    assert protected_home.passphrase not in run.final  # typed without echo
+    assert "This replaces database 'default'" in run.final
+    assert (sqlite_site.media / "doc.txt").read_text() == "backed up"

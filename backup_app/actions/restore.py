@@ -561,9 +561,15 @@ def restore(storage, opts: RestoreOptions, progress: Progress, confirm: Confirm 
         say(f"  {note}")
     for note in check_metadata(storage, plan, allow_newer):
         say(f"  {note}")
-    what = [f"database '{i.alias}' from {i.file.name}" for i in plan.databases]
+    what = [f"database '{i.alias}' ({engines[i.alias].settings['NAME']}) from {i.file.name}" for i in plan.databases]
     if plan.media is not None:
-        what.append(f"media files from {plan.media.name}" + (" (mirror: extra files deleted)" if opts.mirror else ""))
+        folder = getattr(media_storage(), "location", "") or "the media storage"
+        mirror = " (mirror: extra files deleted)" if opts.mirror else ""
+        what.append(f"media files in {folder} from {plan.media.name}{mirror}")
+    if app_settings.safety if opts.safety is None else opts.safety:
+        what.append(f"the replaced state is kept {app_settings.safety_days} days for {hints.command('rollback')}")
+    else:
+        what.append("the replaced state is NOT kept (--no-safety-backup)")
     if confirm is not None and not confirm("This replaces " + "; ".join(what) + ". Continue?"):
         raise RestoreError("restore cancelled; nothing was changed")
     for engine in engines.values():
