@@ -23,7 +23,9 @@ from django.core.checks import Error, Warning, register
 from django.utils.module_loading import import_string
 
 from . import hints
-from .conf import FILESYSTEM_STORAGES, ConfigError, NotAStorage, import_storage_class
+from .conf import FILESYSTEM_STORAGES, STORAGE_DIR_OPTION, ConfigError, NotAStorage, import_storage_class
+from .engines import ENGINES, unsupported_connector
+from .sets import STAMP_SUFFIX_SEPARATOR
 from .settings import app_settings
 
 TAG = "backup_app"
@@ -76,7 +78,8 @@ def _creation_problem(path: Path) -> str | None:
 @register(TAG)
 def check_storage(app_configs=None, **kwargs):
     """E006 storage does not import, E011 not a storage; local folder: E001 cannot be created, E019 not
-    writable, E020 a file; E002 inside MEDIA_ROOT, W001 default folder."""
+    writable, E020 a file; E002 inside MEDIA_ROOT, W001 default folder; W008 an absolute backup_dir that a
+    remote storage does not use."""
     messages = []
     backend = app_settings.storage_backend
     try:
@@ -88,6 +91,18 @@ def check_storage(app_configs=None, **kwargs):
         messages.append(Error(str(err), hint="Fix backup_storage or install the package.", id="backup_app.E006"))
         return messages
     if backend not in FILESYSTEM_STORAGES:
+        if app_settings.backup_dir_unused:
+            option = STORAGE_DIR_OPTION.get(backend, "location")
+            messages.append(
+                Warning(
+                    f"{_env('backup_dir')} ({app_settings.backup_dir}) is a local folder and the backup storage is "
+                    f"{backend.rsplit('.', 1)[-1]}: it is not used there (as in InvenTree, where backup_options "
+                    "replace it).",
+                    hint=f"To store backups under a prefix of the remote store, give backup_options a "
+                    f'{option!r}, e.g. "backups"; or unset {_env("backup_dir")}.',
+                    id="backup_app.W008",
+                )
+            )
         return messages
     location = app_settings.storage_options.get("location")
     if not location:
@@ -205,8 +220,9 @@ def _template_problems(key: str, template: str) -> list[Error]:
 @register(TAG)
 def check_names(app_configs=None, **kwargs):
     """The filename templates (:func:`_template_problems`); E004 no {databasename} with several databases;
-    E007 date format that does not read back to the second, E012 one that gives other characters than
-    letters, digits, '-' and '_'."""
+    E007 date format whose timestamps do not read back, W007 one that does not go down to the second (a
+    suffix tells two backups apart), E012 one that gives other characters than letters, digits, '-' and
+    '_'."""
     messages = []
     templates = (
         ("backup_database_filename_template", app_settings.filename_template),
@@ -230,17 +246,26 @@ def check_names(app_configs=None, **kwargs):
     sample = datetime(2024, 12, 31, 23, 59, 58)
     try:
         stamp = sample.strftime(fmt)
-        round_trip = datetime.strptime(stamp, fmt) == sample
+        read_back = datetime.strptime(stamp, fmt)
     except ValueError:
-        stamp, round_trip = "", False
-    if not round_trip:
+        stamp, read_back = "", None
+    if read_back is None:
         messages.append(
             Error(
-                f"{_env('backup_date_format')} ({fmt!r}) does not give a timestamp that reads back to the second: "
-                "backups of the same day could not be ordered or told apart.",
-                hint="Use the default %Y-%m-%d-%H%M%S, or another format with year, month, day, hour, minute "
-                "and second.",
+                f"{_env('backup_date_format')} ({fmt!r}) gives timestamps that cannot be read back "
+                "(Python's strptime refuses them): backups could not be listed or ordered.",
+                hint="Use the default %Y-%m-%d-%H%M%S, or a format of %Y %m %d %H %M %S and the like.",
                 id="backup_app.E007",
+            )
+        )
+    elif read_back != sample:
+        messages.append(
+            Warning(
+                f"{_env('backup_date_format')} ({fmt!r}) does not go down to the second: a second backup with "
+                f"the same timestamp gets a suffix ({stamp}{STAMP_SUFFIX_SEPARATOR}2, ...{STAMP_SUFFIX_SEPARATOR}3) "
+                "that listings and restores understand.",
+                hint="Fine for one backup a day; add %H%M%S to tell every backup apart by its name.",
+                id="backup_app.W007",
             )
         )
     if re.search(r"[^A-Za-z0-9_-]", stamp or fmt.replace("%", "")):
@@ -257,7 +282,8 @@ def check_names(app_configs=None, **kwargs):
 
 @register(TAG)
 def check_connectors(app_configs=None, **kwargs):
-    """E017: a database's django-dbbackup connector class does not import; E018: it is no connector."""
+    """E017: a database's django-dbbackup connector class does not import; E018: it is no connector; E021: it is
+    not one whose dumps backup_app makes for that database (e.g. DjangoConnector, SqliteConnector)."""
     from dbbackup.db.base import CONNECTOR_MAPPING, DEFAULT_CONNECTOR, BaseDBConnector
     from django.db import connections
 
@@ -287,6 +313,16 @@ def check_connectors(app_configs=None, **kwargs):
                     hint="Name a subclass of dbbackup.db.base.BaseDBConnector, e.g. "
                     "dbbackup.db.postgresql.PgDumpBinaryConnector.",
                     id="backup_app.E018",
+                )
+            )
+            continue
+        engine = ENGINES.get(connections[alias].vendor)
+        if engine is not None and not issubclass(cls, engine.connectors):
+            messages.append(
+                Error(
+                    f"{where}: {unsupported_connector(alias, engine, cls)}.",
+                    hint="Remove CONNECTOR to use django-dbbackup's default for the engine.",
+                    id="backup_app.E021",
                 )
             )
     return messages

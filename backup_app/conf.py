@@ -950,7 +950,10 @@ def _apply(namespace, config, prefix, config_file, default_dir, default_safety_d
         backup_dir = str(default_dir if default_dir is not None else Path(base) / "backup")
         dir_used_default = True
     dir_option = STORAGE_DIR_OPTION.get(storage)
-    if backup_dir is not None and dir_option and dir_option not in options:
+    # InvenTree's Docker image always sets an absolute local INVENTREE_BACKUP_DIR; on a remote store that is no
+    # key prefix (S3 refuses a leading '/'): unused there, and check W008 says so.  A relative one is the prefix.
+    dir_unused = backup_dir is not None and storage not in FILESYSTEM_STORAGES and os.path.isabs(str(backup_dir))
+    if backup_dir is not None and dir_option and dir_option not in options and not dir_unused:
         options[dir_option] = str(backup_dir)
     if storage in FILESYSTEM_STORAGES:
         options = _local_storage_options(options, config.origin("backup_options"))
@@ -1011,6 +1014,7 @@ def _apply(namespace, config, prefix, config_file, default_dir, default_safety_d
             "RESTORE_WARN_AGE_DAYS": config["backup_restore_warn_age_days"],
             "DIR": str(backup_dir) if backup_dir is not None else None,
             "DIR_IS_DEFAULT": dir_used_default,
+            "DIR_UNUSED": dir_unused,
             "EMAIL_PREFIX": prefix_text,
             "ADMINS": admin_recipients(namespace.get("ADMINS", ()), namespace.get("BACKUP_ADMIN_EMAIL")),
         },

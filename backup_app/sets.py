@@ -33,6 +33,8 @@ MANIFEST_EXT = "manifest.metadata"
 PENDING_EXT = "pending.metadata"
 #: django-dbbackup's metadata sidecar of a database file: ``<file>.metadata``.
 SIDECAR_EXT = ".metadata"
+#: With a date format that does not go down to the second, the second set of a stamp is ``<stamp>_2``...
+STAMP_SUFFIX_SEPARATOR = "_"
 MANIFEST_FORMAT = "backup_app/1"
 #: Base extension of an incremental set's media index (``….mediaindex.gz``); see ``incremental.py``.
 INDEX_BASE = "mediaindex"
@@ -74,7 +76,7 @@ def date_regex(fmt: str) -> str:
 def template_regex(template: str, date_format: str) -> re.Pattern:
     """Compile a filename template (``{datetime}``, ``{databasename}``...) to an exact regex."""
     groups = {
-        "datetime": f"(?P<datetime>{date_regex(date_format)})",
+        "datetime": f"(?P<datetime>{date_regex(date_format)}(?:{STAMP_SUFFIX_SEPARATOR}\\d+)?)",
         "databasename": r"(?P<databasename>[^/]*?)",
         "servername": r"(?P<servername>[^/]*?)",
         "content_type": r"(?P<content_type>db|media)",
@@ -164,11 +166,28 @@ class Naming:
         )
 
     def stamp_to_datetime(self, stamp: str) -> datetime | None:
+        """The time of a stamp (``<stamp>_<n>`` is the n-th set of that stamp), or None if it is none."""
+        for text in (stamp, re.sub(rf"{STAMP_SUFFIX_SEPARATOR}\d+$", "", stamp)):
+            try:
+                value = datetime.strptime(text, self.date_format)
+            except ValueError:
+                continue
+            return timezone.make_aware(value) if timezone.is_naive(value) else value
+        return None
+
+    @property
+    def to_the_second(self) -> bool:
+        """Whether two stamps of this date format a second apart differ."""
+        sample = datetime(2024, 12, 31, 23, 59, 58)
         try:
-            value = datetime.strptime(stamp, self.date_format)
+            return datetime.strptime(sample.strftime(self.date_format), self.date_format) == sample
         except ValueError:
-            return None
-        return timezone.make_aware(value) if timezone.is_naive(value) else value
+            return False
+
+    @staticmethod
+    def nth(stamp: str, n: int) -> str:
+        """The stamp of the n-th set (n >= 2) written with the same timestamp."""
+        return f"{stamp}{STAMP_SUFFIX_SEPARATOR}{n}"
 
     def _render(self, template: str, stamp: str, extension: str, database: str = "", content_type: str = "db") -> str:
         name = template.format(

@@ -36,10 +36,13 @@ CHECK_IDS = [
     "backup_app.E018",
     "backup_app.E019",
     "backup_app.E020",
+    "backup_app.E021",
     "backup_app.W001",
     "backup_app.W004",
     "backup_app.W005",
     "backup_app.W006",
+    "backup_app.W007",
+    "backup_app.W008",
 ]
 
 TWO_DATABASE_SETTINGS = """\
@@ -225,10 +228,17 @@ def test_e006_quiet_for_a_remote_storage_that_imports(tmp_path):
 # --- E007: date format ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("fmt", ["%Y-%m-%d", "%Y%m%d%H%M"])
-def test_e007_date_format_that_does_not_read_back_to_the_second(tmp_path, fmt):
+@pytest.mark.parametrize("fmt", ["%s", "%G-%V"])
+def test_e007_date_format_whose_stamps_do_not_read_back(tmp_path, fmt):
     site = make_site(tmp_path / "site", INVENTREE_BACKUP_DATE_FORMAT=fmt)
     assert_error(check(site), "backup_app.E007", "INVENTREE_BACKUP_DATE_FORMAT", repr(fmt))
+
+
+@pytest.mark.parametrize("fmt", ["%Y-%m-%d", "%Y%m%d%H%M"])
+def test_w007_date_format_not_to_the_second_is_a_warning(tmp_path, fmt):
+    result = check(make_site(tmp_path / "site", INVENTREE_BACKUP_DATE_FORMAT=fmt))
+    assert result.returncode == 0, result.output
+    assert reported(result) == {"backup_app.W007"}, result.output
 
 
 # --- E012: date format giving other characters than letters, digits, - and _ --------------
@@ -293,6 +303,21 @@ def test_e017_connector_that_does_not_import(tmp_path):
 def test_e018_connector_that_is_not_a_connector(tmp_path):
     site = make_site(tmp_path / "site", INVENTREE_BACKUP_CONNECTOR_OPTIONS='{"CONNECTOR": "collections.OrderedDict"}')
     assert_error(check(site), "backup_app.E018", "INVENTREE_BACKUP_CONNECTOR_OPTIONS", "'collections.OrderedDict'")
+
+
+@pytest.mark.parametrize("connector", ["dbbackup.db.sqlite.SqliteConnector", "dbbackup.db.django.DjangoConnector"])
+def test_e021_connector_whose_dumps_backup_app_does_not_make(tmp_path, connector):
+    site = make_site(tmp_path / "site", INVENTREE_BACKUP_CONNECTOR_OPTIONS=f'{{"CONNECTOR": "{connector}"}}')
+    assert_error(check(site), "backup_app.E021", connector, "SqliteBackupConnector")
+
+
+def test_e021_stops_the_backup_before_anything_is_written(tmp_path):
+    site = make_site(tmp_path / "site")
+    site.manage("migrate", "--noinput", "-v0")
+    site.env["INVENTREE_BACKUP_CONNECTOR_OPTIONS"] = '{"CONNECTOR": "dbbackup.db.sqlite.SqliteConnector"}'
+    result = site.invoke("backup", check=False)
+    assert result.returncode != 0 and "backup_app.E021" in result.stderr
+    assert not site.backups.exists() or not any(site.backups.iterdir())
 
 
 # --- E020: the backup folder is a file -------------------------------------------------------------

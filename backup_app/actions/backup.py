@@ -23,7 +23,7 @@ from django.core.checks import ERROR, WARNING, run_checks
 from django.core.files.storage import FileSystemStorage
 from django.utils import timezone
 
-from .. import __version__, hints
+from .. import __version__
 from ..engines import engine_for, site_lock
 from ..errors import BackupError
 from ..history import note_manifest, record_run
@@ -332,14 +332,22 @@ def _back_up(options: BackupOptions, progress: Progress) -> BackupResult:
 
 
 def _new_stamp(storage, naming: Naming) -> str:
-    """A stamp no file in the storage has yet (waits for the next one if needed)."""
+    """A stamp no file in the storage has yet: with a date format to the second, the next second's; with a
+    coarser one (``%Y-%m-%d``), the timestamp with the first free suffix (``_2``, ``_3``...)."""
     taken = {p.stamp for p in map(naming.parse, list_files(storage)) if p is not None}
+    if not naming.to_the_second:
+        stamp = naming.stamp(timezone.now())
+        n = 2
+        candidate = stamp
+        while candidate in taken:
+            candidate, n = naming.nth(stamp, n), n + 1
+        return candidate
     for _ in range(120):
         stamp = naming.stamp(timezone.now())
         if stamp not in taken:
             return stamp
         time.sleep(0.5)
-    raise BackupError(f"no unused timestamp for a new backup; {hints.setting('backup_date_format')} needs seconds (%S)")
+    raise BackupError("no unused timestamp for a new backup in the last minute; is the clock moving?")
 
 
 def write_set(storage, what: SetContents, progress: Progress = NO_PROGRESS) -> dict:

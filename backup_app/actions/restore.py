@@ -119,6 +119,7 @@ class Plan:
     databases: list[DbItem] = field(default_factory=list)
     media: BackupFile | None = None
     media_expected: dict | None = None
+    notes: list[str] = field(default_factory=list)  # which files went with the named one, and why
 
     @property
     def label(self) -> str:
@@ -328,6 +329,7 @@ def choose(sets: list[BackupSet], opts: RestoreOptions, *, exists: Callable[[str
     ``DATABASES`` aliases.  Touches nothing; RestoreError when there is nothing (or nothing valid) to restore.
     """
     chosen_set: BackupSet | None = None
+    notes: list[str] = []
     db_files: list[tuple[BackupFile, BackupSet | None]] = []
     media: tuple[BackupFile, BackupSet | None] | None = None
 
@@ -342,21 +344,30 @@ def choose(sets: list[BackupSet], opts: RestoreOptions, *, exists: Callable[[str
         legacy = [s for s in sets if s.status == "legacy"]
         partners = [named_set] if named_set is not None and named_set.complete else [named_set, *legacy]
         partners = [s for s in partners if s is not None]
+        # Else, as InvenTree's restore does, the newest of the other part (a complete set's first).
+        fallback = [s for s in sets if s.complete] + [s for s in sets if not s.complete]
         if not opts.skip_db and not db_files:
             source = next((s for s in partners if s.db_files), None)
             if source is None:
+                source = next((s for s in fallback if s.db_files), None)
+            if source is None:
                 raise RestoreError(
-                    "no database file goes with the named media file; name one with --db-file or pass --skip-db"
+                    "no database file goes with the named media file and there is no other; name one with "
+                    "--db-file or pass --skip-db"
                 )
             db_files = [(f, source) for f in source.db_files]
+            notes.append(_partner_note(source, named_set, ", ".join(f.name for f in source.db_files)))
         if not opts.skip_media and media is None:
             source = next((s for s in partners if s.media_file is not None), None)
             if source is None:
+                source = next((s for s in fallback if s.media_file is not None), None)
+            if source is None:
                 raise RestoreError(
-                    "no media archive goes with the named database file; name one with "
+                    "no media archive goes with the named database file and there is no other; name one with "
                     "--media-file or pass --skip-media"
                 )
             media = (source.media_file, source)
+            notes.append(_partner_note(source, named_set, source.media_file.name))
         chosen_set = named_set
     else:
         complete = [s for s in sets if s.complete]
@@ -383,7 +394,7 @@ def choose(sets: list[BackupSet], opts: RestoreOptions, *, exists: Callable[[str
 
     if not db_files and media is None:
         raise RestoreError("nothing to restore: the chosen backup has no database or media file")
-    plan = Plan(set=chosen_set)
+    plan = Plan(set=chosen_set, notes=notes)
     for f, s in db_files:
         alias = _alias_for(f, s, aliases)
         if alias not in aliases:
@@ -394,6 +405,14 @@ def choose(sets: list[BackupSet], opts: RestoreOptions, *, exists: Callable[[str
         if media[1] is not None and media[1].manifest:
             plan.media_expected = media[1].manifest.get("media")
     return plan
+
+
+def _partner_note(source: BackupSet, named_set: BackupSet | None, what: str) -> str:
+    if named_set is not None and source is named_set:
+        return f"with {what}, from the same set"
+    if named_set is not None and named_set.complete:
+        return f"with {what}, from set {source.name} (the named file's set has none)"
+    return f"with {what}, the newest that goes with it (set {source.name})"
 
 
 def gpg_for_restore(plan: Plan, interactive: bool) -> GpgSpec:
@@ -555,6 +574,8 @@ def restore(storage, opts: RestoreOptions, progress: Progress, confirm: Confirm 
     plan = choose(list_sets(storage, Naming()), opts, exists=storage.exists, aliases=list(settings.DATABASES))
     engines = {item.alias: engine_for(item.alias) for item in plan.databases}
     say(f"Restoring from {plan.label}")
+    for note in plan.notes:
+        say(f"  {note}")
     gpg = gpg_for_restore(plan, opts.interactive)
     allow_newer = opts.allow_newer or app_settings.restore_allow_newer_version
     for note in check_versions(plan, allow_newer):

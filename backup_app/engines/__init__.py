@@ -35,7 +35,20 @@ def engine_for(alias: str) -> Engine:
             f"database {alias!r} uses {vendor!r}, which backup_app cannot back up; "
             "use SQLite, PostgreSQL or MariaDB/MySQL"
         )
-    return ENGINES[vendor](alias, build_connector(alias))
+    engine = ENGINES[vendor]
+    connector = build_connector(alias)
+    if not isinstance(connector, engine.connectors):
+        raise BackupError(unsupported_connector(alias, engine, type(connector)))
+    return engine(alias, connector)
+
+
+def unsupported_connector(alias: str, engine: type[Engine], cls: type) -> str:
+    """One line: ``cls`` is not a connector ``engine`` can run, why, and which ones it runs."""
+    names = ", ".join(f"{c.__module__}.{c.__name__}" for c in engine.connectors)
+    return (
+        f"database {alias!r}: connector {cls.__module__}.{cls.__name__} is not one backup_app can run for "
+        f"{engine.vendor} ({engine.refused_why}); use {names} or a subclass"
+    )
 
 
 def site_lock(what: str, alias: str = "default") -> AbstractContextManager[SiteLock]:
@@ -46,4 +59,14 @@ def site_lock(what: str, alias: str = "default") -> AbstractContextManager[SiteL
     return engine_for(alias).lock(what)
 
 
-__all__ = ["ENGINES", "Engine", "Locked", "SiteLock", "Staged", "Strategy", "engine_for", "site_lock"]
+__all__ = [
+    "ENGINES",
+    "Engine",
+    "Locked",
+    "SiteLock",
+    "Staged",
+    "Strategy",
+    "engine_for",
+    "site_lock",
+    "unsupported_connector",
+]

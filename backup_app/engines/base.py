@@ -104,6 +104,10 @@ class Engine:
     vendor: ClassVar[str] = ""
     #: Stock dbbackup's extension for this engine's dumps, so that stock ``dbrestore`` reads our files.
     extension: ClassVar[str] = "dump"
+    #: django-dbbackup connector classes (and their subclasses) whose dumps and options this engine makes.
+    connectors: ClassVar[tuple[type, ...]] = ()
+    #: Why another connector class cannot be used (shown by check E021 and by ``engine_for``).
+    refused_why: ClassVar[str] = "backup_app runs only the connectors of its database's command-line tools"
 
     def __init__(self, alias: str, connector):
         self.alias = alias

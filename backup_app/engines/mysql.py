@@ -269,6 +269,7 @@ class OptionFileConnector(MysqlDumpConnector):
 class MysqlEngine(ServerEngine):
     vendor = "mysql"
     extension = MysqlDumpConnector.extension
+    connectors = (MysqlDumpConnector,)
     entry_prefix = "mysql"
     server = "MySQL"
 
@@ -301,7 +302,7 @@ class MysqlEngine(ServerEngine):
         )
         tools.run_from(tool, stream)
 
-    def replace(self, stream: BinaryIO) -> None:
+    def replace(self, stream: BinaryIO, *, undo: bool = False) -> None:
         """Drop every table, view, trigger, routine and event of the live database, then load the dump into it,
         and put back the routine-level grants (not atomic: a failure is rolled back by the restore from the
         kept dump)."""

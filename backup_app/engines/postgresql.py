@@ -1,4 +1,11 @@
-"""PostgreSQL: ``pg_dump --format=custom`` streamed; ``pg_restore`` into a side database swapped in by rename.
+"""PostgreSQL: ``pg_dump`` streamed; ``pg_restore`` (or ``psql``) into a side database swapped in by rename.
+
+The connector's class picks the format, as in django-dbbackup: ``PgDumpBinaryConnector`` (the default)
+writes ``pg_dump --format=custom`` (``.psql.bin``), ``PgDumpConnector`` and ``PgDumpGisConnector`` plain SQL
+(``.psql``).  A restore reads the format of the file, whatever the connector now: custom dumps go to
+``pg_restore``, plain ones to ``psql`` under a ``\\restrict`` key of this run (:class:`RestrictedSql`), so a
+meta-command in the file (``\\!``, ``\\connect``, ``\\copy``...) is refused instead of run.
+``PgDumpGisConnector``'s ``ADMIN_USER`` creates the ``postgis`` extension in the staging database first.
 
 Connection arguments, the password (``PGPASSWORD``, never the command line) and the TLS options come from
 django-dbbackup's :func:`~dbbackup.db.postgresql.parse_postgres_settings`, so they match its connector.
@@ -12,7 +19,11 @@ per-role-in-database settings, comment — is copied from the live database to t
 
 from __future__ import annotations
 
+import io
 import logging
+import os
+import re
+import secrets
 import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -20,16 +31,24 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import BinaryIO
 
-from dbbackup.db.postgresql import PgDumpBinaryConnector, parse_postgres_settings
+from dbbackup.db.postgresql import (
+    PgDumpBinaryConnector,
+    PgDumpConnector,
+    PgDumpGisConnector,
+    parse_postgres_settings,
+)
 from django.db import connections
 
 from .. import tools
 from ..errors import BackupError, RestoreError
 from ..secrets import redact
+from ..streams import PrefixedReader
 from .base import SiteLock, holder, lock_key, locked, released, words
 from .server import NoSideDatabase, ServerEngine
 
 MAGIC = b"PGDMP"
+#: How pg_dump begins a plain SQL dump.
+PLAIN_MAGIC = b"--\n-- PostgreSQL database dump"
 MISSING = "install the PostgreSQL client tools"
 
 logger = logging.getLogger("backup_app")
@@ -231,12 +250,100 @@ class DatabaseProperties:
             admin.execute(statement)
 
 
+class RestrictedSql(io.RawIOBase):
+    """A plain SQL dump for ``psql``, which runs any meta-command it meets (``\\! cmd`` is a shell command).
+
+    It starts with ``\\restrict KEY`` (psql 15.14 and later), KEY random to this run: from there psql refuses
+    every meta-command but ``\\unrestrict KEY``, which no file can know.  pg_dump writes its own
+    ``\\restrict K`` at the top and ``\\unrestrict K`` at the end: those lines are left out (they would be
+    refused); every other byte passes unchanged, in bounded memory.
+    """
+
+    _LINE = re.compile(rb"\\(restrict|unrestrict) ([A-Za-z0-9]+)\r?\n?")
+    _LONGEST = 256  # a line starting with a backslash is held back this far to be judged
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._out = bytearray(b"\\restrict " + secrets.token_hex(24).encode() + b"\n")
+        self._keys: set[bytes] = set()
+        self._held: bytearray | None = None
+        self._line_start = True
+        self._eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def _judge(self, line: bytes) -> bytes:
+        match = self._LINE.fullmatch(line)
+        if match is None:
+            return line
+        if match.group(1) == b"restrict":
+            self._keys.add(match.group(2))
+            return b""
+        return b"" if match.group(2) in self._keys else line
+
+    def _feed(self, data: bytes) -> None:
+        out, pos = self._out, 0
+        while pos < len(data):
+            if self._held is not None:
+                nl = data.find(b"\n", pos)
+                end = len(data) if nl < 0 else nl + 1
+                self._held += data[pos:end]
+                pos = end
+                if nl >= 0:
+                    out += self._judge(bytes(self._held))
+                    self._held, self._line_start = None, True
+                elif len(self._held) > self._LONGEST:
+                    out += self._held
+                    self._held, self._line_start = None, False
+                continue
+            if self._line_start and data[pos : pos + 1] == b"\\":
+                self._held = bytearray()
+                continue
+            nl = data.find(b"\n", pos)
+            end = len(data) if nl < 0 else nl + 1
+            out += data[pos:end]
+            pos, self._line_start = end, nl >= 0
+
+    def read(self, size: int = -1) -> bytes:
+        while not self._eof and (size < 0 or len(self._out) < size):
+            data = self._stream.read(1 << 20)
+            if not data:
+                self._eof = True
+                if self._held is not None:
+                    self._out += self._judge(bytes(self._held))
+                    self._held = None
+                break
+            self._feed(data)
+        if size < 0 or size >= len(self._out):
+            data, self._out = bytes(self._out), bytearray()
+        else:
+            data, self._out = bytes(self._out[:size]), self._out[size:]
+        return data
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
 class PostgresEngine(ServerEngine):
     vendor = "postgresql"
     extension = PgDumpBinaryConnector.extension
     entry_prefix = "pg"
     server = "PostgreSQL"
     replace_is_atomic = True  # one transaction: pg_restore --single-transaction, as a script or not
+    connectors = (PgDumpConnector,)  # PgDumpBinaryConnector and PgDumpGisConnector are subclasses
+
+    def __init__(self, alias: str, connector):
+        super().__init__(alias, connector)
+        #: PgDumpConnector and PgDumpGisConnector write plain SQL; PgDumpBinaryConnector the custom format.
+        self.plain = not isinstance(connector, PgDumpBinaryConnector)
+        self.extension = connector.extension
+        self.single_transaction = bool(getattr(connector, "single_transaction", True))
+        # A custom dump in place always loads in one transaction (the drops need it); SINGLE_TRANSACTION false
+        # applies to loads into the side database and to plain dumps.
+        self.replace_is_atomic = self.single_transaction or not self.plain
 
     # --- backup ---------------------------------------------------------------------------------
 
@@ -255,9 +362,15 @@ class PostgresEngine(ServerEngine):
 
     def dump(self, out: BinaryIO, *, compressed: bool = True) -> None:
         c = self.connector
-        args = ["--format=custom"]
-        if compressed:
-            args.append("--compress=0")  # compressed once, by the pipeline
+        if self.plain:  # as PgDumpConnector: DROP and IF_EXISTS go into the dump
+            args = ["--clean"] if c.drop else []
+            args += ["--if-exists"] if c.drop or getattr(c, "if_exists", True) else []
+            if getattr(c, "no_owner", False):
+                args += ["--no-owner", "--no-privileges"]
+        else:
+            args = ["--format=custom"]
+            if compressed:
+                args.append("--compress=0")  # compressed once, by the pipeline
         args += [f"--exclude-table-data={table}" for table in self.exclude]
         for schema in c.schemas or []:
             args += ["-n", schema]
@@ -266,7 +379,7 @@ class PostgresEngine(ServerEngine):
         )
 
     def check_dump(self, head: bytes, name: str) -> None:
-        if not head.startswith(MAGIC):
+        if not head.startswith((MAGIC, PLAIN_MAGIC)):
             raise RestoreError(
                 f"{name} is not a {self.vendor} dump (it starts with {head[:8]!r}); "
                 "pick the database file of a backup set"
@@ -275,9 +388,17 @@ class PostgresEngine(ServerEngine):
     # --- restore --------------------------------------------------------------------------------
 
     def _restore(self, database: str, stream: BinaryIO, *, clean: bool) -> None:
+        head = stream.read(len(MAGIC))
+        stream = PrefixedReader(head, stream)
+        if not head.startswith(MAGIC):
+            self._restore_plain(database, stream)
+            return
         c = self.connector
-        args = [*words(getattr(c, "pg_options", None)), "--single-transaction", "--exit-on-error"]
-        if clean and c.drop:
+        restore_cmd = c.restore_cmd if not self.plain else PgDumpBinaryConnector.restore_cmd
+        args = [*words(getattr(c, "pg_options", None)), "--exit-on-error"]
+        if self.single_transaction:
+            args.append("--single-transaction")
+        if clean:
             args += ["--clean", "--if-exists"]
         if getattr(c, "no_owner", False):
             # Asked for (connector option NO_OWNER): objects belong to the restoring role, grants are dropped.
@@ -285,11 +406,39 @@ class PostgresEngine(ServerEngine):
             args += ["--no-owner", "--no-privileges"]
         for schema in c.schemas or []:
             args += ["-n", schema]
-        tool = self._tool(
-            c.restore_cmd, c.restore_prefix, c.restore_suffix, database, args, c.restore_env, RestoreError
-        )
+        tool = self._tool(restore_cmd, c.restore_prefix, c.restore_suffix, database, args, c.restore_env, RestoreError)
         with missing_roles_named():
             tools.run_from(tool, stream)
+
+    def _restore_plain(self, database: str, stream: BinaryIO) -> None:
+        """A plain SQL dump through ``psql``, its meta-commands refused (:class:`RestrictedSql`)."""
+        c = self.connector
+        restore_cmd = c.restore_cmd if self.plain else PgDumpConnector.restore_cmd
+        args = ["--no-psqlrc", "--quiet", "--output=/dev/null", "--set", "ON_ERROR_STOP=on"]
+        if self.single_transaction:
+            args.append("--single-transaction")
+        if isinstance(c, PgDumpGisConnector) and self.settings.get("ADMIN_USER"):
+            self._enable_postgis(database)
+        tool = self._tool(restore_cmd, c.restore_prefix, c.restore_suffix, database, args, c.restore_env, RestoreError)
+        with missing_roles_named():
+            tools.run_from(tool, RestrictedSql(stream))
+
+    def _enable_postgis(self, database: str) -> None:
+        """``CREATE EXTENSION IF NOT EXISTS postgis`` in ``database`` as the connector's ``ADMIN_USER``
+        (``ADMIN_PASSWORD`` through the environment), as ``PgDumpGisConnector`` does before its restore."""
+        import psycopg
+
+        admin = {**self.connection_args(), "user": str(self.settings["ADMIN_USER"])}
+        admin.pop("password", None)
+        if self.settings.get("ADMIN_PASSWORD"):
+            admin["password"] = str(self.settings["ADMIN_PASSWORD"])
+        try:
+            with psycopg.connect(dbname=database, autocommit=True, **admin) as conn:
+                conn.execute("CREATE EXTENSION IF NOT EXISTS postgis")
+        except psycopg.Error as err:
+            raise RestoreError(
+                f"enabling PostGIS as ADMIN_USER {admin['user']!r} failed ({redact(str(err).strip())})"
+            ) from None
 
     def load(self, database: str, stream: BinaryIO) -> None:
         self._restore(database, stream, clean=False)
@@ -297,15 +446,25 @@ class PostgresEngine(ServerEngine):
         with self._admin() as admin:
             DatabaseProperties.read(admin, self.name).apply(admin, database)
 
-    def replace(self, stream: BinaryIO) -> None:
+    def replace(self, stream: BinaryIO, *, undo: bool = False) -> None:
         """Load the dump over the live database in one transaction, everything of the database's own (owner,
         locale, ACL, settings, comment) kept, as the swap leaves it: ``pg_restore`` writes the dump as a script,
         ``psql`` runs it in the script's one transaction after dropping every object of the dumped schemas, so that the
         result holds exactly what the backup holds (tables made after it, say by newer migrations, are gone
-        and cannot collide with the dump's).  ``stream`` is a file (the spooled dump, or the safety dump)."""
+        and cannot collide with the dump's).  ``stream`` is a file (the spooled dump, or the safety dump).
+
+        A plain SQL dump goes to ``psql`` (meta-commands refused) after the same drops.  ``undo`` (putting the
+        kept dump back) always drops first, whatever the connector's DROP says."""
         connections[self.alias].close()
         c = self.connector
-        if not c.drop:  # the connector asks not to drop anything: load over what is there
+        # A file: the script path below hands its descriptor on, so its offset must not move (pread).
+        head = os.pread(stream.fileno(), len(MAGIC), stream.tell())
+        drop = undo or c.drop
+        if not head.startswith(MAGIC):
+            drops = "".join(f"{statement};\n" for statement in self._drops()) if drop else ""
+            self._restore_plain(self.name, PrefixedReader(drops.encode(), stream))
+            return
+        if not drop:  # the connector asks not to drop anything: load over what is there
             self._restore(self.name, stream, clean=False)
             return
         drops = "".join(f"{statement};\n" for statement in self._drops())

@@ -179,7 +179,7 @@ class InPlace(Strategy):
 
     def undo(self, entry: dict, folder: Path) -> None:
         with open(folder / entry["file"], "rb") as fh:
-            self.engine.replace(fh)
+            self.engine.replace(fh, undo=True)
 
 
 class ServerEngine(Engine):
@@ -249,8 +249,9 @@ class ServerEngine(Engine):
         """
         raise NotImplementedError
 
-    def replace(self, stream: BinaryIO) -> None:
-        """Load the dump in ``stream`` over the live database (the restore in place)."""
+    def replace(self, stream: BinaryIO, *, undo: bool = False) -> None:
+        """Load the dump in ``stream`` over the live database (the restore in place; ``undo``: putting back the
+        dump kept of it, which always replaces everything, whatever the connector's options)."""
         raise NotImplementedError
 
     def side_databases(self, prefix: str) -> list[str]:

@@ -12,7 +12,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from dbbackup.db.sqlite import SqliteBackupConnector
+from dbbackup.db.sqlite import SqliteBackupConnector, SqliteCPConnector
 from django.db import connections
 
 from ..errors import BackupError, RestoreError
@@ -116,6 +116,13 @@ class SqliteEngine(Engine):
 
     vendor = "sqlite"
     extension = SqliteBackupConnector.extension
+    #: Both write the database file itself.  SqliteConnector's SQL text is refused: restored statement by
+    #: statement into the live file (no atomic swap), and SQL can ATTACH and write other files.
+    connectors = (SqliteBackupConnector, SqliteCPConnector)
+    refused_why = (
+        "backup_app writes SQLite backups as the database file itself (SqliteBackupConnector's format); "
+        "a SQL text dump is restored statement by statement and can ATTACH other files"
+    )
 
     @property
     def path(self) -> Path:
