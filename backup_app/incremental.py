@@ -46,11 +46,15 @@ from .media import (
     STAGING_PREFIX,
     STORE_PROBE_MIN,
     StagedArchive,
+    _check_no_link,
     _local_path,
+    _open_regular,
     _plain_local_root,
+    _safe_name,
     abandon_archive,
     check_member,
     iter_media,
+    walk_local,
 )
 from .pipeline import SUFFIX, GpgSpec, ReadResult, StoredFile, incompressible, open_stream, store_stream
 from .secrets import redact
@@ -90,6 +94,7 @@ class FileEntry:
 @dataclass
 class MediaIndex:
     files: list[FileEntry] = field(default_factory=list)
+    folders: dict[str, int] = field(default_factory=dict)  # every folder of a local media folder: its mode
 
     def packs(self) -> set[str]:
         return {chunk[1] for entry in self.files for chunk in entry.chunks}
@@ -118,7 +123,7 @@ class IncrementalStats:
     new_blobs: int = 0
     new_packs: int = 0
     new_bytes: int = 0  # stored bytes of the packs this run wrote
-    skipped: list[str] = field(default_factory=list)  # not regular files
+    skipped: list[dict] = field(default_factory=list)  # links, FIFOs, sockets, devices: {"name", "kind"}
     packs: dict[str, dict] = field(default_factory=dict)  # every pack the set needs: name -> size, sha256
     index: MediaIndex | None = None  # what the set's media index holds
 
@@ -216,7 +221,7 @@ class PackWriter:
 def _stat_media(storage, root: Path | None, name: str) -> tuple[int, int, int, tuple[int, int] | None] | None:
     """(size, mode, mtime_ns, owner) of a media file without opening it; None if it is not a regular file."""
     if root is not None:
-        info = os.stat(root / name)
+        info = os.lstat(root / name)
         if not stat.S_ISREG(info.st_mode):
             return None
         return _from_stat(info)
@@ -285,18 +290,23 @@ def write_media(
                 for sha, pack, offset, length in entry.chunks:
                     known.setdefault(sha, (pack, offset, length))
     entries: list[FileEntry] = []
+    folders: dict[str, int] = {}
+    # A local folder: walk_local (no link followed, nothing but files opened; folders with their modes).
+    walker = walk_local(root, stats.skipped) if root is not None else ((n, None) for n in iter_media(media))
     try:
-        for name in iter_media(media):
+        for name, seen in walker:
             if cancel is not None and cancel.is_set():
                 raise BackupError("media backup cancelled: another part of the backup failed")
+            if seen is not None and stat.S_ISDIR(seen.st_mode):
+                folders[name] = stat.S_IMODE(seen.st_mode)
+                continue
             try:
-                found = _stat_media(media, root, name)
+                found = _from_stat(seen) if seen is not None else _stat_media(media, root, name)
             except FileNotFoundError:
                 continue  # deleted while we were walking
             except OSError as err:
                 raise BackupError(f"media file {name!r} could not be read ({err}); check its permissions") from None
             if found is None:
-                stats.skipped.append(name)
                 continue
             size, mode, mtime_ns, owner = found
             old = by_path.get(name)
@@ -317,7 +327,8 @@ def write_media(
                     stats.packs[pack] = reusable_packs[pack]
 
         def produce(out: BinaryIO) -> None:
-            out.write((json.dumps({"format": INDEX_FORMAT, "files": len(entries)}) + "\n").encode())
+            head = {"format": INDEX_FORMAT, "files": len(entries), "folders": folders}
+            out.write((json.dumps(head, ensure_ascii=False) + "\n").encode("utf-8", "surrogateescape"))
             for entry in entries:
                 out.write((entry.as_json() + "\n").encode("utf-8", "surrogateescape"))
 
@@ -325,7 +336,7 @@ def write_media(
     except BaseException:
         writer.discard()
         raise
-    stats.index = MediaIndex(entries)
+    stats.index = MediaIndex(entries, folders)
     return stored, stats
 
 
@@ -333,7 +344,9 @@ def _read_file(media, root, name, known, writer: PackWriter, stats: IncrementalS
     """Read and hash one media file; its new blobs go to ``writer``.  None if it vanished meanwhile."""
     try:
         if root is not None:
-            fh = open(root / name, "rb", buffering=0)  # noqa: SIM115 - closed below
+            fh = _open_regular(root / name)
+            if fh is None:
+                return None  # replaced by a link or something else than a file while we were walking
             size, mode, mtime_ns, owner = _from_stat(os.fstat(fh.fileno()))
         else:
             size, mode, mtime_ns, owner = _stat_media(media, None, name)
@@ -380,6 +393,11 @@ def parse_index(stream: BinaryIO, packs: dict[str, dict] | None = None) -> Media
         head = None
     if not isinstance(head, dict) or head.get("format") != INDEX_FORMAT:
         raise RestoreError("the media index is not a backup_app media index; media left unchanged")
+    for folder, mode in (head.get("folders") or {}).items():
+        safe = _safe_name(str(folder))
+        if not safe or safe != folder or not isinstance(mode, int):
+            raise RestoreError(f"media index folder {folder!r} is not a plain relative path; refusing the index")
+        index.folders[safe] = mode & 0o7777
     for number, line in enumerate(stream, start=2):
         try:
             raw = json.loads(line.decode("utf-8", "surrogateescape"))
@@ -441,8 +459,9 @@ def remember_index(folder: Path, where: str, set_name: str, index_sha256: str, i
         partial = path.with_name(f".{path.name}.{os.getpid()}")
         try:
             with gzip.open(partial, "wb", compresslevel=1) as out:
-                head = {"format": INDEX_FORMAT, "files": len(index.files), "set": set_name, "sha256": index_sha256}
-                out.write((json.dumps(head) + "\n").encode())
+                head = {"format": INDEX_FORMAT, "files": len(index.files), "folders": index.folders}
+                head |= {"set": set_name, "sha256": index_sha256}
+                out.write((json.dumps(head, ensure_ascii=False) + "\n").encode("utf-8", "surrogateescape"))
                 for entry in index.files:
                     out.write((entry.as_json() + "\n").encode("utf-8", "surrogateescape"))
             os.chmod(partial, 0o600)
@@ -628,7 +647,14 @@ def stage_index(media, storage, index: MediaIndex, packs: dict[str, dict], gpg: 
         if unknown:
             raise RestoreError(f"the media index needs pack {sorted(unknown)[0]}, which its manifest does not name")
         wanted: list[FileEntry] = []
+        checked: set[str] = set()
+        if live_root is not None:
+            for folder, mode in index.folders.items():
+                _check_no_link(live_root, f"{folder}/", checked)
+                staged.folders[folder] = mode
         for entry in index.files:
+            if live_root is not None:
+                _check_no_link(live_root, entry.path, checked)
             if live_root is not None and _live_matches(live_root / entry.path, entry):
                 staged.unchanged.append(entry.path)
             else:

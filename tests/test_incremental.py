@@ -194,6 +194,27 @@ def test_restoring_an_incremental_set_into_an_emptied_media_folder_is_exact(site
     assert media_state(site.media) == expected
 
 
+def test_folders_come_back_with_their_modes_and_links_and_fifos_are_skipped_and_listed(site):
+    write_media(site.media, small=5, big=0)
+    (site.media / "empty" / "inner").mkdir(parents=True)
+    os.chmod(site.media / "empty", 0o750)
+    (site.media / "link.txt").symlink_to("/etc/hostname")
+    os.mkfifo(site.media / "pipe")
+    site.invoke("backup")
+    skipped = manifests(site)[0]["media"]["skipped"]
+    for special in ("link.txt", "pipe"):
+        (site.media / special).unlink()
+    expected = media_state(site.media)
+    empty(site.media)
+
+    site.invoke("restore", "--skip-db")
+
+    assert sorted(s["name"] for s in skipped) == ["link.txt", "pipe"]
+    assert media_state(site.media) == expected
+    assert (site.media / "empty" / "inner").is_dir()
+    assert stat.S_IMODE((site.media / "empty").stat().st_mode) == 0o750
+
+
 def test_a_restore_brings_back_changed_and_deleted_files_and_keeps_new_ones(site):
     write_media(site.media, small=20, big=1)
     site.invoke("backup")

@@ -514,8 +514,9 @@ def write_set(storage, what: SetContents, progress: Progress = NO_PROGRESS) -> d
                     "read_bytes": done.read_bytes,
                     "new_packs": done.new_packs,
                     "new_bytes": done.new_bytes,
-                    "skipped": done.skipped,
                 }
+                if done.skipped:
+                    manifest["media"]["skipped"] = done.skipped
                 say(
                     f"  media: {done.files:,} files ({done.reused_files:,} unchanged, not read), "
                     f"{size_text(done.read_bytes)} read, {done.new_packs} new packs of {size_text(done.new_bytes)}, "
