@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import _pg_connect
+from conftest import _pg_connect, service_missing
 
 ARGV_LOG_SCRIPT = Path(__file__).resolve().parent / "argv_log.sh"
 PLAIN = "dbbackup.db.postgresql.PgDumpConnector"
@@ -229,7 +229,7 @@ def postgis_site(postgres_site):
     with _pg_connect() as conn:
         available = conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'postgis'").fetchone()
     if not available:
-        pytest.fail("the postgis extension is not installed (apt-get install postgresql-15-postgis-3)")
+        service_missing("PostGIS", LookupError("apt-get install postgresql-15-postgis-3"))
     postgres_site.sql("CREATE EXTENSION IF NOT EXISTS postgis")
     postgres_site.sql("CREATE TABLE place (id int PRIMARY KEY, spot geometry(Point, 4326))")
     postgres_site.sql("INSERT INTO place VALUES (1, ST_SetSRID(ST_MakePoint(13.4, 52.5), 4326))")
