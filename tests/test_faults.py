@@ -222,14 +222,13 @@ def test_restore_killed_half_way_leaves_the_database_as_it_was(request, engine):
 def test_backup_killed_half_way_leaves_an_incomplete_set_that_restore_skips_and_clean_removes(sqlite_site):
     (sqlite_site.media / "doc.txt").write_text("good")
     sqlite_site.invoke("backup")
-    # The backup stops at this named pipe (opening it waits for a writer): killed there, it is half-way.
-    os.mkfifo(sqlite_site.media / "gate")
-
-    kill_when(start(sqlite_site, "backup"), "Backing up media files", delay=0.5)
+    # Held with a part of its media file written: killed there, it is half-way.
+    running, _gate = backup_held_at_a_gate(sqlite_site)
+    os.killpg(running.pid, signal.SIGKILL)
+    running.wait()
 
     sets = sqlite_site.sets()
     assert [s["status"] for s in sets] == ["incomplete", "complete"]
-    (sqlite_site.media / "gate").unlink()
     (sqlite_site.media / "doc.txt").write_text("changed")
     sqlite_site.invoke("restore")
     assert (sqlite_site.media / "doc.txt").read_text() == "good"
@@ -237,16 +236,44 @@ def test_backup_killed_half_way_leaves_an_incomplete_set_that_restore_skips_and_
     assert [s["status"] for s in sqlite_site.sets()] == ["complete", "complete"]
 
 
-def backup_held_at_a_gate(site) -> tuple[subprocess.Popen, Path]:
-    """Start ``invoke backup``; it stops at a named pipe in the media folder (opening it waits for a writer)
-    once it holds the lock and has begun the set.  Open the returned gate for writing to let it go on."""
-    gate = site.media / "gate"
+def backup_held_at_a_gate(site, timeout: float = 120) -> tuple[subprocess.Popen, Path]:
+    """Start ``invoke backup``; it stops once it holds the lock, has begun the set and has written a part of
+    its media file (``tests/pausing_storage.py``, a FileSystemStorage at the site's backup folder, from then
+    on the site's backup storage).  Open the returned gate for writing (:func:`open_gate`) to let it go on.
+
+    Fails, and never waits without end, when the backup ends before it reaches the gate."""
+    gate = site.root / "gate"
     os.mkfifo(gate)
-    running = start(site, "backup")
-    for line in running.stderr:
-        if "Backing up media files" in line:
-            break
+    site.env.update(
+        {
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "tests"), site.env.get("PYTHONPATH")])),
+            "INVENTREE_BACKUP_STORAGE": "pausing_storage.PausingStorage",
+            "INVENTREE_BACKUP_OPTIONS": json.dumps({"location": str(site.backups)}),
+        }
+    )
+    running = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "backup"],
+        cwd=ROOT,
+        env={**site.env, "BACKUP_TEST_SAVE_GATE": str(gate)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + timeout
+    while not Path(str(gate) + ".reached").exists():
+        if running.poll() is not None or time.monotonic() > deadline:
+            os.killpg(running.pid, signal.SIGKILL)
+            out, err = running.communicate()
+            raise AssertionError(f"the backup did not stop at the gate (exit {running.returncode}):\n{out}{err}")
+        time.sleep(0.05)
     return running, gate
+
+
+def open_gate(gate: Path) -> None:
+    """Let a process held at ``gate`` go on; an error (ENXIO), not a wait without end, if none is held there."""
+    os.close(os.open(gate, os.O_WRONLY | os.O_NONBLOCK))
 
 
 def test_two_backups_at_once_the_second_is_refused(sqlite_site):
@@ -254,8 +281,7 @@ def test_two_backups_at_once_the_second_is_refused(sqlite_site):
 
     second = sqlite_site.invoke("backup", check=False)
 
-    with open(gate, "wb"):
-        pass  # let the first backup go on
+    open_gate(gate)  # let the first backup go on
     assert first.wait(timeout=300) == 0
     assert second.returncode != 0
     assert "another backup or restore is running" in second.stderr

@@ -16,7 +16,7 @@ import time
 import django
 import pytest
 from conftest import ROOT
-from test_faults import backup_held_at_a_gate
+from test_faults import backup_held_at_a_gate, open_gate
 from test_schedule import enable
 
 django.setup()
@@ -92,8 +92,7 @@ def test_pruning_is_refused_while_a_backup_runs_and_its_files_stay(sqlite_site):
     refused = site.manage("shell", "--no-imports", "-c", PRUNE, check=False)
 
     assert pending and set(pending) <= {p.name for p in site.backups.iterdir()}
-    with open(gate, "wb"):
-        pass
+    open_gate(gate)
     assert running.wait(timeout=300) == 0
     assert refused.returncode != 0
     assert "another backup or restore is running" in refused.stderr
