@@ -9,6 +9,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from conftest import free_port
 
 
 class Receiver:
@@ -108,11 +109,8 @@ class socket_closed:  # noqa: N801 - used as a context manager
     """The URL of a loopback port nothing listens on."""
 
     def __enter__(self) -> str:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return f"http://127.0.0.1:{s.getsockname()[1]}"
+        # Reserved, and below the ephemeral range: no other test's server (a Receiver binds port 0) can take it.
+        return f"http://127.0.0.1:{free_port()}"
 
     def __exit__(self, *exc):
         return False
