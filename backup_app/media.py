@@ -20,6 +20,7 @@ restores; nothing is written through a link.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import posixpath
@@ -40,6 +41,8 @@ from .errors import BackupError, RestoreError
 from .ownership import Ownership, chown, folder_owner, umask
 from .pipeline import incompressible
 from .streams import CHUNK, ChangedWhileRead, EndedEarly, copy_exact, copy_unless_same
+from .testing import pause_at
+from .tools import process_exists
 
 #: Folder name prefix of restore staging areas inside MEDIA_ROOT; never archived.
 STAGING_PREFIX = ".backup-restore-"
@@ -383,8 +386,12 @@ def _local_path(storage, name: str) -> Path | None:
         return None
 
 
-def _folder(path: Path, made: set[Path], owner: tuple[int, int] | None = None) -> None:
-    """Create ``path`` (and parents) once per restore; folders it makes get ``owner`` (uid, gid) when given."""
+def _folder(
+    path: Path, made: set[Path], owner: tuple[int, int] | None = None, journal: Journal | None = None, root=None
+) -> None:
+    """Create ``path`` (and parents) once per restore; folders it makes get ``owner`` (uid, gid) when given.
+
+    With a ``journal`` (the live media folder ``root``), each folder made is written to it first."""
     if path in made:
         return
     missing = []
@@ -392,6 +399,9 @@ def _folder(path: Path, made: set[Path], owner: tuple[int, int] | None = None) -
     while not os.path.lexists(parent):
         missing.append(parent)
         parent = parent.parent
+    if journal is not None and root is not None:
+        for folder in reversed(missing):
+            journal.write("mkdir", folder.relative_to(root).as_posix())
     path.mkdir(parents=True, exist_ok=True)
     if owner is not None:
         for folder in missing:
@@ -406,10 +416,94 @@ def _move(source: Path, target: Path) -> None:
     except OSError as err:
         if err.errno != errno.EXDEV:
             raise
-        shutil.move(source, target)
+        # Whole at ``target`` before ``source`` goes (a kill in between leaves both, never half of one).
+        part = target.with_name(target.name + ".part")
+        _remove(part)
+        try:
+            if _is_folder(source):
+                shutil.copytree(source, part, symlinks=True, copy_function=_copy_owned)
+                for folder, _dirs, _files in os.walk(source):
+                    _same_owner(Path(folder), part / Path(folder).relative_to(source))
+            else:
+                _copy_owned(source, part)
+        except BaseException:
+            _remove(part)
+            raise
+        os.replace(part, target)
+        _remove(source)
 
 
-def _keep_original(storage, name: str, safety_media: Path, made: set[Path]) -> bool:
+class Journal:
+    """The steps of one media swap, each line written before its step is taken (JSON ``[op, name, ...]``).
+
+    ``keep``: the live ``name`` (a file, a link or a whole folder) is moved into the safety folder; ``mkdir``:
+    the folder ``name`` is made; ``chmod``: the folder ``name`` had the mode given; ``put``: a restored file is
+    put at ``name``.  Read backwards, the lines say how to put the tree back exactly, wherever the swap stopped
+    (:func:`undo_media`).  A kill leaves at most a half-written last line, which is ignored.  Without a path
+    nothing is written.
+    """
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600) if path is not None else None
+
+    def write(self, op: str, name: str, *extra) -> None:
+        if self._fd is not None:
+            os.write(self._fd, (json.dumps([op, name, *extra]) + "\n").encode())
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    @staticmethod
+    def read(path: Path) -> list[list]:
+        steps = []
+        with suppress(FileNotFoundError):
+            for line in path.read_bytes().split(b"\n"):
+                with suppress(ValueError, TypeError):
+                    step = json.loads(line)
+                    if isinstance(step, list) and len(step) >= 2:
+                        steps.append(step)
+        return steps
+
+
+NO_JOURNAL = Journal(None)
+
+
+def _lexists(path: Path) -> bool:
+    return os.path.lexists(path)
+
+
+def _is_folder(path: Path) -> bool:
+    """A real folder (not a link to one)."""
+    return path.is_dir() and not path.is_symlink()
+
+
+def _remove(path: Path) -> None:
+    """Remove whatever is at ``path``: a file, a link, or a folder with all in it."""
+    if _is_folder(path):
+        shutil.rmtree(path)
+    else:
+        with suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def _same_owner(source: Path, copy: Path) -> None:
+    st = os.lstat(source)
+    with suppress(PermissionError):  # not root: the copy is ours, as any copy a user makes
+        os.chown(copy, st.st_uid, st.st_gid, follow_symlinks=False)
+        if not stat.S_ISLNK(st.st_mode):
+            os.chmod(copy, stat.S_IMODE(st.st_mode))  # chown clears set-user/group-id bits
+
+
+def _copy_owned(source, copy) -> None:
+    """A copy with the source's bytes, mode, times and (as root) owner and group."""
+    shutil.copy2(source, copy, follow_symlinks=False)
+    _same_owner(Path(source), Path(copy))
+
+
+def _keep_original(storage, name: str, safety_media: Path, made: set[Path], journal: Journal = NO_JOURNAL) -> bool:
     """Move (or copy, for remote media storage) the current ``name`` aside; False if there is none."""
     root = _plain_local_root(storage)
     if root is not None:
@@ -423,23 +517,51 @@ def _keep_original(storage, name: str, safety_media: Path, made: set[Path]) -> b
         return False
     kept = safety_media / name
     _folder(kept.parent, made)
+    journal.write("keep", name)
     if local is not None:
         _move(local, kept)
     else:
-        with storage.open(name, "rb") as src, open(kept, "wb") as dst:
+        part = kept.with_name(kept.name + ".part")
+        with storage.open(name, "rb") as src, open(part, "wb") as dst:
             shutil.copyfileobj(src, dst, CHUNK)
+        os.replace(part, kept)  # whole before the live file goes
         storage.delete(name)
     return True
 
 
-def _put(storage, name: str, source: Path, made: set[Path], owner: tuple[int, int] | None = None) -> None:
+def _clear_way(storage, root: Path, name: str, safety_media: Path, made: set[Path], journal: Journal) -> None:
+    """A file where a folder on the way to ``name`` must be (the site has ``a``, the backup ``a/b``): moved
+    aside into the safety folder, so that the folder can be made and the file put back by an undo."""
+    parts = name.split("/")[:-1]
+    for i in range(1, len(parts) + 1):
+        path = root / "/".join(parts[:i])
+        if path in made:
+            continue
+        if _lexists(path) and not _is_folder(path):
+            _keep_original(storage, "/".join(parts[:i]), safety_media, made, journal)
+            return
+
+
+def _put(
+    storage,
+    name: str,
+    source: Path,
+    made: set[Path],
+    owner: tuple[int, int] | None = None,
+    journal: Journal = NO_JOURNAL,
+    safety_media: Path | None = None,
+) -> None:
     """Put the file ``source`` at ``name`` in ``storage`` (nothing is there now); folders made get ``owner``."""
     root = _plain_local_root(storage)
     local = root / name if root is not None else _local_path(storage, name)
     if local is not None:
-        _folder(local.parent, made, owner)
+        if root is not None and safety_media is not None:
+            _clear_way(storage, root, name, safety_media, made, journal)
+        _folder(local.parent, made, owner, journal, root)
+        journal.write("put", name)
         _move(source, local)
         return
+    journal.write("put", name)
     with open(source, "rb") as fh:
         saved = storage.save(name, File(fh, name=name))
     if saved != name:
@@ -538,8 +660,10 @@ def _check_no_link(root: Path, name: str, checked: set[str]) -> None:
                 f"media file {name!r} cannot be restored: {prefix!r} is a symbolic link on this site and a "
                 "restore never writes through one; remove the link, or restore into another media folder"
             )
-        if not stat.S_ISDIR(st.st_mode):
+        if not stat.S_ISDIR(st.st_mode) and not stat.S_ISREG(st.st_mode):
             raise RestoreError(f"media file {name!r} cannot be restored: {prefix!r} is not a folder on this site")
+        if not stat.S_ISDIR(st.st_mode):
+            return  # a file where the backup has a folder: moved aside at the swap (and back by an undo)
         checked.add(prefix)
 
 
@@ -557,7 +681,8 @@ def stage_archive(storage, stream: BinaryIO) -> StagedArchive:
     if root is not None:
         root.mkdir(parents=True, exist_ok=True)
     live_root = _plain_local_root(storage)
-    staged = StagedArchive(Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=root)), exact=live_root is not None)
+    folder = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=root))  # its owner in its name
+    staged = StagedArchive(folder, exact=live_root is not None)
     folders: set[Path] = set()
     checked: set[str] = set()
     try:
@@ -579,17 +704,43 @@ def stage_archive(storage, stream: BinaryIO) -> StagedArchive:
     return staged
 
 
+def remove_stale_staging(storage) -> list[str]:
+    """Remove the staging folders (``.backup-restore-<pid>-...``) of restores whose process is gone."""
+    root = _local_path(storage, "")
+    gone = []
+    for folder in root.glob(f"{STAGING_PREFIX}*") if root is not None and root.is_dir() else ():
+        pid = folder.name[len(STAGING_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and process_exists(int(pid)):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        gone.append(folder.name)
+    return gone
+
+
 def abandon_archive(staged: StagedArchive) -> None:
     shutil.rmtree(staged.folder, ignore_errors=True)
 
 
-def _put_folders(root: Path, staged: StagedArchive, owner: tuple[int, int] | None) -> dict:
-    """Make the archive's folders, with its modes; returns ``{"made": [...], "modes": {name: old mode}}``."""
+def _put_folders(
+    storage,
+    root: Path,
+    staged: StagedArchive,
+    owner: tuple[int, int] | None,
+    safety_media: Path,
+    kept: set[Path],
+    journal: Journal = NO_JOURNAL,
+) -> dict:
+    """Make the archive's folders, with its modes; returns ``{"made": [...], "modes": {name: old mode}}``.
+
+    A file or link where the archive has a folder is moved aside first; each step goes to ``journal`` first."""
     made, modes = [], {}
     for name, mode in sorted(staged.folders.items()):
         path = root / name
+        if _lexists(path) and not _is_folder(path):
+            _keep_original(storage, name, safety_media, kept, journal)
         current = Ownership.of(path)
         if current is None:
+            journal.write("mkdir", name)
             path.mkdir(mode=0o700)
             made.append(name)
             if owner is not None:
@@ -597,18 +748,24 @@ def _put_folders(root: Path, staged: StagedArchive, owner: tuple[int, int] | Non
         elif current.mode == mode:
             continue
         else:
+            journal.write("chmod", name, current.mode)
             modes[name] = current.mode
         os.chmod(path, mode)
     return {"made": made, "modes": modes}
 
 
-def commit_archive(storage, staged: StagedArchive, safety_media: Path, *, mirror: bool = False) -> dict:
+def commit_archive(
+    storage, staged: StagedArchive, safety_media: Path, *, mirror: bool = False, journal: Path | None = None
+) -> dict:
     """Put staged files in place.
 
     Every file that is replaced (or, with ``mirror``, removed) is moved into
-    ``safety_media``; names that did not exist before are returned in
-    ``created``, folders made and folder modes changed in ``folders``, so
-    :func:`undo_media` can put everything back.  On failure it is put back at once.
+    ``safety_media``, and so is a file where the restore needs a folder, or a
+    folder where it puts a file; names that did not exist before are returned
+    in ``created``, folders made and folder modes changed in ``folders``.  Each
+    step is first written to ``journal``, so that :func:`undo_media` puts the
+    exact tree back wherever the swap stopped (a failure here: at once; a kill:
+    the next run).
 
     On a plain local media folder a file takes the owner and group of the file
     it replaces; new files and folders get the media folder's owner when root
@@ -621,13 +778,17 @@ def commit_archive(storage, staged: StagedArchive, safety_media: Path, *, mirror
     root = _plain_local_root(storage)
     owner = folder_owner(root) if root is not None else None
     folders: dict = {"made": [], "modes": {}}
+    steps = Journal(journal)
+    half = len(staged.names) // 2
     try:
         if root is not None:
-            folders = _put_folders(root, staged, owner)
-        for name in staged.names:
+            folders = _put_folders(storage, root, staged, owner, safety_media, made, steps)
+        for index, name in enumerate(staged.names):
+            if index == half:
+                pause_at("restore:media-half")
             source = staged.folder / name
             replaced = Ownership.of(root / name) if root is not None else None
-            if not _keep_original(storage, name, safety_media, made):
+            if not _keep_original(storage, name, safety_media, made, steps):
                 created.append(name)
             if root is not None:
                 if replaced is not None:
@@ -637,12 +798,12 @@ def commit_archive(storage, staged: StagedArchive, safety_media: Path, *, mirror
                         chown(source, *owner)
                     if not staged.exact:
                         os.chmod(source, 0o666 & ~umask())
-            _put(storage, name, source, made, owner)
+            _put(storage, name, source, made, owner, steps, safety_media)
         if mirror:
             keep = set(staged.names) | set(staged.unchanged)
             for name in list(iter_media(storage)):
                 if name not in keep:
-                    _keep_original(storage, name, safety_media, made)
+                    _keep_original(storage, name, safety_media, made, steps)
                     removed += 1
         return {
             "files": staged.files,
@@ -652,9 +813,11 @@ def commit_archive(storage, staged: StagedArchive, safety_media: Path, *, mirror
             "folders": folders,
         }
     except BaseException:
-        undo_media(storage, safety_media, created, folders)
+        steps.close()
+        undo_media(storage, safety_media, created, folders, journal=journal)
         raise
     finally:
+        steps.close()
         abandon_archive(staged)
 
 
@@ -663,9 +826,19 @@ def restore_archive(storage, stream: BinaryIO, safety_media: Path, *, mirror: bo
     return commit_archive(storage, stage_archive(storage, stream), safety_media, mirror=mirror)
 
 
-def undo_media(storage, safety_media: Path, created: list[str], folders: dict | None = None) -> None:
-    """Delete the ``created`` names, move every kept original back into place, put back the modes of the
-    folders the restore changed and remove the (now empty) folders it made."""
+def undo_media(
+    storage, safety_media: Path, created: list[str], folders: dict | None = None, *, journal: Path | None = None
+) -> None:
+    """Put the media tree back as it was before :func:`commit_archive` began.
+
+    With its ``journal``: every step taken is undone, last first (a put file removed, a folder made removed, a
+    folder's mode put back, a kept file, link or folder moved back); running it again after a kill is safe.
+    Without one (a record of an older version): delete the ``created`` names, move every kept original back,
+    put back the modes of the folders the restore changed and remove the (now empty) folders it made.
+    """
+    if journal is not None and journal.exists():
+        _undo_journal(storage, safety_media, Journal.read(journal))
+        return
     for name in created:
         with suppress(FileNotFoundError):
             storage.delete(name)
@@ -685,3 +858,41 @@ def undo_media(storage, safety_media: Path, created: list[str], folders: dict | 
     for name in sorted(folders.get("made", []), reverse=True):
         with suppress(OSError):
             (root / name).rmdir()
+
+
+def _undo_journal(storage, safety_media: Path, steps: list[list]) -> None:
+    root = _plain_local_root(storage) or _local_path(storage, "")
+    half = len(steps) // 2
+    kept_names = {step[1] for step in steps if step[0] == "keep"}
+    for index, step in enumerate(reversed(steps)):
+        if index == half:
+            pause_at("rollback:media-half")
+        op, name = step[0], step[1]
+        kept = safety_media / name
+        if op == "put" and name in kept_names and not _lexists(kept):
+            continue  # the original is back already (an undo run again after a kill): it stays
+        if root is None:  # remote media storage: kept files are whole copies (written as .part, then renamed)
+            if op == "put" or (op == "keep" and kept.exists()):
+                with suppress(FileNotFoundError):
+                    storage.delete(name)
+            if op == "keep" and kept.exists():
+                with open(kept, "rb") as fh:
+                    storage.save(name, File(fh, name=name))
+                kept.unlink()
+            continue
+        live = root / name
+        if op == "put":
+            if _lexists(live) and not _is_folder(live):
+                os.unlink(live)
+        elif op == "mkdir":
+            with suppress(OSError):  # not empty: something else is in it now; it stays
+                live.rmdir()
+        elif op == "chmod" and len(step) > 2:
+            with suppress(OSError):
+                if _is_folder(live):
+                    os.chmod(live, step[2])
+        elif op == "keep" and _lexists(kept):
+            if _lexists(live):
+                _remove(live)
+            live.parent.mkdir(parents=True, exist_ok=True)
+            _move(kept, live)

@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from .errors import RestoreError
 from .settings import app_settings
+from .tools import owner, owner_gone
 
 
 class SafetyRecord:
@@ -48,6 +49,7 @@ class SafetyRecord:
                 "state": "restoring",
                 "databases": {},
                 "media": None,
+                "owner": owner(),
             },
         )
         record.save()
@@ -76,6 +78,20 @@ class SafetyRecord:
     @property
     def media_folder(self) -> Path:
         return self.folder / "media"
+
+    @property
+    def media_journal(self) -> Path:
+        """Every step of the media swap, written before the step (see :func:`backup_app.media.commit_archive`)."""
+        return self.folder / "media.journal"
+
+    @property
+    def owner(self) -> dict | None:
+        """The process that made the record (host, pid, boot id, start time)."""
+        return self.data.get("owner")
+
+    def abandoned(self) -> bool:
+        """A restore that never finished and whose process is gone (killed): the next run must resolve it."""
+        return self.state == "restoring" and owner_gone(self.owner) is not False
 
     def set_media(self, created: list[str], folders: dict | None = None) -> None:
         """``created``: files the restore added; ``folders``: ``{"made": [...], "modes": {name: old mode}}``."""

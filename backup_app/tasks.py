@@ -19,7 +19,10 @@ import io
 import os
 import re
 import shlex
+import signal
 import sys
+import threading
+from contextlib import suppress
 from pathlib import Path
 
 from invoke import task
@@ -61,6 +64,25 @@ class _Local(Local):
             super().write_our_output(stream, string)
         except BrokenPipeError:
             _Local.reader_gone = True
+
+    # SIGTERM (``docker stop``, systemd, ``kill``) is passed on to the command, which finishes or undoes its
+    # step and exits; invoke then exits with its status.  Without this invoke would die and leave it running.
+    _previous_term = None
+
+    def start(self, command, shell, env):
+        super().start(command, shell, env)
+        if threading.current_thread() is threading.main_thread():
+            self._previous_term = signal.signal(signal.SIGTERM, self._pass_on)
+
+    def _pass_on(self, signum, frame):
+        with suppress(ProcessLookupError):
+            os.kill(self.get_pid(), signum)
+
+    def stop(self):
+        super().stop()
+        if self._previous_term is not None:
+            signal.signal(signal.SIGTERM, self._previous_term)
+            self._previous_term = None
 
 
 def find_project(start: str | os.PathLike | None = None) -> Path:

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -37,6 +38,51 @@ def process_exists(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def boot_id() -> str:
+    """This boot of this machine (Linux), or "" where it cannot be read."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
+
+
+def start_ticks(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot (Linux), or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    try:
+        return int(stat[stat.rindex(")") + 2 :].split()[19])
+    except (ValueError, IndexError):
+        return None
+
+
+def owner() -> dict:
+    """Who this process is, for a marker a later run must judge: host, pid, boot id and start time."""
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid, "boot_id": boot_id(), "start": start_ticks(pid)}
+
+
+def owner_gone(found: dict | None) -> bool | None:
+    """Whether the process a marker names has ended: True, False, or None (another host: cannot tell).
+
+    The same pid after a reboot, or a pid reused by a newer process (another start time), counts as gone.
+    """
+    if not found or not isinstance(found.get("pid"), int):
+        return None
+    if found.get("host") and found["host"] != socket.gethostname():
+        return None
+    if found.get("boot_id") and boot_id() and found["boot_id"] != boot_id():
+        return True
+    if not process_exists(found["pid"]):
+        return True
+    start = found.get("start")
+    return start is not None and start_ticks(found["pid"]) not in (None, start)
 
 
 class SecretPipe:
@@ -142,6 +188,9 @@ def run_to(tool: Tool, out: BinaryIO) -> None:
     running = Running(tool, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
     try:
         pump(running.stdout, out)
+    except BaseException:
+        running.kill()  # cut short (a full disk, SIGTERM): the tool must not run on
+        raise
     finally:
         running.stdout.close()
         running.wait()
@@ -203,6 +252,9 @@ def run_from(tool: Tool, stream: BinaryIO) -> None:
             running.stdin.write(data)
     except BrokenPipeError:
         broken = True
+    except BaseException:
+        running.kill()  # cut short: a tool given half a dump must not go on to commit it
+        raise
     finally:
         with suppress(BrokenPipeError):
             running.stdin.close()

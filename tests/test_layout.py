@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "backup_app"
 
 #: Lowest first.  A module is known by its first name under backup_app/ (``engines/mysql.py``: ``engines``).
 LAYERS: list[set[str]] = [
-    {"__init__", "errors", "conf"},
+    {"__init__", "errors", "conf", "testing", "interrupts"},
     {"settings", "secrets", "hints"},
     {"streams", "tools", "progress", "ownership"},
     {"pipeline", "sets", "media", "incremental", "safety", "models", "migrations", "engines", "storage"},

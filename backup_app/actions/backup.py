@@ -8,7 +8,6 @@ and returns a :class:`BackupResult`.
 from __future__ import annotations
 
 import logging
-import os
 import platform
 import socket
 import threading
@@ -23,11 +22,12 @@ from django.core.checks import ERROR, WARNING, run_checks
 from django.core.files.storage import FileSystemStorage
 from django.utils import timezone
 
-from .. import __version__
+from .. import __version__, hints
 from ..engines import engine_for, site_lock
 from ..errors import BackupError
 from ..history import note_manifest, record_run
 from ..incremental import IncrementalStats, Previous, parse_index, recall_index, remember_index, write_media
+from ..interrupts import Interrupted
 from ..media import ArchiveStats, iter_media, media_size, media_storage, write_tar
 from ..models import BackupRun
 from ..notify import announce, notify_failure, ping
@@ -49,6 +49,8 @@ from ..sets import (
 from ..settings import app_settings
 from ..storage import backup_storage, describe
 from ..streams import CountingWriter
+from ..testing import pause_at
+from ..tools import owner
 from . import hooks, prune, rollback
 from .common import read_checked
 
@@ -314,6 +316,7 @@ def _back_up(options: BackupOptions, progress: Progress) -> BackupResult:
         media_mode=options.media_mode or app_settings.media_mode,
     )
     with site_lock("backup") as lock:
+        rollback.recover(progress)  # a restore killed half way is undone before anything is read
         manifest = write_set(storage, contents, progress)
         deleted = []
         if options.clean:
@@ -392,7 +395,8 @@ def write_set(storage, what: SetContents, progress: Progress = NO_PROGRESS) -> d
     cancel = threading.Event()
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backup-media")
     try:
-        write_json(storage, pending, {"started": manifest["created"], "pid": os.getpid(), "host": manifest["host"]})
+        # Who writes the set: a later --clean removes it only once that process is gone.
+        write_json(storage, pending, {"started": manifest["created"], **owner()})
         if what.media and what.media_mode == "incremental":
             media_name = naming.media_name(stamp, INDEX_BASE + suffix)
             previous = previous_media(storage, what, say)
@@ -497,6 +501,7 @@ def write_set(storage, what: SetContents, progress: Progress = NO_PROGRESS) -> d
                 f"in {seconds_text(time.monotonic() - t0)}"
             )
             posts.append(lambda e=engine, n=name: hooks.send_post_backup(e.connector, n, storage))
+            pause_at(f"backup:db-dumped:{alias}")
         if what.media:
             stored, seconds = media_job.result() if media_job is not None else archive_media()
             media_job = None
@@ -531,6 +536,7 @@ def write_set(storage, what: SetContents, progress: Progress = NO_PROGRESS) -> d
                     f"in {seconds_text(seconds)}"
                 )
             posts.append(lambda: hooks.send_post_media_backup(media_name, storage))
+            pause_at("backup:media-written")
         manifest["finished"] = timezone.localtime(timezone.now()).isoformat()
         write_json(storage, naming.manifest_name(stamp), manifest)
         written.append(naming.manifest_name(stamp))
@@ -542,18 +548,33 @@ def write_set(storage, what: SetContents, progress: Progress = NO_PROGRESS) -> d
             cancel.set()
             with suppress(BaseException):
                 media_job.result()  # its own failure (or the cancel) removed its file
-        # The archive too: a cancelled archive thread that was inside one large file finished it.
-        for name in [*written, pending, *([media_name] if media_name else [])]:
+        # Every file the run wrote goes (the media archive too, finished or not); the pending marker last, and
+        # only when all the others are gone: a set left half-deleted still reads as unfinished.
+        left = []
+        for name in dict.fromkeys([*written, *([media_name] if media_name else []), naming.manifest_name(stamp)]):
             try:
                 if storage.exists(name):
                     storage.delete(name)
             except Exception:
-                pass
+                left.append(name)
+        if not left:
+            with suppress(Exception):
+                storage.delete(pending)
+        tail = (
+            "the partial set was removed"
+            if not left
+            else f"could not remove {', '.join(left)}: "
+            + (f"the set stays marked unfinished and the next {hints.command('backup', '--clean')} removes it")
+        )
+        if isinstance(err, Interrupted):
+            error = BackupError(f"backup {err}; {tail}")
+            error.exit_status = err.exit_status
+            raise error from None
         if isinstance(err, BackupError):
-            raise
+            raise BackupError(f"{err}; {tail}") from None
         if isinstance(err, KeyboardInterrupt):
-            raise BackupError("backup interrupted; the partial set was removed") from None
-        raise BackupError(f"backup failed: {redact(err)}") from err
+            raise BackupError(f"backup interrupted; {tail}") from None
+        raise BackupError(f"backup failed: {redact(err)}; {tail}") from err
     finally:
         pool.shutdown(wait=True)
     try:

@@ -29,6 +29,7 @@ from ..engines import Engine, Staged, engine_for, site_lock
 from ..errors import RestoreError
 from ..history import record_run
 from ..incremental import parse_index, stage_index
+from ..interrupts import Interrupted, shielded
 from ..media import StagedArchive, abandon_archive, commit_archive, media_storage, stage_archive
 from ..models import BackupRun
 from ..notify import announce, notify_failure, ping
@@ -40,6 +41,7 @@ from ..sets import BackupFile, BackupSet, Naming, list_sets, split_extension
 from ..settings import app_settings
 from ..storage import backup_storage, describe
 from ..streams import PrefixedReader
+from ..testing import pause_at
 from . import hooks, rollback
 from .common import read_checked
 
@@ -146,6 +148,7 @@ def run(
             progress.step(f"Reading backups from {describe(storage)}")
             opts = replace(options, path=path, db_file=db_file, media_file=media_file)
             with site_lock("restore"):
+                rollback.recover(progress)
                 result = restore(storage, opts, progress, confirm)
             row.set_name = result.set_name or ""
         result.storage = describe(storage)
@@ -545,6 +548,8 @@ def _stage(storage, plan: Plan, engines: dict[str, Engine], opts: RestoreOptions
             raise RestoreError(f"{err}; nothing was changed") from None
         if isinstance(err, Exception):
             raise RestoreError(f"{redact(err)}; nothing was changed") from None
+        if isinstance(err, Interrupted):
+            raise interrupted_error(err, "nothing was changed") from None
         raise
     finally:
         pool.shutdown(wait=True)
@@ -601,38 +606,59 @@ def restore(storage, opts: RestoreOptions, progress: Progress, confirm: Confirm 
         hooks.send_pre_restore(item.alias, item.file.name, storage)
     if plan.media is not None:
         hooks.send_pre_media_restore(plan.media.name, storage)
-    staged_dbs, staged_media = _stage(storage, plan, engines, opts, gpg, progress)
+    # The safety record first: a safety folder that cannot be written fails before anything is staged.
     result = RestoreResult(set_name=plan.set.name if plan.set else None)
-    safety = SafetyRecord.create(safety_root(), result.set_name)
     try:
+        safety = SafetyRecord.create(safety_root(), result.set_name)
+    except OSError as err:
+        raise RestoreError(
+            f"the safety folder {safety_root()} cannot be written ({err.strerror or err}); make it a writable "
+            "folder (backup_safety_dir) with room for what the restore replaces; nothing was changed"
+        ) from None
+    try:
+        staged_dbs, staged_media = _stage(storage, plan, engines, opts, gpg, progress)
+    except BaseException:
+        rollback.discard(safety)
+        raise
+    try:
+        pause_at("restore:staged")
         while staged_dbs:
             engine, staged = staged_dbs[0]
             say(f"Swapping in database '{engine.alias}'")
             engine.commit(staged, safety)
             staged_dbs.pop(0)
             result.databases.append(engine.alias)
+            pause_at(f"restore:db-swapped:{engine.alias}")
         if staged_media is not None:
             say("Putting media files in place")
-            media = commit_archive(media_storage(), staged_media, safety.media_folder, mirror=opts.mirror)
+            safety.set_media([])  # before the first file moves: an undo then reads the journal
+            media = commit_archive(
+                media_storage(), staged_media, safety.media_folder, mirror=opts.mirror, journal=safety.media_journal
+            )
             staged_media = None
             safety.set_media(media.pop("created"), media.pop("folders"))
             result.media = media
+            pause_at("restore:media-swapped")
             say(
                 f"  {media['files']} files restored ({media['unchanged']} already as in the backup), "
                 f"{media['removed']} removed"
             )
     except BaseException as err:
-        _abandon(staged_dbs, staged_media)
-        message = redact(err) if isinstance(err, Exception) else "interrupted"
-        try:
-            undone = rollback.undo(safety)
-        except Exception as undo_err:
-            raise RestoreError(
-                f"{message}; putting the old state back ALSO failed ({redact(undo_err)}): the safety copy is in "
-                f"{safety.folder}, run {hints.command('rollback', '--name', safety.name)} once the cause is fixed"
-            ) from None
-        rollback.discard(safety)
+        # A second SIGTERM or SIGINT waits until the old state is back.
+        with shielded():
+            _abandon(staged_dbs, staged_media)
+            message = redact(err) if isinstance(err, Exception | Interrupted) else "interrupted"
+            try:
+                undone = rollback.undo(safety)
+            except Exception as undo_err:
+                raise RestoreError(
+                    f"{message}; putting the old state back ALSO failed ({redact(undo_err)}): the safety copy is in "
+                    f"{safety.folder}, run {hints.command('rollback', '--name', safety.name)} once the cause is fixed"
+                ) from None
+            rollback.discard(safety)
         what = " and ".join(undone) + " put back as they were" if undone else "nothing had been changed"
+        if isinstance(err, Interrupted):
+            raise interrupted_error(err, f"the restore was undone ({what})") from None
         raise RestoreError(f"{message}; the restore was undone ({what})") from None
     safety.mark("done")
     for item in plan.databases:
@@ -658,6 +684,13 @@ def restore(storage, opts: RestoreOptions, progress: Progress, confirm: Confirm 
             say(f"The backup of '{item.alias}' was older than this code: applied {applied} migrations")
     say("Restore complete")
     return result
+
+
+def interrupted_error(err: Interrupted, what: str) -> RestoreError:
+    """The one line of a restore cut short by SIGTERM/SIGINT; the command exits 128 + the signal."""
+    error = RestoreError(f"{err}; {what}")
+    error.exit_status = err.exit_status
+    return error
 
 
 def migrate_forward(alias: str) -> int:

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from .. import hints
 from ..engines import Locked, engine_for, site_lock
 from ..errors import BackupAppError
-from ..media import media_storage, undo_media
+from ..interrupts import shielded
+from ..media import media_storage, remove_stale_staging, undo_media
 from ..notify import notify_failure
 from ..progress import NO_PROGRESS, Progress
 from ..safety import SafetyRecord, expired, list_records
@@ -37,19 +38,28 @@ def candidates() -> list[SafetyRecord]:
 def run(options: RollbackOptions | None = None, progress: Progress = NO_PROGRESS) -> RollbackResult:
     """Under the site lock, put back the state before the restore of one safety copy, then drop the copy.
 
+    A restore that was killed half way is undone first (:func:`recover`); that is the rollback then.
     A failure is mailed to the admins (as a restore failure) and raised.
     """
     options = options or RollbackOptions()
     try:
-        records = candidates()
-        if not records:
-            raise BackupAppError("there is no safety copy to roll back to (restores keep one for backup_safety_days)")
-        record = next((r for r in records if r.name == options.name), None) if options.name else records[0]
-        if record is None:
-            raise BackupAppError(f"no safety copy named {options.name!r}; see {hints.command('rollback', '--list')}")
         with site_lock("rollback"):
-            undone = undo(record)
-            discard(record)
+            recovered = recover(progress)
+            if recovered and (options.name is None or options.name in recovered):
+                return RollbackResult(record=recovered[0], undone=[])
+            records = candidates()
+            if not records:
+                raise BackupAppError(
+                    "there is no safety copy to roll back to (restores keep one for backup_safety_days)"
+                )
+            record = next((r for r in records if r.name == options.name), None) if options.name else records[0]
+            if record is None:
+                raise BackupAppError(
+                    f"no safety copy named {options.name!r}; see {hints.command('rollback', '--list')}"
+                )
+            with shielded():
+                undone = undo(record)
+                discard(record)
     except Exception as err:
         notify_failure("restore", err)
         raise
@@ -57,18 +67,56 @@ def run(options: RollbackOptions | None = None, progress: Progress = NO_PROGRESS
     return RollbackResult(record=record.name, undone=undone)
 
 
+def recover(progress: Progress = NO_PROGRESS) -> list[str]:
+    """Undo every restore that was killed half way (its record still ``restoring``, its process gone).
+
+    The caller holds the site lock, so no restore of this site is running.  Each one is put back to the state
+    before it began (databases and media, exactly), its record dropped, and one line says so.  Staging left
+    by killed runs goes too.  Returns the names of the records resolved.
+    """
+    done = []
+    for record in list_records():
+        if not record.abandoned():
+            continue
+        owner = record.owner or {}
+        with shielded():
+            undone = undo(record)
+            discard(record)
+        what = " and ".join(undone) + " put back as they were" if undone else "nothing had been changed yet"
+        progress.step(
+            f"Found restore {record.name} interrupted (pid {owner.get('pid', '?')} is gone): undid it, "
+            f"{what}; the site is as it was before that restore"
+        )
+        done.append(record.name)
+    for name in remove_stale_staging(media_storage()):
+        progress.step(f"Removed {name}, left in the media folder by an interrupted restore")
+    return done
+
+
 def undo(record: SafetyRecord) -> list[str]:
-    """Put back everything ``record`` kept (media files, then each database); returns what was rolled back."""
+    """Put back everything ``record`` kept (media files, then each database); returns what was rolled back.
+
+    Safe to run again when a kill stopped it half way.
+    """
     done = []
     if record.media is not None or record.media_folder.exists():
         media = record.media or {}
-        undo_media(media_storage(), record.media_folder, media.get("created", []), media.get("folders"))
+        undo_media(
+            media_storage(),
+            record.media_folder,
+            media.get("created", []),
+            media.get("folders"),
+            journal=record.media_journal,
+        )
         done.append("media files")
     for alias, entry in record.databases.items():
         engine_for(alias).undo(entry, record.folder)
         done.append(f"database '{alias}'")
-    record.clear()
-    record.mark("rolled back")
+    try:
+        record.clear()
+        record.mark("rolled back")
+    except OSError:
+        pass  # a full safety folder: the old state is back all the same, and the record goes with its folder
     return done
 
 

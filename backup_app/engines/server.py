@@ -112,11 +112,13 @@ class SideDatabase(Strategy):
         kept = engine.side_name("safety", safety.name)
         # What moves with no table (MariaDB's triggers, routines, events, views) is kept as SQL in this file.
         objects = safety.folder / f"{engine.alias}.objects.json"
+        # Recorded before the swap: whatever ends this process, the next run finds the old database.
+        entry = {"kind": self.kinds[0], "database": kept, "name": name, "incoming": staged.database}
+        safety.add_database(engine.alias, {**entry, "state": "swapping", "objects": objects.name})
         engine.swap(name, aside=kept, incoming=staged.database, keep=objects)
-        entry = {"kind": self.kinds[0], "database": kept, "name": name}
         if objects.exists():
             entry["objects"] = objects.name
-        safety.add_database(engine.alias, entry)
+        safety.add_database(engine.alias, {**entry, "state": "swapped"})
         return entry
 
     def abandon(self, staged: StagedDatabase) -> None:
@@ -126,10 +128,19 @@ class SideDatabase(Strategy):
         return self.engine.tables_in(staged.database)
 
     def undo(self, entry: dict, folder: Path) -> None:
+        """Swap the kept database back in, if it holds the old one still (the swap happened and was not undone
+        yet: an undo killed half way runs again safely); else only drop what the restore left beside it."""
+        engine = self.engine
         trash = f"{entry['database'][:40]}_undone"
         objects = folder / entry["objects"] if entry.get("objects") else None
-        self.engine.swap(entry["name"], aside=trash, incoming=entry["database"], objects=objects)
-        self.engine.drop_database(trash)
+        if objects is not None and not objects.exists():
+            objects = None
+        if engine.holds_tables(entry["database"]):
+            engine.swap(entry["name"], aside=trash, incoming=entry["database"], objects=objects)
+        engine.drop_database(trash)
+        engine.drop_database(entry["database"])
+        if entry.get("incoming"):
+            engine.drop_database(entry["incoming"])
 
     def discard(self, entry: dict) -> None:
         self.engine.drop_database(entry["database"])
@@ -219,9 +230,15 @@ class ServerEngine(Engine):
             return in_place.stage(stream)
 
     def cleanup(self) -> list[str]:
-        names = self.side_databases(f"{self.name[:30]}_restore_")
-        for name in names:
+        """Drop the staging databases of restores (and verifies) whose process is gone; a running one's stay."""
+        prefix = f"{self.name[:30]}_restore_"
+        names = []
+        for name in self.side_databases(prefix):
+            pid = name[len(prefix) :].split("_", 1)[0]
+            if pid.isdigit() and process_exists(int(pid)):
+                continue  # a verify beside this restore, still at work
             self.drop_database(name)
+            names.append(name)
         return names + remove_stale_spools()
 
     # --- per vendor -----------------------------------------------------------------------------
@@ -257,6 +274,10 @@ class ServerEngine(Engine):
     def side_databases(self, prefix: str) -> list[str]:
         """Names of the databases on the server that start with ``prefix``."""
         raise NotImplementedError
+
+    def holds_tables(self, database: str) -> bool:
+        """Whether ``database`` exists with tables in it (a kept database the swap filled)."""
+        return database in self.side_databases(database) and self.tables_in(database) > 0
 
     def tables_in(self, database: str) -> int:
         """Number of tables in ``database``."""

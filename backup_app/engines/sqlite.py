@@ -18,6 +18,7 @@ from django.db import connections
 from ..errors import BackupError, RestoreError
 from ..ownership import Ownership, give_to_folder, take_over
 from ..streams import copy, pump
+from ..tools import process_exists
 from .base import Engine, SiteLock, Staged, Strategy, holder, locked, released
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ class FileSwap(Strategy):
     def stage(self, stream: BinaryIO) -> StagedFile:
         path = self.engine.path
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.restore-", dir=path.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.restore-{os.getpid()}-", dir=path.parent)
         try:
             with open(fd, "wb") as fh:
                 copy(stream, fh)
@@ -102,13 +103,13 @@ class FileSwap(Strategy):
                 with suppress(FileNotFoundError):
                     os.remove(f"{path}{suffix}")
             return
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.rollback-", dir=path.parent)
-        os.close(fd)
         kept = folder / entry["file"]
-        shutil.copyfile(kept, tmp_name)
+        tmp = Path(path.parent / f".{path.name}.rollback-{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        shutil.copyfile(kept, tmp)  # a copy: the kept file stays whole until the record goes (an undo may rerun)
         # The file as it was: owner, group and mode recorded at the swap (a hard link has them too).
-        take_over(tmp_name, Ownership.from_dict(entry.get("ownership")) or Ownership.of(kept))
-        _swap(Path(tmp_name), path)
+        take_over(tmp, Ownership.from_dict(entry.get("ownership")) or Ownership.of(kept))
+        _swap(tmp, path)
 
 
 class SqliteEngine(Engine):
@@ -168,11 +169,16 @@ class SqliteEngine(Engine):
         return [FileSwap(self)]
 
     def cleanup(self) -> list[str]:
+        """Remove staged and rollback files of runs whose process is gone (``.<db>.restore-<pid>-...``)."""
         path = self.path
         gone = []
-        for stale in path.parent.glob(f".{path.name}.restore-*"):
-            stale.unlink(missing_ok=True)
-            gone.append(stale.name)
+        for pattern in (f".{path.name}.restore-*", f".{path.name}.rollback-*"):
+            for stale in path.parent.glob(pattern):
+                pid = stale.name.rsplit(".", 1)[-1].split("-")[1]
+                if pid.isdigit() and process_exists(int(pid)):
+                    continue  # a verify or restore still at work
+                stale.unlink(missing_ok=True)
+                gone.append(stale.name)
         return gone
 
     @contextmanager

@@ -15,7 +15,7 @@ from contextlib import suppress
 
 from django.core.management.base import BaseCommand, CommandError
 
-from backup_app import streams
+from backup_app import interrupts, streams
 from backup_app.errors import BackupAppError
 from backup_app.secrets import redact
 
@@ -160,7 +160,11 @@ class BackupCommand(BaseCommand):
         self._tasks: dict[str, object] = {}
         self.live = not self.quiet and _is_terminal(sys.stderr)
         try:
-            return super().execute(*args, **options)
+            with interrupts.handled():
+                return super().execute(*args, **options)
+        except interrupts.Interrupted as err:
+            # Outside any step that changes something (each step says itself what it finished or undid).
+            raise CommandError(str(err), returncode=err.exit_status) from None
         except (KeyboardInterrupt, BrokenPipeError):
             raise
         except Exception as err:
@@ -169,7 +173,7 @@ class BackupCommand(BaseCommand):
                 if options.get("json") and self.action:
                     self.emit({"action": self.action, "ok": False, "error": redact(err)})
                 sys.stderr.write(f"Interrupted: {redact(err)}\n")
-                sys.exit(INTERRUPTED)
+                sys.exit(getattr(err, "exit_status", INTERRUPTED))  # 143 for SIGTERM, 130 for SIGINT
             self._translate(err, options)
         finally:
             if self._bars is not None:
@@ -191,7 +195,8 @@ class BackupCommand(BaseCommand):
             self.emit({"action": self.action, "ok": False, "error": line})
         if isinstance(err, CommandError) or options.get("traceback"):
             raise err
-        raise CommandError(line) from None
+        # An action cut short by SIGTERM/SIGINT exits 128 + the signal, after saying what it put back.
+        raise CommandError(line, returncode=getattr(err, "exit_status", 1)) from None
 
     def emit(self, data) -> None:
         """One JSON document on stdout (the bars, if any, stopped first)."""

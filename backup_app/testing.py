@@ -1,0 +1,30 @@
+"""A test hook: hold a run at a named step so that a test can kill it there (inert unless asked for).
+
+With ``BACKUP_APP_PAUSE_AT=<step>`` in the environment, a run that reaches ``<step>`` prints
+``paused at <step>`` on stderr and waits until the file named by ``BACKUP_APP_RESUME_FILE`` exists; a signal
+ends the wait as it would end any other.  Steps: ``backup:db-dumped:<alias>``, ``backup:media-written``,
+``restore:staged``, ``restore:db-swapped:<alias>``, ``restore:media-half``, ``restore:media-swapped``,
+``rollback:media-half``; several steps may be named, separated by commas.  Without the variable
+:func:`pause_at` only reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+PAUSE_VARIABLE = "BACKUP_APP_PAUSE_AT"
+RESUME_VARIABLE = "BACKUP_APP_RESUME_FILE"
+
+
+def pause_at(step: str) -> None:
+    """Wait here if ``BACKUP_APP_PAUSE_AT`` names ``step`` (see the module docstring)."""
+    wanted = os.environ.get(PAUSE_VARIABLE)
+    if not wanted or step not in wanted.split(","):
+        return
+    resume = os.environ.get(RESUME_VARIABLE, "")
+    sys.stderr.write(f"paused at {step}\n")
+    sys.stderr.flush()
+    while not (resume and os.path.exists(resume)):
+        time.sleep(0.05)

@@ -1,0 +1,433 @@
+"""Interrupted runs: a real ``manage.py`` process is held at a named step (``backup_app.testing``), then sent
+SIGKILL or SIGTERM; the site must be wholly old or wholly new, and the next run must finish or undo the rest
+and say so in one line.
+
+The whole matrix of steps runs on SQLite; PostgreSQL and MariaDB get the database swap step, the one that
+differs per engine.  "Old" and "new" are exact: every row of every table, and the ``lstat`` (type, mode,
+owner, size, mtime) and bytes of every media file and folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, make_site
+
+# --- instruments ------------------------------------------------------------------------------
+
+
+def tree(folder: Path) -> dict:
+    """Every path under ``folder``: files with type, mode, owner, size, mtime and SHA-256; folders; links."""
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        st = path.lstat()
+        name = path.relative_to(folder).as_posix()
+        if path.is_symlink():
+            out[name] = ("link", os.readlink(path))
+        elif path.is_dir():
+            out[name] = ("dir", st.st_mode, st.st_uid, st.st_gid)
+        else:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            out[name] = ("file", st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns, digest)
+    return out
+
+
+def db_rows(site) -> dict:
+    """Every table's rows, sorted, read straight from the database (SQLite: with each table's schema)."""
+    engine = site.env["INVENTREE_DB_ENGINE"]
+    name = site.env["INVENTREE_DB_NAME"]
+    skip = ("django_session", "backup_app_backuprun", "django_q_")
+    if engine == "sqlite3":
+        import sqlite3
+
+        conn = sqlite3.connect(f"file:{name}?mode=ro", uri=True)
+        try:
+            tables = conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table' ORDER BY name").fetchall()
+            out = {
+                table: (sql, sorted(map(repr, conn.execute(f'SELECT * FROM "{table}"'))))
+                for table, sql in tables
+                if not table.startswith(skip)
+            }
+            if "sqlite_sequence" in out:  # the run history's counters move with every run
+                sql, rows = out["sqlite_sequence"]
+                out["sqlite_sequence"] = (sql, [r for r in rows if not r.strip("(").strip("'").startswith(skip)])
+            return out
+        finally:
+            conn.close()
+    if engine == "postgresql":
+        import psycopg
+
+        with psycopg.connect(dbname=name, host="127.0.0.1", user="postgres") as conn:
+            tables = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()
+            return {
+                t: sorted(map(repr, conn.execute(f'SELECT * FROM "{t}"').fetchall()))
+                for (t,) in tables
+                if not t.startswith(skip)
+            }
+    import pymysql
+
+    conn = pymysql.connect(host="127.0.0.1", user="root", password="", database=name)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SHOW TABLES")
+            out = {}
+            for (t,) in cur.fetchall():
+                if not t.startswith(skip):
+                    cur.execute(f"SELECT * FROM `{t}`")
+                    out[t] = sorted(map(repr, cur.fetchall()))
+            return out
+    finally:
+        conn.close()
+
+
+def state(site) -> tuple[dict, dict]:
+    """The site as a user sees it: every row of the database and every media path."""
+    return db_rows(site), tree(site.media)
+
+
+def differences(a: tuple[dict, dict], b: tuple[dict, dict]) -> list[str]:
+    """What differs between two states: table names and media paths (empty: the same)."""
+    out = []
+    for label, x, y in (("table", a[0], b[0]), ("media", a[1], b[1])):
+        out += [
+            f"{label} {key}: {x.get(key)} != {y.get(key)}"
+            for key in sorted(x.keys() | y.keys())
+            if x.get(key) != y.get(key)
+        ]
+    return out
+
+
+class Held:
+    """A ``manage.py`` command held at ``step`` (several may be named, separated by commas)."""
+
+    def __init__(self, site, step: str, *args: str):
+        self.site = site
+        self.resume = site.root / f"resume-{os.getpid()}-{time.monotonic_ns()}"
+        env = {**site.env, "BACKUP_APP_PAUSE_AT": step, "BACKUP_APP_RESUME_FILE": str(self.resume)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        self.lines: list[str] = []
+
+    def wait_for(self, text: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        for line in self.proc.stderr:
+            self.lines.append(line)
+            if text in line:
+                return
+            assert time.monotonic() < deadline, "".join(self.lines)
+        self.proc.wait()
+        raise AssertionError(f"{text!r} never came; the command ended ({self.proc.returncode}):\n{''.join(self.lines)}")
+
+    def paused(self, step: str) -> Held:
+        self.wait_for(f"paused at {step}")
+        return self
+
+    def signal(self, signum: int) -> None:
+        if signum == signal.SIGKILL:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the tools it runs die with it
+        else:
+            os.kill(self.proc.pid, signum)  # as docker stop / systemd send it: to the main process
+
+    def go_on(self) -> None:
+        self.resume.write_text("")
+
+    def finish(self, timeout: float = 300) -> tuple[int, str]:
+        rest = self.proc.stderr.read()
+        self.proc.wait(timeout=timeout)
+        return self.proc.returncode, "".join(self.lines) + rest
+
+
+def leftovers(site) -> list[str]:
+    """Staging files, staging folders and unresolved safety records a run left behind."""
+    found = [p.name for p in site.root.glob(".db.sqlite3.*")]
+    found += [p.name for p in site.media.glob(".backup-restore-*")]
+    for record in (site.root / "safety").glob("*/safety.json"):
+        if json.loads(record.read_text())["state"] == "restoring":
+            found.append(record.parent.name)
+    return found
+
+
+# --- a site with a backup and changes since ---------------------------------------------------
+
+
+def prepare(site) -> None:
+    """Back up a site with rows and 20 media files, then change both: 10 files edited, 10 deleted, 3 added,
+    a file where the backup has a folder and a folder where it has a file; other owners and modes too."""
+    site.manage("demo_data")
+    media = site.media
+    (media / "docs").mkdir()
+    for i in range(10):
+        (media / "docs" / f"d{i}.txt").write_text(f"backed up {i}\n" * 40)
+        (media / f"gone{i}.txt").write_text(f"deleted later {i}\n")
+    (media / "was-a-file").write_text("a file in the backup")
+    (media / "was-a-folder").mkdir()
+    (media / "was-a-folder" / "inner.txt").write_text("in a folder in the backup")
+    site.manage("backup_create")
+    for i in range(10):
+        (media / "docs" / f"d{i}.txt").write_text(f"edited after the backup {i}\n")
+        (media / f"gone{i}.txt").unlink()
+    for i in range(3):
+        (media / f"new{i}.txt").write_text("made after the backup")
+    os.chown(media / "new0.txt", 1000, 1000)
+    os.chmod(media / "docs" / "d3.txt", 0o600)
+    (media / "was-a-file").unlink()
+    (media / "was-a-file").mkdir()
+    (media / "was-a-file" / "now.txt").write_text("a folder now")
+    (media / "was-a-folder" / "inner.txt").unlink()
+    (media / "was-a-folder").rmdir()
+    (media / "was-a-folder").write_text("a file now")
+    site.sql("DELETE FROM demo_part WHERE quantity > 20")
+    site.sql(
+        "INSERT INTO demo_part (name, description, quantity, created, attachment, price, blob) "
+        "VALUES ('after', 'made after the backup', 99, '2026-01-01 00:00:00', '', 1, '')"
+    )
+
+
+@pytest.fixture(scope="module")
+def template_site(tmp_path_factory):
+    site = make_site(tmp_path_factory.mktemp("template") / "site")
+    site.manage("migrate", "--noinput", "-v0")
+    prepare(site)
+    return site
+
+
+def copy_site(template, root: Path):
+    """A copy of ``template`` at ``root``: same files with the same owners, modes and times."""
+    shutil.copytree(template.root, root, symlinks=True)
+    for path in [root, *root.rglob("*")]:
+        st = (template.root / path.relative_to(root)).lstat()
+        os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
+    for path in sorted(root.rglob("*"), reverse=True):  # copytree set the folders' times before their files
+        st = (template.root / path.relative_to(root)).lstat()
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+    site = make_site(root)
+    return site
+
+
+@pytest.fixture
+def changed_site(template_site, tmp_path):
+    """A site with a backup and changes since, copied from one prepared per module."""
+    return copy_site(template_site, tmp_path / "site")
+
+
+# --- SQLite: every step of a restore ----------------------------------------------------------
+
+
+RESTORE_STEPS = ["restore:staged", "restore:db-swapped:default", "restore:media-half", "restore:media-swapped"]
+
+
+@pytest.mark.parametrize("step", RESTORE_STEPS)
+def test_sigterm_at_each_restore_step_undoes_it_and_says_so(changed_site, step):
+    old = state(changed_site)
+
+    held = Held(changed_site, step, "backup_restore", "--noinput").paused(step)
+    held.signal(signal.SIGTERM)
+    code, err = held.finish()
+
+    assert code == 128 + signal.SIGTERM, err
+    assert "interrupted by SIGTERM" in err
+    assert "the restore was undone (" + ("nothing had been changed" if step == "restore:staged" else "") in err
+    assert differences(state(changed_site), old) == []
+    assert leftovers(changed_site) == []
+
+
+@pytest.mark.parametrize(
+    ("step", "next_run"),
+    [
+        ("restore:staged", ("backup_restore", "--noinput")),
+        ("restore:db-swapped:default", ("backup_rollback",)),
+        ("restore:media-half", ("backup_create",)),
+        ("restore:media-swapped", ("backup_restore", "--noinput")),
+    ],
+)
+def test_sigkill_at_each_restore_step_is_undone_by_the_next_run(changed_site, step, next_run):
+    old = state(changed_site)
+
+    held = Held(changed_site, step, "backup_restore", "--noinput").paused(step)
+    held.signal(signal.SIGKILL)
+    held.finish()
+    result = changed_site.manage(*next_run)
+
+    if step != "restore:staged":  # killed before the swap: there was nothing to undo, the next restore just runs
+        assert "interrupted (pid" in result.stderr and "undid it" in result.stderr, result.stderr
+    if next_run[0] == "backup_restore":
+        new = state(changed_site)
+        changed_site.manage("backup_rollback")  # the completed restore, undone by hand, gives the old state
+    assert differences(state(changed_site), old) == []
+    assert leftovers(changed_site) == []
+    if next_run[0] == "backup_restore":
+        assert new != old
+
+
+def test_a_second_signal_during_the_undo_does_not_stop_it(changed_site):
+    old = state(changed_site)
+    held = Held(changed_site, "restore:media-half,rollback:media-half", "backup_restore", "--noinput")
+    held.paused("restore:media-half")
+
+    held.signal(signal.SIGTERM)
+    held.paused("rollback:media-half")  # the undo has begun
+    held.signal(signal.SIGINT)
+    held.signal(signal.SIGTERM)
+    held.go_on()
+    code, err = held.finish()
+
+    assert code == 128 + signal.SIGTERM, err
+    assert "the restore was undone (media files and database 'default' put back as they were)" in err
+    assert differences(state(changed_site), old) == []
+    assert leftovers(changed_site) == []
+
+
+def test_a_rollback_killed_half_way_finishes_when_run_again(changed_site):
+    old = state(changed_site)
+    changed_site.manage("backup_restore", "--noinput")
+
+    held = Held(changed_site, "rollback:media-half", "backup_rollback").paused("rollback:media-half")
+    held.signal(signal.SIGKILL)
+    held.finish()
+    changed_site.manage("backup_rollback")
+
+    assert differences(state(changed_site), old) == []
+
+
+def test_rollback_brings_back_the_exact_tree_files_and_folders_swapped(changed_site):
+    old = state(changed_site)
+
+    changed_site.manage("backup_restore", "--noinput", "--mirror")
+    media = changed_site.media
+    assert (media / "was-a-file").is_file() and (media / "was-a-folder" / "inner.txt").is_file()
+    assert not (media / "new0.txt").exists()
+    changed_site.manage("backup_rollback")
+
+    assert differences(state(changed_site), old) == []
+
+
+# --- SQLite: a backup cut short ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("step", ["backup:db-dumped:default", "backup:media-written"])
+def test_sigterm_during_a_backup_removes_its_files_and_says_so(changed_site, step):
+    before = sorted(p.name for p in changed_site.backups.iterdir())
+
+    held = Held(changed_site, step, "backup_create").paused(step)
+    held.signal(signal.SIGTERM)
+    code, err = held.finish()
+
+    assert code == 128 + signal.SIGTERM, err
+    assert "backup interrupted by SIGTERM; the partial set was removed" in err
+    assert sorted(p.name for p in changed_site.backups.iterdir()) == before
+
+
+def test_sigterm_to_invoke_reaches_the_command(changed_site):
+    before = sorted(p.name for p in changed_site.backups.iterdir())
+    resume = changed_site.root / "resume"
+    env = {**changed_site.env, "BACKUP_APP_PAUSE_AT": "backup:media-written", "BACKUP_APP_RESUME_FILE": str(resume)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "backup"],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in proc.stderr:
+        if "paused at backup:media-written" in line:
+            break
+
+    proc.send_signal(signal.SIGTERM)  # to invoke, as docker stop sends it to the container's first process
+    rest = proc.stderr.read()
+    proc.wait(timeout=120)
+
+    assert proc.returncode == 128 + signal.SIGTERM, rest
+    assert "backup interrupted by SIGTERM" in rest
+    assert sorted(p.name for p in changed_site.backups.iterdir()) == before
+
+
+def test_sigkill_during_a_backup_leaves_an_unfinished_set_the_next_clean_removes(changed_site):
+    held = Held(changed_site, "backup:media-written", "backup_create").paused("backup:media-written")
+    held.signal(signal.SIGKILL)
+    held.finish()
+
+    assert [s["status"] for s in changed_site.sets()] == ["incomplete", "complete"]
+    changed_site.manage("backup_create", "--clean")
+    assert [s["status"] for s in changed_site.sets()] == ["complete", "complete"]
+
+
+# --- PostgreSQL and MariaDB: the database swap ------------------------------------------------
+
+
+def server_prepare(site) -> None:
+    site.manage("demo_data")
+    site.manage("backup_create", "--skip-media")
+    site.sql("DELETE FROM demo_part WHERE quantity > 20")
+
+
+def side_databases(site) -> list[str]:
+    """Databases beside the site's (``<name>_safety_...``, ``<name>_restore_...``) on its server."""
+    name = site.env["INVENTREE_DB_NAME"]
+    if site.env["INVENTREE_DB_ENGINE"] == "postgresql":
+        import psycopg
+
+        with psycopg.connect(dbname="postgres", host="127.0.0.1", user="postgres", autocommit=True) as conn:
+            rows = conn.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (name + "_",))
+            return sorted(r[0] for r in rows)
+    import pymysql
+
+    conn = pymysql.connect(host="127.0.0.1", user="root", password="")
+    with conn.cursor() as cur:
+        cur.execute("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE %s", (name + "\\_%",))
+        found = sorted(r[0] for r in cur.fetchall())
+    conn.close()
+    return found
+
+
+@pytest.mark.parametrize("engine", ["postgres", "mysql"])
+def test_server_database_killed_right_after_the_swap_is_rolled_back(request, engine):
+    site = request.getfixturevalue(f"{engine}_site")
+    server_prepare(site)
+    old = db_rows(site)
+
+    held = Held(site, "restore:db-swapped:default", "backup_restore", "--noinput", "--skip-media")
+    held.paused("restore:db-swapped:default")
+    held.signal(signal.SIGKILL)
+    held.finish()
+    assert db_rows(site) != old  # the new data is live: the kill came after the swap
+    result = site.manage("backup_rollback")
+
+    assert "undid it, database 'default' put back as they were" in result.stderr
+    assert db_rows(site) == old
+    assert side_databases(site) == []
+
+
+@pytest.mark.parametrize("engine", ["postgres", "mysql"])
+def test_server_database_sigterm_after_the_swap_undoes_it(request, engine):
+    site = request.getfixturevalue(f"{engine}_site")
+    server_prepare(site)
+    old = db_rows(site)
+
+    held = Held(site, "restore:db-swapped:default", "backup_restore", "--noinput", "--skip-media")
+    held.paused("restore:db-swapped:default")
+    held.signal(signal.SIGTERM)
+    code, err = held.finish()
+
+    assert code == 128 + signal.SIGTERM, err
+    assert "interrupted by SIGTERM; the restore was undone (database 'default' put back as they were)" in err
+    assert db_rows(site) == old
+    assert side_databases(site) == []
