@@ -409,6 +409,20 @@ def _folder(
     made.add(path)
 
 
+def _same_owner(source: Path, copy: Path) -> None:
+    st = os.lstat(source)
+    with suppress(PermissionError):  # not root: the copy is ours, as any copy a user makes
+        os.chown(copy, st.st_uid, st.st_gid, follow_symlinks=False)
+        if not stat.S_ISLNK(st.st_mode):
+            os.chmod(copy, stat.S_IMODE(st.st_mode))  # chown clears set-user/group-id bits
+
+
+def _copy_owned(source, copy) -> None:
+    """A copy with the source's bytes, mode, times and (as root) owner and group."""
+    shutil.copy2(source, copy, follow_symlinks=False)
+    _same_owner(Path(source), Path(copy))
+
+
 def _move(source: Path, target: Path) -> None:
     """Rename ``source`` to ``target``; copy and delete only across file systems (a safety folder elsewhere)."""
     try:

@@ -28,6 +28,7 @@ from .pipeline import SUFFIX_TO_COMPRESSION
 from .secrets import redact
 from .settings import app_settings
 from .storage.base import RemoteStorage
+from .tools import owner_gone
 
 MANIFEST_EXT = "manifest.metadata"
 PENDING_EXT = "pending.metadata"
@@ -260,6 +261,8 @@ class BackupSet:
     manifest: dict | None = None
     problems: list[str] = field(default_factory=list)
     extra: list[BackupFile] = field(default_factory=list)  # stock .metadata sidecars, markers
+    unreadable: bool = False  # its manifest is there but cannot be read (damaged, or a newer format)
+    writer: dict | None = None  # an unfinished set's pending marker: who was writing it (host, pid, ...)
 
     @property
     def complete(self) -> bool:
@@ -429,6 +432,7 @@ def list_sets(storage, naming: Naming | None = None, names: list[str] | None = N
         if pending:
             bset.status = "incomplete"
             bset.problems.append("the run that wrote this set did not finish")
+            bset.writer = _read_marker(storage, pending[0].name)
         sets[stamp] = bset
 
     for bset in sets.values():
@@ -444,6 +448,15 @@ def list_sets(storage, naming: Naming | None = None, names: list[str] | None = N
     found = [s for s in sets.values() if s.files or s.extra]
     found.sort(key=lambda s: (s.created, s.name), reverse=True)
     return found
+
+
+def _read_marker(storage, name: str) -> dict | None:
+    """A pending marker's data (who writes the set), or None when it cannot be read."""
+    try:
+        data = json.loads(read_bytes(storage, name).decode("utf-8"))
+    except Exception:
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _manifest_set(
@@ -468,6 +481,7 @@ def _manifest_set(
             status="incomplete",
             files=[manifest_file],
             problems=[f"manifest {name} unreadable: {redact(err)}"],
+            unreadable=True,
         )
     manifest, manifest_file.size = read_back
     stamp = manifest.get("name") if isinstance(manifest.get("name"), str) else manifest_file.stamp
@@ -554,7 +568,7 @@ class Retention:
 def retained(sets: list[BackupSet], retention: Retention) -> set[str]:
     """Names of the complete sets ``retention`` keeps (days, weeks and months in the server time zone)."""
     complete = sorted((s for s in sets if s.complete), key=lambda s: s.created, reverse=True)
-    keep_names = {s.name for s in complete[: retention.keep]}
+    keep_names = {s.name for s in complete[: max(retention.keep, 1)]}  # never the last good one
     for count, bucket in (
         (retention.daily, lambda d: d.date()),
         (retention.weekly, lambda d: d.isocalendar()[:2]),
@@ -583,18 +597,16 @@ def doomed(
     """The file names retention deletes, in the order to delete them (nothing is deleted here).
 
     Complete sets beyond ``retention`` go whole, each manifest first (so a set is never listed complete
-    with files missing).  Incomplete sets go too: deleting runs under the site lock, so no run of this site
-    is writing one.  Legacy files only with ``include_legacy``: all but the newest ``retention.keep`` of each
-    kind (dumps per database, media archives), with their ``.metadata`` sidecars, like stock ``--clean``.
-    Sets named in ``protect`` stay.
+    with files missing); the newest complete set always stays.  An unfinished set goes only when its pending
+    marker shows that the process writing it is gone (:func:`writer_gone`); a set whose manifest cannot be
+    read, or whose manifest names files that are missing, is never deleted (:func:`held_back` says which).
+    Legacy files only with ``include_legacy``: all but the newest ``retention.keep`` of each kind (dumps per
+    database, media archives), with their ``.metadata`` sidecars, like stock ``--clean``.  Sets named in
+    ``protect`` stay.
     """
     keep_names = retained(sets, retention) | set(protect)
     names: list[str] = []
-    going = [
-        s
-        for s in sets
-        if (s.complete and s.name not in keep_names) or (s.status == "incomplete" and s.name not in protect)
-    ]
+    going = [s for s in sets if (s.complete and s.name not in keep_names) or (s.name not in protect and abandoned(s))]
     # A file that a kept set names too (two manifests claiming it) stays.
     kept = {n for s in sets if s not in going and s.status != "legacy" for n in s.all_names()}
     for s in going:
@@ -608,6 +620,35 @@ def doomed(
                 if seen[kind] > retention.keep:
                     names += [f.name, *(x.name for x in s.extra if x.name.startswith(f.name + "."))]
     return names
+
+
+def writer_gone(bset: BackupSet) -> bool:
+    """Whether the run that was writing the unfinished ``bset`` has ended (its marker names a process of this
+    machine that is gone); False when the marker cannot tell (no pid, another machine)."""
+    return owner_gone(bset.writer) is True
+
+
+def abandoned(bset: BackupSet) -> bool:
+    """An unfinished set (a pending marker, no manifest) whose writer is gone: nothing will finish it."""
+    return bset.status == "incomplete" and not bset.unreadable and bset.manifest is None and writer_gone(bset)
+
+
+def held_back(sets: list[BackupSet], protect: frozenset[str] | set[str] = frozenset()) -> list[tuple[str, str]]:
+    """``(name, why)`` of the sets that are not complete and that retention leaves alone."""
+    out = []
+    for s in sets:
+        if s.status != "incomplete" or s.name in protect or abandoned(s):
+            continue
+        if s.unreadable:
+            why = "its manifest cannot be read"
+        elif s.manifest is not None:
+            why = "files its manifest names are missing"
+        elif s.writer and s.writer.get("pid"):
+            why = f"its writer (pid {s.writer['pid']} on {s.writer.get('host', '?')}) may still be running"
+        else:
+            why = "its pending marker does not say who writes it"
+        out.append((s.name, why))
+    return out
 
 
 def age_text(delta: timedelta) -> str:

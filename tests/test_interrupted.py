@@ -431,3 +431,91 @@ def test_server_database_sigterm_after_the_swap_undoes_it(request, engine):
     assert "interrupted by SIGTERM; the restore was undone (database 'default' put back as they were)" in err
     assert db_rows(site) == old
     assert side_databases(site) == []
+
+
+# --- full disks, a safety folder that is no folder, sets retention must not touch ---------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs."""
+    mount = tmp_path / f"small-disk-{os.getpid()}"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def big_rows(site, count: int = 4000) -> None:
+    """About 8 MB of rows that do not compress, written straight into the SQLite file."""
+    import sqlite3
+
+    conn = sqlite3.connect(site.env["INVENTREE_DB_NAME"])
+    with conn:
+        conn.execute(
+            "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < ?) "
+            "INSERT INTO demo_part (name, description, quantity, created, attachment) "
+            "SELECT 'big', hex(randomblob(1000)), n, '2024-01-01 00:00:00', '' FROM g",
+            (count,),
+        )
+    conn.close()
+
+
+def test_disk_full_during_the_dump_removes_the_finished_media_archive_too(changed_site, small_disk):
+    big_rows(changed_site)  # the dump fills the disk; the small media archive is written (and done) beside it
+    folder = small_disk / "backup"
+
+    result = changed_site.manage("backup_create", check=False, extra_env={"INVENTREE_BACKUP_DIR": str(folder)})
+
+    assert result.returncode != 0
+    assert "No space left on device" in result.stderr and "the partial set was removed" in result.stderr
+    assert list(folder.iterdir()) == []
+
+
+def test_a_safety_folder_that_is_a_file_stops_the_restore_before_anything_is_staged(changed_site):
+    old = state(changed_site)
+    not_a_folder = changed_site.root / "safety-file"
+    not_a_folder.write_text("a file")
+
+    result = changed_site.manage(
+        "backup_restore", "--noinput", check=False, extra_env={"INVENTREE_BACKUP_SAFETY_DIR": str(not_a_folder)}
+    )
+
+    assert result.returncode != 0
+    assert str(not_a_folder) in result.stderr and "nothing was changed" in result.stderr
+    assert differences(state(changed_site), old) == []
+    assert leftovers(changed_site) == []
+
+
+def test_a_full_safety_folder_undoes_the_swap_and_leaves_no_partial_copy(changed_site, small_disk):
+    big = changed_site.media / "docs" / "big.bin"
+    big.write_bytes(os.urandom(3 * 1024 * 1024))  # not in the backup: kept aside only with --mirror
+    (small_disk / "filler").write_bytes(b"\0" * (2 * 1024 * 1024))
+    old = state(changed_site)
+    safety = small_disk / "safety"
+
+    result = changed_site.manage(
+        "backup_restore", "--noinput", "--mirror", check=False, extra_env={"INVENTREE_BACKUP_SAFETY_DIR": str(safety)}
+    )
+
+    assert result.returncode != 0
+    assert "No space left on device" in result.stderr and "the restore was undone" in result.stderr
+    assert "ALSO failed" not in result.stderr
+    assert differences(state(changed_site), old) == []
+    assert [p.name for p in safety.rglob("*.part")] == []
+    assert leftovers(changed_site) == []
+
+
+@pytest.mark.parametrize("damage", ["flipped-bit", "newer-format"])
+def test_clean_never_deletes_a_set_whose_manifest_cannot_be_read(changed_site, damage):
+    [manifest] = changed_site.backups.glob("*.manifest.metadata")
+    raw = manifest.read_bytes()
+    manifest.write_bytes(bytes([raw[0] ^ 1]) + raw[1:] if damage == "flipped-bit" else raw.replace(b"/1", b"/9"))
+    before = sorted(p.name for p in changed_site.backups.iterdir())
+
+    result = changed_site.manage("backup_create", "--clean", extra_env={"INVENTREE_BACKUP_KEEP": "1"})
+
+    assert "its manifest cannot be read" in result.stderr
+    assert set(before) <= {p.name for p in changed_site.backups.iterdir()}

@@ -4,6 +4,9 @@ templates) unless a test overrides them."""
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -23,6 +26,7 @@ from backup_app.sets import (  # noqa: E402
     Naming,
     Retention,
     doomed,
+    held_back,
     list_sets,
     retained,
     split_extension,
@@ -101,13 +105,30 @@ def test_split_extension_peels_encryption_then_compression():
 # --- listing ----------------------------------------------------------------------------------
 
 
-def stored_set(storage, stamp: str, *, manifest: bool = True, pending: bool = False, missing: bool = False) -> None:
+def gone_pid() -> int:
+    """The pid of a process that has ended."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def stored_set(
+    storage,
+    stamp: str,
+    *,
+    manifest: bool = True,
+    pending: bool = False,
+    missing: bool = False,
+    writer: dict | None = None,
+) -> None:
+    """A set's files in ``storage``; ``pending``: its marker names ``writer`` (default: a process that is gone)."""
     naming = Naming()
     db, media = naming.db_name(stamp, "default", "sqlite3.gz"), naming.media_name(stamp, "tar.gz")
     for name in (db, media):
         storage.save(name, ContentFile(b"data"))
     if pending:
-        write_json(storage, naming.pending_name(stamp), {"started": stamp})
+        who = writer if writer is not None else {"host": socket.gethostname(), "pid": gone_pid()}
+        write_json(storage, naming.pending_name(stamp), {"started": stamp, **who})
     if manifest:
         files = [{"name": n, "kind": k, "size": 4, "sha256": "0" * 64} for n, k in ((db, "db"), (media, "media"))]
         if missing:
@@ -220,6 +241,56 @@ def test_doomed_lists_whole_sets_manifest_first_and_incomplete_ones_unless_prote
         "InvenTree-media-2026-11-26-020000.tar.gz",
     ]
     assert protected == gone[3:]
+
+
+def test_doomed_keeps_an_unfinished_set_whose_writer_may_still_run(tmp_path):
+    storage = FileSystemStorage(location=tmp_path)
+    stored_set(storage, "2026-11-26-020000")
+    here = {"host": socket.gethostname(), "pid": os.getpid()}  # running: this very process
+    stored_set(storage, "2026-11-27-020000", manifest=False, pending=True, writer=here)
+    stored_set(storage, "2026-11-28-020000", manifest=False, pending=True, writer={"host": "elsewhere", "pid": 1})
+    stored_set(storage, "2026-11-29-020000", manifest=False, pending=True, writer={})  # says nothing
+    sets = list_sets(storage)
+
+    assert doomed(sets, Retention(keep=1)) == []
+    assert [name for name, _why in held_back(sets)] == ["2026-11-29-020000", "2026-11-28-020000", "2026-11-27-020000"]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda raw: bytes([raw[0] ^ 0x01]) + raw[1:],  # one flipped bit: the opening brace
+        lambda raw: raw.replace(MANIFEST_FORMAT.encode(), b"backup_app/2"),  # a newer format, after a downgrade
+    ],
+    ids=["flipped-byte", "newer-format"],
+)
+def test_doomed_never_deletes_a_set_whose_manifest_cannot_be_read(tmp_path, damage):
+    storage = FileSystemStorage(location=tmp_path)
+    for stamp in ("2026-11-26-020000", "2026-11-27-020000", "2026-11-28-020000"):
+        stored_set(storage, stamp)
+    manifest = tmp_path / Naming().manifest_name("2026-11-26-020000")
+    manifest.write_bytes(damage(manifest.read_bytes()))
+    sets = list_sets(storage)
+
+    gone = doomed(sets, Retention(keep=1))
+
+    assert not any("2026-11-26" in name for name in gone)
+    assert [name for name in gone if name.endswith(".manifest.metadata")] == [
+        "InvenTree-media-2026-11-27-020000.manifest.metadata"
+    ]
+    assert held_back(sets) == [("2026-11-26-020000", "its manifest cannot be read")]
+
+
+def test_doomed_keeps_the_newest_complete_set_whatever_the_retention(tmp_path):
+    storage = FileSystemStorage(location=tmp_path)
+    stored_set(storage, "2026-11-26-020000")
+    stored_set(storage, "2026-11-27-020000")
+
+    assert doomed(list_sets(storage), Retention(keep=0)) == [
+        "InvenTree-media-2026-11-26-020000.manifest.metadata",
+        "InvenTree-db-2026-11-26-020000.sqlite3.gz",
+        "InvenTree-media-2026-11-26-020000.tar.gz",
+    ]
 
 
 def test_doomed_keeps_legacy_files_unless_asked_then_the_newest_of_each_kind(tmp_path):

@@ -13,7 +13,7 @@ from ..engines import SiteLock, site_lock
 from ..errors import BackupAppError, BackupError
 from ..incremental import list_packs
 from ..progress import NO_PROGRESS, Progress
-from ..sets import BackupSet, Retention, doomed, list_sets
+from ..sets import BackupSet, Retention, doomed, held_back, list_sets
 from ..storage import backup_storage
 
 
@@ -61,6 +61,8 @@ def prune(
         progress.step(f"Removed {len(names)} old files: " + ", ".join(names))
     else:
         progress.step(f"Nothing to remove (keeping {retention.keep} sets)")
+    for name, why in held_back(sets, protect):
+        progress.step(f"Kept set {name}, which is not complete: {why}; check it and delete its files by hand")
     return PruneResult(deleted=names)
 
 
