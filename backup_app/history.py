@@ -30,6 +30,7 @@ from .errors import BackupAppError
 from .models import ERROR_LENGTH, BackupRun
 from .secrets import redact
 from .sets import manifest_size
+from .tools import process_exists, process_started
 
 logger = logging.getLogger("backup_app")
 
@@ -52,6 +53,43 @@ FIELDS = (
 
 class AlreadyRunning(BackupAppError):
     """Another queued backup holds the claim; this one did not start."""
+
+
+def close_dead_runs(*, quiet: bool = False) -> int:
+    """Close as failed the ``running`` rows of this host whose process is gone (killed manual runs, a cron job
+    that died); returns how many.  A pid now used by a process that started after the run counts as gone.
+
+    Every command of this app calls it, so a site that backs up from cron sees the failure without a worker.
+    """
+    host = socket.gethostname()[:255]
+    closed = 0
+    database = connections[_db()]
+    if database.vendor == "sqlite" and not os.path.exists(database.settings_dict["NAME"]):
+        return 0  # no database yet (a new machine before its restore): asking would create an empty file
+    try:
+        rows = list(
+            BackupRun.objects.using(_db())
+            .filter(outcome=BackupRun.RUNNING, host=host, pid__isnull=False)
+            .exclude(pid=os.getpid())
+        )
+        for run in rows:
+            started = process_started(run.pid) if process_exists(run.pid) else None
+            if started is not None and started <= run.started.timestamp() + 1:
+                continue  # that process is still at work
+            closed += (
+                BackupRun.objects.using(_db())
+                .filter(pk=run.pk, outcome=BackupRun.RUNNING)
+                .update(
+                    outcome=BackupRun.FAILED,
+                    finished=timezone.now(),
+                    claim=None,
+                    error=f"did not finish: its process (pid {run.pid} on {host}) ended without closing it (killed?)",
+                )
+            )
+    except DatabaseError as err:
+        if not quiet:
+            logger.warning("backup history: could not close the runs of ended processes: %s", redact(err))
+    return closed
 
 
 def one_line(err: BaseException) -> str:
@@ -141,6 +179,7 @@ def record_run(kind: str, *, run: BackupRun | None = None, requested_by: str = "
     scheduler hands it to the backup action).  Exceptions pass through
     unchanged after being recorded.
     """
+    close_dead_runs()
     snapshot = _snapshot() if kind == BackupRun.RESTORE else None
     if run is None:
         run = start_run(kind, requested_by=requested_by)

@@ -19,7 +19,8 @@ import logging
 import socket
 import urllib.request
 
-from django.core.mail import EmailMessage
+from django.conf import settings
+from django.core.mail import EmailMessage, get_connection
 from django.utils import timezone
 
 from . import hints
@@ -27,6 +28,9 @@ from .secrets import redact
 from .settings import app_settings
 
 logger = logging.getLogger("backup_app")
+
+#: Seconds a failure mail waits for the mail server when the site sets no ``EMAIL_TIMEOUT``.
+MAIL_TIMEOUT = 30
 
 
 def next_step(what: str) -> str:
@@ -79,12 +83,29 @@ def notify_failure(action: str, error: object, *, origin: str = "manual") -> boo
             f"Next step: {next_step(action)}",
         ]
     )
+    # A mail server that accepts the connection and never answers must not hold the run: Django's EMAIL_TIMEOUT,
+    # else MAIL_TIMEOUT seconds.
+    timeout = getattr(settings, "EMAIL_TIMEOUT", None) or MAIL_TIMEOUT
     try:
-        EmailMessage(subject, body, app_settings.server_email, to).send(fail_silently=False)
+        connection = get_connection(timeout=timeout)
+        EmailMessage(subject, body, app_settings.server_email, to, connection=connection).send(fail_silently=False)
     except Exception as err:
-        logger.error("the failure mail could not be sent: %s", redact(err))
+        if not _timed_out(err):
+            logger.error("the failure mail could not be sent: %s", redact(err))
+            return False
+        server = f"{getattr(settings, 'EMAIL_HOST', '?')}:{getattr(settings, 'EMAIL_PORT', '?')}"
+        logger.error(
+            "the failure mail could not be sent: the mail server %s did not answer within %s s (EMAIL_TIMEOUT)",
+            server,
+            timeout,
+        )
         return False
     return True
+
+
+def _timed_out(err: BaseException) -> bool:
+    """A socket timeout, as it is or as smtplib reports it ("Connection unexpectedly closed: timed out")."""
+    return isinstance(err, TimeoutError) or isinstance(err.__context__, TimeoutError) or "timed out" in str(err)
 
 
 #: Seconds a ping or a push may take before it is given up (connect and read).

@@ -62,6 +62,19 @@ def start_ticks(pid: int) -> int | None:
         return None
 
 
+def process_started(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch, Linux), or None."""
+    ticks = start_ticks(pid)
+    if ticks is None:
+        return None
+    try:
+        with open("/proc/stat") as fh:
+            boot = next(int(line.split()[1]) for line in fh if line.startswith("btime "))
+    except (OSError, StopIteration, ValueError):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
 def owner() -> dict:
     """Who this process is, for a marker a later run must judge: host, pid, boot id and start time."""
     pid = os.getpid()

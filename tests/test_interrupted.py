@@ -519,3 +519,21 @@ def test_clean_never_deletes_a_set_whose_manifest_cannot_be_read(changed_site, d
 
     assert "its manifest cannot be read" in result.stderr
     assert set(before) <= {p.name for p in changed_site.backups.iterdir()}
+
+
+def test_a_killed_runs_history_row_is_closed_by_the_next_command(changed_site):
+    import sqlite3
+
+    held = Held(changed_site, "backup:media-written", "backup_create").paused("backup:media-written")
+    held.signal(signal.SIGKILL)
+    held.finish()
+
+    changed_site.manage("backup_list")
+
+    conn = sqlite3.connect(changed_site.env["INVENTREE_DB_NAME"])
+    [(outcome, error)] = conn.execute(
+        "SELECT outcome, error FROM backup_app_backuprun WHERE pid = ?", (held.proc.pid,)
+    ).fetchall()
+    conn.close()
+    assert outcome == "failed"
+    assert f"pid {held.proc.pid}" in error and "ended without closing it" in error

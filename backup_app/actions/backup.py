@@ -318,6 +318,8 @@ def _back_up(options: BackupOptions, progress: Progress) -> BackupResult:
     with site_lock("backup") as lock:
         rollback.recover(progress)  # a restore killed half way is undone before anything is read
         manifest = write_set(storage, contents, progress)
+        if not options.clean:  # pruning reads it back itself
+            prune.confirm_stored(storage, manifest)
         deleted = []
         if options.clean:
             deleted = prune.prune(

@@ -13,7 +13,7 @@ from ..engines import SiteLock, site_lock
 from ..errors import BackupAppError, BackupError
 from ..incremental import list_packs
 from ..progress import NO_PROGRESS, Progress
-from ..sets import BackupSet, Retention, doomed, held_back, list_sets
+from ..sets import BackupSet, Naming, Retention, doomed, held_back, list_sets, list_sizes
 from ..storage import backup_storage
 
 
@@ -45,14 +45,12 @@ def prune(
     """
     if not lock.held:
         raise BackupAppError("pruning needs the site lock held: take it with engines.site_lock()")
-    sets = list_sets(storage)
     protect = set()
     if new_set is not None:
-        new = next((s for s in sets if s.name == new_set), None)
-        if new is None or not new.complete:
-            problem = "; ".join(new.problems) if new is not None else "it is not in the storage"
-            raise BackupError(f"the backup reported success but set {new_set!r} is not complete: {problem}")
+        sets = confirm_complete(storage, new_set)
         protect.add(new_set)
+    else:
+        sets = list_sets(storage)
     names = doomed(sets, retention, include_legacy=include_legacy, protect=protect)
     for name in names:
         storage.delete(name)
@@ -87,6 +85,33 @@ def unreferenced_packs(storage, before: list[BackupSet], progress: Progress = NO
     for name in gone:
         storage.delete(name)
     return gone
+
+
+def confirm_complete(storage, name: str):
+    """Read the storage back: the set ``name`` just written must be listed complete (all its files there), or
+    BackupError says what is wrong.  Returns every set listed."""
+    sets = list_sets(storage)
+    new = next((s for s in sets if s.name == name), None)
+    if new is None or not new.complete:
+        problem = "; ".join(new.problems) if new is not None else "it is not in the storage"
+        raise BackupError(f"the backup was written but set {name!r} does not read back complete: {problem}")
+    return sets
+
+
+def confirm_stored(storage, manifest: dict) -> None:
+    """One listing of the storage: every file of the set just written, and its manifest, must be there with
+    the size the manifest says (where the listing gives sizes), or BackupError names what is missing."""
+    sizes = list_sizes(storage)
+    problems = []
+    for entry in [*manifest.get("files", []), {"name": Naming().manifest_name(manifest["name"])}]:
+        if entry["name"] not in sizes:
+            problems.append(f"{entry['name']} is missing")
+        elif entry.get("size") is not None and sizes[entry["name"]] not in (None, entry["size"]):
+            problems.append(f"{entry['name']} is {sizes[entry['name']]} bytes, not {entry['size']}")
+    if problems:
+        raise BackupError(
+            f"the backup was written but set {manifest['name']!r} does not read back whole: " + "; ".join(problems)
+        )
 
 
 def run(options: PruneOptions | None = None, progress: Progress = NO_PROGRESS) -> PruneResult:

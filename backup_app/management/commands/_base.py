@@ -15,7 +15,7 @@ from contextlib import suppress
 
 from django.core.management.base import BaseCommand, CommandError
 
-from backup_app import interrupts, streams
+from backup_app import history, interrupts, streams
 from backup_app.errors import BackupAppError
 from backup_app.secrets import redact
 
@@ -159,6 +159,8 @@ class BackupCommand(BaseCommand):
         self._emitted = False
         self._tasks: dict[str, object] = {}
         self.live = not self.quiet and _is_terminal(sys.stderr)
+        with suppress(Exception):  # a site not migrated yet, or without a database: nothing to close
+            history.close_dead_runs(quiet=True)
         try:
             with interrupts.handled():
                 return super().execute(*args, **options)
