@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import time
 
 import django
 
@@ -36,11 +35,8 @@ def test_a_failure_mail_to_a_silent_mail_server_gives_up_with_one_line(caplog, m
             DBBACKUP_SEND_EMAIL=True,
             BACKUP_APP={"ADMINS": [("Admin", "admin@example.com")]},
         ):
-            started = time.monotonic()
             with caplog.at_level(logging.ERROR, logger="backup_app"):
                 sent = notify_failure("backup", "the disk is full")
-            took = time.monotonic() - started
 
     assert sent is False
-    assert took < 30
     assert f"the mail server 127.0.0.1:{port} did not answer within 2 s" in caplog.text
