@@ -629,8 +629,14 @@ def writer_gone(bset: BackupSet) -> bool:
 
 
 def abandoned(bset: BackupSet) -> bool:
-    """An unfinished set (a pending marker, no manifest) whose writer is gone: nothing will finish it."""
-    return bset.status == "incomplete" and not bset.unreadable and bset.manifest is None and writer_gone(bset)
+    """An incomplete set retention may delete: an unfinished one (a pending marker, no manifest) whose writer
+    is gone, or a readable manifest with no data file of its own (one that names another set's files)."""
+    if bset.status != "incomplete" or bset.unreadable:
+        return False
+    pending = any(f.kind == "pending" for f in bset.extra)
+    if not pending and not any(f.kind in ("db", "media") for f in bset.files):
+        return True  # nothing of its own but the manifest: no data to lose
+    return bset.manifest is None and pending and writer_gone(bset)
 
 
 def held_back(sets: list[BackupSet], protect: frozenset[str] | set[str] = frozenset()) -> list[tuple[str, str]]:
