@@ -28,7 +28,8 @@ class Interrupted(KeyboardInterrupt):
         return signal.Signals(self.signum).name
 
     def __str__(self) -> str:
-        return f"interrupted by {self.name}"
+        # Ctrl-C is what the user did; any other signal is named (SIGTERM: docker stop, systemd, kill).
+        return "interrupted" if self.signum == signal.SIGINT else f"interrupted by {self.name}"
 
     @property
     def exit_status(self) -> int:
