@@ -19,7 +19,7 @@ from pathlib import Path
 
 from django.apps import apps
 from django.conf import settings
-from django.core.checks import Error, Warning, register
+from django.core.checks import Error, Tags, Warning, register
 from django.utils.module_loading import import_string
 
 from . import hints
@@ -476,3 +476,32 @@ def check_safety_space(app_configs=None, **kwargs):
             id="backup_app.W007",
         )
     ]
+
+
+@register(TAG, Tags.database)
+def check_superuser(app_configs=None, databases=None, **kwargs):
+    """W009: the site's PostgreSQL role is a superuser (run by ``check --database ALIAS`` and by ``migrate``)."""
+    from django.db import connections
+
+    found = []
+    for alias in databases or []:
+        connection = connections[alias]
+        if connection.vendor != "postgresql":
+            continue
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user")
+                user, superuser = cursor.fetchone()
+        except Exception:  # unreachable: other checks and the commands say so
+            continue
+        if superuser:
+            found.append(
+                Warning(
+                    f"database '{alias}' is reached as the PostgreSQL superuser {user!r}: whatever runs as the site "
+                    "(a bug, a crafted request) can act on every database of the server, read its files and run "
+                    "programs. Restores load dumps as a throwaway role without those rights.",
+                    hint="Give the site a role of its own that owns its database and is no superuser.",
+                    id="backup_app.W009",
+                )
+            )
+    return found

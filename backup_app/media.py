@@ -40,7 +40,7 @@ from django.core.files.storage import FileSystemStorage, storages
 from .errors import BackupError, RestoreError
 from .ownership import Ownership, chown, folder_owner, umask
 from .pipeline import incompressible
-from .streams import CHUNK, ChangedWhileRead, EndedEarly, copy_exact, copy_unless_same
+from .streams import CHUNK, ChangedWhileRead, EndedEarly, copy_exact, copy_unless_same, room_left
 from .testing import pause_at
 from .tools import process_exists
 
@@ -681,14 +681,78 @@ def _check_no_link(root: Path, name: str, checked: set[str]) -> None:
         checked.add(prefix)
 
 
-def stage_archive(storage, stream: BinaryIO) -> StagedArchive:
+#: Room counted for each staged file besides its bytes (a block and an inode's worth).
+FILE_OVERHEAD = 4096
+
+
+class Room:
+    """What an archive may still put into the staging folder before :func:`stage_archive` stops it.
+
+    With ``expected`` (the manifest's ``files`` and ``bytes``) no more than that; always no more than the
+    file system of the staging folder has free (:func:`room_left`, a margin kept), looked at again only when
+    what was staged passes what it had.
+    """
+
+    def __init__(self, archive: str, folder: Path, expected: dict | None):
+        self.archive = archive
+        self.folder = folder
+        self.files = expected.get("files") if expected else None
+        self.bytes = expected.get("bytes") if expected else None
+        self.used = self.count = self.folders = 0
+        self._free, self._inodes = room_left(folder)
+
+    def give_back(self, size: int) -> None:
+        """A member of ``size`` bytes was not written after all (the live file already holds its bytes)."""
+        self.used -= size
+
+    def take_folder(self, name: str) -> None:
+        """Count folder member ``name`` in: an inode, no bytes, not one of the manifest's files."""
+        self.folders += 1
+        if self.folders > MAX_MEMBERS:
+            raise RestoreError(f"{self.archive} holds more folders than any media folder should; refusing it")
+        self.used += FILE_OVERHEAD
+        self.count += 1
+        if self.files is not None:
+            self.files += 1  # the manifest counts files only
+
+    def take(self, name: str, size: int) -> None:
+        """Count member ``name`` of ``size`` bytes in, or raise RestoreError naming the archive."""
+        self.count += 1
+        self.used += size
+        if self.files is not None and self.count > self.files:
+            raise RestoreError(
+                f"{self.archive} holds more files than the {self.files} its manifest says (at {name!r}); "
+                "refusing the archive"
+            )
+        if self.bytes is not None and self.used > self.bytes:
+            raise RestoreError(
+                f"{self.archive} holds more than the {self.bytes:,} bytes its manifest says (at {name!r}, "
+                f"{size:,} bytes); refusing the archive"
+            )
+        if self.used + self.count * FILE_OVERHEAD > self._free or self.count > self._inodes:
+            free, inodes = room_left(self.folder)
+            staged = self.used - size + (self.count - 1) * FILE_OVERHEAD  # already on the disk, so in free
+            self._free, self._inodes = staged + free, self.count - 1 + inodes
+            if self.used + self.count * FILE_OVERHEAD > self._free or self.count > self._inodes:
+                raise RestoreError(
+                    f"{self.archive} expands to more than the file system of {self.folder.parent} has free "
+                    f"(at {name!r}: {self.used:,} bytes in {self.count:,} files, a margin kept); free some "
+                    "space or restore onto a larger disk"
+                )
+
+
+def stage_archive(
+    storage, stream: BinaryIO, *, archive: str = "the media archive", expected: dict | None = None
+) -> StagedArchive:
     """Extract a tar stream into a staging folder, validating each member before it is written.
 
     The folder is under MEDIA_ROOT for local media (so that putting files in
     place is a rename), else a temp folder.  On plain local media, a member
     whose live file already holds the same bytes, mode and mtime is not written
     (it is ``unchanged``), the staged files get the archive's modes and mtimes,
-    and a name that would go through a link is refused.  Nothing of the live
+    and a name that would go through a link is refused.  Extraction stops before a member that would take more
+    files or bytes than ``expected`` (the manifest's ``media``) says or than the file system has free
+    (:class:`Room`).  Nothing of the live
     media changes; on any error the staging folder is removed.
     """
     root = _local_path(storage, "")
@@ -700,17 +764,21 @@ def stage_archive(storage, stream: BinaryIO) -> StagedArchive:
     folders: set[Path] = set()
     checked: set[str] = set()
     try:
+        room = Room(archive, staged.folder, expected)
         for name, member, tar in iter_members(stream, folders=live_root is not None):
             if live_root is not None:
                 _check_no_link(live_root, f"{name}/" if member.isdir() else name, checked)
             if member.isdir():
+                room.take_folder(name)
                 staged.folders[name] = member.mode
                 continue
+            room.take(name, member.size)
             live = live_root / name if live_root is not None else None
             if _stage_member(tar.extractfile(member), member, staged.folder / name, live, folders, staged.exact):
                 staged.names.append(name)
             else:
                 staged.unchanged.append(name)
+                room.give_back(member.size)
             staged.bytes += member.size
     except BaseException:
         abandon_archive(staged)
@@ -835,9 +903,18 @@ def commit_archive(
         abandon_archive(staged)
 
 
-def restore_archive(storage, stream: BinaryIO, safety_media: Path, *, mirror: bool = False) -> dict:
+def restore_archive(
+    storage,
+    stream: BinaryIO,
+    safety_media: Path,
+    *,
+    mirror: bool = False,
+    archive: str = "the media archive",
+    expected: dict | None = None,
+) -> dict:
     """Stage, then commit, a tar stream (see :func:`stage_archive`, :func:`commit_archive`)."""
-    return commit_archive(storage, stage_archive(storage, stream), safety_media, mirror=mirror)
+    staged = stage_archive(storage, stream, archive=archive, expected=expected)
+    return commit_archive(storage, staged, safety_media, mirror=mirror)
 
 
 def undo_media(

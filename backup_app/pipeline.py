@@ -422,11 +422,13 @@ def open_stream(
     gpg: GpgSpec | None = None,
     result: ReadResult | None = None,
     on_read: Callable[[int], None] | None = None,
+    tail_max: int | None = None,
 ) -> Iterator[BinaryIO]:
     """Yield a readable stream of the decrypted, decompressed content of ``name``.
 
     When the block ends, the rest of the stored file is read so that
-    ``result`` holds the size and SHA-256 of all its stored bytes.  Decryption
+    ``result`` holds the size and SHA-256 of all its stored bytes; more than ``tail_max`` bytes of content
+    left unread by the block (an archive that goes on expanding after its end) is refused.  Decryption
     and decompression failures raise :class:`RestoreError`.  ``on_read`` is told the size of every chunk
     of stored bytes read (for progress).
     """
@@ -466,8 +468,14 @@ def open_stream(
         try:
             yield stream
             # Read to the end so that damage after the part a consumer needed is found too.
-            while stream.read(CHUNK):
-                pass
+            tail = 0
+            while data := stream.read(CHUNK):
+                tail += len(data)
+                if tail_max is not None and tail > tail_max:
+                    raise RestoreError(
+                        f"{name} goes on for more than {tail_max:,} bytes after the end of its content; "
+                        "refusing it (a file made to expand without end?)"
+                    )
         except Exception as err:
             if decryptor is not None:
                 # gpg's own failure (wrong key, damaged ciphertext) explains whatever the consumer saw.

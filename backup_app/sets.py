@@ -256,7 +256,7 @@ class BackupSet:
 
     name: str
     created: datetime
-    status: str  # complete, incomplete, legacy
+    status: str  # complete, incomplete, legacy, unreadable (its manifest cannot be used: never pruned)
     files: list[BackupFile] = field(default_factory=list)
     manifest: dict | None = None
     problems: list[str] = field(default_factory=list)
@@ -327,13 +327,95 @@ def write_json(storage, name: str, data: dict) -> None:
         raise BackupError(f"the storage renamed {name} to {saved}; refusing an inexact name")
 
 
+#: A manifest larger than this is not one this app wrote (a set of ten databases takes a few KiB).
+MANIFEST_MAX = 4 * 1024 * 1024
+
+
+class BadManifest(ValueError):
+    """A manifest that cannot be used; the message says why (it names no file: the caller does)."""
+
+
 def read_manifest(storage, name: str) -> tuple[dict, int]:
-    """The manifest's data and its size in bytes (one GET on a remote store)."""
+    """The manifest's data and its size in bytes (one GET on a remote store); :class:`BadManifest` when it is
+    not a usable manifest."""
     raw = read_bytes(storage, name)
-    data = json.loads(raw.decode("utf-8"))
-    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
-        raise ValueError("not a backup_app manifest")
+    if len(raw) > MANIFEST_MAX:
+        raise BadManifest(f"larger than {MANIFEST_MAX} bytes")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise BadManifest(f"not JSON ({err})") from None
+    check_manifest(data)
     return data, len(raw)
+
+
+def _kind_of(value, kinds, what: str, *, optional: bool = True) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, kinds) or (isinstance(value, bool) and kinds is not bool):
+        raise BadManifest(f"{what} is {type(value).__name__} {str(value)[:40]!r}")
+
+
+def _plain_name(value, what: str) -> None:
+    _kind_of(value, str, what, optional=False)
+    if not value or "/" in value or "\\" in value or "\0" in value or value in (".", ".."):
+        raise BadManifest(f"{what} {value[:60]!r} is not a file name of the backup storage")
+
+
+def check_manifest(data) -> None:
+    """Raise :class:`BadManifest` unless ``data`` has the shape :func:`write_set` gives a manifest.
+
+    Only the shape: whether the files have the sizes and SHA-256 it says is found when they are read.
+    """
+    if not isinstance(data, dict):
+        raise BadManifest("not a JSON object")
+    if data.get("format") != MANIFEST_FORMAT:
+        raise BadManifest(f"format {str(data.get('format'))[:40]!r} is not {MANIFEST_FORMAT!r}")
+    _kind_of(data.get("name"), str, "name")
+    created = data.get("created")
+    _kind_of(created, str, "created")
+    if created:
+        try:
+            datetime.fromisoformat(created)
+        except ValueError:
+            raise BadManifest(f"created {created[:40]!r} is not an ISO 8601 time") from None
+    files = data.get("files", [])
+    _kind_of(files, list, "files", optional=False)
+    for entry in files:
+        _kind_of(entry, dict, "an entry of files", optional=False)
+        _plain_name(entry.get("name"), "a file name")
+        if entry.get("kind") not in (None, "db", "media"):
+            raise BadManifest(f"file {entry['name']!r} has kind {str(entry.get('kind'))[:20]!r}")
+        _kind_of(entry.get("size"), int, f"the size of {entry['name']}")
+        if entry.get("size") is not None and entry["size"] < 0:
+            raise BadManifest(f"the size of {entry['name']} is negative")
+        sha = entry.get("sha256")
+        _kind_of(sha, str, f"the sha256 of {entry['name']}")
+        if sha and not re.fullmatch(r"[0-9a-f]{64}", sha):
+            raise BadManifest(f"the sha256 of {entry['name']} is not 64 hex digits")
+        _kind_of(entry.get("database"), str, f"the database of {entry['name']}")
+    databases = data.get("databases", [])
+    _kind_of(databases, list, "databases", optional=False)
+    for entry in databases:
+        _kind_of(entry, dict, "an entry of databases", optional=False)
+        _kind_of(entry.get("alias"), str, "a database alias", optional=False)
+        _plain_name(entry.get("file"), f"the file of database {entry['alias']!r}")
+        for key in ("vendor", "engine"):
+            _kind_of(entry.get(key), str, f"the {key} of database {entry['alias']!r}")
+        _kind_of(entry.get("tables"), int, f"the table count of database {entry['alias']!r}")
+        migrations = entry.get("migrations")
+        _kind_of(migrations, list, f"the migrations of database {entry['alias']!r}")
+        for item in migrations or []:
+            if not (isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item)):
+                raise BadManifest(f"a migration of database {entry['alias']!r} is not [app, name]")
+    media = data.get("media")
+    _kind_of(media, dict, "media")
+    if media:
+        _plain_name(media.get("file"), "the media file")
+        for key in ("files", "bytes"):
+            _kind_of(media.get(key), int, f"media {key}")
+            if (media.get(key) or 0) < 0:
+                raise BadManifest(f"media {key} is negative")
 
 
 def list_files(storage) -> list[str]:
@@ -472,15 +554,16 @@ def _manifest_set(
         parsed = None
     manifest_file = BackupFile(name, "manifest", parsed.stamp if parsed else "")
     if isinstance(read_back, Exception):
+        # This set alone: every other set still lists, restores and verifies; retention never deletes it.
         if parsed is None:
-            return None
-        err = read_back
+            return None  # no manifest of this app, and no name of the templates: not a manifest at all
+        stamp = parsed.stamp
         return BackupSet(
-            name=parsed.stamp,
-            created=naming.stamp_to_datetime(parsed.stamp),
-            status="incomplete",
+            name=stamp,
+            created=naming.stamp_to_datetime(stamp) or _modified(storage, name),
+            status="unreadable",
             files=[manifest_file],
-            problems=[f"manifest {name} unreadable: {redact(err)}"],
+            problems=[f"{name}: {redact(read_back)}"],
             unreadable=True,
         )
     manifest, manifest_file.size = read_back

@@ -140,6 +140,55 @@ class HashingReader(io.RawIOBase):
         return self._hash.hexdigest()
 
 
+class OutOfRoom(OSError):
+    """What a stream gives would fill the file system it is written to (the message names the folder)."""
+
+
+def room_margin(total: int) -> int:
+    """Bytes a restore leaves free on a file system of ``total`` bytes: 5 %, at most 256 MiB."""
+    return min(256 * 1024 * 1024, total // 20)
+
+
+def room_left(folder: str | os.PathLike) -> tuple[int, int]:
+    """``(bytes, files)`` that may still be written in ``folder``: what its file system has free for this user,
+    less :func:`room_margin` (bytes may be negative: already inside the margin)."""
+    st = os.statvfs(folder)
+    return st.f_bavail * st.f_frsize - room_margin(st.f_blocks * st.f_frsize), st.f_favail
+
+
+class RoomGuard(io.RawIOBase):
+    """Readable wrapper for a stream about to be written into ``folder``: :class:`OutOfRoom` as soon as more
+    has been read than the file system there has room for (:func:`room_left`), before it is full.
+
+    A file that expands without end (a decompression bomb) stops here, the disk still usable.  The free space
+    is looked at again only when the bytes read pass what it was.
+    """
+
+    def __init__(self, raw: BinaryIO, folder: str | os.PathLike):
+        self._raw = raw
+        self._folder = folder
+        self.size = 0
+        self._budget = room_left(folder)[0]
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self._raw.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        self.size += n
+        if self.size > self._budget:
+            left = room_left(self._folder)[0]
+            if left < 0:
+                raise OutOfRoom(
+                    f"it expands to more than the {self._folder} file system has free ({self.size:,} bytes "
+                    f"so far, a margin kept)"
+                )
+            self._budget = self.size + left
+        return n
+
+
 class PrefixedReader(io.RawIOBase):
     """A stream that gives ``head`` first, then the rest of ``stream`` (bytes already read to look at them)."""
 

@@ -177,10 +177,13 @@ class Running:
             self.proc.wait()
 
     def error_text(self) -> str:
-        """The last three lines of stderr on one line, secrets masked (or the exit status)."""
+        """The first error line of stderr and the two after it (else its last three lines) on one line, secrets
+        masked (or the exit status): the SQL a tool quotes after its error does not push the error out."""
         self._stderr.seek(0)
         lines = [ln.strip() for ln in self._stderr.read().decode(errors="replace").splitlines() if ln.strip()]
-        return redact("; ".join(lines[-3:])) or f"exit status {self.proc.returncode}"
+        first = next((i for i, ln in enumerate(lines) if "ERROR" in ln or "error:" in ln), None)
+        shown = lines[first : first + 3] if first is not None else lines[-3:]
+        return redact("; ".join(shown)) or f"exit status {self.proc.returncode}"
 
     def check(self, *, broken: bool = False) -> None:
         """Raise the tool's error if it failed (non-zero exit, or ``broken``: it stopped reading its input)."""

@@ -10,6 +10,9 @@ from ..errors import RestoreError
 from ..pipeline import GpgSpec, ReadResult, open_stream
 from ..sets import BackupFile
 
+#: Content a media archive may have after its end (tar pads to a record of 10 KiB; GNU tar -b up to 10 MiB).
+TAIL_MAX = 16 * 1024 * 1024
+
 
 @contextmanager
 def read_checked(
@@ -19,6 +22,7 @@ def read_checked(
     *,
     uncompress: bool = True,
     on_read: Callable[[int], None] | None = None,
+    tail_max: int | None = None,
 ) -> Iterator[BinaryIO]:
     """Yield the decrypted, decompressed content of ``f``; afterwards check size and SHA-256 against the manifest.
 
@@ -38,7 +42,14 @@ def read_checked(
     result = ReadResult()
     compression = f.compression if uncompress else None
     with open_stream(
-        storage, f.name, compression=compression, encrypted=f.encrypted, gpg=gpg, result=result, on_read=on_read
+        storage,
+        f.name,
+        compression=compression,
+        encrypted=f.encrypted,
+        gpg=gpg,
+        result=result,
+        on_read=on_read,
+        tail_max=tail_max,
     ) as stream:
         yield stream
     if f.size is not None and result.size != f.size:
@@ -55,7 +66,9 @@ def read_and_check(
     gpg: GpgSpec,
     consume: Callable[[BinaryIO], object],
     on_read: Callable[[int], None] | None = None,
+    *,
+    tail_max: int | None = None,
 ) -> None:
     """Read all of ``f`` through ``consume``, checking size and SHA-256 against the manifest."""
-    with read_checked(storage, f, gpg, on_read=on_read) as stream:
+    with read_checked(storage, f, gpg, on_read=on_read, tail_max=tail_max) as stream:
         consume(stream)

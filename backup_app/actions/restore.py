@@ -43,7 +43,7 @@ from ..storage import backup_storage, describe
 from ..streams import PrefixedReader
 from ..testing import pause_at
 from . import hooks, rollback
-from .common import read_checked
+from .common import TAIL_MAX, read_checked
 
 #: Asked before anything changes (on a terminal); False cancels the restore.
 Confirm = Callable[[str], bool]
@@ -111,6 +111,7 @@ class DbItem:
     alias: str
     file: BackupFile
     migrations: list[list[str]] | None = None
+    vendor: str | None = None  # what the manifest says made the dump
 
 
 @dataclass
@@ -299,6 +300,12 @@ def _find(sets: list[BackupSet], name: str, exists: Callable[[str], bool]) -> tu
     for s in sets:
         for f in s.files:
             if f.name == name:
+                if s.status == "unreadable":
+                    raise RestoreError(
+                        f"{name} belongs to set {s.name}, whose manifest is unreadable ({'; '.join(s.problems)}); "
+                        "nothing can check the file against it: restore another set, or copy the file to a folder "
+                        "of its own and name it there"
+                    )
                 return f, s
     if not exists(name):
         raise RestoreError(f"{name} is not in the backup storage; run {hints.command('listbackups')} to see the sets")
@@ -315,13 +322,13 @@ def _alias_for(f: BackupFile, bset: BackupSet | None, aliases: list[str]) -> str
     return "default"
 
 
-def _migrations_for(f: BackupFile, bset: BackupSet | None) -> list[list[str]] | None:
+def _db_entry(f: BackupFile, bset: BackupSet | None) -> dict:
     if bset is None or not bset.manifest:
-        return None
+        return {}
     for entry in bset.manifest.get("databases", []):
         if entry.get("file") == f.name:
-            return entry.get("migrations")
-    return None
+            return entry
+    return {}
 
 
 def choose(sets: list[BackupSet], opts: RestoreOptions, *, exists: Callable[[str], bool], aliases: list[str]) -> Plan:
@@ -376,11 +383,20 @@ def choose(sets: list[BackupSet], opts: RestoreOptions, *, exists: Callable[[str
         complete = [s for s in sets if s.complete]
         if complete:
             chosen_set = complete[0]
+            skipped = [s for s in sets if s.status == "unreadable" and s.created > chosen_set.created]
+            notes += [f"Skipping the newer set {s.name}: unreadable ({'; '.join(s.problems)})" for s in skipped]
             db_files = [(f, chosen_set) for f in chosen_set.db_files]
             media = (chosen_set.media_file, chosen_set) if chosen_set.media_file else None
         else:
             legacy = [s for s in sets if s.status == "legacy"]
             if not legacy:
+                unreadable = [s for s in sets if s.status == "unreadable"]
+                if unreadable:
+                    raise RestoreError(
+                        f"no readable backup set: set {unreadable[0].name} is unreadable "
+                        f"({'; '.join(unreadable[0].problems)}); fix or remove that manifest, or name the files "
+                        "with --db-file/--media-file from a folder of their own"
+                    )
                 raise RestoreError(f"no backup found in the backup storage; run {hints.command('backup')} first")
             newest_db: dict[str, tuple[BackupFile, BackupSet]] = {}
             for s in legacy:  # newest first
@@ -402,7 +418,8 @@ def choose(sets: list[BackupSet], opts: RestoreOptions, *, exists: Callable[[str
         alias = _alias_for(f, s, aliases)
         if alias not in aliases:
             raise RestoreError(f"{f.name} holds database {alias!r}, which is not in DATABASES")
-        plan.databases.append(DbItem(alias, f, _migrations_for(f, s)))
+        entry = _db_entry(f, s)
+        plan.databases.append(DbItem(alias, f, entry.get("migrations"), entry.get("vendor")))
     if media is not None:
         plan.media = media[0]
         if media[1] is not None and media[1].manifest:
@@ -434,22 +451,47 @@ def _code_migrations() -> set[tuple[str, str]]:
     return set(MigrationLoader(None, ignore_no_migrations=True).disk_migrations)
 
 
+def _newer(name: str, found, known: set[tuple[str, str]], allow_newer: bool) -> str | None:
+    """RestoreError when ``found`` (``(app, name)`` pairs) has migrations not in ``known`` and that is not
+    allowed; else a note when it has some, else None."""
+    unknown = sorted({tuple(m) for m in found} - known)
+    if not unknown:
+        return None
+    if not allow_newer:
+        shown = ", ".join(f"{a}.{n}" for a, n in unknown[:3]) + (", ..." if len(unknown) > 3 else "")
+        raise RestoreError(
+            f"{name} was made by a newer version: its database has {len(unknown)} migrations this code does not "
+            f"know ({shown}); install that version, or pass --restore-allow-newer-version"
+        )
+    return f"restoring {name} with {len(unknown)} unknown migrations (--restore-allow-newer-version)"
+
+
 def check_versions(plan: Plan, allow_newer: bool = False) -> list[str]:
-    """Refuse a backup whose database has migrations this code does not know (a newer version made it)."""
-    notes = []
+    """Refuse a backup whose manifest lists migrations this code does not know (a newer version made it).
+
+    The manifest's copy is only the early check, before anything is read; :func:`check_staged_versions`
+    reads the staged databases themselves.
+    """
     known = _code_migrations()
-    for item in plan.databases:
-        if item.migrations is None:
-            continue
-        unknown = sorted({tuple(m) for m in item.migrations} - known)
-        if unknown and not allow_newer:
-            shown = ", ".join(f"{a}.{n}" for a, n in unknown[:3])
-            raise RestoreError(
-                f"{item.file.name} was made by a newer version: its database has migrations this code does not "
-                f"know ({shown}); install that version, or pass --restore-allow-newer-version"
-            )
-        if unknown:
-            notes.append(f"restoring a backup with {len(unknown)} unknown migrations (--restore-allow-newer-version)")
+    notes = [_newer(i.file.name, i.migrations, known, allow_newer) for i in plan.databases if i.migrations]
+    return [n for n in notes if n]
+
+
+def check_staged_versions(plan: Plan, staged_dbs: list[tuple[Engine, Staged]], allow_newer: bool) -> list[str]:
+    """The migration guard's authority: the ``django_migrations`` rows of each staged database, whatever
+    the manifest says or whether there is one.  A restore in place (no side database to look into) is
+    checked by the manifest alone."""
+    known = _code_migrations()
+    notes = []
+    for item, (engine, staged) in zip(plan.databases, staged_dbs, strict=True):
+        try:
+            found = engine.staged_migrations(staged)
+        except RestoreError as err:
+            raise RestoreError(f"{item.file.name}: {err}") from None
+        if found is not None:
+            note = _newer(item.file.name, found, known, allow_newer)
+            if note and not item.migrations:
+                notes.append(note)
     return notes
 
 
@@ -496,13 +538,25 @@ def _stage(storage, plan: Plan, engines: dict[str, Engine], opts: RestoreOptions
             return stage_incremental(storage, plan, gpg, uncompress=opts.uncompress)
         name = plan.media.name
         progress.start(name, label="media files", total=plan.media.size)
+        staged = None
         try:
             with read_checked(
-                storage, plan.media, gpg, uncompress=opts.uncompress, on_read=lambda n: progress.advance(name, n)
+                storage,
+                plan.media,
+                gpg,
+                uncompress=opts.uncompress,
+                on_read=lambda n: progress.advance(name, n),
+                tail_max=TAIL_MAX,
             ) as stream:
-                return stage_archive(media_storage(), stream)
+                staged = stage_archive(media_storage(), stream, archive=name, expected=plan.media_expected)
+        except BaseException:
+            # Refused after the members were staged (a checksum, what follows the archive): remove them too.
+            if staged is not None:
+                abandon_archive(staged)
+            raise
         finally:
             progress.finish(name)
+        return staged
 
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="restore-media")
     media_job = None
@@ -528,6 +582,12 @@ def _stage(storage, plan: Plan, engines: dict[str, Engine], opts: RestoreOptions
                     engine.check_dump(head, name)
                     staged = engine.stage(PrefixedReader(head, stream))
                     staged_dbs.append((engine, staged))
+            except Exception as err:
+                # Every refusal names the file it is about.
+                text = redact(err)
+                if name not in text:
+                    raise RestoreError(f"{name}: {text}") from None
+                raise
             finally:
                 progress.finish(name)
         if plan.media is not None:
@@ -581,6 +641,13 @@ def restore(storage, opts: RestoreOptions, progress: Progress, confirm: Confirm 
     say(f"Restoring from {plan.label}")
     for note in plan.notes:
         say(f"  {note}")
+    for item in plan.databases:
+        engine = engines[item.alias]
+        if item.vendor and item.vendor != engine.vendor:
+            raise RestoreError(
+                f"{item.file.name} holds a {item.vendor} database by its manifest, but database {item.alias!r} is "
+                f"{engine.vendor}; nothing was changed"
+            )
     gpg = gpg_for_restore(plan, opts.interactive)
     allow_newer = opts.allow_newer or app_settings.restore_allow_newer_version
     for note in check_versions(plan, allow_newer):
@@ -619,6 +686,15 @@ def restore(storage, opts: RestoreOptions, progress: Progress, confirm: Confirm 
         staged_dbs, staged_media = _stage(storage, plan, engines, opts, gpg, progress)
     except BaseException:
         rollback.discard(safety)
+        raise
+    try:
+        for note in check_staged_versions(plan, staged_dbs, allow_newer):
+            say(f"  {note}")
+    except BaseException as err:
+        _abandon(staged_dbs, staged_media)
+        rollback.discard(safety)
+        if isinstance(err, Exception):
+            raise RestoreError(f"{redact(err)}; nothing was changed") from None
         raise
     try:
         pause_at("restore:staged")

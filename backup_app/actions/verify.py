@@ -21,7 +21,7 @@ from ..progress import NO_PROGRESS, Progress, seconds_text, size_text
 from ..secrets import redact
 from ..sets import BackupFile, BackupSet, list_sets
 from ..storage import backup_storage, describe
-from .common import read_and_check
+from .common import TAIL_MAX, read_and_check
 
 
 @dataclass
@@ -150,7 +150,12 @@ def verify_set(
             else:
                 found = {}
                 read_and_check(
-                    storage, f, gpg, lambda s, found=found: found.setdefault("c", scan_archive(s)), on_read=on_read
+                    storage,
+                    f,
+                    gpg,
+                    lambda s, found=found: found.setdefault("c", scan_archive(s)),
+                    on_read=on_read,
+                    tail_max=TAIL_MAX,
                 )
                 contents = found["c"]
                 expected = (bset.manifest or {}).get("media") or {}
@@ -162,10 +167,21 @@ def verify_set(
                     with (
                         tempfile.TemporaryDirectory(prefix="backup-verify-media-") as tmp,
                         open_stream(
-                            storage, f.name, compression=f.compression, encrypted=f.encrypted, gpg=gpg
+                            storage,
+                            f.name,
+                            compression=f.compression,
+                            encrypted=f.encrypted,
+                            gpg=gpg,
+                            tail_max=TAIL_MAX,
                         ) as stream,
                     ):
-                        restore_archive(FileSystemStorage(location=tmp), stream, Path(tmp) / ".safety")
+                        restore_archive(
+                            FileSystemStorage(location=tmp),
+                            stream,
+                            Path(tmp) / ".safety",
+                            archive=f.name,
+                            expected=expected or None,
+                        )
                         extracted = sum(1 for p in Path(tmp).rglob("*") if p.is_file() and ".safety" not in p.parts)
                     if extracted != contents.files:
                         raise BackupAppError(f"{f.name} extracted {extracted} files of {contents.files}")
@@ -173,7 +189,8 @@ def verify_set(
                 else:
                     report.checked.append(f"{f.name}: checksum ok, {contents.files} files, all members safe")
         except BackupAppError as err:
-            report.problems.append(redact(err))
+            text = redact(err)
+            report.problems.append(text if f.name in text else f"{f.name}: {text}")  # each problem names its file
         except Exception as err:
             report.problems.append(f"{f.name}: {type(err).__name__}: {redact(err)}")
         finally:

@@ -90,6 +90,11 @@ class Strategy:
         """Tables in ``staged`` (RestoreError where a strategy cannot look inside before the swap)."""
         raise NotImplementedError
 
+    def migrations(self, staged: Staged) -> set[tuple[str, str]] | None:
+        """``(app, name)`` of the rows of ``django_migrations`` in ``staged`` (empty without that table), read
+        without running anything the dump defined; None where a strategy cannot look inside before the swap."""
+        return None
+
     def undo(self, entry: dict, folder: Path) -> None:
         """Put back the state a safety entry of this strategy kept (its files are in ``folder``)."""
         raise NotImplementedError
@@ -154,6 +159,10 @@ class Engine:
     def count_tables(self, staged: Staged) -> int:
         """Number of tables in a staged database (``verify --restore-test``)."""
         return staged.strategy.count_tables(staged)
+
+    def staged_migrations(self, staged: Staged) -> set[tuple[str, str]] | None:
+        """The migrations the staged database records (None: cannot be known before the swap)."""
+        return staged.strategy.migrations(staged)
 
     def undo(self, entry: dict, folder: Path) -> None:
         """Roll back: put back the state safety ``entry`` kept (its files in ``folder``)."""

@@ -15,8 +15,10 @@ django-dbbackup's commands get the same through :class:`OptionFileConnector`.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -32,6 +34,7 @@ from .. import tools
 from ..errors import BackupError, RestoreError
 from ..secrets import redact
 from .base import SiteLock, locked, released, tool_env, words
+from .mysql_guard import StatementGuard
 from .server import NoSideDatabase, ServerEngine
 
 MISSING = "install the MySQL/MariaDB client tools"
@@ -224,6 +227,16 @@ def load_objects(path: Path) -> list[SchemaObject]:
     return [SchemaObject(**item) for item in json.loads(path.read_text())]
 
 
+@functools.cache
+def _has_sandbox(cmd: str) -> bool:
+    """Whether the client ``cmd`` takes ``--sandbox`` (MariaDB 10.5.25, 10.6.18, 10.11.8 and later)."""
+    try:
+        done = subprocess.run([cmd, "--help"], capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return b"--sandbox" in done.stdout
+
+
 class OptionFileConnector(MysqlDumpConnector):
     """django-dbbackup's MySQL connector with the credentials in an option file read from a pipe.
 
@@ -295,12 +308,27 @@ class MysqlEngine(ServerEngine):
     # --- restore --------------------------------------------------------------------------------
 
     def load(self, database: str, stream: BinaryIO) -> None:
+        """Load the dump in ``stream`` into ``database``, confined to it: every statement goes through the
+        :class:`~.mysql_guard.StatementGuard`; the client runs with ``--binary-mode`` (no client commands),
+        ``--one-database`` and, where it has it, ``--sandbox``."""
         c = self.connector
-        args = ["--default-character-set=utf8mb4"]
+        args = ["--binary-mode", "--one-database", "--default-character-set=utf8mb4"]
+        if _has_sandbox(c.restore_cmd):
+            args.insert(0, "--sandbox")
         tool = self._tool(
             c.restore_cmd, c.restore_prefix, c.restore_suffix, args, database, c.restore_env, RestoreError
         )
-        tools.run_from(tool, stream)
+        databases, sql_mode = self._server_state()
+        guard = StatementGuard(stream, target=database, databases=databases, sql_mode=sql_mode)
+        tools.run_from(tool, guard)
+
+    def _server_state(self) -> tuple[set[str], str]:
+        """The databases of the server the site's user sees, and the sql_mode a new session starts with."""
+        with connections[self.alias].cursor() as cursor:
+            cursor.execute("SHOW DATABASES")
+            databases = {row[0] for row in cursor.fetchall()}
+            cursor.execute("SELECT @@GLOBAL.sql_mode")
+            return databases, cursor.fetchone()[0] or ""
 
     def replace(self, stream: BinaryIO, *, undo: bool = False) -> None:
         """Drop every table, view, trigger, routine and event of the live database, then load the dump into it,
@@ -425,6 +453,22 @@ class MysqlEngine(ServerEngine):
         with connections[self.alias].cursor() as cursor:
             read_objects(cursor, database)
             return len(self._tables(cursor, database))
+
+    def migrations_in(self, database: str) -> set[tuple[str, str]]:
+        with connections[self.alias].cursor() as cursor:
+            cursor.execute(
+                "SELECT TABLE_TYPE FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
+                [database, "django_migrations"],
+            )
+            row = cursor.fetchone()
+            if row is None:
+                return set()
+            if row[0] != "BASE TABLE":
+                raise RestoreError(
+                    f"its django_migrations is a {row[0].lower()}, not a table; refusing it, database left unchanged"
+                )
+            cursor.execute(f"SELECT app, name FROM `{database}`.`django_migrations`")
+            return {(str(app), str(name)) for app, name in cursor.fetchall()}
 
     # --- the site lock --------------------------------------------------------------------------
 

@@ -25,9 +25,11 @@ import os
 import re
 import secrets
 import shlex
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from datetime import timedelta
 from types import SimpleNamespace
 from typing import BinaryIO
 
@@ -38,17 +40,23 @@ from dbbackup.db.postgresql import (
     parse_postgres_settings,
 )
 from django.db import connections
+from django.utils import timezone
 
 from .. import tools
 from ..errors import BackupError, RestoreError
 from ..secrets import redact
-from ..streams import PrefixedReader
+from ..streams import CHUNK, PrefixedReader
+from ..tools import process_exists
 from .base import SiteLock, holder, lock_key, locked, released, words
 from .server import NoSideDatabase, ServerEngine
 
 MAGIC = b"PGDMP"
 #: How pg_dump begins a plain SQL dump.
 PLAIN_MAGIC = b"--\n-- PostgreSQL database dump"
+#: The table of contents of a dump is read from at most this much of its start.
+TOC_MAX = 256 * 1024 * 1024
+#: Throwaway roles that load a dump (:meth:`PostgresEngine.restricted_role`): ``bk_restore_<pid>_<random>``.
+RESTRICTED_PREFIX = "bk_restore_"
 MISSING = "install the PostgreSQL client tools"
 
 logger = logging.getLogger("backup_app")
@@ -347,15 +355,18 @@ class PostgresEngine(ServerEngine):
 
     # --- backup ---------------------------------------------------------------------------------
 
-    def _conn(self, database: str) -> tuple[list[str], dict]:
+    def _conn(self, database: str, login: dict | None = None) -> tuple[list[str], dict]:
         """``--dbname=postgresql://...`` and the libpq environment for ``database`` (the connector's settings
-        are not changed: the name is swapped in a copy)."""
-        cmd_part, pg_env = parse_postgres_settings(SimpleNamespace(settings={**self.settings, "NAME": database}))
+        are not changed: the name, and ``login``'s USER and PASSWORD, are swapped in a copy)."""
+        settings = {**self.settings, "NAME": database, **(login or {})}
+        cmd_part, pg_env = parse_postgres_settings(SimpleNamespace(settings=settings))
         return shlex.split(cmd_part), pg_env
 
-    def _tool(self, cmd: str, prefix, suffix, database: str, args: list[str], env, error) -> tools.Tool:
+    def _tool(
+        self, cmd: str, prefix, suffix, database: str, args: list[str], env, error, login: dict | None = None
+    ) -> tools.Tool:
         """``prefix cmd --dbname=... args suffix``; the password and TLS options in the environment."""
-        conn, pg_env = self._conn(database)
+        conn, pg_env = self._conn(database, login)
         argv = [*words(prefix), cmd, *conn, *args, *words(suffix)]
         env = self.tool_env({**(env or {}), **pg_env})
         return tools.Tool(argv, name=cmd, env=env, error=error, missing_hint=MISSING)
@@ -387,7 +398,7 @@ class PostgresEngine(ServerEngine):
 
     # --- restore --------------------------------------------------------------------------------
 
-    def _restore(self, database: str, stream: BinaryIO, *, clean: bool) -> None:
+    def _restore(self, database: str, stream: BinaryIO, *, clean: bool, login: dict | None = None) -> None:
         head = stream.read(len(MAGIC))
         stream = PrefixedReader(head, stream)
         if not head.startswith(MAGIC):
@@ -404,9 +415,14 @@ class PostgresEngine(ServerEngine):
             # Asked for (connector option NO_OWNER): objects belong to the restoring role, grants are dropped.
             logger.warning("restoring without owners and privileges (the connector option NO_OWNER is set)")
             args += ["--no-owner", "--no-privileges"]
+        elif login and login.get("NO_OWNER"):
+            args.append("--no-owner")  # a throwaway role's load: every owner is the site's role, given back after
         for schema in c.schemas or []:
             args += ["-n", schema]
-        tool = self._tool(restore_cmd, c.restore_prefix, c.restore_suffix, database, args, c.restore_env, RestoreError)
+        login = {k: v for k, v in (login or {}).items() if k != "NO_OWNER"} or None
+        tool = self._tool(
+            restore_cmd, c.restore_prefix, c.restore_suffix, database, args, c.restore_env, RestoreError, login
+        )
         with missing_roles_named():
             tools.run_from(tool, stream)
 
@@ -441,10 +457,156 @@ class PostgresEngine(ServerEngine):
             ) from None
 
     def load(self, database: str, stream: BinaryIO) -> None:
-        self._restore(database, stream, clean=False)
+        """Restore the dump into the staging ``database`` with no more rights than the dump needs.
+
+        When the site's role is a superuser, what a dump defines (a CHECK constraint, a default, a trigger
+        calling a function) would run with a superuser's rights as its rows load: create roles, ``COPY ...
+        PROGRAM``, read server files.  So the dump is loaded by a throwaway role that is no superuser and owns
+        the staging database and nothing else (:meth:`restricted_role`); what it made is then handed to the
+        site's role.  A role that is no superuser loads as itself: never with more rights than the site has.
+        """
+        head, toc = self._toc(stream)
+        stream = PrefixedReader(head, stream)
+        with self.restricted_role(database, toc) as login:
+            self._restore(database, stream, clean=False, login=login)
         # What the database has of its own (settings, comment, ACL) goes on once the dump is in.
         with self._admin() as admin:
             DatabaseProperties.read(admin, self.name).apply(admin, database)
+
+    def _toc(self, stream: BinaryIO) -> tuple[bytes, list[str]]:
+        """The entries of the dump's table of contents (``pg_restore --list``: ``id; oid oid DESC schema tag
+        owner``) and the bytes read from ``stream`` for them (the archive starts with its TOC)."""
+        c = self.connector
+        argv = [*words(c.restore_prefix), c.restore_cmd, "--list", *words(c.restore_suffix)]
+        running = tools.start(
+            tools.Tool(
+                argv, name=c.restore_cmd, env=self.tool_env(c.restore_env), error=RestoreError, missing_hint=MISSING
+            )
+        )
+        out: list[bytes] = []
+        reader = threading.Thread(target=lambda: out.append(running.stdout.read()), daemon=True)
+        reader.start()
+        head = bytearray()
+        broken = False
+        try:
+            while running.proc.poll() is None and len(head) < TOC_MAX:
+                data = stream.read(CHUNK)
+                if not data:
+                    break
+                head += data
+                try:
+                    running.stdin.write(data)
+                    running.stdin.flush()
+                except BrokenPipeError:
+                    break  # it has read the TOC
+        except BaseException:
+            running.kill()
+            raise
+        finally:
+            with suppress(OSError):
+                running.stdin.close()
+            running.wait()
+            reader.join()
+        running.check(broken=broken)
+        lines = (out[0] if out else b"").decode(errors="replace").splitlines()
+        return bytes(head), [line for line in lines if line and not line.startswith(";")]
+
+    def _site_role(self) -> tuple[str, bool]:
+        """The site's role and whether it is a superuser."""
+        with self._admin() as admin:
+            return admin.execute("SELECT rolname, rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+
+    @contextmanager
+    def restricted_role(self, database: str, toc: list[str]) -> Iterator[dict | None]:
+        """For a ``with`` block: a new login role (``bk_restore_<pid>_<random>``, random password, valid one day)
+        that is no superuser, cannot create roles or databases, and owns ``database``; yields its USER and
+        PASSWORD (and ``NO_OWNER``: the dump's ``ALTER ... OWNER TO`` are left out).  Afterwards everything it
+        owns there goes to the site's role, as the dump had it, and the role is dropped.
+
+        Yields None (load as the site's role) when that role is no superuser.  With owners kept (the default),
+        also when the dump (``toc``) gives objects to another role or sets default privileges, which only the
+        site's rights can give back: that is logged, and W009 warns of such a site.
+        """
+        from psycopg import sql
+
+        site, superuser = self._site_role()
+        if not superuser:
+            yield None
+            return
+        keep_owners = not getattr(self.connector, "no_owner", False)
+        others = sorted({line.rsplit(" ", 1)[-1] for line in toc if " " in line} - {site, "-", ""})
+        if keep_owners and (others or any(" DEFAULT ACL " in line for line in toc)):
+            logger.warning(
+                "the dump gives objects to %s or sets default privileges: it is loaded as the superuser %s, not a "
+                "throwaway role (backup_app.W009)",
+                ", ".join(others) or site,
+                site,
+            )
+            yield None
+            return
+        role = f"{RESTRICTED_PREFIX}{os.getpid()}_{secrets.token_hex(4)}"
+        password = secrets.token_urlsafe(24)
+        with self._admin() as admin:
+            admin.execute(
+                sql.SQL(
+                    "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT "
+                    "CONNECTION LIMIT 4 PASSWORD {} VALID UNTIL {}"
+                ).format(
+                    sql.Identifier(role),
+                    sql.Literal(password),
+                    sql.Literal((timezone.now() + timedelta(days=1)).isoformat()),
+                )
+            )
+        owner = None
+        try:
+            with self._admin() as admin:
+                row = admin.execute(
+                    "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (database,)
+                ).fetchone()
+                owner = row[0] if row else None
+                admin.execute(
+                    sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(database), sql.Identifier(role))
+                )
+            yield {"USER": role, "PASSWORD": password, "NO_OWNER": True}
+        finally:
+            self._retire(role, database)
+            if owner is not None:  # the staging database was made like the live one: its owner too
+                with self._admin() as admin:
+                    admin.execute(
+                        sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(database), sql.Identifier(owner))
+                    )
+
+    def _retire(self, role: str, database: str | None) -> None:
+        """Give what ``role`` owns in ``database`` to the site's role and drop ``role``."""
+        import psycopg
+        from psycopg import sql
+
+        ident = sql.Identifier(role)
+        if database:
+            with suppress(psycopg.OperationalError), self._admin(database) as conn:  # gone: nothing to hand on
+                conn.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(ident))
+                conn.execute(sql.SQL("DROP OWNED BY {}").format(ident))
+        with self._admin() as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s AND pid <> pg_backend_pid()",
+                (role,),
+            )
+            admin.execute(sql.SQL("DROP OWNED BY {}").format(ident))
+            admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(ident))
+
+    def cleanup(self) -> list[str]:
+        """What a killed restore left: staging databases, spool folders, and its throwaway role."""
+        gone = super().cleanup()
+        with self._admin() as admin:
+            rows = admin.execute(
+                "SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s)", (RESTRICTED_PREFIX,)
+            ).fetchall()
+        for (role,) in rows:
+            pid = role[len(RESTRICTED_PREFIX) :].split("_", 1)[0]
+            if pid.isdigit() and not process_exists(int(pid)):
+                self._retire(role, None)
+                gone.append(role)
+        return gone
 
     def replace(self, stream: BinaryIO, *, undo: bool = False) -> None:
         """Load the dump over the live database in one transaction, everything of the database's own (owner,
@@ -618,6 +780,29 @@ class PostgresEngine(ServerEngine):
                 "SELECT count(*) FROM information_schema.tables WHERE table_type = 'BASE TABLE' "
                 "AND table_schema NOT IN ('pg_catalog', 'information_schema')"
             ).fetchone()[0]
+
+    def migrations_in(self, database: str) -> set[tuple[str, str]]:
+        import psycopg
+
+        with psycopg.connect(dbname=database, **self.connection_args()) as conn:
+            conn.execute("SET search_path = pg_catalog")
+            columns = conn.execute(
+                "SELECT c.relkind, a.attname, a.atttypid::regtype::text FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname IN ('app', 'name') "
+                "AND NOT a.attisdropped "
+                "WHERE n.nspname = 'public' AND c.relname = 'django_migrations'"
+            ).fetchall()
+            if not columns:
+                return set()
+            kinds = {kind for kind, _column, _type in columns}
+            types = {column: kind for _relkind, column, kind in columns if column}
+            if kinds != {"r"} or set(types) != {"app", "name"} or set(types.values()) - {"character varying", "text"}:
+                raise RestoreError(
+                    "its django_migrations is not a plain table of text columns; refusing it, database left unchanged"
+                )
+            rows = conn.execute("SELECT app, name FROM public.django_migrations").fetchall()
+            return {(app, name) for app, name in rows}
 
     # --- the site lock --------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, BinaryIO, ClassVar
 
 from ..errors import BackupAppError, RestoreError
 from ..settings import app_settings
-from ..streams import spool
+from ..streams import RoomGuard, spool
 from ..tools import process_exists
 from .base import Engine, Staged, Strategy
 
@@ -127,6 +127,9 @@ class SideDatabase(Strategy):
     def count_tables(self, staged: StagedDatabase) -> int:
         return self.engine.tables_in(staged.database)
 
+    def migrations(self, staged: StagedDatabase) -> set[tuple[str, str]]:
+        return self.engine.migrations_in(staged.database)
+
     def undo(self, entry: dict, folder: Path) -> None:
         """Swap the kept database back in, if it holds the old one still (the swap happened and was not undone
         yet: an undo killed half way runs again safely); else only drop what the restore left beside it."""
@@ -159,7 +162,8 @@ class InPlace(Strategy):
     def stage(self, stream: BinaryIO) -> SpooledDump:
         folder = spool_folder()
         try:
-            return SpooledDump(self, spool(stream, f"{self.engine.vendor}-restore-", folder=folder))
+            guarded = RoomGuard(stream, folder)  # a dump expanding without end stops before the disk is full
+            return SpooledDump(self, spool(guarded, f"{self.engine.vendor}-restore-", folder=folder))
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -281,4 +285,12 @@ class ServerEngine(Engine):
 
     def tables_in(self, database: str) -> int:
         """Number of tables in ``database``."""
+        raise NotImplementedError
+
+    def migrations_in(self, database: str) -> set[tuple[str, str]]:
+        """``(app, name)`` of the rows of ``database``'s ``django_migrations`` table (empty set without one).
+
+        RestoreError when it is there but not a plain table of text columns: reading a view or a type of the
+        dump's own could run code the dump defined, with this connection's rights.
+        """
         raise NotImplementedError

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
 import sqlite3
 import tempfile
@@ -17,7 +18,7 @@ from django.db import connections
 
 from ..errors import BackupError, RestoreError
 from ..ownership import Ownership, give_to_folder, take_over
-from ..streams import copy, pump
+from ..streams import RoomGuard, copy, pump
 from ..tools import process_exists
 from .base import Engine, SiteLock, Staged, Strategy, holder, locked, released
 
@@ -53,7 +54,7 @@ class FileSwap(Strategy):
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.restore-{os.getpid()}-", dir=path.parent)
         try:
             with open(fd, "wb") as fh:
-                copy(stream, fh)
+                copy(RoomGuard(stream, path.parent), fh)
                 fh.flush()
                 os.fsync(fh.fileno())
             _check_file(Path(tmp_name))
@@ -85,6 +86,18 @@ class FileSwap(Strategy):
 
     def abandon(self, staged: StagedFile) -> None:
         staged.path.unlink(missing_ok=True)
+
+    def migrations(self, staged: StagedFile) -> set[tuple[str, str]]:
+        conn = sqlite3.connect(f"file:{staged.path}?mode=ro", uri=True)
+        try:
+            kind = conn.execute("SELECT type FROM sqlite_master WHERE name = 'django_migrations'").fetchone()
+            if kind is None:
+                return set()
+            if kind[0] != "table":
+                raise RestoreError(f"its django_migrations is a {kind[0]}, not a table; database left unchanged")
+            return {(str(app), str(name)) for app, name in conn.execute("SELECT app, name FROM django_migrations")}
+        finally:
+            conn.close()
 
     def count_tables(self, staged: StagedFile) -> int:
         conn = sqlite3.connect(staged.path)
@@ -214,6 +227,28 @@ def _check_file(path: Path) -> None:
         raise RestoreError(f"the restored SQLite file fails to open ({err}); database left unchanged") from None
     if result != "ok":
         raise RestoreError(f"the restored SQLite file fails its integrity check ({result}); database left unchanged")
+    _check_schema(path)
+
+
+#: Functions no schema of a Django site calls, which would reach outside the file were they enabled: extension
+#: loading, the FTS3 tokenizer pointer, the CLI's file functions.
+_FOREIGN = re.compile(r"\b(load_extension|fts3_tokenizer|readfile|writefile)\s*\(", re.IGNORECASE)
+
+
+def _check_schema(path: Path) -> None:
+    """Refuse a file whose schema (triggers, views, defaults, checks) calls what reaches outside the database."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL").fetchall()
+    finally:
+        conn.close()
+    for kind, name, sql in rows:
+        found = _FOREIGN.search(sql)
+        if found:
+            raise RestoreError(
+                f"its {kind} {name!r} calls {found.group(1)}, which reaches outside the database; refusing the "
+                "file, database left unchanged"
+            )
 
 
 def _checkpoint(path: Path) -> None:
