@@ -726,7 +726,7 @@ def held_back(sets: list[BackupSet], protect: frozenset[str] | set[str] = frozen
     """``(name, why)`` of the sets that are not complete and that retention leaves alone."""
     out = []
     for s in sets:
-        if s.status != "incomplete" or s.name in protect or abandoned(s):
+        if s.status not in ("incomplete", "unreadable") or s.name in protect or abandoned(s):
             continue
         if s.unreadable:
             why = "its manifest cannot be read"
