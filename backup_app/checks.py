@@ -449,7 +449,7 @@ def check_sftp_host_key(app_configs=None, **kwargs):
 
 @register(TAG)
 def check_safety_space(app_configs=None, **kwargs):
-    """W007: the safety copies of restores hold more than ``backup_safety_warn_percent`` of the free space of
+    """W010: the safety copies of restores hold more than ``backup_safety_warn_percent`` of the free space of
     the safety folder's file system (copies kept on a database server are not counted here)."""
     from .safety import kept_copies
 
@@ -473,7 +473,7 @@ def check_safety_space(app_configs=None, **kwargs):
                 f"backup_safety_days ({hints.variable('backup_safety_days')}), or raise "
                 f"backup_safety_warn_percent ({hints.variable('backup_safety_warn_percent')})."
             ),
-            id="backup_app.W007",
+            id="backup_app.W010",
         )
     ]
 

@@ -43,6 +43,8 @@ CHECK_IDS = [
     "backup_app.W006",
     "backup_app.W007",
     "backup_app.W008",
+    "backup_app.W009",
+    "backup_app.W010",
 ]
 
 TWO_DATABASE_SETTINGS = """\
@@ -405,3 +407,21 @@ def test_malformed_backup_options_is_one_line_without_traceback(tmp_path):
     assert result.returncode != 0
     assert len(lines) == 1 and "INVENTREE_BACKUP_OPTIONS" in lines[0], result.output
     assert "Traceback" not in result.output
+
+
+def test_each_check_id_belongs_to_one_check_function():
+    """Two checks never share an id (three helpers once each took W007): an id names one failure."""
+    import ast
+
+    tree = ast.parse((Path(__file__).parents[1] / "backup_app" / "checks.py").read_text())
+    owners: dict[str, set[str]] = {}
+    for func in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)):
+        for node in ast.walk(func):
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and re.fullmatch(r"backup_app\.[EW]\d{3}", node.value)
+            ):
+                owners.setdefault(node.value, set()).add(func.name)
+    shared = {check_id: names for check_id, names in owners.items() if len(names) > 1}
+    assert owners and not shared, shared

@@ -70,7 +70,7 @@ def test_w007_warns_when_safety_copies_hold_much_of_the_free_space(sqlite_site, 
 
     result = sqlite_site.manage("check", "--tag", "backup_app", check=False)
 
-    assert "backup_app.W007" in result.output
+    assert "backup_app.W010" in result.output
     assert str(small_disk / "safety") in result.output
 
 
@@ -79,4 +79,4 @@ def test_no_w007_when_the_copies_are_small_next_to_the_free_space(sqlite_site):
 
     result = sqlite_site.manage("check", "--tag", "backup_app", check=False)
 
-    assert "W007" not in result.output
+    assert "W010" not in result.output
