@@ -710,7 +710,8 @@ class Room:
         self.folders += 1
         if self.folders > MAX_MEMBERS:
             raise RestoreError(f"{self.archive} holds more folders than any media folder should; refusing it")
-        self.used += FILE_OVERHEAD
+        # An inode (counted in ``count``, so in the free-space check), no bytes: ``used`` is compared with the
+        # manifest's bytes, which count the files' contents only.
         self.count += 1
         if self.files is not None:
             self.files += 1  # the manifest counts files only
