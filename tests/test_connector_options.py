@@ -43,6 +43,11 @@ def logged(site) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
+def loads(site, tool: str) -> list[str]:
+    """The logged runs of ``tool`` that load the dump (not ``pg_restore --list``, which reads its table of contents)."""
+    return [x for x in logged(site) if f" {tool} " in f" {x} " and "--list" not in x.split()]
+
+
 @pytest.fixture
 def logging_site(postgres_site, tmp_path):
     postgres_site.env["ARGV_LOG"] = str(tmp_path / "argv.log")
@@ -153,7 +158,7 @@ def test_single_transaction_is_used_by_default(logging_site):
 
     logging_site.invoke("restore")
 
-    (line,) = [x for x in logged(logging_site) if "pg_restore" in x]
+    (line,) = loads(logging_site, "pg_restore")
     assert "--single-transaction" in line.split()
 
 
@@ -165,7 +170,7 @@ def test_single_transaction_false_reaches_pg_restore(logging_site):
 
     logging_site.invoke("restore")
 
-    (line,) = [x for x in logged(logging_site) if "pg_restore" in x]
+    (line,) = loads(logging_site, "pg_restore")
     assert "--single-transaction" not in line.split()
     assert logging_site.snapshot_db() == before
 
@@ -176,7 +181,7 @@ def test_single_transaction_false_reaches_psql_for_a_plain_dump(logging_site):
 
     logging_site.invoke("restore")
 
-    (line,) = [x for x in logged(logging_site) if " psql " in f" {x} "]
+    (line,) = loads(logging_site, "psql")
     assert "--single-transaction" not in line.split()
 
 

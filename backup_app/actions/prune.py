@@ -77,6 +77,8 @@ def unreferenced_packs(storage, before: list[BackupSet], progress: Progress = NO
     now = list_sets(storage)
     for bset in [*before, *now]:
         unreadable = [p for p in bset.problems if p.startswith("manifest ")]
+        if bset.unreadable or bset.status == "unreadable":
+            unreadable = unreadable or [f"manifest of set {bset.name} cannot be read"]
         if unreadable:
             progress.step(f"Media packs left alone: {unreadable[0]}")
             return []
