@@ -503,20 +503,6 @@ def _remove(path: Path) -> None:
             os.unlink(path)
 
 
-def _same_owner(source: Path, copy: Path) -> None:
-    st = os.lstat(source)
-    with suppress(PermissionError):  # not root: the copy is ours, as any copy a user makes
-        os.chown(copy, st.st_uid, st.st_gid, follow_symlinks=False)
-        if not stat.S_ISLNK(st.st_mode):
-            os.chmod(copy, stat.S_IMODE(st.st_mode))  # chown clears set-user/group-id bits
-
-
-def _copy_owned(source, copy) -> None:
-    """A copy with the source's bytes, mode, times and (as root) owner and group."""
-    shutil.copy2(source, copy, follow_symlinks=False)
-    _same_owner(Path(source), Path(copy))
-
-
 def _keep_original(storage, name: str, safety_media: Path, made: set[Path], journal: Journal = NO_JOURNAL) -> bool:
     """Move (or copy, for remote media storage) the current ``name`` aside; False if there is none."""
     root = _plain_local_root(storage)
