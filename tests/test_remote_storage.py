@@ -279,7 +279,7 @@ def sftp_server(workdir) -> Iterator[Remote]:
             KbdInteractiveAuthentication no
             AllowUsers {user}
             Subsystem sftp internal-sftp
-            ForceCommand internal-sftp
+            ForceCommand internal-sftp -d {data}
             MaxStartups 50
             LogLevel ERROR
             """
@@ -304,7 +304,10 @@ def sftp_server(workdir) -> Iterator[Remote]:
             },
             "known_host_file": str(home / known_hosts),
         }
-        return options, str((folder or data) / prefix)
+        if folder is None:
+            # INVENTREE_BACKUP_DIR relative: root_path inside the login folder (internal-sftp -d: data).
+            return options, prefix
+        return {**options, "root_path": str(folder / prefix)}, None
 
     def names(prefix):
         folder = data / prefix
@@ -691,6 +694,31 @@ def test_sftp_host_key_mismatch(sqlite_site, sftp_server):
     line = backup_fails(target)
 
     assert "host key does not match the one in known_host_file" in line
+
+
+def test_sftp_with_dockers_absolute_backup_dir_backs_up_into_the_login_folder(sqlite_site, sftp_server):
+    # InvenTree's Docker image always sets an absolute local INVENTREE_BACKUP_DIR: unused on SFTP (W008), so
+    # root_path is unset and the set goes to the login folder (SFTPStorage alone recursed without end there).
+    options, _ = sftp_server.configure("unused")
+    tag = uuid.uuid4().hex[:8]  # the login folder is shared by the session's SFTP tests
+    sqlite_site.env.update(
+        INVENTREE_BACKUP_STORAGE=sftp_server.storage,
+        INVENTREE_BACKUP_OPTIONS=json.dumps(options),
+        INVENTREE_BACKUP_DIR="/home/inventree/data/backup",
+        INVENTREE_BACKUP_MEDIA_FILENAME_TEMPLATE=f"{tag}-media-{{datetime}}.{{extension}}",
+    )
+    (sqlite_site.media / "doc.txt").write_text("data")
+
+    done = sqlite_site.invoke("backup", "--skip-db")
+    try:
+        [entry] = sqlite_site.sets()
+        top = {p.name for p in sftp_server.home.iterdir() if p.is_file()}
+        assert "backup_app.W008" in done.output
+        assert entry["complete"] and {f["name"] for f in entry["files"]} <= top
+    finally:
+        for p in sftp_server.home.iterdir():
+            if p.name.startswith(tag):
+                p.unlink()
 
 
 def test_ftp_wrong_password_is_not_printed(sqlite_site, ftp_server):

@@ -199,6 +199,12 @@ class Adapter:
             return f"cannot reach the server ({reason}); check the host in {OPTIONS_HINT} and the network"
         if isinstance(err, PermissionError):
             return f"permission denied to {action} {name or 'the folder'} ({err}); {self.permission_hint(action)}"
+        if isinstance(err, RecursionError):
+            # A defect of the backend's client with these options (SFTPStorage's folder walk from ''), not data.
+            return (
+                f"cannot {action} {name or 'the folder'}: the storage client recursed without end ({err}); "
+                f"check the folder options in {OPTIONS_HINT}"
+            )
         return None
 
     def permission_hint(self, action: str) -> str:

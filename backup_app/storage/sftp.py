@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 from typing import BinaryIO
 
 from .. import hints
@@ -20,13 +21,21 @@ class SFTPAdapter(Adapter):
         # Backups are the most sensitive copy of a site's data: owner-only unless asked otherwise.
         options.setdefault("file_mode", 0o600)
         options.setdefault("dir_mode", 0o700)
+        # SFTPStorage creates a missing folder by walking up posixpath.dirname until a folder exists; from a
+        # relative path (or none: the login folder) that walk ends at '', which no server has, and it recurses
+        # without end.  Anchored at '.' (the login folder, which exists) the walk stops there.
+        root = str(options.get("root_path") or "")
+        if not root.startswith("/"):
+            relative = posixpath.normpath(root)
+            options["root_path"] = "." if relative == "." else "./" + relative
         return options
 
     def describe(self, backend) -> str:
         params = backend.params or {}
         user = f"{params['username']}@" if params.get("username") else ""
         port = f":{params['port']}" if params.get("port") else ""
-        return f"SFTP {user}{backend.host}{port}:{backend.root_path or '.'}"
+        root = backend.root_path or "."
+        return f"SFTP {user}{backend.host}{port}:{root.removeprefix('./') or '.'}"
 
     def open(self, backend, name: str) -> BinaryIO:
         remote = backend.sftp.open(backend._remote_path(name), "rb")
