@@ -4,11 +4,77 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 
+import pytest
 from conftest import ROOT
+
+
+def run_into_a_closed_pipe(site, *args: str, stderr_too: bool = False) -> subprocess.CompletedProcess:
+    """``manage.py ARGS`` whose stdout (and, with ``stderr_too``, stderr) is a pipe nobody reads any more: the
+    reader is closed before the command starts, so every write meets EPIPE, as after ``| head`` has ended."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=ROOT, env=site.env, stdin=subprocess.DEVNULL,
+            stdout=write_end, stderr=write_end if stderr_too else subprocess.PIPE, timeout=300,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("backup_list",),
+        ("backup_list", "--json"),
+        ("backup_config",),
+        ("backup_config", "--json"),
+        ("backup_check",),
+        ("backup_create", "--dry-run"),
+        ("backup_verify", "--json"),
+    ],
+    ids=" ".join,
+)
+def test_a_command_whose_reader_is_gone_exits_141_without_a_traceback(sqlite_site, args):
+    (sqlite_site.media / "a.txt").write_text("a")
+    sqlite_site.manage("backup_create", "--quiet")
+
+    result = run_into_a_closed_pipe(sqlite_site, *args)
+
+    assert result.returncode == 141, result.stderr.decode()
+    assert "Traceback" not in result.stderr.decode() and "Broken" not in result.stderr.decode()
+
+
+def test_a_backup_whose_output_is_gone_completes_and_exits_141(sqlite_site):
+    # stdout and stderr both closed (``manage.py backup_create 2>&1 | head -n 1``): the steps and the result are
+    # lost, the backup is not: the set is whole and listed complete, nothing else is in the folder.
+    (sqlite_site.media / "a.bin").write_bytes(os.urandom(1024 * 1024))
+
+    result = run_into_a_closed_pipe(sqlite_site, "backup_create", "--json", stderr_too=True)
+
+    assert result.returncode == 141
+    [entry] = sqlite_site.sets()
+    assert entry["complete"]
+    assert {f["name"] for f in entry["files"]} <= {p.name for p in sqlite_site.backups.iterdir()}
+    assert all(entry["name"] in p.name for p in sqlite_site.backups.iterdir())  # no pending marker, no part
+    with sqlite3.connect(sqlite_site.root / "db.sqlite3") as db:
+        assert db.execute("SELECT kind, outcome FROM backup_app_backuprun").fetchall() == [("manual", "success")]
+
+
+def test_a_restore_whose_output_is_gone_completes_and_exits_141(sqlite_site):
+    (sqlite_site.media / "a.txt").write_text("backed up")
+    sqlite_site.manage("backup_create", "--quiet")
+    (sqlite_site.media / "a.txt").write_text("changed since")
+
+    result = run_into_a_closed_pipe(sqlite_site, "backup_restore", "--noinput", stderr_too=True)
+
+    assert result.returncode == 141
+    assert (sqlite_site.media / "a.txt").read_text() == "backed up"
 
 
 def test_invoke_backup_config_into_head_ends_quietly(sqlite_site):

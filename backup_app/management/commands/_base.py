@@ -13,7 +13,7 @@ import sys
 import threading
 from contextlib import suppress
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, OutputWrapper
 
 from backup_app import history, interrupts, streams
 from backup_app.errors import BackupAppError
@@ -54,13 +54,63 @@ INTERRUPTED = 130
 READER_GONE = 141
 
 
-def reader_gone() -> None:
-    """Exit quietly with :data:`READER_GONE`; stdout points at /dev/null first, so that the interpreter's
-    last flush does not complain either."""
-    with suppress(OSError, ValueError):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    sys.exit(READER_GONE)
+class ReaderGuard:
+    """stdout or stderr of a ``manage.py`` run, for when its reader goes away (``| head``, a closed terminal).
+
+    The first write that finds the pipe closed points the stream's descriptor at /dev/null, so that this and
+    every later write (rich's, logging's, the interpreter's last flush) succeed and go nowhere, and marks the
+    run :attr:`gone`.  The work goes on: a backup or a restore is a job, its lines are only a report of it, so
+    a closed reader neither stops it half-way nor turns it into a failure; the command ends, once the work is
+    done, with :data:`READER_GONE` (as a command ended by SIGPIPE would) unless it failed anyway.
+    """
+
+    gone = False
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._lost()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._lost()
+
+    def _lost(self) -> None:
+        ReaderGuard.gone = True
+        with suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        with suppress(OSError, ValueError):
+            self._stream.flush()  # what the buffer still held goes to /dev/null
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+    @classmethod
+    def install(cls) -> None:
+        """Guard the process's stdout and stderr (once)."""
+        for name in ("stdout", "stderr"):
+            stream = getattr(sys, name)
+            if stream is not None and not isinstance(stream, cls):
+                setattr(sys, name, cls(stream))
+
+    @classmethod
+    def exit_status(cls, status):
+        """The status to end with: a success whose reader went away is :data:`READER_GONE`."""
+        for stream in (sys.stdout, sys.stderr):
+            with suppress(Exception):
+                stream.flush()
+        if cls.gone and status in (None, 0):
+            return READER_GONE
+        return status
 
 
 def _interrupted(err: BaseException) -> bool:
@@ -141,16 +191,22 @@ class BackupCommand(BaseCommand):
         steady_memory()
         streams.set_streamed_hook(Trimmer().add)
         gc.freeze()
+        # A reader that goes away (``| head``) loses the rest of the report, not the work (ReaderGuard).
+        ReaderGuard.install()
+        self.stdout = OutputWrapper(sys.stdout)
+        self.stderr = OutputWrapper(sys.stderr)
         try:
-            return super().run_from_argv(argv)
-        except BrokenPipeError:
-            # The reader went away (``| head``): nothing more to say to it, and no traceback.  128 + SIGPIPE,
-            # as a command killed by the signal would end.
-            reader_gone()
+            super().run_from_argv(argv)
+            status = 0
+        except SystemExit as end:  # a CommandError's status (Django's run_from_argv), or one of ours below
+            status = end.code
         except KeyboardInterrupt:
             # Ctrl-C outside the steps that turn it into a sentence of what was left (the action's own errors).
             sys.stderr.write("Interrupted (Ctrl-C).\n")
-            sys.exit(INTERRUPTED)
+            status = INTERRUPTED
+        status = ReaderGuard.exit_status(status)
+        if status:
+            sys.exit(status)
 
     def execute(self, *args, **options):
         self.quiet = options.get("quiet", False)
@@ -167,7 +223,7 @@ class BackupCommand(BaseCommand):
         except interrupts.Interrupted as err:
             # Outside any step that changes something (each step says itself what it finished or undid).
             raise CommandError(str(err), returncode=err.exit_status) from None
-        except (KeyboardInterrupt, BrokenPipeError):
+        except KeyboardInterrupt:
             raise
         except Exception as err:
             if _interrupted(err) and not options.get("traceback"):
