@@ -42,6 +42,9 @@ from ..streams import CHUNK
 
 #: A statement other than rows (which pass as they are read) longer than this is refused.
 STATEMENT_MAX = 64 * 1024 * 1024
+#: An ``INSERT ... VALUES`` head (table and column names) cut by the end of what is read is read again whole
+#: when it is shorter than this.
+HEAD_MAX = 64 * 1024
 #: A single quoted string longer than this is refused (the server's max_allowed_packet is at most 1 GiB).
 STRING_MAX = 1024 * 1024 * 1024
 
@@ -88,10 +91,14 @@ _INSERT_HEAD = re.compile(
     re.IGNORECASE,
 )
 _ROWS = re.compile(
-    rb"(?:[0-9(),.+ \t\r\n]++|-(?=[0-9.])|'(?:[^'\\]++|\\.)*+'|NULL(?![A-Za-z0-9_])|_binary(?![A-Za-z0-9_])"
-    rb"|0x[0-9A-Fa-f]++|[eE](?=[-+0-9]))*+",
+    rb"(?:'[^'\\]*+(?:\\.[^'\\]*+)*+'|[(),.+ \t\r\n]++|0x[0-9A-Fa-f]++|[0-9]++|-(?=[0-9.])|NULL(?![A-Za-z0-9_])"
+    rb"|_binary(?![A-Za-z0-9_])|[eE](?=[-+0-9]))*+",
     re.DOTALL,
 )
+
+#: Bytes after which rows matched by _ROWS can be cut and matched again: each is a whole literal of its own (the
+#: last quote before where _ROWS stopped ends a string, as a string it could not match is not matched at all).
+_ROW_BOUNDARIES = [bytes([b]) for b in b"(),.+ \t\r\n'"]
 
 _SERVER = "acts on the server, not on one database"
 _ACCOUNTS = "changes database accounts or privileges"
@@ -181,6 +188,7 @@ class StatementGuard(io.RawIOBase):
         self._first = 0  # where its first token is in _buf
         self._in_exec = False
         self._rows = False  # the current statement is rows, checked by _ROWS
+        self.literal_bytes = 0  # bytes of rows passed by _ROWS (the rest is read token by token)
         self._preamble = True  # no statement but SET (and stripped ones) so far
         self._source: str | None = None  # the one database a --databases dump names
         #: Its DROP DATABASE (name, line), stripped: the next statement must create it.
@@ -244,10 +252,16 @@ class StatementGuard(io.RawIOBase):
             while self._pos < end:
                 if self._rows:
                     stop = _ROWS.match(buf, self._pos).end()
+                    more = not self._eof and (end - stop < 16 or buf[stop] == ord("'"))
+                    if more:
+                        # A literal may go on in the next chunk (a number, 0x..., NULL cut by its end, or a
+                        # string): it is matched again, whole, from where the last whole one ended.
+                        stop = max(self._pos, *(buf.rfind(b, self._pos, stop) + 1 for b in _ROW_BOUNDARIES))
+                    self.literal_bytes += stop - self._pos
                     self._emit(stop)  # literals only: pass them on as they come
                     self._pos = stop
-                    if not self._eof and (end - stop < 16 or buf[stop] == ord("'")):
-                        return  # a literal may go on in the next chunk
+                    if more:
+                        return
                     self._rows = False  # not a literal: read on token by token
                     continue
                 match = self._regex.match(buf, self._pos)
@@ -300,6 +314,10 @@ class StatementGuard(io.RawIOBase):
                     and "NO_BACKSLASH_ESCAPES" not in self._mode
                 ):
                     head = _INSERT_HEAD.match(buf, match.start())
+                    if (head is None or head.end() == end) and not self._eof and end - match.start() < HEAD_MAX:
+                        self._tokens.clear()  # the head may go on in the next chunk: read it again, whole
+                        self._pos = match.start()
+                        return
                     if head is not None and (head.end() < end or self._eof):
                         self._tokens.append(("rows", None))
                         self._pos = head.end()
