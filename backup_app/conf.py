@@ -361,6 +361,15 @@ BACKUP_KEYS: tuple[Key, ...] = (
         help="A restore warns when the backup is older than this many days (0 = never), as InvenTree's does.",
     ),
     Key(
+        "backup_db_lock_timeout",
+        "BACKUP_DB_LOCK_TIMEOUT",
+        10,
+        kind="int",
+        minimum=1,
+        help="Seconds a MariaDB restore waits for live tables another connection holds before it stops, "
+        "changing nothing.",
+    ),
+    Key(
         "backup_safety",
         "BACKUP_SAFETY",
         True,
@@ -1012,6 +1021,7 @@ def _apply(namespace, config, prefix, config_file, default_dir, default_safety_d
             "NOTIFY_ON_SUCCESS": config["backup_notify_on_success"],
             "PING_URL": config["backup_ping_url"],
             "RESTORE_WARN_AGE_DAYS": config["backup_restore_warn_age_days"],
+            "DB_LOCK_TIMEOUT": config["backup_db_lock_timeout"],
             "DIR": str(backup_dir) if backup_dir is not None else None,
             "DIR_IS_DEFAULT": dir_used_default,
             "DIR_UNUSED": dir_unused,

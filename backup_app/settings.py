@@ -170,6 +170,11 @@ class AppSettings:
         """A restore warns when the backup is older than this many days (0: never)."""
         return self._app("RESTORE_WARN_AGE_DAYS", "backup_restore_warn_age_days")
 
+    @property
+    def db_lock_timeout(self) -> int:
+        """Seconds a restore waits for the live tables held by another connection (MariaDB)."""
+        return self._app("DB_LOCK_TIMEOUT", "backup_db_lock_timeout")
+
     # --- compression and encryption ------------------------------------------------------------
 
     @property

@@ -261,6 +261,7 @@ SAMPLES |= {
     "backup_ping_url": ("https://hc-ping.example/abc", "https://hc-ping.example/abc"),
     "backup_safety_warn_percent": ("20", 20),
     "backup_restore_allow_newer_version": ("true", True),
+    "backup_db_lock_timeout": ("3", 3),
 }
 BACKUP_KEY_NAMES = [key.name for key in BACKUP_KEYS]
 

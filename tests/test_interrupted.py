@@ -537,3 +537,60 @@ def test_a_killed_runs_history_row_is_closed_by_the_next_command(changed_site):
     conn.close()
     assert outcome == "failed"
     assert f"pid {held.proc.pid}" in error and "ended without closing it" in error
+
+
+# --- pid-tagged cleanup: a restore removes what dead runs left, never a running verify's scratch ---------
+
+
+def scratch_of(site, pid: int) -> list[str]:
+    """What the run ``pid`` staged: its scratch database (``<name>_restore_<pid>_...``) or SQLite file."""
+    if site.env["INVENTREE_DB_ENGINE"] == "sqlite3":
+        return sorted(p.name for p in site.root.glob(f".db.sqlite3.restore-{pid}-*"))
+    return [name for name in side_databases(site) if f"_restore_{pid}_" in name]
+
+
+def leave_scratch_of_a_dead_run(site) -> str:
+    """A scratch database (or SQLite file) named after a process that has ended, as a kill leaves it."""
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    engine, name = site.env["INVENTREE_DB_ENGINE"], site.env["INVENTREE_DB_NAME"]
+    if engine == "sqlite3":
+        stale = f".db.sqlite3.restore-{ended.pid}-killed"
+        (site.root / stale).write_bytes(b"SQLite format 3\0")
+        return stale
+    stale = f"{name[:30]}_restore_{ended.pid}_1"
+    if engine == "postgresql":
+        from conftest import _pg_connect
+
+        with _pg_connect() as conn:
+            conn.execute(f'CREATE DATABASE "{stale}"')
+    else:
+        from conftest import _my_connect
+
+        conn = _my_connect()
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE DATABASE `{stale}`")
+        conn.close()
+    return stale
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgres", "mysql"])
+def test_a_restore_removes_a_dead_runs_scratch_but_not_a_running_verifys(request, engine):
+    site = request.getfixturevalue(f"{engine}_site")
+    server_prepare(site)
+    stale = leave_scratch_of_a_dead_run(site)
+    verify = Held(site, "verify:staged:default", "backup_verify", "--restore-test")
+    verify.paused("verify:staged:default")
+    staged = scratch_of(site, verify.proc.pid)
+    assert len(staged) == 1, staged
+
+    result = site.manage("backup_restore", "--noinput", "--skip-media")
+    still = scratch_of(site, verify.proc.pid)
+    verify.go_on()
+    code, err = verify.finish()
+
+    assert f"Removed {stale}, left behind by an interrupted restore" in result.stderr
+    assert staged[0] not in result.stderr
+    assert still == staged
+    assert code == 0, err
+    assert scratch_of(site, verify.proc.pid) == []  # the verify removed its own when it was done

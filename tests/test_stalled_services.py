@@ -40,3 +40,43 @@ def test_a_failure_mail_to_a_silent_mail_server_gives_up_with_one_line(caplog, m
 
     assert sent is False
     assert f"the mail server 127.0.0.1:{port} did not answer within 2 s" in caplog.text
+
+
+# --- a MariaDB restore beside an open transaction of the running site ---------------------------
+
+
+@pytest.mark.parametrize("fixture", ["mysql_site", "mysql_password_site"], ids=["swap", "in-place"])
+def test_a_mariadb_restore_held_up_by_an_open_transaction_stops_with_the_site_unchanged(request, fixture):
+    from conftest import _my_connect
+
+    site = request.getfixturevalue(fixture)
+    database = site.env["INVENTREE_DB_NAME"]
+    site.manage("backup_create", "--skip-media")
+    site.sql("INSERT INTO demo_part (name, description, quantity, created, attachment) "
+             "VALUES ('after', '', 1, NOW(), '')")  # fmt: skip
+    before = site.snapshot_db()
+    reader = _my_connect(database)
+    try:
+        with reader.cursor() as cur:  # the site mid-request: its transaction holds demo_part's metadata lock
+            cur.execute("START TRANSACTION")
+            cur.execute("SELECT COUNT(*) FROM demo_part")
+        result = site.manage(
+            "backup_restore", "--noinput", "--skip-media", check=False, timeout=120,
+            extra_env={"INVENTREE_BACKUP_DB_LOCK_TIMEOUT": "2"},
+        )  # fmt: skip
+        after = site.snapshot_db()
+    finally:
+        reader.rollback()
+        reader.close()
+
+    assert result.returncode != 0, result.output
+    lines = result.stderr.strip().splitlines()  # progress, then the error
+    assert lines[-1].startswith("CommandError: "), result.stderr
+    assert f"the tables of {database} stayed held by another connection for 2 s" in lines[-1]
+    assert "nothing had been changed" in lines[-1]
+    assert after == before
+    conn = _my_connect()
+    with conn.cursor() as cur:  # no staged or kept database left beside the site's
+        cur.execute("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE %s", [database + "%"])
+        assert [name for (name,) in cur.fetchall()] == [database]
+    conn.close()

@@ -43,6 +43,7 @@ from django.utils.module_loading import import_string
 
 from ..errors import BackupAppError, RestoreError
 from ..settings import app_settings
+from ..testing import pause_at
 
 if TYPE_CHECKING:
     from ..safety import SafetyRecord
@@ -176,6 +177,7 @@ class Engine:
         """Stage ``stream``, count its tables, throw it away; returns the count."""
         staged = self.stage(stream)
         try:
+            pause_at(f"verify:staged:{self.alias}")
             return self.count_tables(staged)
         finally:
             self.abandon(staged)

@@ -33,11 +33,25 @@ from django.db import connections
 from .. import tools
 from ..errors import BackupError, RestoreError
 from ..secrets import redact
+from ..settings import app_settings
 from .base import SiteLock, locked, released, tool_env, words
 from .mysql_guard import StatementGuard
 from .server import NoSideDatabase, ServerEngine
 
 MISSING = "install the MySQL/MariaDB client tools"
+
+#: The server's error for a lock wait that ran out (``lock_wait_timeout``, ``innodb_lock_wait_timeout``).
+LOCK_WAIT_TIMEOUT = 1205
+
+
+def is_lock_timeout(err: BaseException) -> bool:
+    """Whether ``err`` (Django's wrapper or the driver's own) is the server's lock wait timeout."""
+    while err is not None:
+        if getattr(err, "args", ())[:1] == (LOCK_WAIT_TIMEOUT,):
+            return True
+        err = err.__cause__
+    return False
+
 
 logger = logging.getLogger("backup_app")
 
@@ -335,14 +349,26 @@ class MysqlEngine(ServerEngine):
         and put back the routine-level grants (not atomic: a failure is rolled back by the restore from the
         kept dump)."""
         connection = connections[self.alias]
-        with connection.cursor() as cursor:
-            grants = routine_grants(cursor, self.name)
-            drop_objects(cursor, self.name, read_objects(cursor, self.name, definitions=False))
-            cursor.execute("SET FOREIGN_KEY_CHECKS = 0")
-            for table in self._tables(cursor, self.name):
-                cursor.execute(f"DROP TABLE IF EXISTS `{table}`")
-            cursor.execute("SET FOREIGN_KEY_CHECKS = 1")
-        connection.close()
+        try:
+            with connection.cursor() as cursor:
+                seconds = self._lock_wait(cursor)
+                grants = routine_grants(cursor, self.name)
+                objects = read_objects(cursor, self.name, definitions=False)
+                tables = self._tables(cursor, self.name)
+                cursor.execute("SET FOREIGN_KEY_CHECKS = 0")
+                if tables:
+                    # One statement: the server takes every table's lock before it drops any, so a table held by
+                    # another connection stops it with nothing dropped (their triggers go with them).
+                    try:
+                        cursor.execute("DROP TABLE IF EXISTS " + ", ".join(quote(t) for t in tables))
+                    except Exception as err:
+                        if is_lock_timeout(err):
+                            raise self._held([self.name], seconds) from None
+                        raise
+                cursor.execute("SET FOREIGN_KEY_CHECKS = 1")
+                drop_objects(cursor, self.name, objects)
+        finally:
+            connection.close()
         self.load(self.name, stream)
         with connection.cursor() as cursor:
             put_back_routine_grants(cursor, self.name, grants)
@@ -389,6 +415,7 @@ class MysqlEngine(ServerEngine):
         """
         connection = connections[self.alias]
         with connection.cursor() as cursor:
+            seconds = self._lock_wait(cursor)
             new_tables, old_tables = self._tables(cursor, incoming), self._tables(cursor, live)
             old_objects = read_objects(cursor, live)
             staged_objects = read_objects(cursor, incoming)
@@ -407,6 +434,7 @@ class MysqlEngine(ServerEngine):
             done = []
             try:
                 drop_objects(cursor, incoming, staged_objects)
+                done.append("dropping")  # from here on, undone even if only some of live's objects went
                 drop_objects(cursor, live, old_objects)
                 done.append("dropped")
                 if moves:
@@ -419,6 +447,8 @@ class MysqlEngine(ServerEngine):
                 put_back_routine_grants(cursor, live, grants)
             except Exception as err:
                 self._swap_back(cursor, live, aside, moves, done, old_objects, new_objects, grants)
+                if is_lock_timeout(err):
+                    raise self._held([live], seconds) from None
                 raise RestoreError(
                     f"swapping in the restored tables failed ({redact(err)}); database left unchanged"
                 ) from None
@@ -434,10 +464,47 @@ class MysqlEngine(ServerEngine):
             cursor.execute(
                 "RENAME TABLE " + ", ".join(f"`{dst}`.`{t}` TO `{src}`.`{t}`" for src, dst, t in reversed(moves))
             )
-        if "dropped" in done:
+        if "dropping" in done:
+            drop_objects(cursor, live, old_objects)  # those the failed drop had not reached yet (IF EXISTS)
             make_objects(cursor, live, old_objects)
             put_back_routine_grants(cursor, live, grants)
         cursor.execute(f"DROP DATABASE IF EXISTS `{aside}`")
+
+    # --- waits for the live tables ----------------------------------------------------------------
+
+    def _lock_wait(self, cursor) -> int:
+        """Make this session's waits for a table's metadata lock end after ``backup_db_lock_timeout`` seconds (the
+        server's default is a day: an open transaction of the running site would hold the restore that long)."""
+        seconds = app_settings.db_lock_timeout
+        cursor.execute("SET SESSION lock_wait_timeout = %s", [seconds])
+        return seconds
+
+    def _held(self, databases: list[str], seconds: int) -> RestoreError:
+        return RestoreError(
+            f"the tables of {' and '.join(databases)} stayed held by another connection for {seconds} s (an open "
+            "transaction or LOCK TABLES of the running site; SHOW PROCESSLIST names it): stop the site or end that "
+            f"transaction, then restore again (or raise {app_settings.env_name('backup_db_lock_timeout')})"
+        )
+
+    def wait_for_tables(self, databases: list[str]) -> None:
+        """Take, then let go of, a write lock on every table of ``databases`` (what ``RENAME TABLE`` and ``DROP``
+        need), waiting at most ``backup_db_lock_timeout`` seconds for other connections to let go of them."""
+        connection = connections[self.alias]
+        with connection.cursor() as cursor:
+            seconds = self._lock_wait(cursor)
+            tables = [f"{quote(db)}.{quote(t)} WRITE" for db in databases for t in self._tables(cursor, db)]
+            if not tables:
+                return
+            try:
+                cursor.execute("LOCK TABLES " + ", ".join(tables))
+            except Exception as err:
+                if is_lock_timeout(err):
+                    raise self._held(databases[:1], seconds) from None
+                # No LOCK TABLES right: the swap's own statements wait no longer than this all the same.
+                logger.debug("cannot LOCK TABLES before the swap (%s)", redact(err))
+                return
+            finally:
+                cursor.execute("UNLOCK TABLES")
 
     def side_databases(self, prefix: str) -> list[str]:
         with connections[self.alias].cursor() as cursor:

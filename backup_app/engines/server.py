@@ -112,6 +112,7 @@ class SideDatabase(Strategy):
         kept = engine.side_name("safety", safety.name)
         # What moves with no table (MariaDB's triggers, routines, events, views) is kept as SQL in this file.
         objects = safety.folder / f"{engine.alias}.objects.json"
+        engine.wait_for_tables([name, staged.database])  # a site transaction holding them: stop, nothing changed
         # Recorded before the swap: whatever ends this process, the next run finds the old database.
         entry = {"kind": self.kinds[0], "database": kept, "name": name, "incoming": staged.database}
         safety.add_database(engine.alias, {**entry, "state": "swapping", "objects": objects.name})
@@ -171,6 +172,7 @@ class InPlace(Strategy):
     def commit(self, staged: SpooledDump, safety: SafetyRecord) -> dict:
         engine = self.engine
         kept = safety.folder / f"{engine.alias}.{engine.extension}"
+        engine.wait_for_tables([engine.name])  # before the entry: nothing to undo when they stay held
         with open(kept, "wb") as fh:
             engine.dump(fh, compressed=False)
         entry = {"kind": self.kinds[0], "file": kept.name}
@@ -274,6 +276,10 @@ class ServerEngine(Engine):
         """Load the dump in ``stream`` over the live database (the restore in place; ``undo``: putting back the
         dump kept of it, which always replaces everything, whatever the connector's options)."""
         raise NotImplementedError
+
+    def wait_for_tables(self, databases: list[str]) -> None:
+        """Return once the tables of ``databases`` could be taken for a swap or a ``DROP`` right now; RestoreError
+        (nothing changed) when another connection holds them longer than ``backup_db_lock_timeout``."""
 
     def side_databases(self, prefix: str) -> list[str]:
         """Names of the databases on the server that start with ``prefix``."""
