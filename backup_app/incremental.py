@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import tarfile
@@ -70,6 +71,8 @@ CHUNK_SIZE = 4 * 1024 * 1024
 PACK_TARGET = 16 * 1024 * 1024
 #: Most files an index may hold (a crafted index must not make a restore allocate without end).
 MAX_FILES = 10_000_000
+#: Most staged files a restore keeps open at once (a file's chunks can be spread over many packs).
+OPEN_FILES = 256
 
 
 @dataclass
@@ -84,11 +87,27 @@ class FileEntry:
     owner: tuple[int, int] | None = None  # (uid, gid) on local media
 
     def as_json(self) -> str:
-        data = {"path": self.path, "size": self.size, "mode": self.mode, "mtime_ns": self.mtime_ns}
-        if self.owner is not None:
-            data["uid"], data["gid"] = self.owner
-        data["chunks"] = self.chunks
-        return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+        return self.as_line().decode("utf-8", "surrogateescape")
+
+    def as_line(self) -> bytes:
+        """The entry's line of an index (no newline): :func:`line_prefix`, then the chunks."""
+        prefix = line_prefix(_path_key(self.path), self.size, self.mode, self.mtime_ns, self.owner)
+        return prefix + json.dumps(self.chunks, separators=(",", ":")).encode("ascii") + b"}"
+
+
+def _path_key(path: str) -> bytes:
+    """A path as an index line spells it (a JSON string, not ASCII-escaped; undecodable bytes kept)."""
+    return json.dumps(path, ensure_ascii=False).encode("utf-8", "surrogateescape")
+
+
+def line_prefix(key: bytes, size: int, mode: int, mtime_ns: int, owner: tuple[int, int] | None) -> bytes:
+    """An index line up to its chunks: ``{"path":…,"size":…,"mode":…,"mtime_ns":…[,"uid":…,"gid":…],"chunks":``.
+
+    The one way lines are written, so that a backup finds an unchanged file by comparing this prefix with the
+    previous index's line, without parsing it.
+    """
+    owned = b"" if owner is None else b',"uid":%d,"gid":%d' % owner
+    return b'{"path":%s,"size":%d,"mode":%d,"mtime_ns":%d%s,"chunks":' % (key, size, mode, mtime_ns, owned)
 
 
 @dataclass
@@ -104,12 +123,44 @@ class MediaIndex:
         return sum(entry.size for entry in self.files)
 
 
-@dataclass
-class Previous:
-    """What a backup may reuse: the newest incremental set's index and its pack table (manifest ``packs``)."""
+#: A chunk as an index line spells it: ``["<sha256>","<pack>",offset,length]``.
+_CHUNK = re.compile(rb'\["([0-9a-f]{64})","([^"\\]+)",([0-9]+),([0-9]+)\]')
+#: A pack name in an index line.
+_PACK = re.compile(rb'"(' + re.escape(PACK_FOLDER.encode()) + rb'/[^"\\]+)"')
 
-    index: MediaIndex
-    packs: dict[str, dict]
+
+class Previous:
+    """What a backup may reuse: the newest incremental set's index lines and its pack table (manifest ``packs``).
+
+    The lines are kept as they are, by path: an unchanged file's line is copied into the new index as it is,
+    never parsed; the blobs of the index are read out of the lines only when a changed file needs them.
+    """
+
+    def __init__(self, lines: list[bytes], packs: dict[str, dict]):
+        self.packs = packs
+        self.lines: dict[bytes, bytes] = {}
+        for line in lines:
+            end = line.find(b',"size":')  # never inside the path: a '"' there is always escaped
+            if line.startswith(b'{"path":') and end > 8:
+                self.lines[line[8:end]] = line
+
+    @classmethod
+    def from_index(cls, index: MediaIndex, packs: dict[str, dict]) -> Previous:
+        return cls([entry.as_line() for entry in index.files], packs)
+
+    def keep_only(self, present: set[str]) -> None:
+        """Forget the lines of files that need a pack which is not in ``present`` (the storage's listing)."""
+        self.packs = {name: info for name, info in self.packs.items() if name in present}
+        self.lines = {
+            key: line for key, line in self.lines.items() if all(p.decode() in present for p in _PACK.findall(line))
+        }
+
+    def blobs(self) -> dict[str, tuple[str, int, int]]:
+        """Every blob the lines name: SHA-256 -> (pack, offset, length)."""
+        known: dict[str, tuple[str, int, int]] = {}
+        for sha, pack, offset, length in _CHUNK.findall(b"\n".join(self.lines.values())):
+            known.setdefault(sha.decode(), (pack.decode(), int(offset), int(length)))
+        return known
 
 
 @dataclass
@@ -125,7 +176,8 @@ class IncrementalStats:
     new_bytes: int = 0  # stored bytes of the packs this run wrote
     skipped: list[dict] = field(default_factory=list)  # links, FIFOs, sockets, devices: {"name", "kind"}
     packs: dict[str, dict] = field(default_factory=dict)  # every pack the set needs: name -> size, sha256
-    index: MediaIndex | None = None  # what the set's media index holds
+    head: dict = field(default_factory=dict)  # the set's media index: its header line
+    lines: list[bytes] = field(default_factory=list)  # ... and one line per file (as written, no newline)
 
 
 def is_pack(name: str) -> bool:
@@ -272,26 +324,24 @@ def write_media(
 ) -> tuple[StoredFile, IncrementalStats]:
     """Store the new blobs of ``media`` in packs and the set's media index as ``index_name``.
 
-    ``previous`` is reused: a file with the size and mtime it had there is not read; a blob it already has
-    is not stored again.  Only packs that are still in the storage are reused.  Returns the stored index
-    and what was done; on any failure the packs this call wrote are deleted and BackupError raised (a killed
-    run's packs are left to the next prune, which deletes packs no manifest names).
+    ``previous`` is reused: a file with the size and mtime it had there is not read (with its mode and owner
+    too, its line is copied as it is); a blob it already has is not stored again.  Only packs that are still
+    in the storage are reused (one listing).  Returns the stored index and what was done; on any failure the
+    packs this call wrote are deleted and BackupError raised (a killed run's packs are left to the next
+    prune, which deletes packs no manifest names).
     """
     stats = IncrementalStats()
     writer = PackWriter(storage, compression, gpg, stats)
     root = _plain_local_root(media)
-    known: dict[str, tuple[str, int, int]] = {}
-    by_path: dict[str, FileEntry] = {}
+    old_lines: dict[bytes, bytes] = {}
     reusable_packs: dict[str, dict] = {}
     if previous is not None:
         present = set(list_packs(storage))
-        reusable_packs = {name: info for name, info in previous.packs.items() if name in present}
-        for entry in previous.index.files:
-            if all(chunk[1] in reusable_packs for chunk in entry.chunks):
-                by_path[entry.path] = entry
-                for sha, pack, offset, length in entry.chunks:
-                    known.setdefault(sha, (pack, offset, length))
-    entries: list[FileEntry] = []
+        if not set(previous.packs) <= present:
+            previous.keep_only(present)  # a pack is gone: the files that need it are read again
+        reusable_packs, old_lines = previous.packs, previous.lines
+    known: dict[str, tuple[str, int, int]] | None = None  # the previous blobs, read out when first needed
+    lines = stats.lines
     folders: dict[str, int] = {}
     # A local folder: walk_local (no link followed, nothing but files opened; folders with their modes).
     walker = walk_local(root, stats.skipped) if root is not None else ((n, None) for n in iter_media(media))
@@ -311,35 +361,57 @@ def write_media(
             if found is None:
                 continue
             size, mode, mtime_ns, owner = found
-            old = by_path.get(name)
-            if old is not None and old.size == size and old.mtime_ns == mtime_ns:
-                entries.append(FileEntry(name, size, mode, mtime_ns, [tuple(c) for c in old.chunks], owner))
-                stats.reused_files += 1
-            else:
-                entry = _read_file(media, root, name, known, writer, stats)
-                if entry is None:
+            key = _path_key(name)
+            old = old_lines.get(key)
+            if old is not None:
+                prefix = line_prefix(key, size, mode, mtime_ns, owner)
+                if old.startswith(prefix):
+                    line = old  # unchanged, mode and owner too: the line as it was
+                else:
+                    line = _same_contents(old, prefix, size, mtime_ns)
+                if line is not None:
+                    lines.append(line)
+                    stats.reused_files += 1
+                    stats.files += 1
+                    stats.bytes += size
                     continue
-                entries.append(entry)
+            if known is None:
+                known = previous.blobs() if previous is not None else {}
+            entry = _read_file(media, root, name, known, writer, stats)
+            if entry is None:
+                continue
+            lines.append(entry.as_line())
             stats.files += 1
-            stats.bytes += entries[-1].size
+            stats.bytes += entry.size
         writer.finish()
-        for entry in entries:
-            for _sha, pack, _offset, _length in entry.chunks:
-                if pack not in stats.packs:
-                    stats.packs[pack] = reusable_packs[pack]
+        # Every pack a line names (a changed file's blob can be one that only a deleted file's line had).
+        for pack in {p.decode() for p in _PACK.findall(b"\n".join(lines))}:
+            if pack not in stats.packs:
+                stats.packs[pack] = reusable_packs[pack]
+        stats.head = {"format": INDEX_FORMAT, "files": len(lines), "folders": folders}
+        head = (json.dumps(stats.head, ensure_ascii=False) + "\n").encode("utf-8", "surrogateescape")
 
         def produce(out: BinaryIO) -> None:
-            head = {"format": INDEX_FORMAT, "files": len(entries), "folders": folders}
-            out.write((json.dumps(head, ensure_ascii=False) + "\n").encode("utf-8", "surrogateescape"))
-            for entry in entries:
-                out.write((entry.as_json() + "\n").encode("utf-8", "surrogateescape"))
+            out.write(head)
+            for start in range(0, len(lines), 4096):
+                out.write(b"".join(line + b"\n" for line in lines[start : start + 4096]))
 
         stored = store_stream(storage, index_name, produce, compression=compression, gpg=gpg)
     except BaseException:
         writer.discard()
         raise
-    stats.index = MediaIndex(entries, folders)
     return stored, stats
+
+
+def _same_contents(old: bytes, prefix: bytes, size: int, mtime_ns: int) -> bytes | None:
+    """The new line of a file whose mode or owner changed but not its size and mtime (its chunks reused)."""
+    try:
+        raw = json.loads(old)
+        if int(raw["size"]) != size or int(raw["mtime_ns"]) != mtime_ns:
+            return None
+        return prefix + json.dumps(raw["chunks"], separators=(",", ":")).encode("ascii") + b"}"
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _read_file(media, root, name, known, writer: PackWriter, stats: IncrementalStats) -> FileEntry | None:
@@ -451,21 +523,33 @@ def _cache_path(folder: Path, where: str) -> Path:
     return folder / f"{hashlib.sha256(where.encode()).hexdigest()[:16]}.mediaindex.gz"
 
 
-def remember_index(folder: Path, where: str, set_name: str, index_sha256: str, index: MediaIndex) -> None:
-    """Keep a plain copy of the index just stored (for the storage described by ``where``); never fails."""
-    import gzip
+def _joined(lines: list[bytes]) -> list[bytes]:
+    """The lines with their newlines, joined in blocks of 4,096 (few writes, no second copy of the whole)."""
+    return [b"".join(line + b"\n" for line in lines[i : i + 4096]) for i in range(0, len(lines), 4096)]
+
+
+def remember_index(folder: Path, where: str, set_name: str, index_sha256: str, stats: IncrementalStats) -> None:
+    """Keep a plain copy of the index just stored (for the storage described by ``where``); never fails.
+
+    Its header names the set, the stored index's SHA-256 and the SHA-256 of the lines that follow, which
+    :func:`recall_index` checks before it trusts them.
+    """
+    from isal import igzip
 
     with suppress(OSError):
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = _cache_path(folder, where)
         partial = path.with_name(f".{path.name}.{os.getpid()}")
         try:
-            with gzip.open(partial, "wb", compresslevel=1) as out:
-                head = {"format": INDEX_FORMAT, "files": len(index.files), "folders": index.folders}
-                head |= {"set": set_name, "sha256": index_sha256}
+            blocks = _joined(stats.lines)
+            digest = hashlib.sha256()
+            for block in blocks:
+                digest.update(block)
+            head = {**stats.head, "set": set_name, "sha256": index_sha256, "lines_sha256": digest.hexdigest()}
+            with igzip.open(partial, "wb", compresslevel=1) as out:
                 out.write((json.dumps(head, ensure_ascii=False) + "\n").encode("utf-8", "surrogateescape"))
-                for entry in index.files:
-                    out.write((entry.as_json() + "\n").encode("utf-8", "surrogateescape"))
+                for block in blocks:
+                    out.write(block)
             os.chmod(partial, 0o600)
             os.replace(partial, path)
         finally:
@@ -473,20 +557,27 @@ def remember_index(folder: Path, where: str, set_name: str, index_sha256: str, i
                 os.unlink(partial)
 
 
-def recall_index(folder: Path, where: str, set_name: str, index_sha256: str, packs: dict) -> MediaIndex | None:
-    """The kept copy of set ``set_name``'s index if it is that set's (same SHA-256), else None."""
-    import gzip
+def recall_index(folder: Path, where: str, set_name: str, index_sha256: str, packs: dict) -> Previous | None:
+    """The kept copy of set ``set_name``'s index if it is that set's (same SHA-256) and whole, else None."""
+    from isal import igzip
 
     path = _cache_path(folder, where)
     try:
-        with gzip.open(path, "rb") as fh:
+        with igzip.open(path, "rb") as fh:
             head = json.loads(fh.readline())
-            if head.get("set") != set_name or head.get("sha256") != index_sha256:
+            if head.get("set") != set_name or head.get("sha256") != index_sha256 or "lines_sha256" not in head:
                 return None
-            fh.seek(0)
-            return parse_index(fh, packs)
-    except (OSError, ValueError, EOFError, RestoreError):
+            body = fh.read()
+    except (OSError, ValueError, EOFError):
         return None
+    if hashlib.sha256(body).hexdigest() != head["lines_sha256"]:
+        return None
+    lines = body.split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()
+    if len(lines) != head.get("files"):
+        return None
+    return Previous(lines, packs)
 
 
 def list_packs(storage) -> dict[str, int | None]:
@@ -629,6 +720,89 @@ def _live_matches(path: Path, entry: FileEntry) -> bool:
         os.close(fd)
 
 
+class _Files:
+    """The staged files being rebuilt: each opened once when its first blob comes and closed after its last
+    (mode and mtime set through the open file), at most :data:`OPEN_FILES` open at once."""
+
+    def __init__(self, folder: str, entries: list[FileEntry]):
+        self.folder = folder
+        self.entries = entries
+        self.left = [len(entry.chunks) for entry in entries]  # chunks still to write, per file
+        self.open: dict[int, int] = {}  # entry number -> fd, oldest first
+        self.made: set[str] = set()
+
+    def _fd(self, number: int) -> int:
+        fd = self.open.pop(number, None)
+        if fd is None:
+            path = os.path.join(self.folder, self.entries[number].path)
+            parent = os.path.dirname(path)
+            if parent not in self.made:
+                os.makedirs(parent, exist_ok=True)
+                self.made.add(parent)
+            created = len(self.entries[number].chunks) == self.left[number]
+            flags = os.O_WRONLY | os.O_NOFOLLOW | (os.O_CREAT | os.O_EXCL if created else 0)
+            fd = os.open(path, flags, 0o600)
+            if len(self.open) >= OPEN_FILES:
+                os.close(self.open.pop(next(iter(self.open))))
+        self.open[number] = fd  # (re)inserted last: the most recently used
+        return fd
+
+    def write(self, number: int, position: int, blob: memoryview) -> None:
+        fd = self._fd(number)
+        written = os.pwrite(fd, blob, position)
+        while written < len(blob):
+            written += os.pwrite(fd, blob[written:], position + written)
+        self.left[number] -= 1
+        if not self.left[number]:
+            self.finish(number)
+
+    def finish(self, number: int) -> None:
+        """The file's last chunk is written (or it has none): check its size, set its mode and mtime, close it."""
+        entry = self.entries[number]
+        fd = self._fd(number)
+        del self.open[number]
+        try:
+            if os.fstat(fd).st_size != entry.size:
+                raise RestoreError(f"media file {entry.path!r} was not rebuilt whole; media left unchanged")
+            os.fchmod(fd, entry.mode)
+            os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        for fd in self.open.values():
+            with suppress(OSError):
+                os.close(fd)
+        self.open.clear()
+
+
+def _rebuild(staged: StagedArchive, wanted: list[FileEntry], index, storage, packs, gpg) -> None:
+    """Write the files ``wanted`` into ``staged.folder`` from their packs, each pack read once, in order."""
+    files = _Files(str(staged.folder), wanted)
+    targets: dict[tuple[str, int], list[tuple[int, int]]] = {}
+    try:
+        for number, entry in enumerate(wanted):
+            position = 0
+            for _sha, pack, offset, length in entry.chunks:
+                targets.setdefault((pack, offset), []).append((number, position))
+                position += length
+            if not entry.chunks:
+                files.finish(number)  # an empty file
+        for pack, extents in _pack_plan(index, {e.path for e in wanted}).items():
+
+            def consume(offset: int, blob: memoryview, pack: str = pack) -> None:
+                for number, position in targets[(pack, offset)]:
+                    files.write(number, position, blob)
+
+            read_pack(storage, pack, packs[pack], extents, gpg, consume)
+    finally:
+        files.close()
+    for number, entry in enumerate(wanted):
+        if files.left[number]:
+            raise RestoreError(f"media file {entry.path!r} was not rebuilt whole; media left unchanged")
+        staged.names.append(entry.path)
+
+
 def stage_index(media, storage, index: MediaIndex, packs: dict[str, dict], gpg: GpgSpec | None) -> StagedArchive:
     """Rebuild the files of ``index`` in a staging folder from their packs, every blob checked on the way.
 
@@ -662,36 +836,7 @@ def stage_index(media, storage, index: MediaIndex, packs: dict[str, dict], gpg: 
             else:
                 wanted.append(entry)
             staged.bytes += entry.size
-        targets: dict[tuple[str, int], list[tuple[Path, int]]] = {}
-        made: set[Path] = set()
-        for entry in wanted:
-            target = staged.folder / entry.path
-            if target.parent not in made:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                made.add(target.parent)
-            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            position = 0
-            for _sha, pack, offset, length in entry.chunks:
-                targets.setdefault((pack, offset), []).append((target, position))
-                position += length
-        for pack, extents in _pack_plan(index, {e.path for e in wanted}).items():
-
-            def consume(offset: int, blob: memoryview, pack: str = pack) -> None:
-                for target, position in targets[(pack, offset)]:
-                    fd = os.open(target, os.O_WRONLY)
-                    try:
-                        os.pwrite(fd, blob, position)
-                    finally:
-                        os.close(fd)
-
-            read_pack(storage, pack, packs[pack], extents, gpg, consume)
-        for entry in wanted:
-            target = staged.folder / entry.path
-            if target.stat().st_size != entry.size:
-                raise RestoreError(f"media file {entry.path!r} was not rebuilt whole; media left unchanged")
-            os.chmod(target, entry.mode)
-            os.utime(target, ns=(entry.mtime_ns, entry.mtime_ns))
-            staged.names.append(entry.path)
+        _rebuild(staged, wanted, index, storage, packs, gpg)
     except BaseException:
         abandon_archive(staged)
         raise

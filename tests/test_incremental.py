@@ -158,6 +158,39 @@ def test_identical_contents_are_stored_once(site):
     assert sum(stored(site.backups / PACK_FOLDER).values()) < len(blob) + 4096
 
 
+def test_a_renamed_file_is_stored_as_a_reference_to_its_old_pack_and_restores(site):
+    write_media(site.media, small=10, big=1)
+    site.invoke("backup")
+    (site.media / "photos" / "extra.jpg").write_bytes(os.urandom(1024 * 1024))
+    site.invoke("backup")  # the photo in a pack of its own, which only its line names
+    os.rename(site.media / "photos" / "extra.jpg", site.media / "photos" / "renamed.jpg")  # same bytes, new path
+    packs_before = packs_on_disk(site)
+
+    site.invoke("backup")
+
+    assert packs_on_disk(site) == packs_before  # read and hashed, but its blob is already stored
+    newest = manifests(site)[0]["media"]
+    assert newest["read_bytes"] == (site.media / "photos" / "renamed.jpg").stat().st_size
+    expected = media_state(site.media)
+    empty(site.media)
+    site.invoke("restore", "--skip-db")
+    assert media_state(site.media) == expected
+
+
+def test_a_file_whose_mode_changed_is_not_read_and_comes_back_with_the_new_mode(site):
+    write_media(site.media, small=10, big=1)
+    site.invoke("backup")
+    os.chmod(site.media / "photos" / "p0.jpg", 0o600)
+
+    site.invoke("backup")
+
+    assert manifests(site)[0]["media"]["read_bytes"] == 0
+    expected = media_state(site.media)
+    empty(site.media)
+    site.invoke("restore", "--skip-db")
+    assert media_state(site.media) == expected
+
+
 def test_an_encrypting_host_without_the_secret_key_backs_up_incrementally(site, gpg_home, tmp_path):
     public_only = tmp_path / "public-only"
     export_public(gpg_home, public_only)
@@ -348,6 +381,44 @@ def test_prune_keeps_every_pack_a_kept_set_needs_and_deletes_the_rest(site):
     empty(site.media)
     site.invoke("restore", "--skip-db")
     assert media_state(site.media) == expected
+
+
+def test_clean_dry_run_names_the_packs_the_prune_deletes_and_deletes_nothing(site):
+    write_media(site.media, small=10, big=1)
+    site.invoke("backup")
+    (site.media / "photos" / "extra.jpg").write_bytes(os.urandom(1024 * 1024))
+    site.invoke("backup")  # the only set that needs the photo's pack
+    (site.media / "photos" / "extra.jpg").unlink()
+    site.invoke("backup")
+    [only_the_photo] = packs_on_disk(site) - set(manifests(site)[0]["media"]["packs"])
+    before = stored(site.backups)
+    keep_one = {"INVENTREE_BACKUP_KEEP": "1"}
+
+    planned = json.loads(site.manage("backup_create", "--dry-run", "--clean", "--json", extra_env=keep_one).stdout)
+
+    assert stored(site.backups) == before
+    assert [name for name in planned["deleted"] if name.startswith(PACK_FOLDER)] == [only_the_photo]
+    site.invoke("backup", "--clean", extra_env=keep_one)
+    assert only_the_photo not in packs_on_disk(site)
+    assert packs_on_disk(site) == set(before) & packs_on_disk(site)  # every other pack stayed
+
+
+def test_restore_dry_run_of_an_incremental_set_reads_every_pack_and_changes_nothing(site):
+    write_media(site.media, small=10, big=1)
+    site.invoke("backup")
+    (site.media / "notes" / "n0001.txt").write_text("changed after the backup")
+    live = media_state(site.media)
+
+    result = site.invoke("restore", "--skip-db", "--dry-run")
+
+    assert media_state(site.media) == live
+    assert "checks pass" in result.stdout and "packs read" in result.stdout, result.stdout
+    pack = corrupt_one_pack(site)
+    refused = site.invoke("restore", "--skip-db", "--dry-run", check=False)
+    assert refused.returncode != 0
+    last = refused.stderr.strip().splitlines()[-1]  # the lines before it say what was checked
+    assert "would be refused" in last and pack in last and "damaged" in last, refused.stderr
+    assert media_state(site.media) == live
 
 
 def test_prune_leaves_every_pack_when_a_manifest_cannot_be_read(site):

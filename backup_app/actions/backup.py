@@ -26,7 +26,15 @@ from .. import __version__, hints
 from ..engines import engine_for, site_lock
 from ..errors import BackupError
 from ..history import note_manifest, record_run
-from ..incremental import IncrementalStats, Previous, parse_index, recall_index, remember_index, write_media
+from ..incremental import (
+    IncrementalStats,
+    Previous,
+    list_packs,
+    parse_index,
+    recall_index,
+    remember_index,
+    write_media,
+)
 from ..interrupts import Interrupted
 from ..media import ArchiveStats, iter_media, media_size, media_storage, write_tar
 from ..models import BackupRun
@@ -278,6 +286,13 @@ def plan(options: BackupOptions | None = None) -> BackupPlan:
             include_legacy=options.clean_legacy,
             protect={stamp},
         )
+        # The media packs that no set left would name (incremental media): the prune deletes them too.  The
+        # new set is not written yet: an incremental one would reuse packs of the set it builds on, which stay.
+        gone = set(deleted)
+        after = [s for s in sets if naming.manifest_name(s.name) not in gone]
+        base = _base_set(sets, options.encrypt) if media is not None and mode == "incremental" else None
+        after += [base] if base is not None else []
+        deleted += prune.packs_to_delete(list_packs(storage), sets, after)
     return BackupPlan(
         storage=describe(storage),
         set_name=stamp,
@@ -544,7 +559,7 @@ def write_set(storage, what: SetContents, progress: Progress = NO_PROGRESS) -> d
         written.append(naming.manifest_name(stamp))
         if what.media and what.media_mode == "incremental":
             entry = manifest["files"][-1]
-            remember_index(_index_cache(), describe(storage), stamp, entry["sha256"], incremental[0].index)
+            remember_index(_index_cache(), describe(storage), stamp, entry["sha256"], incremental[0])
     except BaseException as err:
         if media_job is not None:
             cancel.set()
@@ -595,22 +610,29 @@ def previous_media(storage, what: SetContents, say=lambda _m: None) -> Previous 
     Only a set encrypted as this one will be (an encrypted set never shares packs with a plain one).  An
     index that cannot be read (an encrypted one without the secret key here) is said, and nothing reused.
     """
-    for bset in list_sets(storage):
-        media = (bset.manifest or {}).get("media") or {}
-        if not bset.complete or media.get("mode") != "incremental" or bset.media_file is None:
-            continue
-        if bool(bset.manifest.get("encrypted")) != what.encrypt:
-            continue
+    bset = _base_set(list_sets(storage), what.encrypt)
+    if bset is not None:
         kept = recall_index(_index_cache(), describe(storage), bset.name, bset.media_file.sha256, bset.packs)
         if kept is not None:
-            return Previous(kept, bset.packs)
+            return kept
         try:
             with read_checked(storage, bset.media_file, GpgSpec.for_decryption()) as stream:
                 index = parse_index(stream, bset.packs)
         except Exception as err:
             say(f"  the media index of set {bset.name} cannot be read ({redact(err)}); every media file is read again")
             return None
-        return Previous(index, bset.packs)
+        return Previous.from_index(index, bset.packs)
+    return None
+
+
+def _base_set(sets: list[BackupSet], encrypt: bool) -> BackupSet | None:
+    """The set an incremental backup builds on: the newest complete incremental set encrypted as it will be."""
+    for bset in sets:
+        media = (bset.manifest or {}).get("media") or {}
+        if not bset.complete or media.get("mode") != "incremental" or bset.media_file is None:
+            continue
+        if bool(bset.manifest.get("encrypted")) == encrypt:
+            return bset
     return None
 
 

@@ -74,19 +74,24 @@ def unreferenced_packs(storage, before: list[BackupSet], progress: Progress = NO
     packs = list_packs(storage)
     if not packs:
         return []
-    now = list_sets(storage)
-    for bset in [*before, *now]:
+    gone = packs_to_delete(packs, before, list_sets(storage), progress)
+    for name in gone:
+        storage.delete(name)
+    return gone
+
+
+def packs_to_delete(packs, before: list[BackupSet], after: list[BackupSet], progress: Progress = NO_PROGRESS):
+    """The packs of ``packs`` (names) that no set of ``after`` names; none if a manifest of ``before`` or
+    ``after`` cannot be read (said through ``progress``).  Deletes nothing: pruning and its dry run share it."""
+    for bset in [*before, *after]:
         unreadable = [p for p in bset.problems if p.startswith("manifest ")]
         if bset.unreadable or bset.status == "unreadable":
             unreadable = unreadable or [f"manifest of set {bset.name} cannot be read"]
         if unreadable:
             progress.step(f"Media packs left alone: {unreadable[0]}")
             return []
-    needed = {pack for bset in now for pack in bset.packs}
-    gone = [name for name in packs if name not in needed]
-    for name in gone:
-        storage.delete(name)
-    return gone
+    needed = {pack for bset in after for pack in bset.packs}
+    return [name for name in packs if name not in needed]
 
 
 def confirm_complete(storage, name: str):
