@@ -18,11 +18,12 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -136,6 +137,13 @@ def read_objects(cursor, database: str, *, definitions: bool = True) -> list[Sch
     finally:
         if current:
             cursor.execute(f"USE {quote(current)}")
+
+
+def renamed(obj: SchemaObject, database: str, to: str) -> SchemaObject:
+    """``obj`` with the name ``database`` in its SQL (where a trigger, routine or event names its own database)
+    made ``to``."""
+    sql = re.sub(rf"(?<![\w$]){re.escape(database)}(?![\w$])", lambda _match: to, obj.sql)
+    return replace(obj, sql=sql) if sql != obj.sql else obj
 
 
 def drop_objects(cursor, database: str, objects: list[SchemaObject]) -> None:
@@ -333,7 +341,7 @@ class MysqlEngine(ServerEngine):
             c.restore_cmd, c.restore_prefix, c.restore_suffix, args, database, c.restore_env, RestoreError
         )
         databases, sql_mode = self._server_state()
-        guard = StatementGuard(stream, target=database, databases=databases, sql_mode=sql_mode)
+        guard = StatementGuard(stream, target=database, databases=databases, sql_mode=sql_mode, own=self.name)
         tools.run_from(tool, guard)
 
     def _server_state(self) -> tuple[set[str], str]:
@@ -419,7 +427,10 @@ class MysqlEngine(ServerEngine):
             new_tables, old_tables = self._tables(cursor, incoming), self._tables(cursor, live)
             old_objects = read_objects(cursor, live)
             staged_objects = read_objects(cursor, incoming)
-            new_objects = load_objects(objects) if objects is not None else staged_objects
+            if objects is not None:
+                new_objects = load_objects(objects)
+            else:  # named as they were in the dump: the guard made the live database's name the staging one's
+                new_objects = [renamed(o, incoming, live) for o in staged_objects]
             grants = routine_grants(cursor, live)
             if keep is not None and old_objects:
                 keep.write_text(json.dumps([asdict(o) for o in old_objects], indent=1))

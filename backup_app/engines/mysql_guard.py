@@ -24,6 +24,14 @@ Refused, wherever they stand (inside routine and trigger bodies and ``/*! ... */
   ``ANSI_QUOTES`` or a mode that implies them, a client character set whose characters can hide a quote
   (big5, cp932, gbk, sjis, gb18030), either set from anything but a literal or a copy saved from the server.
 
+Names of the site's own database (``own``: the live one a staging load stands in for) in a trigger, view,
+routine or event (``CREATE ... TRIGGER`` and the rest of its body) are made the target's name as they pass,
+so that nothing the dump defines reaches the live database while it loads; the swap gives the objects the
+site's name back (:func:`~.mysql.renamed`).  Anywhere else such a name refuses the dump like any other
+database's.  ``x.y`` where ``x`` is also a table alias of the statement is a column of the alias in a select
+list, ``WHERE``, ``HAVING``, ``SET``, ``... BY`` or a join's ``ON`` (:func:`_alias_column`); anywhere else,
+followed by ``(`` or by a third part, ``x`` is a database.
+
 Stripped, as the stock format of ``mysqldump --databases NAME``: the ``DROP DATABASE``, ``CREATE DATABASE``
 and ``USE`` of one database before the first other statement but ``SET``.  A second database refuses the dump.
 
@@ -154,6 +162,80 @@ def _token_regex(delimiter: bytes, mode: frozenset[str] = frozenset()) -> re.Pat
     return re.compile(_TOKEN.replace(b"%(delimiter)s", extra).replace(b"%(quoted)s", group), re.DOTALL)
 
 
+#: What ``CREATE`` makes when one of these comes first: a trigger, view, routine or event (whose body names
+#: the tables it acts on), or something else.
+_OBJECT_KINDS = {"TRIGGER", "VIEW", "PROCEDURE", "FUNCTION", "EVENT"}
+_OTHER_KINDS = {"TABLE", "INDEX", "SEQUENCE", "DATABASE", "SCHEMA", "USER", "ROLE", "SERVER", "TABLESPACE", "PACKAGE"}
+
+
+def _defines_object(words: list) -> bool:
+    """Whether the statement is ``CREATE [OR REPLACE] [ALGORITHM=...] [DEFINER=...] ... TRIGGER|VIEW|...``."""
+    if words[0] != "CREATE":
+        return False
+    kind = next((w for w in words[1:16] if w in _OBJECT_KINDS | _OTHER_KINDS | {"AS"}), None)
+    return kind in _OBJECT_KINDS
+
+
+#: Words after which a name is a table (or routine, trigger, sequence...) of the statement: ``db.name`` there
+#: names a database.  Anything not known to be an expression is taken as such.
+_TABLE_WORDS = {
+    *("FROM", "JOIN", "STRAIGHT_JOIN", "INTO", "UPDATE", "TABLE", "TABLES", "TO", "DELETE", "INSERT", "REPLACE"),
+    *("CALL", "REFERENCES", "LIKE", "FOR", "USING", "RENAME", "EXISTS", "IN", "UNION", "NEXTVAL", "SETVAL"),
+    *("LASTVAL", "SEQUENCE", "INDEX", "KEY", "DESC", "DESCRIBE", "EXPLAIN", "HANDLER", "TRUNCATE", "LOCK"),
+    *("FOLLOWS", "PRECEDES", "ANALYZE", "OPTIMIZE", "REPAIR", "CHECK", "CHECKSUM", "SHOW", "ALTER", "DROP"),
+    *("CREATE", "DO"),
+    *_OBJECT_KINDS,
+}
+#: Words after which ``x.y`` is a column ``y`` of the table or alias ``x`` (``ON`` too, after a ``JOIN``).
+_EXPRESSION_WORDS = {"SELECT", "WHERE", "HAVING", "SET", "BY"}
+
+
+def _alias_column(tokens, words, i: int) -> bool:
+    """Whether ``tokens[i]`` (a name before ``.``) is a table alias or table of the statement whose column follows
+    (``test.id`` in ``SELECT test.id FROM part test``), not a database: ``x.y`` with no third part and no ``(``
+    after, in a select list, ``WHERE``, ``HAVING``, ``SET``, ``... BY`` or a join's ``ON`` (not after a comma
+    that starts another table there), with ``x`` standing alone elsewhere in the statement (as the alias or table
+    it is).  Anywhere else (``FROM x.y``, ``CALL x.y``, ``NEXTVAL(x.y)``, ``IF NOT EXISTS x.y``, a statement's
+    start...) ``x`` is a database."""
+    n = len(tokens)
+    if i + 2 >= n or tokens[i + 2][0] not in ("w", "q") and tokens[i + 2] != ("p", "*"):
+        return False
+    if i + 3 < n and tokens[i + 3] in (("p", "."), ("p", "(")):
+        return False  # db.table.column, db.routine(...)
+    name = str(tokens[i][1]).lower()
+    alone = (
+        j
+        for j, (kind, value) in enumerate(tokens)
+        if j != i and kind in ("w", "q") and str(value).lower() == name
+        if (j + 1 == n or tokens[j + 1] != ("p", ".")) and (j == 0 or tokens[j - 1] not in (("p", "."), ("p", "@")))
+    )
+    if next(alone, None) is None:
+        return False
+    depth, comma = 0, False
+    for j in range(i - 1, -1, -1):
+        token = tokens[j]
+        if token == ("p", ")"):
+            depth += 1
+        elif token == ("p", "("):
+            if depth:
+                depth -= 1
+            else:
+                comma = False  # out of a group: its commas parted arguments
+        elif depth:
+            continue
+        elif token == ("p", ","):
+            comma = True
+        elif words[j] in _TABLE_WORDS:
+            return False
+        elif words[j] in _EXPRESSION_WORDS:
+            return True
+        elif words[j] == "ON":
+            joined = any(w is not None and w.endswith("JOIN") for w in words[:j])
+            named = j > 0 and (tokens[j - 1][0] == "q" or tokens[j - 1] == ("p", ")") or tokens[j - 1][0] == "w")
+            return joined and named and not comma
+    return False
+
+
 def _modes(value: str) -> frozenset[str]:
     return frozenset(m.strip().upper() for m in value.split(",") if m.strip())
 
@@ -171,8 +253,12 @@ class StatementGuard(io.RawIOBase):
     of them other than ``target`` is a statement on another database.
     """
 
-    def __init__(self, raw: BinaryIO, *, target: str, databases: set[str], sql_mode: str = ""):
+    def __init__(self, raw: BinaryIO, *, target: str, databases: set[str], sql_mode: str = "", own: str = ""):
         self._raw = raw
+        self._target = target
+        #: The site's own database (the live one a staging load stands in for): names of it in a trigger, view,
+        #: routine or event are made names of the target (see :meth:`_check`).
+        self._own = own.lower() if own.lower() != target.lower() else ""
         self._mode = _modes(sql_mode)  # as the server reads the dump now (the client's session starts global)
         self._saved_modes: dict[str, frozenset[str]] = {}  # @x = @@sql_mode copies
         self._next_mode: frozenset[str] | None = None  # set by the statement being checked
@@ -185,6 +271,10 @@ class StatementGuard(io.RawIOBase):
         self._eof = False
         self._line = 1  # line of _buf[0] in the dump
         self._tokens: list[tuple[str, object]] = []  # of the current statement
+        self._spans: list[int] = []  # where each token starts and ends in the dump (offsets from its start)
+        self._base = 0  # offset in the dump of _buf[0]
+        self._renames: list[int] = []  # tokens of the statement checked that name the site's own database
+        self._in_body = False  # the statement being read is part of a trigger, view, routine or event
         self._first = 0  # where its first token is in _buf
         self._in_exec = False
         self._rows = False  # the current statement is rows, checked by _ROWS
@@ -219,6 +309,7 @@ class StatementGuard(io.RawIOBase):
         keep = self._emitted if self._rows else max(0, min(self._emitted, self._start))
         if keep:
             self._line += self._buf.count(b"\n", 0, keep)
+            self._base += keep
             del self._buf[:keep]
             self._pos -= keep
             self._start -= keep
@@ -288,17 +379,18 @@ class StatementGuard(io.RawIOBase):
                     self._in_exec = False
                     continue
                 if kind in ("semi", "delim"):
-                    self._end_statement(self._pos)
+                    self._end_statement(self._pos, by=kind)
                     continue
                 if kind == "bs":
                     raise _Refused("holds a client command (a backslash outside a quoted string)")
                 text = match.group()
+                if kind == "word" and not self._tokens and text.upper() == b"DELIMITER":
+                    self._delimiter(match.start())
+                    continue
                 if not self._tokens:
                     self._first = match.start()
+                self._spans.append((self._base + match.start(), self._base + match.end()))
                 if kind == "word":
-                    if not self._tokens and text.upper() == b"DELIMITER":
-                        self._delimiter(match.start())
-                        continue
                     self._tokens.append(("w", text.upper().decode()))
                 elif kind == "bq":
                     self._tokens.append(("q", text[1:-1].replace(b"``", b"`").decode("utf-8", "replace")))
@@ -316,10 +408,12 @@ class StatementGuard(io.RawIOBase):
                     head = _INSERT_HEAD.match(buf, match.start())
                     if (head is None or head.end() == end) and not self._eof and end - match.start() < HEAD_MAX:
                         self._tokens.clear()  # the head may go on in the next chunk: read it again, whole
+                        self._spans.clear()
                         self._pos = match.start()
                         return
                     if head is not None and (head.end() < end or self._eof):
                         self._tokens.append(("rows", None))
+                        self._spans.append((0, 0))
                         self._pos = head.end()
                         self._rows = True
                         self._emit(self._pos)
@@ -341,6 +435,21 @@ class StatementGuard(io.RawIOBase):
             self._out += self._buf[self._emitted : upto]
             self._emitted = upto
 
+    def _emit_renamed(self, upto: int, spans: list[tuple[int, int]], kinds: list[str]) -> None:
+        """Pass on the statement up to ``upto`` with each name at ``spans`` (of the site's own database) made the
+        target's name, quoted as it was."""
+        target = self._target.encode()
+        bare = re.fullmatch(rb"[A-Za-z0-9_$]*[A-Za-z_$][A-Za-z0-9_$]*", target) is not None
+        at = self._emitted
+        for (start, stop), kind in zip(spans, kinds, strict=True):
+            start, stop = start - self._base, stop - self._base
+            self._out += self._buf[at:start]
+            self._out += target if kind == "w" and bare else b"`" + target.replace(b"`", b"``") + b"`"
+            at = stop
+        self._out += self._buf[at:upto]
+        self._emitted = upto
+        self._renames = []
+
     def _delimiter(self, at: int) -> None:
         """A ``DELIMITER`` line: the client's, read to its end."""
         line_end = self._buf.find(b"\n", at)
@@ -353,6 +462,7 @@ class StatementGuard(io.RawIOBase):
         if found is None or found.group(1) not in DELIMITERS:
             raise _Refused(f"sets a DELIMITER other than {', '.join(d.decode() for d in sorted(DELIMITERS))}")
         self._delimiter_now = found.group(1)
+        self._in_body = False
         self._regex = _token_regex(found.group(1), self._mode)
         self._pos = line_end
         self._emit(line_end)
@@ -360,20 +470,30 @@ class StatementGuard(io.RawIOBase):
 
     # --- one statement ------------------------------------------------------------------------
 
-    def _end_statement(self, end: int) -> None:
+    def _end_statement(self, end: int, *, by: str = "delim") -> None:
+        """The statement up to ``end`` is read: check it, pass it on.  ``by``: ``semi`` when it ended at a ``;``
+        that is not the client's delimiter (the client sends on, the server reads a compound statement)."""
         tokens, self._tokens = self._tokens, []
+        spans, self._spans = self._spans, []
         rows, self._rows = self._rows, False
         if not tokens:
             self._emit(end)
             self._start = end
+            self._in_body = False  # ";;"
             return
         self._next_mode = None
-        strip = self._check(tokens) if not rows else False
+        inside = self._in_body
+        self._in_body = False
+        strip = self._check(tokens, inside=inside) if not rows else False
+        if by == "semi" and self._delimiter_now != b";" and (inside or _defines_object(self._words(tokens))):
+            self._in_body = True  # the next statement is of the same trigger, view, routine or event
         if rows and len(tokens) > 2:
             self._check(tokens)  # rows that were not all literals
         if strip:
             self.stripped.append(" ".join(str(v) for _k, v in tokens[:4]))
             self._emitted = end  # the statement is not passed on
+        elif self._renames:
+            self._emit_renamed(end, [spans[i] for i in self._renames], [tokens[i][0] for i in self._renames])
         else:
             self._emit(end)
         self._start = end
@@ -385,9 +505,14 @@ class StatementGuard(io.RawIOBase):
         if first != "SET" and not strip:
             self._preamble = False
 
-    def _check(self, tokens: list[tuple[str, object]]) -> bool:
-        """Refuse ``tokens`` (one statement) or pass them; True: the statement is stripped (preamble)."""
-        words = [v if k == "w" else None for k, v in tokens]
+    @staticmethod
+    def _words(tokens) -> list:
+        return [v if k == "w" else None for k, v in tokens]
+
+    def _check(self, tokens: list[tuple[str, object]], *, inside: bool = False) -> bool:
+        """Refuse ``tokens`` (one statement) or pass them; True: the statement is stripped (preamble).
+        ``inside``: the statement is part of the body of a trigger, view, routine or event."""
+        words = self._words(tokens)
         first = words[0]
         if first in CLIENT_WORDS:
             raise _Refused(f"holds the client command {first.lower()}")
@@ -395,6 +520,7 @@ class StatementGuard(io.RawIOBase):
         if stripped:
             return True
         setting = first == "SET"
+        defines = inside or _defines_object(words)
         for i, (kind, value) in enumerate(tokens):
             prev = words[i - 1] if i else None
             after = tokens[i + 1] if i + 1 < len(tokens) else (None, None)
@@ -413,8 +539,11 @@ class StatementGuard(io.RawIOBase):
                     if prev == "SET" or tokens[i - 1] == ("p", ","):
                         self._check_charset(tokens[i + (2 if value == "CHARACTER" else 1) :])
             if kind in ("w", "q") and after == ("p", ".") and (i == 0 or tokens[i - 1] not in (("p", "."), ("p", "@"))):
-                if str(value).lower() in self._others:
-                    raise _Refused(f"names another database ({str(value).lower()}.)")
+                name = str(value).lower()
+                if name in self._others and not _alias_column(tokens, words, i):
+                    if not (defines and name == self._own):
+                        raise _Refused(f"names another database ({name}.)")
+                    self._renames.append(i)
             if kind == "p" and value == "@" and i + 1 < len(tokens) and self._user_variable(tokens, i + 1):
                 self._note_user_variable(tokens, i)
         return False
