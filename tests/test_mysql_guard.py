@@ -135,6 +135,8 @@ ALIASED = {
     "as-and-order-by": b"SELECT test.id, COUNT(test.id) FROM part AS test GROUP BY test.id ORDER BY test.id;",
     "update-set": b"UPDATE part test SET test.name = 'x' WHERE test.id = 1 AND test.name <> '';",
     "select-star": b"SELECT test.* FROM part test;",
+    "joins-with-hints": b"SELECT 1 FROM part test JOIN log AS l USE INDEX (PRIMARY) ON l.id = test.id "
+    b"LEFT JOIN (SELECT 1 AS id) x ON (x.id = test.id) GROUP BY test.id, test.name ORDER BY test.id;",
 }
 
 
@@ -163,6 +165,8 @@ NOT_ALIASED = {
     "table-statement": b"SELECT * FROM part test WHERE EXISTS (TABLE test.secret);",
     "union-of-a-merge-table": b"CREATE TABLE m (test INT) ENGINE=MERGE UNION=(test.secret);",
     "not-declared": b"SELECT test.id FROM part;",
+    "index-hint-then-a-comma": b"UPDATE part test FORCE INDEX FOR ORDER BY (PRIMARY), test.secret SET test.a = 1;",
+    "on-of-an-index-after-a-join": b"IF (SELECT 1 FROM part test JOIN log ON 1) THEN DROP INDEX test ON test.t",
 }
 
 

@@ -225,14 +225,41 @@ def _alias_column(tokens, words, i: int) -> bool:
             continue
         elif token == ("p", ","):
             comma = True
+        elif words[j] == "BY" and j >= 2 and words[j - 2] == "FOR":
+            continue  # an index hint (FORCE INDEX FOR ORDER BY (...)): part of a table
         elif words[j] in _TABLE_WORDS:
             return False
         elif words[j] in _EXPRESSION_WORDS:
             return True
         elif words[j] == "ON":
-            joined = any(w is not None and w.endswith("JOIN") for w in words[:j])
-            named = j > 0 and (tokens[j - 1][0] == "q" or tokens[j - 1] == ("p", ")") or tokens[j - 1][0] == "w")
-            return joined and named and not comma
+            return not comma and _join_condition(tokens, words, j)
+    return False
+
+
+#: Words that may stand between ``JOIN`` and the ``ON`` of its condition (an index hint, a partition list).
+_JOINED_TABLE_WORDS = {"AS", "USE", "FORCE", "IGNORE", "INDEX", "KEY", "FOR", "PARTITION"}
+
+
+def _join_condition(tokens, words, on: int) -> bool:
+    """Whether the ``ON`` at ``tokens[on]`` starts a join's condition: ``... JOIN name [alias] ON``, not the
+    ``ON`` of an index (``DROP INDEX i ON db.t``), a trigger or a grant."""
+    depth = 0
+    for j in range(on - 1, -1, -1):
+        token = tokens[j]
+        if token == ("p", ")"):
+            depth += 1
+        elif token == ("p", "("):
+            if not depth:
+                return False
+            depth -= 1
+        elif depth or token[0] == "q" or token == ("p", "."):
+            continue
+        elif token[0] != "w":
+            return False
+        elif words[j].endswith("JOIN"):
+            return True
+        elif words[j] in (_TABLE_WORDS | _EXPRESSION_WORDS) - _JOINED_TABLE_WORDS:
+            return False
     return False
 
 
