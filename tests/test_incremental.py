@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, export_public
-from test_remote_storage import point_at, s3_server, workdir  # noqa: F401 - fixtures
+from test_remote_storage import point_at, s3_server, sftp_server, workdir  # noqa: F401 - fixtures
 
 from backup_app.errors import RestoreError
 from backup_app.incremental import INDEX_FORMAT, PACK_FOLDER, parse_index
@@ -295,6 +295,58 @@ def test_every_backup_on_s3_after_the_first_uploads_no_pack(sqlite_site, s3_serv
     site.invoke("verify", "--read-data")
 
 
+NEEDED_PACKS = (
+    "import json; from backup_app.sets import list_sets; from backup_app.storage import backup_storage; "
+    "print(json.dumps(sorted({p for s in list_sets(backup_storage()) for p in s.packs})))"
+)
+
+
+@pytest.mark.parametrize("backend", ["s3", "sftp"])
+def test_on_a_remote_storage_backups_upload_only_new_packs_and_prune_deletes_only_unreferenced_ones(
+    sqlite_site, request, backend
+):
+    remote = request.getfixturevalue(f"{backend}_server")
+    site = incremental(sqlite_site)
+    prefix = f"i20-{backend}-{uuid.uuid4().hex[:8]}"
+    point_at(site, remote, prefix)
+
+    def names() -> set[str]:
+        if remote.home is None:  # S3: the listing of every key under the prefix
+            return set(remote.names(prefix))
+        folder = remote.home / prefix  # SFTP: the server's folder, subfolders too
+        return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+
+    def packs() -> set[str]:
+        return {name for name in names() if name.startswith(PACK_FOLDER + "/")}
+
+    write_media(site.media, small=30, big=2)
+    site.invoke("backup", "--skip-db")
+    first = names()
+    (site.media / "photos" / "extra.jpg").write_bytes(os.urandom(1024 * 1024))
+
+    site.invoke("backup", "--skip-db")
+
+    added = names() - first
+    [new_pack] = [name for name in added if name.startswith(PACK_FOLDER)]  # the photo, nothing else
+    assert sorted(name.rsplit(".", 2)[-2:][0] for name in added - {new_pack}) == ["manifest", "mediaindex"], added
+    with_photo = media_state(site.media)
+    empty(site.media)
+    site.invoke("restore", "--skip-db")
+    assert media_state(site.media) == with_photo
+    (site.media / "photos" / "extra.jpg").unlink()
+    site.invoke("backup", "--skip-db")  # the newest set does not need the photo's pack
+    without_photo = media_state(site.media)
+    before = packs()
+
+    prune(site, keep=1)
+
+    assert before - packs() == {new_pack}
+    assert packs() == set(json.loads(site.manage("shell", "--no-imports", "-c", NEEDED_PACKS).stdout))
+    empty(site.media)
+    site.invoke("restore", "--skip-db")
+    assert media_state(site.media) == without_photo
+
+
 def test_an_incremental_set_exports_as_a_plain_tar_of_every_file(site, tmp_path):
     import hashlib
     import tarfile
@@ -479,6 +531,14 @@ def test_a_backup_killed_while_writing_packs_leaves_no_complete_set_and_the_next
     referenced = set().union(*(m["media"]["packs"] for m in manifests(site)))
     assert packs_on_disk(site) == referenced
     assert all(s["complete"] for s in site.sets())
+    # The next backup still finds everything stored (none of the killed run's packs): nothing read again.
+    packs = packs_on_disk(site)
+    site.invoke("backup")
+    assert manifests(site)[0]["media"]["read_bytes"] == 0 and packs_on_disk(site) == packs
+    now = media_state(site.media)
+    empty(site.media)
+    site.invoke("restore", "--skip-db")
+    assert media_state(site.media) == now
 
 
 @pytest.mark.parametrize("step", [".manifest.metadata", ".pack.gz"], ids=["deleting-sets", "deleting-packs"])
