@@ -80,13 +80,13 @@ def packs_on_disk(site) -> set[str]:
     return {f"{PACK_FOLDER}/{p.name}" for p in folder.iterdir()} if folder.is_dir() else set()
 
 
-def manifests(site) -> list[dict]:
-    """The manifests of the complete sets, newest first."""
+def manifests(site, folder: Path | None = None) -> list[dict]:
+    """The manifests of the complete sets, newest first (in ``folder``: the backup folder as the server has it)."""
     found = []
     for entry in site.sets():
         if entry["complete"]:
             name = next(f["name"] for f in entry["files"] if f["kind"] == "manifest")
-            found.append(json.loads((site.backups / name).read_text()))
+            found.append(json.loads(((folder or site.backups) / name).read_text()))
     return found
 
 
@@ -146,6 +146,26 @@ def test_a_changed_file_is_the_only_media_stored_again(site):
     newest = manifests(site)[0]["media"]
     assert newest["read_bytes"] == 2 * 1024 * 1024 and newest["reused_files"] == newest["files"] - 1
     assert 2 * 1024 * 1024 <= (site.backups / new_pack).stat().st_size < 2 * 1024 * 1024 + 4096
+
+
+def test_a_large_file_that_grew_at_its_end_stores_only_its_last_chunk_again(site):
+    big = site.media / "logs" / "big.log"
+    big.parent.mkdir()
+    big.write_bytes(os.urandom(10 * 1024 * 1024))  # chunks of 4 + 4 + 2 MiB
+    site.invoke("backup")
+    packs_before = packs_on_disk(site)
+    with big.open("ab") as fh:
+        fh.write(os.urandom(100 * 1024))
+
+    site.invoke("backup")
+
+    assert manifests(site)[0]["media"]["read_bytes"] == big.stat().st_size  # read whole to find what changed
+    new = sum((site.backups / name).stat().st_size for name in packs_on_disk(site) - packs_before)
+    assert 2 * 1024 * 1024 < new < 2 * 1024 * 1024 + 200 * 1024, new  # the last chunk only, not 10 MiB
+    expected = media_state(site.media)
+    empty(site.media)
+    site.invoke("restore", "--skip-db")
+    assert media_state(site.media) == expected
 
 
 def test_identical_contents_are_stored_once(site):
@@ -505,7 +525,19 @@ def start(site, *args: str, env: dict | None = None) -> subprocess.Popen:
     )
 
 
-def test_a_backup_killed_while_writing_packs_leaves_no_complete_set_and_the_next_clean_no_orphan(site):
+@pytest.mark.parametrize("where", ["local", "sftp"])
+def test_a_backup_killed_while_writing_packs_leaves_no_complete_set_and_the_next_clean_no_orphan(site, request, where):
+    folder = site.backups
+    if where == "sftp":  # killed mid-upload: the pack being sent is a partial file on the server
+        remote = request.getfixturevalue("sftp_server")
+        prefix = f"i20-kill-{uuid.uuid4().hex[:8]}"
+        point_at(site, remote, prefix)
+        folder = remote.home / prefix
+
+    def packs_on_disk(_site) -> set[str]:
+        found = folder / PACK_FOLDER
+        return {f"{PACK_FOLDER}/{p.name}" for p in found.iterdir()} if found.is_dir() else set()
+
     write_media(site.media, small=10, big=1)
     site.invoke("backup")
     kept = media_state(site.media)
@@ -528,13 +560,13 @@ def test_a_backup_killed_while_writing_packs_leaves_no_complete_set_and_the_next
     site.invoke("restore", "--skip-db")
     assert media_state(site.media) == kept  # the restore took the complete set
     site.invoke("backup", "--clean")
-    referenced = set().union(*(m["media"]["packs"] for m in manifests(site)))
+    referenced = set().union(*(m["media"]["packs"] for m in manifests(site, folder)))
     assert packs_on_disk(site) == referenced
     assert all(s["complete"] for s in site.sets())
     # The next backup still finds everything stored (none of the killed run's packs): nothing read again.
     packs = packs_on_disk(site)
     site.invoke("backup")
-    assert manifests(site)[0]["media"]["read_bytes"] == 0 and packs_on_disk(site) == packs
+    assert manifests(site, folder)[0]["media"]["read_bytes"] == 0 and packs_on_disk(site) == packs
     now = media_state(site.media)
     empty(site.media)
     site.invoke("restore", "--skip-db")
