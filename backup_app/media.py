@@ -188,7 +188,7 @@ def _end_of_archive(written: int) -> bytes:
     return tarfile.NUL * (2 * tarfile.BLOCKSIZE + (-written % tarfile.RECORDSIZE))
 
 
-def _copy_member(src, out: BinaryIO, size: int, buf: memoryview) -> None:
+def _copy_member(src, out: BinaryIO, size: int, buf: memoryview, on_chunk: Callable[[int], None] | None = None) -> None:
     """Copy exactly ``size`` bytes of ``src`` into ``out`` and pad them to a tar block.
 
     The start of a larger file is probed: if it does not compress, the whole file goes into stored blocks
@@ -201,7 +201,7 @@ def _copy_member(src, out: BinaryIO, size: int, buf: memoryview) -> None:
         def choose(first):
             return stored if incompressible(first) else out.write
 
-    copy_exact(src, out, size, buf, choose)
+    copy_exact(src, out, size, buf, choose, on_chunk)
     if size % tarfile.BLOCKSIZE:
         out.write(tarfile.NUL * (tarfile.BLOCKSIZE - size % tarfile.BLOCKSIZE))
 
@@ -225,14 +225,16 @@ def write_tar(
     stats: ArchiveStats | None = None,
     cancel=None,
     on_file: Callable[[int], None] | None = None,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> ArchiveStats:
     """Write every media file of ``storage`` as a tar stream (PAX format, what tarfile writes) into ``out``.
 
     Headers come from :meth:`tarfile.TarInfo.tobuf`; bodies are copied here, so that a file that does not
     compress can go into stored blocks.  A plain local media folder is read directly (one ``fstat`` per
     file, size and time from the open file); other storages through their API.
-    ``cancel`` (a threading.Event) stops the archive between two files with BackupError.  ``on_file`` is told
-    the size of each file archived (for progress).
+    ``cancel`` (a threading.Event) stops the archive between two files with BackupError.  For progress,
+    ``on_bytes`` is told each chunk of a file's contents as it is archived (so that a bar moves inside one
+    large file), ``on_file`` the size of each file once it is archived.
     """
     stats = stats or ArchiveStats()
     root = _plain_local_root(storage)
@@ -273,7 +275,7 @@ def write_tar(
             with fh:
                 header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
                 out.write(header)
-                _copy_member(fh, out, info.size, buf)
+                _copy_member(fh, out, info.size, buf, on_bytes)
         except OSError as err:
             raise BackupError(
                 f"media file {name!r} could not be read ({err}); it changed during the backup, run the backup again"

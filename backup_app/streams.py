@@ -399,11 +399,13 @@ def copy_exact(
     size: int,
     buf: memoryview,
     choose_write: Callable[[memoryview | bytes], Callable] | None = None,
+    on_chunk: Callable[[int], None] | None = None,
 ) -> None:
     """Copy exactly ``size`` bytes of ``src`` into ``out``; OSError if ``src`` is shorter.
 
     A plain file (:class:`io.FileIO`) is read into the reused ``buf``; other files (a storage's) return bytes.
-    ``choose_write(first_chunk)``, when given, returns the write function used for the whole copy.
+    ``choose_write(first_chunk)``, when given, returns the write function used for the whole copy;
+    ``on_chunk(n)`` is told each chunk's size once it is written (progress inside a large file).
     """
     write = out.write
     direct = isinstance(src, io.FileIO)
@@ -424,6 +426,8 @@ def copy_exact(
                 write = choose_write(data)
         write(data)
         remaining -= n
+        if on_chunk is not None:
+            on_chunk(n)
 
 
 def copy_unless_same(source: BinaryIO, size: int, existing: int | None, open_target: Callable[[], BinaryIO]) -> bool:

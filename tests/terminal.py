@@ -43,12 +43,13 @@ def run_on_pty(
     cwd: str,
     columns: int = 110,
     lines: int = 30,
-    answers: list[tuple[str, str]] | None = None,
+    answers: list[tuple] | None = None,
     timeout: float = 300,
 ) -> PtyRun:
     """Run ``argv`` with stdin, stdout and stderr on one pty of ``columns`` x ``lines``.
 
     ``answers``: (text, reply) pairs; when ``text`` shows on the screen, ``reply`` is typed (once each, in order).
+    ``text`` may be a predicate of the screen's text instead, ``reply`` a function to call instead of typing.
     """
     master, slave = pty.openpty()
     os.set_blocking(master, False)
@@ -89,8 +90,13 @@ def run_on_pty(
                 stream.feed(data)
                 result.screens.append([line.rstrip() for line in screen.display])
                 result.offsets.append(drawn)
-                if pending and pending[0][0] in "\n".join(screen.display):
-                    os.write(master, pending.pop(0)[1].encode())
+                text = "\n".join(screen.display)
+                if pending and (pending[0][0](text) if callable(pending[0][0]) else pending[0][0] in text):
+                    reply = pending.pop(0)[1]
+                    if callable(reply):
+                        reply()
+                    else:
+                        os.write(master, reply.encode())
             elif proc.poll() is not None:
                 break
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -53,6 +54,48 @@ def test_quiet_backup_prints_nothing(sqlite_site):
     result = sqlite_site.manage("backup_create", "--quiet")
 
     assert result.stdout == "" and result.stderr == ""
+
+
+def test_the_media_bar_moves_inside_one_large_file(sqlite_site):
+    # One 32 MiB file; the backup is held (tests/pausing_storage.py) once the first chunk of its media archive
+    # is stored, so the archive stops part-way through the file, however fast the machine: the bar drawn
+    # meanwhile must show part of the file read, not 0 until the whole file is done.
+    (sqlite_site.media / "video.bin").write_bytes(os.urandom(32 * 1024 * 1024))
+    gate = sqlite_site.root / "gate"
+    os.mkfifo(gate)
+    reached = Path(f"{gate}.reached")
+    env = {
+        **sqlite_site.env,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "tests"), sqlite_site.env.get("PYTHONPATH")])),
+        "INVENTREE_BACKUP_STORAGE": "pausing_storage.PausingStorage",
+        "INVENTREE_BACKUP_OPTIONS": json.dumps({"location": str(sqlite_site.backups)}),
+        "BACKUP_TEST_SAVE_GATE": str(gate),
+    }
+    held_screens = []
+
+    def held_a_while(text: str) -> bool:
+        if reached.exists():
+            held_screens.append(text)
+        return len(held_screens) >= 5  # five redraws while the archive waits
+
+    def let_it_go() -> None:
+        os.close(os.open(gate, os.O_WRONLY | os.O_NONBLOCK))
+
+    run = run_on_pty(
+        [sys.executable, "manage.py", "backup_create"],
+        env=env,
+        cwd=str(ROOT),
+        columns=140,
+        lines=20,
+        answers=[(held_a_while, let_it_go)],
+        timeout=120,
+    )
+
+    assert run.returncode == 0, run.final
+    read = [
+        float(m.group(1)) for text in held_screens if (m := re.search(r"media files\s+\S*\s+([\d.]+)/32\.0 MiB", text))
+    ]
+    assert read and 0 < read[-1] < 32, held_screens[-1:]
 
 
 def test_backup_progress_moves_while_it_runs(sqlite_site, chromium, tmp_path):  # noqa: F811

@@ -456,7 +456,9 @@ def write_set(storage, what: SetContents, progress: Progress = NO_PROGRESS) -> d
                             out,
                             stats,
                             cancel=cancel,
-                            on_file=lambda size: progress.advance(media_name, size, files=1),
+                            # The bar moves with the bytes read (inside a large file too) and counts files.
+                            on_bytes=lambda n: progress.advance(media_name, n),
+                            on_file=lambda size: progress.advance(media_name, 0, files=1),
                         ),
                         compression=what.compression,
                         gpg=gpg,
