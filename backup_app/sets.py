@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -442,20 +441,17 @@ def read_bytes(storage, name: str) -> bytes:
 
 
 def read_manifests(storage, names: list[str]) -> dict[str, tuple[dict, int] | Exception]:
-    """Each manifest of ``names`` read (:func:`read_manifest`) or the error it gave; several at once where the
-    backend's client allows (:attr:`RemoteStorage.read_workers`)."""
-
-    def read(name: str):
+    """Each manifest of ``names`` read (:func:`read_manifest`) or the error it gave; on a remote store several at
+    once, each thread over a connection it may use (:meth:`RemoteStorage.read_all`)."""
+    if isinstance(storage, RemoteStorage):
+        return dict(zip(names, storage.read_all(read_manifest, names), strict=True))
+    found = {}
+    for name in names:
         try:
-            return read_manifest(storage, name)
+            found[name] = read_manifest(storage, name)
         except Exception as err:
-            return err
-
-    workers = storage.read_workers if isinstance(storage, RemoteStorage) else 1
-    if workers > 1 and len(names) > 1:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backup-list") as pool:
-            return dict(zip(names, pool.map(read, names), strict=True))
-    return {name: read(name) for name in names}
+            found[name] = err
+    return found
 
 
 def list_sets(storage, naming: Naming | None = None, names: list[str] | None = None) -> list[BackupSet]:

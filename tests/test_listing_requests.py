@@ -1,18 +1,37 @@
-"""What listing a remote store costs: requests counted by the S3 server itself (moto's request log).
+"""What listing a remote store costs: requests counted by the S3 server itself (moto's request log), and on
+every remote backend the connections counted by a proxy in front of its server.
 
-A listing is one list request per page of 1,000 names plus one read per manifest, in parallel; never a HEAD
-per file.  The numbers for 300 sets are in docs/performance.md.
+A listing is one list request per page of 1,000 names plus one read per manifest, in parallel (a bounded
+number at once, each thread on a connection it may use); never a HEAD per file.  The numbers for 300 sets are
+in docs/performance.md.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import boto3
-from test_remote_storage import BUCKET, point_at, s3_server, workdir  # noqa: F401  (fixtures)
+import pytest
+from conftest import free_port
+from tcp_proxy import CountingProxy
+from test_remote_storage import (  # noqa: F401  (fixtures)
+    BACKENDS,
+    BUCKET,
+    azure_server,
+    ftp_server,
+    gcs_server,
+    point_at,
+    s3_server,
+    sftp_server,
+    start_server,
+    workdir,
+)
 
 SETS = 300
 REQUEST = re.compile(r'"(GET|HEAD|PUT|POST|DELETE) (\S+) HTTP')
@@ -78,3 +97,119 @@ def test_listing_300_sets_is_one_list_and_one_manifest_read_per_set(sqlite_site,
     assert heads == []
     assert len(lists) == 1  # 900 names: one page
     assert len(reads) == SETS  # one per manifest
+
+
+# --- every remote backend: manifests read in parallel, each thread on a connection it may use ---------------
+
+PARALLEL_SETS = 24
+#: The most reads at once (Adapter.read_workers).
+READ_WORKERS = 8
+
+
+def _through_proxy(site, remote_name: str, remote, prefix: str, proxy_port: int) -> tuple[str, int]:
+    """Point ``site`` at ``remote`` through 127.0.0.1:``proxy_port``; the (host, port) the proxy forwards to."""
+    options, backup_dir = remote.configure(prefix)
+    if remote_name == "sftp":
+        real = options["params"]["port"]
+        home = Path(options["params"]["key_filename"]).parent
+        known = home / f"known_hosts_{proxy_port}"  # the server's host key, at the proxy's port
+        known.write_text((home / "known_hosts").read_text().replace(f"]:{real} ", f"]:{proxy_port} "))
+        point_at(site, remote, prefix, ssh_port=proxy_port, known_hosts=known.name)
+        return ("127.0.0.1", real)
+    if remote_name == "ftp":
+        real = urlsplit(options["location"]).port
+        point_at(site, remote, prefix, ftp_port=proxy_port)
+        return ("127.0.0.1", real)
+    if remote_name == "gcs":
+        real = urlsplit(remote.extra_env["STORAGE_EMULATOR_HOST"]).port
+        point_at(site, remote, prefix)
+        site.env["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{proxy_port}"
+        return ("127.0.0.1", real)
+    if remote_name == "s3":
+        real = urlsplit(options["endpoint_url"]).port
+        point_at(site, remote, prefix, url=f"http://127.0.0.1:{proxy_port}")
+        return ("127.0.0.1", real)
+    if remote_name == "azure":
+        endpoint = next(p for p in options["connection_string"].split(";") if p.startswith("BlobEndpoint="))
+        url = endpoint.removeprefix("BlobEndpoint=")
+        real = urlsplit(url).port
+        point_at(site, remote, prefix, url=url.replace(f":{real}/", f":{proxy_port}/"))
+        return ("127.0.0.1", real)
+    raise AssertionError(remote_name)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_listing_reads_manifests_at_once_over_a_bounded_number_of_connections(request, sqlite_site, backend):
+    remote = request.getfixturevalue(f"{backend}_server")
+    prefix = f"par-{uuid.uuid4().hex[:10]}"
+    proxy_port = free_port()
+    upstream = _through_proxy(sqlite_site, backend, remote, prefix, proxy_port)
+    proxy = CountingProxy(proxy_port, upstream)
+    try:
+        (sqlite_site.media / "a.txt").write_text("a")
+        sqlite_site.manage("backup_create", "--quiet")
+        [first] = sqlite_site.sets()
+        sqlite_site.run(sys.executable, "tests/copy_sets.py", first["name"], str(PARALLEL_SETS))
+        proxy.reset()
+
+        listed = sqlite_site.sets()
+
+        print(f"{backend}: {len(listed)} sets listed over {proxy.opened} connections, {proxy.peak} open at once")
+        assert len(listed) == PARALLEL_SETS and all(s["complete"] for s in listed)
+        # Manifests read at once: one after another, a client never has more than one connection open (FTP
+        # two: the listing's and the reading one) ...
+        assert proxy.peak >= 3
+        # ... and no more at once than the workers and the listing's own.
+        assert proxy.peak <= READ_WORKERS + 2
+        if backend in ("sftp", "ftp"):
+            # Each worker logs in once for all its reads: not a session (or a login) per manifest.
+            assert proxy.opened <= READ_WORKERS + 2
+        else:
+            # The HTTP test servers close the connection after each reply (HTTP/1.0), so here a connection is a
+            # request: one list and one GET per manifest, no HEAD (GCS: one more, for the bucket).
+            assert proxy.opened <= PARALLEL_SETS + 2
+    finally:
+        proxy.close()
+
+
+LIMITED_FTP_SERVER = """
+import sys
+from pyftpdlib.authorizers import DummyAuthorizer
+from pyftpdlib.handlers import FTPHandler
+from pyftpdlib.servers import FTPServer
+
+port, home = int(sys.argv[1]), sys.argv[2]
+authorizer = DummyAuthorizer()
+authorizer.add_user("backup", "pw", home, perm="elradfmw")
+FTPHandler.authorizer = authorizer
+server = FTPServer(("127.0.0.1", port), FTPHandler)
+server.max_cons_per_ip = 2  # a third login at once is refused: 421
+server.serve_forever()
+"""
+
+
+def test_a_server_that_refuses_more_logins_still_lists_every_set(sqlite_site, tmp_path, ftp_server):  # noqa: F811
+    home = tmp_path / "ftp"
+    home.mkdir()
+    port = free_port()
+    server = start_server(
+        "FTP server with 2 connections",
+        [sys.executable, "-c", LIMITED_FTP_SERVER, str(port), str(home)],
+        port,
+        tmp_path,
+    )
+    try:
+        sqlite_site.env["INVENTREE_BACKUP_STORAGE"] = "storages.backends.ftp.FTPStorage"
+        sqlite_site.env["INVENTREE_BACKUP_OPTIONS"] = json.dumps({"location": f"ftp://backup:pw@127.0.0.1:{port}/b"})
+        sqlite_site.env.pop("INVENTREE_BACKUP_DIR")
+        (sqlite_site.media / "a.txt").write_text("a")
+        sqlite_site.manage("backup_create", "--quiet")
+        [first] = sqlite_site.sets()
+        sqlite_site.run(sys.executable, "tests/copy_sets.py", first["name"], str(PARALLEL_SETS))
+
+        listed = sqlite_site.sets()
+
+        assert [s["status"] for s in listed] == ["complete"] * PARALLEL_SETS
+        assert "Too many connections" in server.log.read_text()  # the server did refuse logins (421)
+    finally:
+        server.stop()

@@ -56,14 +56,15 @@ def build_storage(path: str, options: dict):
             ) from None
     adapter = adapter_for(cls)
     try:
-        backend = cls(**adapter.prepare(options))
+        prepared = adapter.prepare(options)
+        backend = cls(**prepared)
     except RemoteStorageError:
         raise
     except Exception as err:
         raise StorageUnavailable(
             f"{hints.variable('backup_storage')} {path}: cannot be set up ({redact(err)}); check {OPTIONS_HINT}"
         ) from None
-    return RemoteStorage(backend, adapter)
+    return RemoteStorage(backend, adapter, factory=lambda: cls(**prepared))
 
 
 def describe(storage) -> str:

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import errno
 import socket
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import BinaryIO
 
@@ -47,9 +49,11 @@ class RemoteStorage:
     ``delete``, ``listdir``, ``size``); anything else goes to the backend.
     """
 
-    def __init__(self, backend, adapter: Adapter):
+    def __init__(self, backend, adapter: Adapter, factory: Callable[[], object] | None = None):
         self.backend = backend
         self.adapter = adapter
+        #: Builds another backend from the same options (another connection), for reads on other threads.
+        self._factory = factory
 
     def __getattr__(self, name: str):
         return getattr(self.backend, name)
@@ -114,8 +118,74 @@ class RemoteStorage:
 
     @property
     def read_workers(self) -> int:
-        """How many small reads may run at once on this backend (1: its client is not thread-safe)."""
+        """How many small reads may run at once on this backend."""
         return self.adapter.read_workers
+
+    def read_all(self, read: Callable[[RemoteStorage, str], object], names: Sequence[str]) -> list:
+        """``read(storage, name)`` for each of ``names`` (small files: manifests), up to
+        :attr:`Adapter.read_workers` at once; in the order of ``names``, each what ``read`` returned or the
+        exception it raised.
+
+        A client that may not be shared between threads (:attr:`Adapter.shared_client` false: paramiko's SFTP
+        session, ftplib's control connection) is never shared: the first worker reads over this storage's own
+        connection (the caller waits meanwhile), every other one over a connection of its own, opened for it
+        and closed at the end, and only when there are :attr:`Adapter.reads_per_connection` reads for it.  A
+        read that failed (a server that allows fewer logins at once refused one) is done again afterwards, one
+        at a time over this storage's connection, so that a limit on connections costs time, never a set.
+        """
+        adapter = self.adapter
+
+        def attempt(storage: RemoteStorage, name: str):
+            try:
+                return read(storage, name)
+            except Exception as err:  # noqa: BLE001 - returned to the caller, which says what it was
+                return err
+
+        workers = min(adapter.read_workers, len(names) // max(1, adapter.reads_per_connection))
+        if not adapter.shared_client and self._factory is None:
+            workers = 1
+        if workers <= 1:
+            return [attempt(self, name) for name in names]
+        local = threading.local()
+        opened: list[RemoteStorage] = []
+        lock = threading.Lock()
+        own = {"taken": False}  # this storage's connection is some worker's
+
+        def storage_of_this_thread() -> RemoteStorage:
+            storage = getattr(local, "storage", None)
+            if storage is None:
+                with lock:
+                    if adapter.shared_client or not own["taken"]:
+                        own["taken"] = True
+                        storage = self
+                    else:
+                        storage = RemoteStorage(self._factory(), adapter, self._factory)
+                        opened.append(storage)
+                local.storage = storage
+            return storage
+
+        def in_a_worker(name: str):
+            try:
+                storage = storage_of_this_thread()
+            except Exception as err:  # noqa: BLE001 - no second backend: read again below, over ours
+                return name, err
+            return name, attempt(storage, name)
+
+        try:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backup-read") as pool:
+                done = list(pool.map(in_a_worker, names))
+        finally:
+            for storage in opened:
+                storage.close()
+        # Whatever failed is read again, one at a time over this connection alone (the others are closed now).
+        return [attempt(self, name) if isinstance(result, Exception) else result for name, result in done]
+
+    def close(self) -> None:
+        """Close the backend's connection (a worker's, after :meth:`read_all`); never fails."""
+        try:
+            self.adapter.close(self.backend)
+        except Exception:  # noqa: BLE001 - a connection that will not close cleanly is dropped all the same
+            pass
 
 
 def unreachable(err: BaseException) -> str | None:
@@ -147,8 +217,14 @@ class Adapter:
     """
 
     label = "storage"
-    #: Small reads (manifests) run at once by a listing; more than 1 only where the client is thread-safe.
+    #: Small reads (manifests) run at once by a listing (:meth:`RemoteStorage.read_all`).
     read_workers = 1
+    #: One client may serve several threads at once (boto3, google-cloud-storage and the Azure SDK say theirs
+    #: do); when False, each reading thread gets a connection of its own.
+    shared_client = True
+    #: A thread with a connection of its own is started only for at least this many reads (a new SSH or FTP
+    #: login costs several round trips; a read on a connection that is open, one or two).
+    reads_per_connection = 1
     #: Defaults of the backend's ``object_parameters`` option (metadata of every stored object), or None.
     object_parameters: dict | None = None
 
@@ -182,6 +258,9 @@ class Adapter:
     def read_bytes(self, backend, name: str) -> bytes:
         with self.open(backend, name) as fh:
             return fh.read()
+
+    def close(self, backend) -> None:
+        """Close the backend's connections (a clone's, made for one thread of :meth:`RemoteStorage.read_all`)."""
 
     def save(self, backend, name: str, content) -> str:
         stream = content.file if isinstance(content, File) else content

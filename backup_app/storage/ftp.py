@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ftplib
+import io
 from contextlib import suppress
 from typing import BinaryIO
 
@@ -14,6 +15,11 @@ class FTPAdapter(Adapter):
     """``storages.backends.ftp.FTPStorage``: STOR from the stream, RETR streamed on its own connection."""
 
     label = "FTP"
+    #: A listing reads manifests over up to 8 logins at once: an ftplib connection serves one thread, so each
+    #: reading thread has its own (one more per 4 manifests), kept for all its reads.
+    read_workers = 8
+    shared_client = False
+    reads_per_connection = 4
 
     def __init__(self):
         self._folder_ready = False
@@ -56,6 +62,43 @@ class FTPAdapter(Adapter):
             with suppress(Exception):
                 conn.quit()
         self._folder_ready = True
+
+    def read_bytes(self, backend, name: str) -> bytes:
+        """A small file over a connection that is open: the backend's own (its listing's), else one logged in
+        for this backend's reads and kept (:meth:`open` needs one per file for its streamed transfer).  A
+        connection the server dropped while idle is replaced once."""
+        for attempt in (1, 2):
+            conn = backend._connection or getattr(backend, "_backup_app_reader", None)
+            if conn is None:
+                conn = backend._backup_app_reader = self._connect(backend)
+            data = io.BytesIO()
+            try:
+                conn.retrbinary("RETR " + name, data.write)
+                return data.getvalue()
+            except ftplib.error_perm as err:
+                if str(err).startswith("550"):
+                    raise FileNotFoundError(f"{name}: {err}") from None
+                raise
+            except (ftplib.error_temp, EOFError, OSError):
+                if conn is backend._connection:
+                    backend._connection = None  # FTPStorage logs in again when it needs to
+                else:
+                    backend._backup_app_reader = None
+                with suppress(Exception):
+                    conn.close()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self, backend) -> None:
+        conn = getattr(backend, "_backup_app_reader", None)
+        backend._backup_app_reader = None
+        for connection in (conn, getattr(backend, "_connection", None)):
+            if connection is not None:
+                with suppress(Exception):
+                    connection.quit()
+                with suppress(Exception):
+                    connection.close()
 
     def open(self, backend, name: str) -> BinaryIO:
         conn = self._connect(backend)

@@ -15,6 +15,11 @@ class SFTPAdapter(Adapter):
 
     label = "SFTP"
     WINDOW = 32  # read requests of 32 KiB in flight: 1 MiB per round trip
+    #: A listing reads manifests over up to 8 SSH sessions at once: paramiko's SFTP client is not to be shared
+    #: between threads, so each reading thread logs in on its own (one more session per 4 manifests).
+    read_workers = 8
+    shared_client = False
+    reads_per_connection = 4
 
     def prepare(self, options: dict) -> dict:
         options = dict(options)
@@ -53,6 +58,9 @@ class SFTPAdapter(Adapter):
             return b"".join(remote.readv(wanted))
 
         return buffered(RangedReader(fetch, size, window, on_close=remote.close))
+
+    def close(self, backend) -> None:
+        backend.close()
 
     def explain(self, backend, err: BaseException, action: str, name: str) -> str | None:
         import paramiko

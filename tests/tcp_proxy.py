@@ -1,0 +1,81 @@
+"""A TCP proxy on loopback that counts the connections a client opens through it.
+
+Put between the app and a test server (SFTP, FTP's control connection, an HTTP endpoint), it tells how many
+connections were opened in all and how many were open at once: a client that reads one file after another
+over one connection never has more than one open; one that reads in parallel has several.  Each reply from
+the server is held ``delay`` seconds, as over a real network, so that reads that overlap do overlap here too.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from contextlib import suppress
+
+
+class CountingProxy:
+    def __init__(self, port: int, upstream: tuple[str, int], delay: float = 0.02):
+        self.upstream = upstream
+        self.delay = delay
+        self.opened = 0
+        self.open_now = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", port))
+        self.port = port
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True, name="proxy-accept").start()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.opened = 0
+            self.peak = self.open_now
+
+    def close(self) -> None:
+        self._closed = True
+        with suppress(OSError):
+            self._listener.close()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(self.upstream, timeout=10)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            with self._lock:
+                self.opened += 1
+                self.open_now += 1
+                self.peak = max(self.peak, self.open_now)
+            ends = [client, server]
+            done = threading.Event()
+            threading.Thread(target=self._pipe, args=(client, server, 0, ends, done), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, self.delay, ends, done), daemon=True).start()
+
+    def _pipe(self, source, sink, delay: float, ends: list, done: threading.Event) -> None:
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                if delay:
+                    time.sleep(delay)
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            if not done.is_set():
+                done.set()
+                with self._lock:
+                    self.open_now -= 1
+            for end in ends:
+                with suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+                with suppress(OSError):
+                    end.close()
