@@ -57,12 +57,15 @@ HEAD_MAX = 64 * 1024
 STRING_MAX = 1024 * 1024 * 1024
 
 _WS = rb"[ \t\r\n\f\v]"
+#: The first line of a dump by mariadb-dump 10.5.25, 10.6.18, 10.11.8 and later (a comment to the server, a
+#: command to switch to sandbox mode for the client).
+_SANDBOX = b"/*M!999999\\- enable the sandbox mode */"
 
 #: Tokens as the server reads them.  Executable comments (``/*!50003 ... */``, ``/*M!100100 ... */``) are read
 #: through: the server runs what they hold.
 _TOKEN = (
     rb"(?P<ws>" + _WS + rb"++)"
-    rb"|(?P<sandbox>/\*M!999999\\- enable the sandbox mode \*/)"
+    rb"|(?P<sandbox>" + re.escape(_SANDBOX) + rb")"
     rb"|(?P<lc>\#[^\n]*+|--(?:\n|[\x00-\x09\x0b-\x20][^\n]*+))"
     rb"|(?P<xo>/\*M?!\d*+)"
     rb"|(?P<bc>/\*(?:[^*]++|\*(?!/))*+\*/)"
@@ -384,8 +387,11 @@ class StatementGuard(io.RawIOBase):
                     continue
                 match = self._regex.match(buf, self._pos)
                 kind = match.lastgroup
-                if match.end() == end and not self._eof and kind in ("word", "ws", "other", "delim", "lc"):
+                if match.end() == end and not self._eof and kind in ("word", "ws", "other", "delim", "lc", "xo"):
                     return  # the token may go on in the next chunk
+                if kind == "xo" and not self._eof and end - self._pos < len(_SANDBOX):
+                    if _SANDBOX.startswith(buf[self._pos : end]):
+                        return  # the sandbox line may go on in the next chunk
                 if kind == "open":
                     if not self._eof:
                         if end - self._pos > STRING_MAX:
