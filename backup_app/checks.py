@@ -449,33 +449,77 @@ def check_sftp_host_key(app_configs=None, **kwargs):
 
 @register(TAG)
 def check_safety_space(app_configs=None, **kwargs):
-    """W010: the safety copies of restores hold more than ``backup_safety_warn_percent`` of the free space of
-    the safety folder's file system (copies kept on a database server are not counted here)."""
+    """W010: the safety copies of restores hold more than ``backup_safety_warn_percent`` of the free space where
+    they are: the safety folder's file system for the files, the database server's data folder for the
+    databases kept on a PostgreSQL or MariaDB server (``SITE_safety_...``), when this machine can see that
+    folder (the server runs here and says where its data is); else the warning says it could not compare."""
+    from .engines import engine_for
     from .safety import kept_copies
 
     folder = app_settings.safety_dir
     try:
         copies = kept_copies()
-        free = shutil.disk_usage(folder).free
     except Exception:
         return []
-    held = sum(c["bytes"] for c in copies)
     limit = app_settings.safety_warn_percent
-    if not held or held * 100 <= free * limit:
-        return []
-    names = ", ".join(c["name"] for c in copies)
-    return [
-        Warning(
-            f"the safety copies of restores in {folder} hold {held:,} bytes, more than {limit} % of the "
-            f"{free:,} bytes free there ({names})",
-            hint=(
-                f"Roll back or let them expire: {hints.command('rollback', '--list')} lists them; lower "
-                f"backup_safety_days ({hints.variable('backup_safety_days')}), or raise "
-                f"backup_safety_warn_percent ({hints.variable('backup_safety_warn_percent')})."
-            ),
-            id="backup_app.W010",
+    hint = (
+        f"Roll back or let them expire: {hints.command('rollback', '--list')} lists them; lower "
+        f"backup_safety_days ({hints.variable('backup_safety_days')}), or raise "
+        f"backup_safety_warn_percent ({hints.variable('backup_safety_warn_percent')})."
+    )
+    found = []
+    held = sum(c["bytes"] for c in copies)
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    if held and free is not None and held * 100 > free * limit:
+        names = ", ".join(c["name"] for c in copies)
+        found.append(
+            Warning(
+                f"the safety copies of restores in {folder} hold {held:,} bytes, more than {limit} % of the "
+                f"{free:,} bytes free there ({names})",
+                hint=hint,
+                id="backup_app.W010",
+            )
         )
-    ]
+    by_alias: dict[str, list[dict]] = {}
+    for copy in copies:
+        for kept in copy["server_databases"]:
+            if kept["bytes"]:
+                by_alias.setdefault(kept["alias"], []).append(kept)
+    for alias, kept in by_alias.items():
+        held = sum(k["bytes"] for k in kept)
+        names = ", ".join(k["database"] for k in kept)
+        try:
+            engine = engine_for(alias)
+            seen = engine.server_free_bytes()
+            server = engine.server
+        except Exception:
+            seen, server = None, "database"
+        if seen is None:
+            # Nothing to compare with: say what is kept there, and that its disk could not be weighed.
+            found.append(
+                Warning(
+                    f"safety databases of restores kept on the {server} server of database '{alias}' hold "
+                    f"{held:,} bytes ({names}); the free space of that server's disk cannot be read from here "
+                    "(the server runs elsewhere, or does not say where its data is), so it was not compared "
+                    "with backup_safety_warn_percent",
+                    hint=hint,
+                    id="backup_app.W010",
+                )
+            )
+        elif held * 100 > seen[1] * limit:
+            found.append(
+                Warning(
+                    f"safety databases of restores kept on the {server} server of database '{alias}' hold "
+                    f"{held:,} bytes ({names}), more than {limit} % of the {seen[1]:,} bytes free in its data "
+                    f"folder {seen[0]}",
+                    hint=hint,
+                    id="backup_app.W010",
+                )
+            )
+    return found
 
 
 @register(TAG, Tags.database)

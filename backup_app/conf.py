@@ -397,7 +397,7 @@ BACKUP_KEYS: tuple[Key, ...] = (
         50,
         kind="int",
         minimum=1,
-        help="Check W010 warns when the safety copies hold more than this percent of the safety folder's free space.",
+        help="Check W010 warns when the safety copies hold more than this percent of the free space where they are.",
     ),
     Key(
         "backup_databases",

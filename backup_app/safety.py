@@ -161,17 +161,25 @@ def folder_bytes(folder: Path) -> int:
     return total
 
 
-def kept_copies(root: Path | None = None, days: int | None = None) -> list[dict]:
+def kept_copies(root: Path | None = None, days: int | None = None, *, server_sizes: bool = True) -> list[dict]:
     """What the safety copies of restores hold and where, newest first: ``name``, ``created``, ``state``,
     ``folder``, ``bytes`` (of the folder), ``databases`` (where each replaced database is kept: a database on
-    its server, or a file in the folder), ``expires`` (after ``backup_safety_days``)."""
+    its server, with its size there, or a file in the folder), ``server_databases`` (``alias``, ``database``,
+    ``bytes`` of each kept on its server; None where the server could not be asked), ``expires`` (after
+    ``backup_safety_days``)."""
+    from .progress import size_text
+
     days = app_settings.safety_days if days is None else days
     found = []
     for record in list_records(root):
         where = []
+        on_servers = []
         for alias, entry in record.databases.items():
             if entry.get("database"):
-                where.append(f"database '{alias}': {entry['database']} on its server")
+                size = server_database_bytes(alias, entry["database"]) if server_sizes else None
+                on_servers.append({"alias": alias, "database": entry["database"], "bytes": size})
+                shown = f", {size_text(size)}" if size is not None else ""
+                where.append(f"database '{alias}': {entry['database']} on its server{shown}")
             elif entry.get("file") or entry.get("path"):
                 where.append(f"database '{alias}': {entry.get('file') or entry.get('path')}")
         found.append(
@@ -182,7 +190,20 @@ def kept_copies(root: Path | None = None, days: int | None = None) -> list[dict]
                 "folder": str(record.folder),
                 "bytes": folder_bytes(record.folder),
                 "databases": where,
+                "server_databases": on_servers,
                 "expires": record.created + timedelta(days=days),
             }
         )
     return found
+
+
+def server_database_bytes(alias: str, database: str) -> int | None:
+    """Bytes the kept ``database`` takes on the server of ``alias`` (PostgreSQL's ``pg_database_size``,
+    MariaDB's information_schema), or None when it is gone or the server cannot be asked."""
+    from .engines import engine_for
+
+    try:
+        engine = engine_for(alias)
+        return engine.database_bytes(database)
+    except Exception:  # noqa: BLE001 - a size is a courtesy of the listing; the server may be down
+        return None

@@ -3,10 +3,14 @@ crowd the disk they are on."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 
 import pytest
+from conftest import _my_connect, _pg_connect, server_site, unique_name
+
+from backup_app.progress import size_text
 
 
 def restore_once(site, size: int = 1024) -> None:
@@ -80,3 +84,70 @@ def test_no_w007_when_the_copies_are_small_next_to_the_free_space(sqlite_site):
     result = sqlite_site.manage("check", "--tag", "backup_app", check=False)
 
     assert "W010" not in result.output
+
+
+# --- databases kept on the database server (SITE_safety_...) ------------------------------------------------
+
+
+def server_copies(site) -> list[dict]:
+    [copy] = json.loads(site.manage("backup_config", "--json").stdout)["safety_copies"]
+    return copy["server_databases"]
+
+
+def test_a_safety_database_kept_on_postgresql_is_sized_and_weighed_against_the_servers_disk(postgres_site):
+    # The tests' role is a superuser on a server on this machine: data_directory is known, its disk is weighed.
+    restore_once(postgres_site)
+
+    [kept] = server_copies(postgres_site)
+    check = postgres_site.manage("check", "--tag", "backup_app", check=False)
+    listing = postgres_site.manage("backup_list").stdout
+
+    with _pg_connect() as conn:
+        size = conn.execute("SELECT pg_database_size(%s)", (kept["database"],)).fetchone()[0]
+    assert kept["bytes"] == size
+    assert f"{kept['database']} on its server, {size_text(size)}" in listing
+    assert "W010" not in check.output  # a few MiB next to the free space of the server's disk
+
+
+def test_a_safety_database_on_a_server_whose_disk_cannot_be_seen_is_named_by_w010(postgres_database, tmp_path):
+    # A role that may create databases but is no superuser: PostgreSQL does not show it data_directory, so the
+    # free space the kept database takes cannot be read here, and the check says so instead of keeping quiet.
+    role = unique_name("bk_role")
+    with _pg_connect() as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN CREATEDB")
+        conn.execute(f'ALTER DATABASE "{postgres_database}" OWNER TO {role}')
+    try:
+        site = server_site(tmp_path / "site", "postgresql", postgres_database, role)
+        restore_once(site)
+        [kept] = server_copies(site)
+
+        check = site.manage("check", "--tag", "backup_app", check=False)
+
+        assert kept["bytes"] > 0
+        [line] = [line for line in check.output.splitlines() if "backup_app.W010" in line]
+        assert f"hold {kept['bytes']:,} bytes ({kept['database']})" in line
+        assert "cannot be read from here" in line
+    finally:
+        with _pg_connect() as conn:
+            rows = conn.execute(
+                "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (postgres_database,)
+            ).fetchall()
+            for (database,) in rows:
+                conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            conn.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def test_a_safety_database_kept_on_mariadb_is_sized_from_information_schema(mysql_site):
+    restore_once(mysql_site)
+
+    [kept] = server_copies(mysql_site)
+    check = mysql_site.manage("check", "--tag", "backup_app", check=False)
+
+    with _my_connect() as conn, conn.cursor() as cursor:
+        cursor.execute(
+            "SELECT SUM(DATA_LENGTH + INDEX_LENGTH) FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s",
+            [kept["database"]],
+        )
+        size = int(cursor.fetchone()[0])
+    assert kept["bytes"] == size > 0
+    assert "W010" not in check.output  # @@datadir is on this machine: its disk was weighed

@@ -525,6 +525,24 @@ class MysqlEngine(ServerEngine):
             )
             return [r[0] for r in cursor.fetchall()]
 
+    def database_bytes(self, database: str) -> int | None:
+        """Data and indexes of ``database``'s tables as information_schema gives them (InnoDB's estimate)."""
+        with connections[self.alias].cursor() as cursor:
+            cursor.execute(
+                "SELECT COUNT(*), COALESCE(SUM(DATA_LENGTH + INDEX_LENGTH), 0) FROM information_schema.TABLES "
+                "WHERE TABLE_SCHEMA = %s",
+                [database],
+            )
+            tables, size = cursor.fetchone()
+            if not tables and database not in self.side_databases(database):
+                return None
+            return int(size)
+
+    def server_data_folder(self) -> str | None:
+        with connections[self.alias].cursor() as cursor:
+            cursor.execute("SELECT @@datadir")
+            return cursor.fetchone()[0]
+
     def tables_in(self, database: str) -> int:
         """Base tables of ``database``; its triggers, routines, events and views are read as the swap reads
         them, so that ``verify --restore-test`` fails where a swap would."""

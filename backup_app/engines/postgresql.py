@@ -772,6 +772,23 @@ class PostgresEngine(ServerEngine):
             rows = admin.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (prefix,))
             return [r[0] for r in rows.fetchall()]
 
+    def database_bytes(self, database: str) -> int | None:
+        with self._admin() as admin:
+            row = admin.execute(
+                "SELECT pg_database_size(oid) FROM pg_database WHERE datname = %s", (database,)
+            ).fetchone()
+            return row[0] if row else None
+
+    def server_data_folder(self) -> str | None:
+        """``data_directory``: shown only to superusers and members of pg_read_all_settings (else None)."""
+        import psycopg
+
+        try:
+            with self._admin() as admin:
+                return admin.execute("SELECT current_setting('data_directory')").fetchone()[0]
+        except psycopg.Error:
+            return None
+
     def tables_in(self, database: str) -> int:
         import psycopg
 

@@ -285,6 +285,27 @@ class ServerEngine(Engine):
         """Names of the databases on the server that start with ``prefix``."""
         raise NotImplementedError
 
+    def database_bytes(self, database: str) -> int | None:
+        """What ``database`` takes on the server's disk (a kept safety database), or None if it is not there."""
+        raise NotImplementedError
+
+    def server_data_folder(self) -> str | None:
+        """The server's data folder, when the server says where it is and it runs on this machine (so that
+        its free space can be read here); else None."""
+        return None
+
+    def server_is_local(self) -> bool:
+        """The server is reached over a socket or loopback: its data folder is on this machine."""
+        host = str(self.settings.get("HOST") or "")
+        return host in ("", "localhost", "127.0.0.1", "::1") or host.startswith("/")
+
+    def server_free_bytes(self) -> tuple[str, int] | None:
+        """(data folder, bytes free on its file system) of the server, when this machine can see them."""
+        folder = self.server_data_folder() if self.server_is_local() else None
+        if not folder or not os.path.isdir(folder):
+            return None
+        return folder, shutil.disk_usage(folder).free
+
     def holds_tables(self, database: str) -> bool:
         """Whether ``database`` exists with tables in it (a kept database the swap filled)."""
         return database in self.side_databases(database) and self.tables_in(database) > 0
