@@ -22,7 +22,7 @@ import logging
 import os
 import socket
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 
 from django.db import DEFAULT_DB_ALIAS, connections, router
 from django.utils import timezone
@@ -323,6 +323,7 @@ def scheduled_backup() -> str:
 
 def backup_now(requested_by: str = "") -> str:
     """A backup asked for in the admin ("Back up now"), run by the worker; no retention applied."""
+    _forget_queued_backup_now()  # taken: a new click may queue another once this one ends
     close_stale_runs()
     try:
         run = start_run(BackupRun.MANUAL, claim=CLAIM, requested_by=requested_by)
@@ -335,10 +336,56 @@ def backup_now(requested_by: str = "") -> str:
 
 
 def enqueue_backup_now(requested_by: str = "") -> str:
-    """Queue :func:`backup_now` for the worker; returns the django-q2 task id."""
+    """Queue :func:`backup_now` for the worker; returns the django-q2 task id.
+
+    Remembered in a marker file beside the safety copies until the worker takes it: a Redis (or any other
+    non-database) broker's queue cannot be looked into, and without it a second click would queue a second
+    full backup.
+    """
     from django_q.tasks import async_task
 
-    return async_task(BACKUP_NOW_TASK, requested_by=requested_by, q_options={**TASK_OPTIONS, "task_name": "backup now"})
+    task = async_task(BACKUP_NOW_TASK, requested_by=requested_by, q_options={**TASK_OPTIONS, "task_name": "backup now"})
+    try:
+        marker = _queued_marker()
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(str(task))
+    except OSError as err:
+        logger.warning("could not remember the queued backup in %s: %s", _queued_marker(), err)
+    return task
+
+
+#: A queued "Back up now" that no worker took for this long is taken as lost (a broker emptied meanwhile).
+QUEUED_FORGOTTEN_AFTER = timedelta(hours=24)
+
+
+def _queued_marker():
+    return app_settings.safety_dir / ".backup-now-queued"
+
+
+def _forget_queued_backup_now() -> None:
+    try:
+        _queued_marker().unlink(missing_ok=True)
+    except OSError as err:
+        logger.warning("could not remove %s: %s", _queued_marker(), err)
+
+
+def _broker_is_the_database() -> bool:
+    """django-q2's queue is the database's OrmQ table, which can be read (other brokers' cannot)."""
+    from django.conf import settings
+
+    return bool((getattr(settings, "Q_CLUSTER", None) or {}).get("orm"))
+
+
+def _queued_backup_now_age(now: datetime | None = None) -> timedelta | None:
+    """How long the "Back up now" in a broker that cannot be looked into has waited, or None."""
+    if _broker_is_the_database():
+        return None  # the queue itself says (queued_tasks)
+    try:
+        queued = datetime.fromtimestamp(_queued_marker().stat().st_mtime, tz=UTC)
+    except OSError:
+        return None
+    age = (now or timezone.now()) - queued
+    return age if age < QUEUED_FORGOTTEN_AFTER else None
 
 
 #: An overdue backup is pushed again after this long while it stays overdue.
@@ -430,7 +477,10 @@ def queued_tasks() -> list[dict]:
 
 
 def backup_now_queued() -> bool:
-    """A "Back up now" is waiting for the worker (so a second click must not queue another)."""
+    """A "Back up now" is waiting for the worker (so a second click must not queue another): in the database
+    queue, or, with another broker, remembered since it was queued (:func:`enqueue_backup_now`)."""
+    if _queued_backup_now_age() is not None:
+        return True
     return any(t["func"] == BACKUP_NOW_TASK for t in queued_tasks())
 
 
@@ -452,6 +502,9 @@ def worker_missing(now: datetime | None = None) -> str | None:
         queued_at = stale.task.get("started")
         if queued_at is not None and now - queued_at > QUEUE_UNTOUCHED_AFTER:
             return f"a task has waited {duration_text(now - queued_at)} for a worker"
+    waited = _queued_backup_now_age(now)  # a broker whose queue cannot be read: our own queued backup
+    if waited is not None and waited > QUEUE_UNTOUCHED_AFTER:
+        return f"a task has waited {duration_text(waited)} for a worker"
     if last is None:
         return "no task has ever been run by a worker"
     if now - last > WORKER_SILENT_AFTER:

@@ -527,6 +527,7 @@ def test_back_up_now_runs_on_the_redis_broker(redis_site, tmp_path):
     assert broker.strip() == "django_q.brokers.redis_broker"
     django_shell(redis_site, "from backup_app.schedule import enqueue_backup_now; enqueue_backup_now('ops')")
     assert q_tasks(redis_site) == (0, 0)  # nothing in the database queue: the task is in Redis
+    assert backup_now_queued(redis_site)  # so the admin's second click queues nothing (the queue is unreadable)
 
     cluster = start_cluster(redis_site, log)
     try:
@@ -536,6 +537,26 @@ def test_back_up_now_runs_on_the_redis_broker(redis_site, tmp_path):
 
     assert (run["kind"], run["outcome"], run["requested_by"]) == ("manual", "success", "ops"), run
     assert [s["name"] for s in redis_site.sets()] == [run["set_name"]]
+    assert not backup_now_queued(redis_site)  # taken: a click now queues a new one
+
+
+def backup_now_queued(site) -> bool:
+    out = django_shell(site, "from backup_app.schedule import backup_now_queued; print(backup_now_queued())")
+    return out.strip() == "True"
+
+
+def test_a_back_up_now_no_worker_takes_from_redis_says_no_worker_runs(redis_site):
+    django_shell(redis_site, "from backup_app.schedule import enqueue_backup_now; enqueue_backup_now('ops')")
+    [marker] = (redis_site.root / "safety").glob(".backup-now-queued")
+    queued = time.time() - 300
+    os.utime(marker, (queued, queued))  # queued five minutes ago, and still not taken
+
+    try:
+        missing = django_shell(redis_site, "from backup_app.schedule import worker_missing; print(worker_missing())")
+    finally:
+        django_shell(redis_site, "from django_q.brokers import get_broker; get_broker().purge_queue()")
+
+    assert missing.startswith("a task has waited ") and missing.strip().endswith(" for a worker"), missing
 
 
 # --- the history across restores -------------------------------------------------------------
