@@ -144,7 +144,6 @@ def test_encrypt_without_recipient_is_refused(sqlite_site):
     assert not sqlite_site.backups.exists() or not any(sqlite_site.backups.iterdir())
 
 
-
 def test_invoke_restore_on_a_terminal_asks_for_the_passphrase_then_confirms(sqlite_site, protected_home):
     from terminal import run_on_pty
 
@@ -166,3 +165,78 @@ def test_invoke_restore_on_a_terminal_asks_for_the_passphrase_then_confirms(sqli
     assert protected_home.passphrase not in run.final  # typed without echo
     assert "This replaces database 'default'" in run.final
     assert (sqlite_site.media / "doc.txt").read_text() == "backed up"
+
+
+def test_restore_with_a_wrong_passphrase_says_so_and_changes_nothing(sqlite_site, protected_home):
+    env = encrypting(sqlite_site, protected_home)
+    (sqlite_site.media / "doc.txt").write_text("backed up")
+    sqlite_site.invoke("backup", "--encrypt", extra_env=env)
+    (sqlite_site.media / "doc.txt").write_text("current")
+
+    result = sqlite_site.invoke(
+        "restore", check=False, extra_env={**env, "INVENTREE_BACKUP_GPG_PASSPHRASE": "Sx-not-the-passphrase"}
+    )
+
+    assert result.returncode != 0
+    assert "wrong passphrase for its secret key; check backup_gpg_passphrase_file" in " ".join(result.stderr.split())
+    assert "Traceback" not in result.stderr
+    assert (sqlite_site.media / "doc.txt").read_text() == "current"
+
+
+def test_a_passphrase_with_a_line_break_is_refused_not_cut_at_it(sqlite_site, protected_home):
+    env = encrypting(sqlite_site, protected_home)
+    sqlite_site.invoke("backup", "--encrypt", "--skip-db", extra_env=env)
+    # gpg reads one line: the key's own passphrase, then more, must not pass for the passphrase.
+    passphrase = protected_home.passphrase + "\nmore"
+
+    result = sqlite_site.invoke(
+        "restore", "--skip-db", check=False, extra_env={**env, "INVENTREE_BACKUP_GPG_PASSPHRASE": passphrase}
+    )
+
+    assert result.returncode != 0
+    assert "the GPG passphrase holds a line break or NUL" in " ".join(result.stderr.split())
+
+
+def test_restore_with_another_key_names_the_home_without_it(sqlite_site, gpg_home, other_gpg_home):
+    sqlite_site.invoke("backup", "--encrypt", "--skip-db", extra_env=encrypting(sqlite_site, gpg_home))
+
+    result = sqlite_site.invoke(
+        "restore", "--skip-db", check=False, extra_env={"INVENTREE_BACKUP_GPG_HOME": str(other_gpg_home.path)}
+    )
+
+    assert f"its secret key is not in {other_gpg_home.path}" in " ".join(result.stderr.split())
+
+
+def test_a_damaged_ciphertext_is_named_as_damaged(sqlite_site, gpg_home):
+    (sqlite_site.media / "doc.txt").write_text("backed up " * 1000)
+    env = encrypting(sqlite_site, gpg_home)
+    sqlite_site.invoke("backup", "--encrypt", "--skip-db", extra_env=env)
+    files = sqlite_site.sets()[0]["files"]
+    for f in files:
+        if f["kind"] == "manifest":
+            (sqlite_site.backups / f["name"]).unlink()
+    media = next(f["name"] for f in files if f["kind"] == "media")
+    data = bytearray((sqlite_site.backups / media).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (sqlite_site.backups / media).write_bytes(bytes(data))
+
+    result = sqlite_site.invoke("restore", "--skip-db", check=False, extra_env=env)
+
+    line = next(ln for ln in result.stderr.splitlines() if "gpg could not decrypt" in ln)
+    assert "the file is damaged or not an OpenPGP message" in line
+
+
+def test_encrypted_files_are_not_compressed_twice(sqlite_site, gpg_home):
+    (sqlite_site.media / "doc.txt").write_text("plain words " * 1000)
+    sqlite_site.invoke("backup", "--encrypt", "--skip-db", extra_env=encrypting(sqlite_site, gpg_home))
+    media = next(f for f in sqlite_site.sets()[0]["files"] if f["kind"] == "media")
+
+    packets = subprocess.run(
+        ["gpg", "--batch", "--homedir", str(gpg_home.path), "--list-packets"],
+        input=(sqlite_site.backups / media["name"]).read_bytes(),
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+
+    assert ":literal data packet:" in packets
+    assert ":compressed packet:" not in packets  # already gzip: gpg's zlib pass only costs time
