@@ -283,7 +283,8 @@ def check_names(app_configs=None, **kwargs):
 @register(TAG)
 def check_connectors(app_configs=None, **kwargs):
     """E017: a database's django-dbbackup connector class does not import; E018: it is no connector; E021: it is
-    not one whose dumps backup_app makes for that database (e.g. DjangoConnector, SqliteConnector)."""
+    not one whose dumps backup_app makes for that database (e.g. DjangoConnector, SqliteConnector); E022:
+    PostgreSQL's IF_EXISTS is false."""
     from dbbackup.db.base import CONNECTOR_MAPPING, DEFAULT_CONNECTOR, BaseDBConnector
     from django.db import connections
 
@@ -323,6 +324,18 @@ def check_connectors(app_configs=None, **kwargs):
                     f"{where}: {unsupported_connector(alias, engine, cls)}.",
                     hint="Remove CONNECTOR to use django-dbbackup's default for the engine.",
                     id="backup_app.E021",
+                )
+            )
+        options = app_settings.connector_options(alias)
+        if connections[alias].vendor == "postgresql" and options.get("IF_EXISTS", True) is False:
+            messages.append(
+                Error(
+                    f"{_env('backup_connector_options')} IF_EXISTS of database '{alias}' is false, which cannot "
+                    "apply: a restore loads the dump into a new, empty database (or drops the live objects itself), "
+                    "where a DROP without IF EXISTS fails; django-dbbackup itself adds --if-exists whenever DROP is "
+                    "on.",
+                    hint="Remove IF_EXISTS (DROP false leaves out the dump's DROP statements altogether).",
+                    id="backup_app.E022",
                 )
             )
     return messages

@@ -251,3 +251,199 @@ def test_a_postgis_database_round_trips_through_pgdumpgisconnector(postgis_site)
 
     assert postgis_site.snapshot_db() == before
     assert db_entry(postgis_site)["connector"] == GIS
+
+
+# --------------------------------------------------------------------------- DUMP_CMD, RESTORE_CMD, ENV, USE_PARENT_ENV
+
+
+def recording(tmp_path: Path, tool: str) -> tuple[str, Path]:
+    """A program that records its argv and the ``BKT_*`` variables it was given, then runs the real ``tool``
+    (a connector's ``DUMP_CMD`` / ``RESTORE_CMD``); returns its path and the log's."""
+    import shutil
+
+    real = shutil.which(tool)
+    if real is None:
+        service_missing(tool, FileNotFoundError(f"{tool} not on PATH"))
+    log = tmp_path / f"{tool}.log"
+    script = tmp_path / f"recorded-{tool}"
+    seen = "BKT_MARK=%s BKT_PARENT=%s"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'printf \'%s | {seen}\\n\' "$*" "${{BKT_MARK-unset}}" "${{BKT_PARENT-unset}}" >> \'{log}\'\n'
+        f"exec '{real}' \"$@\"\n"
+    )
+    script.chmod(0o755)
+    return str(script), log
+
+
+def runs(log: Path) -> list[str]:
+    """The recorded runs that load or dump (not ``pg_restore --list``, which reads a dump's table of contents)."""
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [x for x in lines if "--list" not in x.split(" | ")[0].split()]
+
+
+def test_dump_cmd_is_the_program_that_dumps(logging_site, tmp_path):
+    dump_cmd, log = recording(tmp_path, "pg_dump")
+    with_options(logging_site, DUMP_CMD=dump_cmd)
+
+    logging_site.invoke("backup")
+
+    (line,) = runs(log)
+    assert "--format=custom" in line.split()
+
+
+def test_restore_cmd_is_the_program_that_loads_a_custom_dump(logging_site, tmp_path):
+    restore_cmd, log = recording(tmp_path, "pg_restore")
+    with_options(logging_site, RESTORE_CMD=restore_cmd)
+    logging_site.invoke("backup")
+    before = parts(logging_site)
+    logging_site.sql("DELETE FROM demo_part")
+
+    logging_site.invoke("restore")
+
+    assert len(runs(log)) == 1
+    assert parts(logging_site) == before
+
+
+def test_restore_cmd_is_the_program_that_loads_a_plain_dump(logging_site, tmp_path):
+    restore_cmd, log = recording(tmp_path, "psql")
+    with_options(logging_site, CONNECTOR=PLAIN, RESTORE_CMD=restore_cmd)
+    logging_site.invoke("backup")
+    before = parts(logging_site)
+    logging_site.sql("DELETE FROM demo_part")
+
+    logging_site.invoke("restore")
+
+    assert [line.split()[:1] for line in runs(log)] != []
+    assert parts(logging_site) == before
+
+
+def test_env_reaches_the_dump_and_the_restore(logging_site, tmp_path):
+    dump_cmd, dump_log = recording(tmp_path, "pg_dump")
+    restore_cmd, restore_log = recording(tmp_path, "pg_restore")
+    with_options(logging_site, DUMP_CMD=dump_cmd, RESTORE_CMD=restore_cmd, ENV={"BKT_MARK": "from-ENV"})
+    logging_site.invoke("backup")
+
+    logging_site.invoke("restore")
+
+    assert [line.split(" | ")[1] for line in runs(dump_log) + runs(restore_log)] == [
+        "BKT_MARK=from-ENV BKT_PARENT=unset"
+    ] * 2
+
+
+@pytest.mark.parametrize("use_parent_env", [True, False])
+def test_use_parent_env_decides_whether_the_tools_see_the_sites_environment(logging_site, tmp_path, use_parent_env):
+    dump_cmd, dump_log = recording(tmp_path, "pg_dump")
+    restore_cmd, restore_log = recording(tmp_path, "pg_restore")
+    with_options(logging_site, DUMP_CMD=dump_cmd, RESTORE_CMD=restore_cmd, USE_PARENT_ENV=use_parent_env)
+    logging_site.env["BKT_PARENT"] = "from-the-site"
+    logging_site.invoke("backup")
+    before = parts(logging_site)
+    logging_site.sql("DELETE FROM demo_part")
+
+    logging_site.invoke("restore")
+
+    seen = "from-the-site" if use_parent_env else "unset"
+    assert [line.split(" | ")[1] for line in runs(dump_log) + runs(restore_log)] == [
+        f"BKT_MARK=unset BKT_PARENT={seen}"
+    ] * 2
+    assert parts(logging_site) == before
+
+
+# --------------------------------------------------------------------------- SCHEMAS, PG_OPTIONS, IF_EXISTS
+
+
+def test_schemas_dumps_only_the_schemas_named(logging_site, tmp_path):
+    import subprocess
+
+    logging_site.sql(
+        "CREATE SCHEMA bkt_other; CREATE TABLE bkt_other.notes (id int); INSERT INTO bkt_other.notes VALUES (7)"
+    )
+    with_options(logging_site, SCHEMAS=["public"])
+
+    logging_site.invoke("backup")
+
+    (dump,) = [p for p in logging_site.backups.iterdir() if p.name.endswith(".psql.bin.gz")]
+    listing = subprocess.run(["pg_restore", "--list"], input=gzip.decompress(dump.read_bytes()), capture_output=True)
+    tables = [line.split()[-2] for line in listing.stdout.decode().splitlines() if " TABLE " in line]
+    assert "demo_part" in tables and "notes" not in tables
+
+
+def test_pg_options_reach_pg_restore(logging_site):
+    logging_site.sql("COMMENT ON TABLE demo_part IS 'kept by a plain restore'")
+    with_options(logging_site, PG_OPTIONS="--no-comments")
+    logging_site.invoke("backup")
+
+    logging_site.invoke("restore")
+
+    from conftest import _pg_connect
+
+    with _pg_connect(logging_site.env["INVENTREE_DB_NAME"]) as conn:
+        (comment,) = conn.execute("SELECT obj_description('demo_part'::regclass, 'pg_class')").fetchone()
+    assert comment is None
+
+
+def test_if_exists_false_is_refused_by_a_check(logging_site):
+    with_options(logging_site, CONNECTOR=PLAIN, IF_EXISTS=False)
+
+    check = logging_site.manage("check", check=False)
+    backup = logging_site.invoke("backup", check=False)
+
+    assert check.returncode != 0 and "backup_app.E022" in check.output and "IF_EXISTS" in check.output
+    assert backup.returncode != 0 and not any(logging_site.backups.glob("*.psql*"))
+
+
+def test_drop_false_makes_a_plain_dump_without_drop_statements(logging_site):
+    with_options(logging_site, CONNECTOR=PLAIN, DROP=False)
+
+    logging_site.invoke("backup")
+
+    (dump,) = [p for p in logging_site.backups.iterdir() if p.name.endswith(".psql.gz")]
+    text = gzip.decompress(dump.read_bytes()).decode()
+    assert "CREATE TABLE public.demo_part" in text and "DROP TABLE" not in text
+
+
+# --------------------------------------------------------------------------- MariaDB / MySQL
+
+
+@pytest.fixture
+def my_site(mysql_site):
+    mysql_site.manage("demo_data")
+    return mysql_site
+
+
+def mysql_runs(log: Path) -> list[str]:
+    return [x for x in runs(log) if "--help" not in x.split(" | ")[0].split()]  # (the --sandbox probe)
+
+
+def test_mysql_dump_cmd_restore_cmd_and_env_are_what_runs(my_site, tmp_path):
+    dump_cmd, dump_log = recording(tmp_path, "mysqldump")
+    restore_cmd, restore_log = recording(tmp_path, "mysql")
+    with_options(my_site, DUMP_CMD=dump_cmd, RESTORE_CMD=restore_cmd, ENV={"BKT_MARK": "from-ENV"})
+    my_site.invoke("backup")
+    before = parts(my_site)
+    my_site.sql("DELETE FROM demo_part")
+
+    my_site.invoke("restore")
+
+    assert [line.split(" | ")[1] for line in mysql_runs(dump_log) + mysql_runs(restore_log)] == [
+        "BKT_MARK=from-ENV BKT_PARENT=unset"
+    ] * 2
+    assert parts(my_site) == before
+
+
+def test_mysql_use_parent_env_false_keeps_the_sites_environment_from_the_tools(my_site, tmp_path):
+    dump_cmd, dump_log = recording(tmp_path, "mysqldump")
+    restore_cmd, restore_log = recording(tmp_path, "mysql")
+    with_options(my_site, DUMP_CMD=dump_cmd, RESTORE_CMD=restore_cmd, USE_PARENT_ENV=False)
+    my_site.env["BKT_PARENT"] = "from-the-site"
+    my_site.invoke("backup")
+    before = parts(my_site)
+    my_site.sql("DELETE FROM demo_part")
+
+    my_site.invoke("restore")
+
+    assert [line.split(" | ")[1] for line in mysql_runs(dump_log) + mysql_runs(restore_log)] == [
+        "BKT_MARK=unset BKT_PARENT=unset"
+    ] * 2
+    assert parts(my_site) == before

@@ -373,9 +373,9 @@ class PostgresEngine(ServerEngine):
 
     def dump(self, out: BinaryIO, *, compressed: bool = True) -> None:
         c = self.connector
-        if self.plain:  # as PgDumpConnector: DROP and IF_EXISTS go into the dump
-            args = ["--clean"] if c.drop else []
-            args += ["--if-exists"] if c.drop or getattr(c, "if_exists", True) else []
+        if self.plain:  # as PgDumpConnector: DROP (and IF_EXISTS, check E022) go into the dump
+            # pg_dump takes --if-exists only with --clean (stock passes it with DROP false too, and pg_dump fails).
+            args = ["--clean", "--if-exists"] if c.drop else []
             if getattr(c, "no_owner", False):
                 args += ["--no-owner", "--no-privileges"]
         else:
