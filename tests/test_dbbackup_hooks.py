@@ -289,3 +289,41 @@ def test_a_failed_restore_sends_no_post_restore(hooks_site):
     assert failed.returncode != 0
     sent = [e["signal"] for e in calls(hooks_site) if "signal" in e]
     assert "post_restore" not in sent and "post_media_restore" not in sent
+
+
+# --------------------------------------------------------------------------- verify says what restore would refuse
+
+
+def test_verify_reports_the_validators_refusal_as_restore_would(hooks_site):
+    hooks_site.invoke("backup")
+    name = db_file(newest_set(hooks_site))
+
+    refused = hooks_site.invoke("verify", check=False, extra_env={"HOOKS_API_VERSION": "99"})
+
+    assert refused.returncode != 0
+    text = " ".join(refused.output.split())
+    assert f"{name}: DBBACKUP_RESTORE_METADATA_VALIDATOR hooks_site.validate_restore refused this backup" in text
+    assert "invoke restore would refuse this file" in text
+
+
+def test_verify_under_the_newer_version_switch_asks_the_validator_with_the_switch_on(hooks_site):
+    hooks_site.invoke("backup")
+    calls(hooks_site)
+
+    done = hooks_site.invoke(
+        "verify", extra_env={"HOOKS_API_VERSION": "99", "INVENTREE_BACKUP_RESTORE_ALLOW_NEWER_VERSION": "true"}
+    )
+
+    assert done.returncode == 0
+    assert [c["allow_newer_setting"] for c in calls(hooks_site, hook="validator")] == [True]
+
+
+def test_the_age_warning_reads_inventrees_backup_time_not_the_files_name(hooks_site):
+    name = _inventree_backup_from_2020(hooks_site)
+    recent = hooks_site.backups / name.replace("2020-01-02-030405", "2026-01-02-030405")
+    (hooks_site.backups / name).rename(recent)
+    (hooks_site.backups / f"{name}.metadata").rename(f"{recent}.metadata")
+
+    done = hooks_site.invoke("restore", "--db-file", recent.name, "--skip-media", "--restore-allow-newer-version")
+
+    assert f"warning: {recent.name} is" in done.output and "(made 2020-01-02 03:04" in done.output

@@ -159,6 +159,24 @@ def check_sidecar(name: str, metadata: dict, engine: str, *, allow_newer: bool) 
     return notes
 
 
+#: The key of InvenTree's metadata setter that says when the backup was made (ISO 8601).
+BACKUP_TIME_KEY = "ivt_1_backup_time"
+
+
+def backup_time(metadata: dict | None) -> datetime | None:
+    """When the sidecar ``metadata`` says its file was made (InvenTree's ``ivt_1_backup_time``), else None.
+
+    A time without an offset is in the site's time zone, as InvenTree writes it."""
+    value = (metadata or {}).get(BACKUP_TIME_KEY)
+    if not isinstance(value, str):
+        return None
+    try:
+        made = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return timezone.make_aware(made) if timezone.is_naive(made) else made
+
+
 def age_note(name: str, created: datetime | None) -> str | None:
     """A warning when a backup made at ``created`` is older than ``backup_restore_warn_age_days``."""
     days = app_settings.restore_warn_age_days

@@ -497,18 +497,22 @@ def check_staged_versions(plan: Plan, staged_dbs: list[tuple[Engine, Staged]], a
 
 def check_metadata(storage, plan: Plan, allow_newer: bool) -> list[str]:
     """Each database file's ``.metadata`` sidecar through stock's engine check and the site's validator
-    (DBBACKUP_RESTORE_METADATA_VALIDATOR), and the age of every file; returns the notes to show."""
+    (DBBACKUP_RESTORE_METADATA_VALIDATOR), and the age of every file (a database file's from its sidecar's
+    ``ivt_1_backup_time`` when it has one, else from its name or its set); returns the notes to show."""
     notes = []
+    made: dict[str, object] = {}  # file name -> when its sidecar says it was made
     for item in plan.databases:
         metadata = hooks.read_sidecar(storage, item.file.name)
         if metadata is not None:
             engine = connections.settings[item.alias]["ENGINE"]
             notes += hooks.check_sidecar(item.file.name, metadata, engine, allow_newer=allow_newer)
+            made[item.file.name] = hooks.backup_time(metadata)
     naming = Naming()
     for f in [item.file for item in plan.databases] + ([plan.media] if plan.media else []):
         created = naming.stamp_to_datetime(f.stamp) if f.stamp else None
         if plan.set is not None and plan.set.name == f.stamp:
             created = plan.set.created
+        created = made.get(f.name) or created  # InvenTree's ivt_1_backup_time, not the name, when there is one
         note = hooks.age_note(f.name, created)
         if note:
             notes.append(note)

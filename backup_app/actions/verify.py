@@ -13,14 +13,16 @@ from django.core.files.storage import FileSystemStorage
 
 from .. import hints
 from ..engines import engine_for
-from ..errors import BackupAppError
+from ..errors import BackupAppError, RestoreError
 from ..incremental import check_packs, parse_index, stage_index
 from ..media import restore_archive, scan_archive
 from ..pipeline import GpgSpec, open_stream
 from ..progress import NO_PROGRESS, Progress, seconds_text, size_text
 from ..secrets import redact
 from ..sets import BackupFile, BackupSet, list_sets
+from ..settings import app_settings
 from ..storage import backup_storage, describe
+from . import hooks
 from .common import TAIL_MAX, read_and_check
 
 
@@ -102,6 +104,25 @@ def _verify_incremental(storage, bset: BackupSet, f: BackupFile, gpg: GpgSpec, *
     return f"{f.name}: checksum ok, {len(index.files)} files, {checked}"
 
 
+def _check_sidecar(storage, f: BackupFile, alias: str, report: SetReport) -> None:
+    """What a restore would say of ``f``'s ``.metadata`` sidecar (stock's engine check, the site's
+    DBBACKUP_RESTORE_METADATA_VALIDATOR under the configured allowance): a refusal is a problem of the set, a
+    refusal let through by ``backup_restore_allow_newer_version`` a note."""
+    from django.db import connections
+
+    try:
+        metadata = hooks.read_sidecar(storage, f.name)
+        if metadata is None:
+            return
+        engine = connections.settings[alias]["ENGINE"]
+        allow_newer = app_settings.restore_allow_newer_version
+        notes = hooks.check_sidecar(f.name, metadata, engine, allow_newer=allow_newer)
+    except RestoreError as err:
+        report.problems.append(f"{redact(err)} (invoke restore would refuse this file)")
+        return
+    report.checked += notes
+
+
 def verify_set(
     storage,
     bset: BackupSet,
@@ -129,6 +150,7 @@ def verify_set(
             if f.kind == "db":
                 entry = _db_entry(bset, f)
                 engine = engine_for(entry["alias"])
+                _check_sidecar(storage, f, entry["alias"], report)
                 read_and_check(
                     storage, f, gpg, lambda s, e=engine, n=f.name: e.check_dump(s.read(64), n), on_read=on_read
                 )
