@@ -361,6 +361,30 @@ BACKUP_KEYS: tuple[Key, ...] = (
         help="A restore warns when the backup is older than this many days (0 = never), as InvenTree's does.",
     ),
     Key(
+        "backup_site_id",
+        "BACKUP_SITE_ID",
+        None,
+        help="Identity recorded in this site's backup sets (default: derived from its databases); restore and "
+        "--clean use only this site's sets.",
+    ),
+    Key(
+        "backup_storage_timeout",
+        "BACKUP_STORAGE_TIMEOUT",
+        60,
+        kind="int",
+        minimum=1,
+        help="Seconds a remote backup storage may stay silent (connecting, or within one request) before the "
+        "request fails.",
+    ),
+    Key(
+        "backup_storage_retries",
+        "BACKUP_STORAGE_RETRIES",
+        3,
+        kind="int",
+        minimum=0,
+        help="Times a remote storage request that timed out or failed on the server's side is tried again.",
+    ),
+    Key(
         "backup_db_lock_timeout",
         "BACKUP_DB_LOCK_TIMEOUT",
         10,
@@ -1022,6 +1046,9 @@ def _apply(namespace, config, prefix, config_file, default_dir, default_safety_d
             "PING_URL": config["backup_ping_url"],
             "RESTORE_WARN_AGE_DAYS": config["backup_restore_warn_age_days"],
             "DB_LOCK_TIMEOUT": config["backup_db_lock_timeout"],
+            "SITE_ID": config["backup_site_id"],
+            "STORAGE_TIMEOUT": config["backup_storage_timeout"],
+            "STORAGE_RETRIES": config["backup_storage_retries"],
             "DIR": str(backup_dir) if backup_dir is not None else None,
             "DIR_IS_DEFAULT": dir_used_default,
             "DIR_UNUSED": dir_unused,

@@ -17,8 +17,10 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.core.files.base import ContentFile
 from django.utils import timezone
 
@@ -300,6 +302,7 @@ class BackupSet:
             "compressed": any(f.compression for f in self.files if f.kind != "manifest"),
             "encrypted": any(f.encrypted for f in self.files),
             "files": [f.as_json() for f in self.files],
+            "site": set_site(self),
         }
         packs = self.packs
         if packs:  # incremental media: the shared packs it needs (not counted in ``size``)
@@ -407,6 +410,10 @@ def check_manifest(data) -> None:
         for item in migrations or []:
             if not (isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item)):
                 raise BadManifest(f"a migration of database {entry['alias']!r} is not [app, name]")
+    site = data.get("site")
+    _kind_of(site, dict, "site")
+    if site:
+        _kind_of(site.get("id"), str, "the site id", optional=False)
     media = data.get("media")
     _kind_of(media, dict, "media")
     if media:
@@ -683,14 +690,15 @@ def doomed(
     database, media archives), with their ``.metadata`` sidecars, like stock ``--clean``.  Sets named in
     ``protect`` stay.
     """
-    keep_names = retained(sets, retention) | set(protect)
+    own = [s for s in sets if of_this_site(s)]  # another site's sets are its own retention's to delete
+    keep_names = retained(own, retention) | set(protect)
     names: list[str] = []
-    going = [s for s in sets if (s.complete and s.name not in keep_names) or (s.name not in protect and abandoned(s))]
+    going = [s for s in own if (s.complete and s.name not in keep_names) or (s.name not in protect and abandoned(s))]
     # A file that a kept set names too (two manifests claiming it) stays.
     kept = {n for s in sets if s not in going and s.status != "legacy" for n in s.all_names()}
     for s in going:
         names += sorted((n for n in s.all_names() if n not in kept), key=lambda n: (not n.endswith(MANIFEST_EXT), n))
-    if include_legacy:
+    if include_legacy:  # stock dbbackup's files carry no site: every site sharing the folder counts them
         seen: dict[tuple[str, str | None], int] = {}
         for s in (s for s in sets if s.status == "legacy"):  # newest first
             for f in s.files:
@@ -699,6 +707,42 @@ def doomed(
                 if seen[kind] > retention.keep:
                     names += [f.name, *(x.name for x in s.extra if x.name.startswith(f.name + "."))]
     return names
+
+
+def site_identity() -> dict:
+    """This site's identity as sets record it: ``{"id": ..., "source": "configured" | "derived"}``.
+
+    ``backup_site_id`` when set; else derived from the databases backed up: each alias with its vendor and
+    database name (``default=postgresql:inventree``; SQLite: the file's name, not its folder).  Neither host nor
+    folder counts, so that the same site moved to a new machine or folder is still itself; two sites with
+    different databases are not (two sites whose databases have the same names set ``backup_site_id``).
+    """
+    configured = app_settings.site_id
+    if configured:
+        return {"id": configured, "source": "configured"}
+    parts = []
+    for alias in app_settings.databases:
+        db = settings.DATABASES.get(alias, {})
+        vendor = str(db.get("ENGINE", "")).rsplit(".", 1)[-1]
+        name = str(db.get("NAME", ""))
+        parts.append(f"{alias}={vendor}:{Path(name).name if vendor == 'sqlite3' else name}")
+    return {"id": ",".join(parts)[:300], "source": "derived"}
+
+
+def set_site(bset: BackupSet) -> str | None:
+    """The identity of the site that wrote ``bset`` (its manifest, else its pending marker); None when it does
+    not say (stock dbbackup's files, sets written before sets recorded it)."""
+    for source in (bset.manifest, bset.writer):
+        site = (source or {}).get("site")
+        if isinstance(site, dict) and isinstance(site.get("id"), str):
+            return site["id"]
+    return None
+
+
+def of_this_site(bset: BackupSet, site: str | None = None) -> bool:
+    """Whether ``bset`` is this site's (or says of no site)."""
+    other = set_site(bset)
+    return other is None or other == (site or site_identity()["id"])
 
 
 def writer_gone(bset: BackupSet) -> bool:

@@ -113,6 +113,22 @@ class AppSettings:
         """``{servername}`` of the templates."""
         return self._dbbackup("HOSTNAME", None) or socket.gethostname()
 
+    @property
+    def storage_timeout(self) -> int:
+        """Seconds a remote storage may stay silent before a request fails (``backup_storage_timeout``)."""
+        return self._app("STORAGE_TIMEOUT", "backup_storage_timeout")
+
+    @property
+    def storage_retries(self) -> int:
+        """Retries of a remote storage request that timed out or failed on the server (``backup_storage_retries``)."""
+        return self._app("STORAGE_RETRIES", "backup_storage_retries")
+
+    @property
+    def site_id(self) -> str | None:
+        """``backup_site_id``: the identity the sets of this site record (None: derived, see
+        :func:`backup_app.sets.site_identity`)."""
+        return self._app("SITE_ID", "backup_site_id")
+
     # --- databases -----------------------------------------------------------------------------
 
     @property

@@ -262,6 +262,9 @@ SAMPLES |= {
     "backup_safety_warn_percent": ("20", 20),
     "backup_restore_allow_newer_version": ("true", True),
     "backup_db_lock_timeout": ("3", 3),
+    "backup_site_id": ("shop-eu", "shop-eu"),
+    "backup_storage_timeout": ("5", 5),
+    "backup_storage_retries": ("0", 0),
 }
 BACKUP_KEY_NAMES = [key.name for key in BACKUP_KEYS]
 

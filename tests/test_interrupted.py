@@ -474,6 +474,55 @@ def test_disk_full_during_the_dump_removes_the_finished_media_archive_too(change
     assert list(folder.iterdir()) == []
 
 
+def test_a_backup_to_a_folder_without_room_for_another_set_is_refused_before_anything_is_written(
+    changed_site, small_disk
+):
+    import re
+
+    folder = small_disk / "backup"
+    env = {"INVENTREE_BACKUP_DIR": str(folder)}
+    (changed_site.media / "photo.bin").write_bytes(os.urandom(1536 * 1024))  # does not compress
+    changed_site.manage("backup_create", extra_env=env)  # the first set fits: about 1.6 MB of the 4 MiB
+    (small_disk / "filler").write_bytes(os.urandom(1536 * 1024))
+    before = sorted(p.name for p in folder.iterdir())
+
+    result = changed_site.manage("backup_create", check=False, extra_env=env)
+
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    found = re.search(r"the backup folder (\S+) has ([\d,]+) bytes free and this backup needs about ([\d,]+) ", last)
+    assert found, result.stderr
+    free, needed = (int(found.group(i).replace(",", "")) for i in (2, 3))
+    assert (found.group(1), free) == (str(folder), shutil.disk_usage(small_disk).free)
+    assert needed > free and "nothing was written" in last
+    assert sorted(p.name for p in folder.iterdir()) == before
+
+
+def test_a_restore_whose_media_cannot_fit_in_the_staging_folder_is_refused_before_anything_is_written(
+    tmp_path, small_disk
+):
+    media = small_disk / "media"
+    site = make_site(tmp_path / "site", INVENTREE_MEDIA_ROOT=str(media))
+    media.mkdir()
+    site.manage("migrate", "--noinput", "-v0")
+    (media / "photo.bin").write_bytes(os.urandom(2560 * 1024))  # does not compress
+    (media / "note.txt").write_text("kept")
+    site.manage("backup_create")
+    (media / "photo.bin").unlink()
+    (small_disk / "filler").write_bytes(os.urandom(1536 * 1024))  # 4 MiB less 1.5: the photo no longer fits
+    old = state(site)
+
+    result = site.manage("backup_restore", "--noinput", check=False)
+
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert f"the media staging folder {media} has " in last, result.stderr
+    assert "this restore stages at least" in last and "nothing was changed" in last
+    assert differences(state(site), old) == []
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler", "media"]
+    assert list((site.root / "safety").glob("*/safety.json")) == []
+
+
 def test_a_safety_folder_that_is_a_file_stops_the_restore_before_anything_is_staged(changed_site):
     old = state(changed_site)
     not_a_folder = changed_site.root / "safety-file"

@@ -38,7 +38,11 @@ BUCKET = "backups"
 S3_BACKUP_POLICY = {
     "Version": "2012-10-17",
     "Statement": [
-        {"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": f"arn:aws:s3:::{BUCKET}"},
+        {
+            "Effect": "Allow",
+            "Action": ["s3:ListBucket", "s3:ListBucketMultipartUploads"],
+            "Resource": f"arn:aws:s3:::{BUCKET}",
+        },
         {
             "Effect": "Allow",
             "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
@@ -589,6 +593,43 @@ def backup_fails(target: RemoteSite) -> str:
     line = one_line_error(target.site.invoke("backup", "--quiet", check=False))
     assert target.names() == []
     return line
+
+
+def s3_client(remote: Remote, prefix: str, user: str = "backup"):
+    import boto3
+
+    options, _ = remote.configure(prefix, user=user)
+    return boto3.client(
+        "s3",
+        endpoint_url=options["endpoint_url"],
+        region_name=options["region_name"],
+        aws_access_key_id=options["access_key"],
+        aws_secret_access_key=options["secret_key"],
+    )
+
+
+def test_clean_aborts_the_uploads_killed_backups_left_but_not_a_running_ones(sqlite_site, s3_server):
+    prefix = f"site-{uuid.uuid4().hex[:10]}"
+    point_at(sqlite_site, s3_server, prefix)
+    client = s3_client(s3_server, prefix)
+    killed = "InvenTree-media-2020-01-01-000000.tar.gz"  # its process is gone: only its upload is left
+    running = "2020-01-02-000000"  # another machine is writing this set now
+    client.put_object(
+        Bucket=BUCKET,
+        Key=f"{prefix}/InvenTree-media-{running}.pending.metadata",
+        Body=json.dumps({"started": "2020-01-02T00:00:00+00:00", "host": "another-machine", "pid": 4242}).encode(),
+    )
+    for name in (killed, f"InvenTree-db-{running}.sqlite3.gz"):
+        upload = client.create_multipart_upload(Bucket=BUCKET, Key=f"{prefix}/{name}")
+        client.upload_part(
+            Bucket=BUCKET, Key=f"{prefix}/{name}", UploadId=upload["UploadId"], PartNumber=1, Body=b"p" * 4096
+        )
+
+    result = sqlite_site.invoke("backup", "--clean")
+
+    left = client.list_multipart_uploads(Bucket=BUCKET, Prefix=prefix + "/").get("Uploads", [])
+    assert [u["Key"] for u in left] == [f"{prefix}/InvenTree-db-{running}.sqlite3.gz"]
+    assert f"Aborted 1 unfinished uploads of killed or cut-off backups: {killed}" in result.stderr
 
 
 def test_s3_wrong_secret_key(sqlite_site, s3_server):

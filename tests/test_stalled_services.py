@@ -80,3 +80,116 @@ def test_a_mariadb_restore_held_up_by_an_open_transaction_stops_with_the_site_un
         cur.execute("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE %s", [database + "%"])
         assert [name for (name,) in cur.fetchall()] == [database]
     conn.close()
+
+
+# --- a remote storage that accepts connections and never answers --------------------------------
+
+
+class SilentServer:
+    """Accepts every connection on ``free_port()`` and never sends a byte (a stalled endpoint, a hung proxy)."""
+
+    def __init__(self):
+        import threading
+
+        from conftest import free_port
+
+        self.port = free_port()
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", self.port))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.held: list[socket.socket] = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while not self.done.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.held.append(conn)
+
+    def close(self):
+        self.done.set()
+        self.thread.join(timeout=5)
+        for conn in self.held:
+            conn.close()
+        self.sock.close()
+
+
+@pytest.fixture
+def silent_server():
+    server = SilentServer()
+    yield server
+    server.close()
+
+
+def test_a_listing_of_a_silent_s3_endpoint_retries_visibly_and_gives_up_with_one_line(sqlite_site, silent_server):
+    import json
+
+    sqlite_site.env.update(
+        {
+            "INVENTREE_BACKUP_STORAGE": "storages.backends.s3.S3Storage",
+            "INVENTREE_BACKUP_OPTIONS": json.dumps(
+                {
+                    "bucket_name": "backups",
+                    "endpoint_url": f"http://127.0.0.1:{silent_server.port}",
+                    "region_name": "us-east-1",
+                    "access_key": "AKIASILENT0000000000",
+                    "secret_key": "not-a-real-secret",
+                }
+            ),
+            "INVENTREE_BACKUP_DIR": "site",
+            "INVENTREE_BACKUP_STORAGE_TIMEOUT": "1",
+            "INVENTREE_BACKUP_STORAGE_RETRIES": "2",
+        }
+    )
+
+    result = sqlite_site.manage("backup_list", check=False, timeout=120)
+
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert [line.split("; ")[-1] for line in lines if "retrying (" in line] == ["retrying (1/2)", "retrying (2/2)"]
+    assert f"127.0.0.1:{silent_server.port}" in lines[0]
+    assert "the S3 endpoint did not answer within 1 s, 3 tries" in lines[-1]
+    assert "INVENTREE_BACKUP_STORAGE_TIMEOUT" in lines[-1]
+    assert "not-a-real-secret" not in result.output
+    assert len(silent_server.held) == 3  # one connection per try, each left unanswered
+
+
+@pytest.mark.parametrize(
+    ("storage", "options", "what"),
+    [
+        ("storages.backends.sftpstorage.SFTPStorage", {"host": "127.0.0.1", "params": {"username": "backup"}}, "SSH"),
+        ("storages.backends.ftp.FTPStorage", {"location": "ftp://backup:not-a-real-secret@127.0.0.1:PORT/"}, "FTP"),
+    ],
+    ids=["SFTP", "FTP"],
+)
+def test_a_silent_sftp_or_ftp_server_fails_the_listing_within_the_storage_timeout(
+    sqlite_site, silent_server, storage, options, what
+):
+    import json
+
+    if what == "SSH":
+        options = {**options, "params": {**options["params"], "port": silent_server.port}}
+    else:
+        options = {"location": options["location"].replace("PORT", str(silent_server.port))}
+    sqlite_site.env.update(
+        {
+            "INVENTREE_BACKUP_STORAGE": storage,
+            "INVENTREE_BACKUP_OPTIONS": json.dumps(options),
+            "INVENTREE_BACKUP_STORAGE_TIMEOUT": "1",
+        }
+    )
+    del sqlite_site.env["INVENTREE_BACKUP_DIR"]
+
+    result = sqlite_site.manage("backup_list", check=False, timeout=120)
+
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert f"the {what} server did not answer within 1 s" in last, result.stderr
+    assert "INVENTREE_BACKUP_STORAGE_TIMEOUT" in last and "Traceback" not in result.output
+    assert "not-a-real-secret" not in result.output

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 import platform
+import shutil
 import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import dbbackup
 import django
@@ -52,6 +54,8 @@ from ..sets import (
     list_files,
     list_sets,
     manifest_size,
+    of_this_site,
+    site_identity,
     write_json,
 )
 from ..settings import app_settings
@@ -332,6 +336,7 @@ def _back_up(options: BackupOptions, progress: Progress) -> BackupResult:
     )
     with site_lock("backup") as lock:
         rollback.recover(progress)  # a restore killed half way is undone before anything is read
+        check_room(storage, contents)
         manifest = write_set(storage, contents, progress)
         if not options.clean:  # pruning reads it back itself
             prune.confirm_stored(storage, manifest)
@@ -349,6 +354,51 @@ def _back_up(options: BackupOptions, progress: Progress) -> BackupResult:
         for name in rollback.expire(app_settings.safety_days):
             progress.step(f"Removed expired safety copy {name} (older than {app_settings.safety_days} days)")
     return BackupResult(manifest=manifest, storage=where, deleted=deleted)
+
+
+def room_needed(storage, what: SetContents) -> tuple[int, str] | None:
+    """``(bytes, how they were reckoned)`` a new set like ``what`` is about to take in ``storage``: the files of
+    the same kinds (dumps, media) of the newest complete set there, else (a first backup) the media folder's
+    bytes when nothing is compressed; None when it cannot be told beforehand (a first compressed backup)."""
+    earlier = next((s for s in list_sets(storage) if s.complete and of_this_site(s)), None)
+    if earlier is not None:
+        size = sum(
+            f.size or 0
+            for f in earlier.files
+            if (f.kind == "db" and f.database in what.databases) or (f.kind == "media" and what.media)
+        )
+        return size, f"as much as the same files of set {earlier.name}"
+    if what.compression == "none" and not what.databases and what.media and what.media_mode == "archive":
+        size = media_size(media_storage())
+        return (size, "the media files' size") if size is not None else None
+    return None
+
+
+def free_bytes(folder: Path) -> tuple[Path, int]:
+    """``(the folder looked at, bytes this user may still write there)``: ``folder``, or its nearest existing
+    parent when it is not made yet."""
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    return folder, shutil.disk_usage(folder).free
+
+
+def check_room(storage, what: SetContents) -> None:
+    """Refuse a backup to a local folder without room for it (:func:`room_needed`), before anything is written:
+    a backup that fills the disk fails half way, and the site's other writers fail with it."""
+    if not isinstance(storage, FileSystemStorage):
+        return  # a remote storage cannot say; a full one fails the upload, and the partial set is removed
+    needed = room_needed(storage, what)
+    if needed is None:
+        return
+    size, basis = needed
+    folder = Path(storage.location)
+    _, free = free_bytes(folder)
+    if size > free:
+        raise BackupError(
+            f"the backup folder {folder} has {free:,} bytes free and this backup needs about {size:,} ({basis}); "
+            f"free some room there or point {app_settings.env_name('backup_dir')} at a larger disk; nothing was "
+            "written"
+        )
 
 
 def _new_stamp(storage, naming: Naming) -> str:
@@ -392,6 +442,7 @@ def write_set(storage, what: SetContents, progress: Progress = NO_PROGRESS) -> d
         "name": stamp,
         "created": timezone.localtime(started).isoformat(),
         "host": socket.gethostname(),
+        "site": site_identity(),
         "origin": what.origin,
         "versions": {
             "backup_app": __version__,
@@ -413,7 +464,7 @@ def write_set(storage, what: SetContents, progress: Progress = NO_PROGRESS) -> d
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backup-media")
     try:
         # Who writes the set: a later --clean removes it only once that process is gone.
-        write_json(storage, pending, {"started": manifest["created"], **owner()})
+        write_json(storage, pending, {"started": manifest["created"], "site": manifest["site"], **owner()})
         if what.media and what.media_mode == "incremental":
             media_name = naming.media_name(stamp, INDEX_BASE + suffix)
             previous = previous_media(storage, what, say)

@@ -13,7 +13,8 @@ from ..engines import SiteLock, site_lock
 from ..errors import BackupAppError, BackupError
 from ..incremental import list_packs
 from ..progress import NO_PROGRESS, Progress
-from ..sets import BackupSet, Naming, Retention, doomed, held_back, list_sets, list_sizes
+from ..secrets import redact
+from ..sets import BackupSet, Naming, Retention, doomed, held_back, list_sets, list_sizes, writer_gone
 from ..storage import backup_storage
 
 
@@ -55,6 +56,9 @@ def prune(
     for name in names:
         storage.delete(name)
     names += unreferenced_packs(storage, sets, progress)
+    aborted = abort_uploads(storage, sets, progress)
+    if aborted:
+        progress.step(f"Aborted {len(aborted)} unfinished uploads of killed or cut-off backups: " + ", ".join(aborted))
     if names:
         progress.step(f"Removed {len(names)} old files: " + ", ".join(names))
     else:
@@ -62,6 +66,21 @@ def prune(
     for name, why in held_back(sets, protect):
         progress.step(f"Kept set {name}, which is not complete: {why}; check it and delete its files by hand")
     return PruneResult(deleted=names)
+
+
+def abort_uploads(storage, sets: list[BackupSet], progress: Progress = NO_PROGRESS) -> list[str]:
+    """Abort the unfinished uploads a killed or cut-off backup left (S3 multipart: parts billed for good) but
+    those of sets whose writer may still be running; returns the names they were for.  A storage that does not
+    let this user list or abort them is said on one line, and pruning goes on."""
+    abort = getattr(storage, "abort_uploads", None)
+    if abort is None:
+        return []
+    live = {s.name for s in sets if s.status == "incomplete" and s.manifest is None and not writer_gone(s)}
+    try:
+        return abort(live)
+    except Exception as err:
+        progress.step(f"Unfinished uploads left alone: {redact(err)}")
+        return []
 
 
 def unreferenced_packs(storage, before: list[BackupSet], progress: Progress = NO_PROGRESS) -> list[str]:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from django.conf import settings
 from django.core.files.storage import FileSystemStorage
@@ -30,17 +32,17 @@ from ..errors import RestoreError
 from ..history import record_run
 from ..incremental import parse_index, stage_index
 from ..interrupts import Interrupted, shielded
-from ..media import StagedArchive, abandon_archive, commit_archive, media_storage, stage_archive
+from ..media import StagedArchive, abandon_archive, commit_archive, media_size, media_storage, stage_archive
 from ..models import BackupRun
 from ..notify import announce, notify_failure, ping
 from ..pipeline import GpgSpec
 from ..progress import NO_PROGRESS, Progress, seconds_text
 from ..safety import SafetyRecord, safety_root
 from ..secrets import redact
-from ..sets import BackupFile, BackupSet, Naming, list_sets, split_extension
+from ..sets import BackupFile, BackupSet, Naming, list_sets, of_this_site, set_site, site_identity, split_extension
 from ..settings import app_settings
 from ..storage import backup_storage, describe
-from ..streams import PrefixedReader
+from ..streams import PrefixedReader, room_left, room_margin
 from ..testing import pause_at
 from . import hooks, rollback
 from .common import TAIL_MAX, read_checked
@@ -64,6 +66,7 @@ class RestoreOptions:
     decrypt: bool = False  # accepted: files ending in .gpg are decrypted anyway
     interactive: bool = False  # may ask for a GPG passphrase on a terminal
     safety: bool | None = None  # keep the replaced state; None: backup_safety
+    allow_other_site: bool = False  # may restore a set another site wrote (its manifest names another site)
 
 
 @dataclass
@@ -226,7 +229,7 @@ def plan(options: RestoreOptions | None = None, progress: Progress = NO_PROGRESS
     storage = backup_storage(path)
     opts = replace(options, path=path, db_file=db_file, media_file=media_file)
     sets = list_sets(storage, Naming())
-    chosen = choose(sets, opts, exists=storage.exists, aliases=list(settings.DATABASES))
+    chosen = choose(sets, opts, exists=storage.exists, aliases=list(settings.DATABASES), site=site_identity()["id"])
     problems: list[str] = []
     allow_newer = opts.allow_newer or app_settings.restore_allow_newer_version
     try:
@@ -331,15 +334,55 @@ def _db_entry(f: BackupFile, bset: BackupSet | None) -> dict:
     return {}
 
 
-def choose(sets: list[BackupSet], opts: RestoreOptions, *, exists: Callable[[str], bool], aliases: list[str]) -> Plan:
+def _other_sites(sets: list[BackupSet], opts: RestoreOptions, site: str) -> tuple[list[BackupSet], list[str]]:
+    """``sets`` without those another site wrote (unless ``--allow-other-site``), and notes saying what was left
+    out.  RestoreError when a named file is another site's, or when only other sites' sets are there."""
+    foreign = [s for s in sets if not of_this_site(s, site)]
+    if not foreign or opts.allow_other_site:
+        return sets, []
+    for name in (opts.db_file, opts.media_file):
+        owner = next((s for s in foreign if name and s.file(name)), None)
+        if owner is not None:
+            raise RestoreError(
+                f"{name} belongs to set {owner.name}, written by another site ({set_site(owner)}; this site is "
+                f"{site}); pass --allow-other-site to restore it here, or set backup_site_id if it is this site's"
+            )
+    own = [s for s in sets if s not in foreign]
+    if not (opts.db_file or opts.media_file) and not any(s.complete or s.status == "legacy" for s in own):
+        newest = next((s for s in foreign if s.complete), foreign[0])
+        raise RestoreError(
+            f"no backup set of this site ({site}) in the backup storage; it holds {len(foreign)} of other sites "
+            f"(newest: {newest.name}, {newest.status}, of {set_site(newest)}): pass --allow-other-site to restore "
+            f"one here, or take one with {hints.command('backup')}"
+        )
+    newest_own = next((o.created for o in own if o.complete), None)
+    newer = [s for s in foreign if s.complete and (newest_own is None or s.created > newest_own)]
+    notes = []
+    if newer and not (opts.db_file or opts.media_file):
+        names = ", ".join(s.name for s in newer)
+        notes.append(f"Skipping newer sets of other sites ({names}): --allow-other-site takes them")
+    return own, notes
+
+
+def choose(
+    sets: list[BackupSet],
+    opts: RestoreOptions,
+    *,
+    exists: Callable[[str], bool],
+    aliases: list[str],
+    site: str | None = None,
+) -> Plan:
     """Pick the files to restore from ``sets`` (newest first): named ones, else the newest complete set, else
     the newest legacy files (one dump per database, one archive).
 
     ``exists(name)`` says whether a named file that is in no set is in the storage; ``aliases`` are the
-    ``DATABASES`` aliases.  Touches nothing; RestoreError when there is nothing (or nothing valid) to restore.
+    ``DATABASES`` aliases; with ``site`` (this site's identity) the sets other sites wrote are left out unless
+    ``opts.allow_other_site``.  Touches nothing; RestoreError when there is nothing (or nothing valid) to restore.
     """
     chosen_set: BackupSet | None = None
     notes: list[str] = []
+    if site is not None:
+        sets, notes = _other_sites(sets, opts, site)
     db_files: list[tuple[BackupFile, BackupSet | None]] = []
     media: tuple[BackupFile, BackupSet | None] | None = None
 
@@ -630,6 +673,38 @@ def stage_incremental(storage, plan: Plan, gpg: GpgSpec, *, uncompress: bool = T
     return stage_index(media_storage(), storage, index, packs, gpg)
 
 
+def check_staging_room(plan: Plan) -> None:
+    """Refuse, before anything is written, a restore whose media files surely do not fit in their staging folder
+    (under MEDIA_ROOT for local media, else the temp folder), a margin kept (:func:`~..streams.room_left`).
+
+    What is staged is the backup's media bytes less those of live files that already hold the same: at least the
+    manifest's bytes less all the live files' bytes (on a new machine, all of them).  Extraction is bounded again
+    file by file while it runs (:class:`~..media.Room`).
+    """
+    total = (plan.media_expected or {}).get("bytes") if plan.media is not None else None
+    if not isinstance(total, int):
+        return
+    storage = media_storage()
+    try:
+        folder = Path(storage.path(""))
+    except NotImplementedError:
+        folder = Path(tempfile.gettempdir())
+    live = media_size(storage) or 0
+    needed = total - live
+    looked_at = folder
+    while not looked_at.exists() and looked_at.parent != looked_at:
+        looked_at = looked_at.parent
+    room = room_left(looked_at)[0]
+    if needed > room:
+        st = os.statvfs(looked_at)
+        margin = room_margin(st.f_blocks * st.f_frsize)
+        raise RestoreError(
+            f"the media staging folder {folder} has {max(room, 0):,} bytes free (a margin of {margin:,} kept) and "
+            f"this restore stages at least {needed:,} there (the backup's {total:,} bytes of media files less the "
+            f"{live:,} of the live ones); free some room there; nothing was changed"
+        )
+
+
 def restore(storage, opts: RestoreOptions, progress: Progress, confirm: Confirm | None) -> RestoreResult:
     """Restore from ``storage`` (the caller holds the site lock); RestoreError says what state is left.
 
@@ -640,7 +715,13 @@ def restore(storage, opts: RestoreOptions, progress: Progress, confirm: Confirm 
     what was already swapped.
     """
     say = progress.step
-    plan = choose(list_sets(storage, Naming()), opts, exists=storage.exists, aliases=list(settings.DATABASES))
+    plan = choose(
+        list_sets(storage, Naming()),
+        opts,
+        exists=storage.exists,
+        aliases=list(settings.DATABASES),
+        site=site_identity()["id"],
+    )
     engines = {item.alias: engine_for(item.alias) for item in plan.databases}
     say(f"Restoring from {plan.label}")
     for note in plan.notes:
@@ -672,6 +753,7 @@ def restore(storage, opts: RestoreOptions, progress: Progress, confirm: Confirm 
     for engine in engines.values():
         for stale in engine.cleanup():
             say(f"Removed {stale}, left behind by an interrupted restore")
+    check_staging_room(plan)
 
     for item in plan.databases:
         hooks.send_pre_restore(item.alias, item.file.name, storage)

@@ -116,6 +116,12 @@ class RemoteStorage:
             self.adapter.ready(self.backend)
             return self.adapter.read_bytes(self.backend, name)
 
+    def abort_uploads(self, keep: set[str]) -> list[str]:
+        """Abort the unfinished uploads (S3 multipart) in the backup folder but those of the sets named in
+        ``keep`` (being written by a run that may still go on); returns the names of the files they were for."""
+        with self._explained("delete", "unfinished uploads"):
+            return self.adapter.abort_uploads(self.backend, keep)
+
     @property
     def read_workers(self) -> int:
         """How many small reads may run at once on this backend."""
@@ -285,6 +291,10 @@ class Adapter:
                 f"check the folder options in {OPTIONS_HINT}"
             )
         return None
+
+    def abort_uploads(self, backend, keep: set[str]) -> list[str]:
+        """Abort unfinished uploads but those of the sets in ``keep``; a backend without such uploads has none."""
+        return []
 
     def permission_hint(self, action: str) -> str:
         return "give the account read, write, list and delete rights on the backup location"

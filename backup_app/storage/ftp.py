@@ -7,6 +7,7 @@ import io
 from contextlib import suppress
 from typing import BinaryIO
 
+from ..settings import app_settings
 from ..streams import CallbackReader
 from .base import OPTIONS_HINT, Adapter, unreachable
 
@@ -33,7 +34,7 @@ class FTPAdapter(Adapter):
         c = backend._config
         conn = ftplib.FTP_TLS() if c["secure"] else ftplib.FTP()
         conn.encoding = backend.encoding
-        conn.connect(c["host"], c["port"], timeout=60)
+        conn.connect(c["host"], c["port"], timeout=app_settings.storage_timeout)  # data connections too
         conn.login(c["user"], c["passwd"])
         if c["secure"]:
             conn.prot_p()
@@ -44,7 +45,14 @@ class FTPAdapter(Adapter):
         return conn
 
     def ready(self, backend) -> None:
-        """Create the backup folder (``path`` of ``location``) once: FTPStorage only changes into it."""
+        """Create the backup folder (``path`` of ``location``) once: FTPStorage only changes into it.  Hand
+        FTPStorage a connection of ours, with backup_storage_timeout (its own has none: a silent server would
+        hold a save for good); it keeps using it while it answers."""
+        self._make_folder(backend)
+        if backend._connection is None:
+            backend._connection = self._connect(backend)
+
+    def _make_folder(self, backend) -> None:
         if self._folder_ready:
             return
         conn = self._connect(backend, cwd=False)
@@ -132,6 +140,12 @@ class FTPAdapter(Adapter):
         if isinstance(err, FTPStorageException) and err.__context__ is not None:
             cause = err.__context__
         reason = unreachable(cause)
+        if reason == "timed out":
+            return (
+                f"the FTP server did not answer within {app_settings.storage_timeout} s; check host and port of "
+                f"location in {OPTIONS_HINT} and the network, or raise "
+                f"{app_settings.env_name('backup_storage_timeout')}"
+            )
         if reason:
             return f"cannot reach the FTP server ({reason}); check host and port of location in {OPTIONS_HINT}"
         text = " ".join(str(cause).split())

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from typing import BinaryIO
 
+from ..settings import app_settings
 from ..streams import RangedReader, buffered
-from .base import OPTIONS_HINT, READ_CHUNK, Adapter
+from .base import OPTIONS_HINT, READ_CHUNK, Adapter, first_line
+
+logger = logging.getLogger("backup_app")
 
 #: Bytes per part of a multipart upload.
 S3_PART = 8 * 1024 * 1024
+#: Answers botocore tries again (besides timeouts and broken connections).
+RETRIED_STATUS = (429, 500, 502, 503, 504)
 
 
 class S3Adapter(Adapter):
@@ -19,7 +25,8 @@ class S3Adapter(Adapter):
         "list": "s3:ListBucket on the bucket",
         "read": "s3:GetObject on the objects",
         "write": "s3:PutObject on the objects",
-        "delete": "s3:DeleteObject on the objects",
+        "delete": "s3:DeleteObject and s3:AbortMultipartUpload on the objects, s3:ListBucketMultipartUploads on "
+        "the bucket",
     }
 
     object_parameters = {"ContentType": "application/octet-stream"}
@@ -31,14 +38,24 @@ class S3Adapter(Adapter):
 
         options = super().prepare(options)
         client = options.get("client_config")
-        if isinstance(client, dict):
+        # Every request gives up after backup_storage_timeout seconds of silence and is tried again at most
+        # backup_storage_retries times (botocore's default: 60 s, 4 or 5 tries, a silent endpoint held a backup
+        # for many minutes); keys the user gave in client_config win.
+        deadlines = Config(
+            connect_timeout=app_settings.storage_timeout,
+            read_timeout=app_settings.storage_timeout,
+            retries={"total_max_attempts": app_settings.storage_retries + 1, "mode": "standard"},
+        )
+        if client is None or isinstance(client, dict):
             # JSON/YAML cannot carry a botocore Config: build it, keeping what S3Storage would set.
             base = Config(
                 s3={"addressing_style": options.get("addressing_style")},
                 signature_version=options.get("signature_version"),
                 proxies=options.get("proxies"),
             )
-            options["client_config"] = base.merge(Config(**client))
+            options["client_config"] = base.merge(deadlines).merge(Config(**(client or {})))
+        else:
+            options["client_config"] = deadlines.merge(client)
         transfer = options.get("transfer_config")
         if transfer is None or isinstance(transfer, dict):
             options["transfer_config"] = self.transfer_config(transfer or {}, options.get("use_threads", True))
@@ -69,6 +86,28 @@ class S3Adapter(Adapter):
                 raise ValueError(f"transfer_config: unknown key {key!r}")
             setattr(config, key, value)  # TransferConfig keeps its aliases in step
         return config
+
+    def ready(self, backend) -> None:
+        """Say each retry of this thread's client on one line (botocore retries silently)."""
+        client = backend.connection.meta.client
+        description = self.describe(backend)
+        retries = app_settings.storage_retries
+
+        def note(attempts=None, response=None, caught_exception=None, operation=None, **kwargs):
+            if not attempts or attempts > retries:
+                return None  # the last try: its failure is the error
+            status = (response[1] or {}).get("ResponseMetadata", {}).get("HTTPStatusCode") if response else None
+            if caught_exception is not None:
+                why = first_line(caught_exception)
+            elif status in RETRIED_STATUS:
+                why = f"HTTP {status}"
+            else:
+                return None
+            what = getattr(operation, "name", "request")
+            logger.warning("%s: %s failed (%s); retrying (%d/%d)", description, what, why, attempts, retries)
+            return None
+
+        client.meta.events.register_first("needs-retry.s3", note, unique_id="backup_app-retry-note")
 
     def describe(self, backend) -> str:
         where = f"s3://{backend.bucket_name}/{backend.location}".rstrip("/")
@@ -112,6 +151,32 @@ class S3Adapter(Adapter):
                     found[entry["Key"][len(prefix) :]] = entry["Size"]
         return found
 
+    def abort_uploads(self, backend, keep: set[str]) -> list[str]:
+        """Abort the multipart uploads directly under the backup prefix (a killed or cut-off backup leaves its
+        parts there, stored and billed, for good) but those of the sets in ``keep``."""
+        from storages.utils import clean_name
+
+        from ..sets import Naming
+
+        naming = Naming()
+        prefix = backend._normalize_name(clean_name(""))
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        client = backend.connection.meta.client
+        aborted = []
+        pages = client.get_paginator("list_multipart_uploads").paginate(Bucket=backend.bucket_name, Prefix=prefix)
+        for page in pages:
+            for upload in page.get("Uploads", ()):
+                name = upload["Key"][len(prefix) :]
+                parsed = naming.parse(name)
+                if "/" in name or (parsed is not None and parsed.stamp in keep):
+                    continue
+                client.abort_multipart_upload(
+                    Bucket=backend.bucket_name, Key=upload["Key"], UploadId=upload["UploadId"]
+                )
+                aborted.append(name)
+        return aborted
+
     def read_bytes(self, backend, name: str) -> bytes:
         """One GET (``open`` asks the size first, for its ranged reads)."""
         from botocore.exceptions import ClientError
@@ -134,8 +199,15 @@ class S3Adapter(Adapter):
             EndpointConnectionError,
             NoCredentialsError,
             PartialCredentialsError,
+            ReadTimeoutError,
         )
 
+        if isinstance(err, ReadTimeoutError):
+            return (
+                f"the S3 endpoint did not answer within {app_settings.storage_timeout} s, "
+                f"{app_settings.storage_retries + 1} tries ({first_line(err)}); check endpoint_url in {OPTIONS_HINT} "
+                f"and the network, or raise {app_settings.env_name('backup_storage_timeout')}"
+            )
         if isinstance(err, EndpointConnectionError | ConnectTimeoutError):
             return (
                 f"cannot reach the S3 endpoint ({err}); check endpoint_url / region_name in {OPTIONS_HINT} "

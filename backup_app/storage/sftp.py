@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import posixpath
+import socket
 from typing import BinaryIO
 
 from .. import hints
+from ..settings import app_settings
 from ..streams import RangedReader, buffered
-from .base import OPTIONS_HINT, Adapter
+from .base import OPTIONS_HINT, Adapter, first_line
 
 
 class SFTPAdapter(Adapter):
@@ -33,7 +35,20 @@ class SFTPAdapter(Adapter):
         if not root.startswith("/"):
             relative = posixpath.normpath(root)
             options["root_path"] = "." if relative == "." else "./" + relative
+        # A server that stops answering fails the connection after backup_storage_timeout seconds (paramiko's
+        # defaults: no TCP timeout, a 15 s banner, 30 s auth); params the user gave win.
+        seconds = app_settings.storage_timeout
+        params = dict(options.get("params") or {})
+        for key in ("timeout", "banner_timeout", "auth_timeout", "channel_timeout"):
+            params.setdefault(key, seconds)
+        options["params"] = params
         return options
+
+    def ready(self, backend) -> None:
+        """Every read and write of the SFTP session also gives up after backup_storage_timeout seconds."""
+        channel = backend.sftp.get_channel()
+        if channel is not None and channel.gettimeout() is None:
+            channel.settimeout(app_settings.storage_timeout)
 
     def describe(self, backend) -> str:
         params = backend.params or {}
@@ -77,6 +92,15 @@ class SFTPAdapter(Adapter):
             )
         if isinstance(err, paramiko.ssh_exception.NoValidConnectionsError):
             return f"cannot reach the SSH server ({err}); check host and params.port in {OPTIONS_HINT}"
+        transport = backend._ssh.get_transport() if getattr(backend, "_ssh", None) is not None else None
+        silent = transport is not None and not transport.remote_version  # connected, but no SSH banner came
+        if silent or isinstance(err, TimeoutError | socket.timeout) or "timeout" in str(err).lower():
+            return (
+                f"the SSH server did not answer within {app_settings.storage_timeout} s ({first_line(err)}); "
+                "check "
+                f"host and params.port in {OPTIONS_HINT} and the network, or raise "
+                f"{app_settings.env_name('backup_storage_timeout')}"
+            )
         if isinstance(err, paramiko.SSHException) and not isinstance(err, paramiko.ChannelException):
             return f"the SSH connection failed ({err}); check host and params.port in {OPTIONS_HINT}"
         return super().explain(backend, err, action, name)

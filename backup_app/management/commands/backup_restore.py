@@ -45,6 +45,11 @@ class Command(BackupCommand):
             "--mirror", action="store_true", help="Also delete media files that were not in the backup."
         )
         parser.add_argument(
+            "--allow-other-site",
+            action="store_true",
+            help="Restore a set another site wrote (its manifest names another site id; see backup_site_id).",
+        )
+        parser.add_argument(
             "--no-safety-backup",
             dest="safety",
             action="store_false",
