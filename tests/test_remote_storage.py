@@ -632,6 +632,40 @@ def test_clean_aborts_the_uploads_killed_backups_left_but_not_a_running_ones(sql
     assert f"Aborted 1 unfinished uploads of killed or cut-off backups: {killed}" in result.stderr
 
 
+def test_sigterm_during_an_s3_upload_aborts_it(sqlite_site, s3_server):
+    import signal
+
+    prefix = f"site-{uuid.uuid4().hex[:10]}"
+    point_at(sqlite_site, s3_server, prefix)
+    client = s3_client(s3_server, prefix)
+    (sqlite_site.media / "big.bin").write_bytes(os.urandom(96 * 1024 * 1024))  # twelve 8 MiB parts
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "backup_create"],
+        cwd=ROOT,
+        env=sqlite_site.env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not client.list_multipart_uploads(Bucket=BUCKET, Prefix=prefix + "/").get("Uploads"):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no multipart upload started"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)  # as docker stop sends it, mid-upload
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "interrupted by SIGTERM" in err
+    assert client.list_multipart_uploads(Bucket=BUCKET, Prefix=prefix + "/").get("Uploads", []) == []
+    assert s3_server.names(prefix) == []
+
+
 def test_s3_wrong_secret_key(sqlite_site, s3_server):
     target = failing_site(sqlite_site, s3_server, secret="not-the-right-secret-key")
 
@@ -663,11 +697,16 @@ def test_s3_unknown_bucket(sqlite_site, s3_server):
 def test_s3_unreachable_endpoint(sqlite_site, s3_server):
     url = f"http://127.0.0.1:{closed_port()}"
     target = failing_site(sqlite_site, s3_server, url=url)
+    target.site.env["INVENTREE_BACKUP_STORAGE_RETRIES"] = "2"
 
-    line = backup_fails(target)
+    result = target.site.invoke("backup", "--quiet", check=False)
 
+    assert result.returncode != 0 and "Traceback" not in result.output
+    *retries, line = [line for line in result.stderr.splitlines() if line.strip()]
+    assert [r.rsplit("; ", 1)[-1] for r in retries] == ["retrying (1/2)", "retrying (2/2)"]  # each retry said
     assert f'cannot reach the S3 endpoint (Could not connect to the endpoint URL: "{url}/' in line
     assert "endpoint_url" in line
+    assert target.names() == []
 
 
 def test_s3_key_without_write_permission(sqlite_site, s3_server):
