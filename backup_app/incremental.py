@@ -95,8 +95,14 @@ class FileEntry:
         return prefix + json.dumps(self.chunks, separators=(",", ":")).encode("ascii") + b"}"
 
 
+#: What ``json.dumps(..., ensure_ascii=False)`` escapes in a string: nothing else changes.
+_JSON_ESCAPED = re.compile(r'[\x00-\x1f"\\]')
+
+
 def _path_key(path: str) -> bytes:
     """A path as an index line spells it (a JSON string, not ASCII-escaped; undecodable bytes kept)."""
+    if _JSON_ESCAPED.search(path) is None:  # most names: json.dumps would only add the quotes
+        return b'"%s"' % path.encode("utf-8", "surrogateescape")
     return json.dumps(path, ensure_ascii=False).encode("utf-8", "surrogateescape")
 
 

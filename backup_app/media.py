@@ -72,8 +72,8 @@ def walk_local(root: Path, skipped: list[dict] | None = None) -> Iterator[tuple[
     of a folder before its subfolders, sorted; staging folders left out.
 
     No link is followed and nothing else is opened: links, FIFOs, sockets and devices are logged and added to
-    ``skipped`` (``{"name", "kind"}``).  A name whose path a restore could not make again in its staging folder
-    raises BackupError.
+    ``skipped`` (``{"name", "kind"}``).  A name whose path a restore could not make again in its staging folder,
+    or that a restore refuses (:func:`_safe_name`: a backslash, ``X:`` at the start), raises BackupError.
     """
     limit = _path_max(root) - len(os.fsencode(str(root))) - 1 - STAGING_EXTRA
     stack: list[tuple[str, os.stat_result | None]] = [("", None)]
@@ -95,8 +95,13 @@ def walk_local(root: Path, skipped: list[dict] | None = None) -> Iterator[tuple[
             if not folder and entry.name.startswith(STAGING_PREFIX):
                 continue
             name = f"{folder}/{entry.name}" if folder else entry.name
-            if len(os.fsencode(name)) > limit:
+            if len(name) * 4 > limit and len(os.fsencode(name)) > limit:  # (at most 4 bytes a character)
                 raise _too_long(name, limit)
+            if "\\" in entry.name or (not folder and entry.name[1:2] == ":"):
+                raise BackupError(
+                    f"media entry {name!r} has a name a restore refuses (a backslash, or a drive letter's ':' "
+                    "after its first character, as in a Windows path); rename it"
+                )
             try:
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:

@@ -133,6 +133,21 @@ def test_a_restore_never_writes_through_a_link_out_of_the_media_folder(site, tmp
     assert list(outside.iterdir()) == []
 
 
+@pytest.mark.parametrize("mode", ["archive", "incremental"])
+@pytest.mark.parametrize("name", ["back\\slash.txt", "C:notes.txt"], ids=["backslash", "drive-letter"])
+def test_a_name_a_restore_would_refuse_is_a_backup_error(site, mode, name):
+    (site.media / "fine.txt").write_text("fine")
+    (site.media / name).write_text("a legal POSIX name that a restore refuses as a Windows path")
+
+    result = site.invoke("backup", "--skip-db", check=False, extra_env={"INVENTREE_BACKUP_MEDIA_MODE": mode})
+
+    assert result.returncode != 0
+    line = result.stderr.strip().splitlines()[-1]  # the progress lines before it say what was started
+    assert repr(name) in line and "a restore refuses" in line and "rename it" in line, result.stderr
+    assert "Traceback" not in result.output
+    assert site.sets() == [] or not site.sets()[0]["complete"]
+
+
 def test_a_name_too_long_to_put_back_is_a_backup_error(site):
     # 40 nested folders of 100 bytes each, made relative to each other: a full path over the system's limit.
     fd = os.open(site.media, os.O_RDONLY)

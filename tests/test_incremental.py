@@ -134,6 +134,21 @@ def test_a_second_backup_of_unchanged_media_writes_no_pack_and_almost_no_bytes(s
     assert manifests(site)[0]["media"]["read_bytes"] == 0  # not one media byte read again
 
 
+def test_unchanged_files_with_quotes_backslashes_and_control_characters_in_their_names_are_not_read_again(site):
+    for name in ('say "hi".txt', "new\nline.txt", "tab\t.txt", "Größe ✓.txt"):
+        (site.media / name).write_text(name * 100)
+    (site.media / os.fsdecode(b"latin-1 \xe9.txt")).write_text("not UTF-8")  # a name that is not UTF-8
+    site.invoke("backup")
+
+    site.invoke("backup")
+
+    assert manifests(site)[0]["media"]["read_bytes"] == 0
+    expected = media_state(site.media)
+    empty(site.media)
+    site.invoke("restore", "--skip-db")
+    assert media_state(site.media) == expected
+
+
 def test_a_changed_file_is_the_only_media_stored_again(site):
     write_media(site.media)
     site.invoke("backup")
