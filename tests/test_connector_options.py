@@ -447,3 +447,42 @@ def test_mysql_use_parent_env_false_keeps_the_sites_environment_from_the_tools(m
         "BKT_MARK=unset BKT_PARENT=unset"
     ] * 2
     assert parts(my_site) == before
+
+
+def test_a_restore_with_schemas_replaces_those_schemas_and_leaves_the_others(logging_site):
+    logging_site.sql(
+        "CREATE SCHEMA bkt_other; CREATE TABLE bkt_other.notes (id int); INSERT INTO bkt_other.notes VALUES (7)"
+    )
+    with_options(logging_site, SCHEMAS=["public"])
+    logging_site.invoke("backup")
+    before = parts(logging_site)
+    logging_site.sql("DELETE FROM demo_part; INSERT INTO bkt_other.notes VALUES (8)")
+
+    logging_site.invoke("restore")
+
+    from conftest import _pg_connect
+
+    with _pg_connect(logging_site.env["INVENTREE_DB_NAME"]) as conn:
+        notes = [row[0] for row in conn.execute("SELECT id FROM bkt_other.notes ORDER BY id")]
+    assert parts(logging_site) == before
+    assert notes == [7, 8]  # not in the dump: neither dropped nor rolled back
+
+
+def test_rolling_back_a_restore_with_schemas_puts_those_schemas_back(logging_site):
+    logging_site.sql(
+        "CREATE SCHEMA bkt_other; CREATE TABLE bkt_other.notes (id int); INSERT INTO bkt_other.notes VALUES (7)"
+    )
+    with_options(logging_site, SCHEMAS=["public"])
+    logging_site.invoke("backup")
+    logging_site.sql("DELETE FROM demo_part WHERE id % 2 = 0")
+    changed = parts(logging_site)
+    logging_site.invoke("restore")
+
+    logging_site.invoke("rollback")
+
+    from conftest import _pg_connect
+
+    with _pg_connect(logging_site.env["INVENTREE_DB_NAME"]) as conn:
+        notes = [row[0] for row in conn.execute("SELECT id FROM bkt_other.notes ORDER BY id")]
+    assert parts(logging_site) == changed
+    assert notes == [7]

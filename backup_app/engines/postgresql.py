@@ -371,6 +371,20 @@ class PostgresEngine(ServerEngine):
         env = self.tool_env({**(env or {}), **pg_env})
         return tools.Tool(argv, name=cmd, env=env, error=error, missing_hint=MISSING)
 
+    def stage(self, stream: BinaryIO):
+        """With the connector's ``SCHEMAS`` the dump holds those schemas only: swapping it in for the whole
+        database would drop every other schema.  It is loaded in place instead (:class:`InPlace`), which drops
+        and loads only what those schemas hold and keeps a dump of them for undo, as stock's restore leaves
+        the rest of the database alone."""
+        if self.connector.schemas:
+            logger.warning(
+                "the connector's SCHEMAS (%s) name only part of the database: restoring them in place, the other "
+                "schemas left as they are",
+                ", ".join(self.connector.schemas),
+            )
+            return self.strategies()[1].stage(stream)
+        return super().stage(stream)
+
     def dump(self, out: BinaryIO, *, compressed: bool = True) -> None:
         c = self.connector
         if self.plain:  # as PgDumpConnector: DROP (and IF_EXISTS, check E022) go into the dump
