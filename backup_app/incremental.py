@@ -327,8 +327,13 @@ def write_media(
     compression: str,
     gpg: GpgSpec | None,
     cancel: threading.Event | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+    on_file: Callable[[int], None] | None = None,
 ) -> tuple[StoredFile, IncrementalStats]:
     """Store the new blobs of ``media`` in packs and the set's media index as ``index_name``.
+
+    For progress, ``on_bytes`` is told the bytes of each file as they are read (all of an unchanged file's at
+    once), ``on_file`` each file's size once it is done.
 
     ``previous`` is reused: a file with the size and mtime it had there is not read (with its mode and owner
     too, its line is copied as it is); a blob it already has is not stored again.  Only packs that are still
@@ -380,15 +385,21 @@ def write_media(
                     stats.reused_files += 1
                     stats.files += 1
                     stats.bytes += size
+                    if on_bytes is not None:
+                        on_bytes(size)
+                    if on_file is not None:
+                        on_file(size)
                     continue
             if known is None:
                 known = previous.blobs() if previous is not None else {}
-            entry = _read_file(media, root, name, known, writer, stats)
+            entry = _read_file(media, root, name, known, writer, stats, on_bytes)
             if entry is None:
                 continue
             lines.append(entry.as_line())
             stats.files += 1
             stats.bytes += entry.size
+            if on_file is not None:
+                on_file(entry.size)
         writer.finish()
         # Every pack a line names (a changed file's blob can be one that only a deleted file's line had).
         for pack in {p.decode() for p in _PACK.findall(b"\n".join(lines))}:
@@ -420,7 +431,9 @@ def _same_contents(old: bytes, prefix: bytes, size: int, mtime_ns: int) -> bytes
         return None
 
 
-def _read_file(media, root, name, known, writer: PackWriter, stats: IncrementalStats) -> FileEntry | None:
+def _read_file(
+    media, root, name, known, writer: PackWriter, stats: IncrementalStats, on_bytes: Callable[[int], None] | None = None
+) -> FileEntry | None:
     """Read and hash one media file; its new blobs go to ``writer``.  None if it vanished meanwhile."""
     try:
         if root is not None:
@@ -448,6 +461,8 @@ def _read_file(media, root, name, known, writer: PackWriter, stats: IncrementalS
                     stats.new_blobs += 1
                 chunks.append((sha, *ref))
                 stats.read_bytes += len(data)
+                if on_bytes is not None:
+                    on_bytes(len(data))
     except OSError as err:
         raise BackupError(
             f"media file {name!r} could not be read ({err}); it changed during the backup, run the backup again"

@@ -34,6 +34,16 @@ def test_backup_on_a_terminal_draws_bars_per_database_and_for_media(sqlite_site)
     )
 
 
+def test_an_incremental_backup_on_a_terminal_draws_the_media_bar_too(sqlite_site):
+    sqlite_site.env["INVENTREE_BACKUP_MEDIA_MODE"] = "incremental"
+    write_media(sqlite_site, files=30)
+
+    run = run_on_pty([sys.executable, "manage.py", "backup_create"], env=sqlite_site.env, cwd=str(ROOT), columns=200)
+
+    assert run.returncode == 0, run.final
+    assert re.search(r"media files\s+━+\s+1\.9/1\.9 MiB\s+.*/s\s+30 files", run.final), run.final
+
+
 def test_backup_without_a_terminal_prints_plain_lines_and_one_summary(sqlite_site):
     write_media(sqlite_site, files=20)
 

@@ -474,15 +474,23 @@ def write_set(storage, what: SetContents, progress: Progress = NO_PROGRESS) -> d
 
             def archive_media():
                 t0 = time.monotonic()
-                stored, done = write_media(
-                    storage,
-                    media_storage(),
-                    media_name,
-                    previous=previous,
-                    compression=what.compression,
-                    gpg=gpg,
-                    cancel=cancel,
-                )
+                live = progress.live
+                progress.start(media_name, label="media files", total=media_size(media_storage()) if live else None)
+                try:
+                    stored, done = write_media(
+                        storage,
+                        media_storage(),
+                        media_name,
+                        previous=previous,
+                        compression=what.compression,
+                        gpg=gpg,
+                        cancel=cancel,
+                        # On a terminal the bar moves with the bytes read (an unchanged file's all at once).
+                        on_bytes=(lambda n: progress.advance(media_name, n)) if live else None,
+                        on_file=(lambda size: progress.advance(media_name, 0, files=1)) if live else None,
+                    )
+                finally:
+                    progress.finish(media_name)
                 incremental.append(done)
                 return stored, time.monotonic() - t0
 
