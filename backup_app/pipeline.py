@@ -11,6 +11,7 @@ the other end in chunks.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import shutil
 import struct
@@ -261,6 +262,22 @@ class _Outcome(gnupg.Crypt):
     def __init__(self, gpg):
         super().__init__(gpg)
         gpg.outcome = self
+
+
+#: python-gnupg's own log lines about a failed run: the error this module raises says it in one line with the fix,
+#: so on a site whose root logger has a console handler they would only stand next to it (a traceback, too).
+_REPORTED_BY_US = (
+    "gpg returned a non-zero error code: %d",
+    "Error sending data",
+    "Exception occurred while reading",
+)
+
+
+def _not_reported_by_us(record: logging.LogRecord) -> bool:
+    return record.msg not in _REPORTED_BY_US
+
+
+logging.getLogger("gnupg").addFilter(_not_reported_by_us)
 
 
 class _GPG(gnupg.GPG):

@@ -240,3 +240,29 @@ def test_encrypted_files_are_not_compressed_twice(sqlite_site, gpg_home):
 
     assert ":literal data packet:" in packets
     assert ":compressed packet:" not in packets  # already gzip: gpg's zlib pass only costs time
+
+
+def test_a_refused_decryption_is_one_line_on_a_site_that_logs_everything_to_the_console(
+    sqlite_site, gpg_home, other_gpg_home, tmp_path
+):
+    # InvenTree (like many sites) gives the root logger a console handler: python-gnupg's own warnings
+    # ("gpg returned a non-zero error code: 2", a broken pipe's traceback) must not reach it next to our error.
+    (tmp_path / "root_logging_settings.py").write_text(
+        "from config.settings import *  # noqa: F403\n"
+        'LOGGING = {"version": 1, "disable_existing_loggers": False,\n'
+        '           "handlers": {"console": {"class": "logging.StreamHandler"}},\n'
+        '           "root": {"handlers": ["console"], "level": "WARNING"}}\n'
+    )
+    (sqlite_site.media / "doc.txt").write_text("backed up")
+    sqlite_site.invoke("backup", "--encrypt", extra_env=encrypting(sqlite_site, gpg_home))
+    env = {
+        "INVENTREE_BACKUP_GPG_HOME": str(other_gpg_home.path),
+        "DJANGO_SETTINGS_MODULE": "root_logging_settings",
+        "PYTHONPATH": f"{tmp_path}:{ROOT}",
+    }
+
+    result = sqlite_site.manage("backup_restore", "--noinput", check=False, extra_env=env)
+
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("CommandError: gpg could not decrypt")
+    assert "gpg returned" not in result.stderr and "Traceback" not in result.stderr, result.stderr
