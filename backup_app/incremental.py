@@ -131,8 +131,8 @@ class MediaIndex:
 
 #: A chunk as an index line spells it: ``["<sha256>","<pack>",offset,length]``.
 _CHUNK = re.compile(rb'\["([0-9a-f]{64})","([^"\\]+)",([0-9]+),([0-9]+)\]')
-#: A pack name in an index line.
-_PACK = re.compile(rb'"(' + re.escape(PACK_FOLDER.encode()) + rb'/[^"\\]+)"')
+#: A pack name in an index line: a chunk's, after its blob's SHA-256 (a path such as "media-packs/x" is not one).
+_PACK = re.compile(rb'[0-9a-f]{64}","(' + re.escape(PACK_FOLDER.encode()) + rb'/[^"\\]+)"')
 
 
 class Previous:

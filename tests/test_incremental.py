@@ -226,6 +226,22 @@ def test_a_file_whose_mode_changed_is_not_read_and_comes_back_with_the_new_mode(
     assert media_state(site.media) == expected
 
 
+def test_a_media_folder_named_like_the_pack_folder_backs_up_and_restores(site):
+    # A path is not a pack name: a site's own "media-packs/..." file must not be read as one of the set's packs.
+    (site.media / PACK_FOLDER).mkdir()
+    (site.media / PACK_FOLDER / "report.pdf").write_bytes(os.urandom(64 * 1024))
+    write_media(site.media, small=5, big=0)
+    site.invoke("backup")
+    (site.media / "notes" / "new.txt").write_text("new")
+    site.invoke("backup")
+    expected = media_state(site.media)
+    empty(site.media)
+
+    site.invoke("restore", "--skip-db")
+
+    assert media_state(site.media) == expected
+
+
 def test_an_encrypting_host_without_the_secret_key_backs_up_incrementally(site, gpg_home, tmp_path):
     public_only = tmp_path / "public-only"
     export_public(gpg_home, public_only)
