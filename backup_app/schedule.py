@@ -344,14 +344,20 @@ def enqueue_backup_now(requested_by: str = "") -> str:
     """
     from django_q.tasks import async_task
 
-    task = async_task(BACKUP_NOW_TASK, requested_by=requested_by, q_options={**TASK_OPTIONS, "task_name": "backup now"})
+    # Written before the task is queued: a worker may take it (and remove the marker) before async_task returns.
     try:
         marker = _queued_marker()
         marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(str(task))
+        marker.write_text(requested_by)
     except OSError as err:
         logger.warning("could not remember the queued backup in %s: %s", _queued_marker(), err)
-    return task
+    try:
+        return async_task(
+            BACKUP_NOW_TASK, requested_by=requested_by, q_options={**TASK_OPTIONS, "task_name": "backup now"}
+        )
+    except BaseException:
+        _forget_queued_backup_now()  # nothing was queued
+        raise
 
 
 #: A queued "Back up now" that no worker took for this long is taken as lost (a broker emptied meanwhile).
