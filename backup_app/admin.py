@@ -245,7 +245,7 @@ class BackupRunAdmin(admin.ModelAdmin):
             verified[run.set_name] = run  # the newest wins
         rows = []
         for s in sets:
-            data = [f for f in s.files if f.kind != "manifest"]
+            data = s.data_files
             rows.append(
                 {
                     "set": s,

@@ -111,6 +111,12 @@ class BackupFile:
     encrypted: bool = False
     size: int | None = None
     sha256: str | None = None
+    of: str | None = None  # a sidecar (kind metadata): the name of the file it describes
+
+    @property
+    def is_data(self) -> bool:
+        """A database dump or the media (archive or index): what a restore reads, not a file about them."""
+        return self.kind in ("db", "media")
 
     @property
     def is_media_index(self) -> bool:
@@ -118,9 +124,11 @@ class BackupFile:
         return self.kind == "media" and split_extension(self.name)[0].endswith("." + INDEX_BASE)
 
     def as_json(self) -> dict:
-        return {
+        data = {
             "name": self.name,
-            "kind": self.kind,
+            # The contract's kinds are db, media and manifest: a sidecar describes a file as the manifest
+            # describes the set (no restore reads it as data); ``sidecar_of`` tells it from the manifest.
+            "kind": "manifest" if self.kind == "metadata" else self.kind,
             "size": self.size,
             "compressed": self.compression is not None,
             "compression": self.compression,
@@ -128,6 +136,9 @@ class BackupFile:
             "sha256": self.sha256,
             "database": self.database,
         }
+        if self.kind == "metadata":
+            data["sidecar_of"] = self.of
+        return data
 
 
 def split_extension(extension: str) -> tuple[str, str | None, bool]:
@@ -258,16 +269,28 @@ class BackupSet:
     name: str
     created: datetime
     status: str  # complete, incomplete, legacy, unreadable (its manifest cannot be used: never pruned)
+    #: every file of the set: data (db, media), the manifest, and the .metadata sidecars of the data files
     files: list[BackupFile] = field(default_factory=list)
     manifest: dict | None = None
     problems: list[str] = field(default_factory=list)
-    extra: list[BackupFile] = field(default_factory=list)  # stock .metadata sidecars, markers
+    extra: list[BackupFile] = field(default_factory=list)  # the pending marker; a sidecar of no file of the set
     unreadable: bool = False  # its manifest is there but cannot be read (damaged, or a newer format)
     writer: dict | None = None  # an unfinished set's pending marker: who was writing it (host, pid, ...)
 
     @property
     def complete(self) -> bool:
         return self.status == "complete"
+
+    @property
+    def data_files(self) -> list[BackupFile]:
+        return [f for f in self.files if f.is_data]
+
+    @property
+    def sidecars(self) -> list[BackupFile]:
+        return [f for f in self.files if f.kind == "metadata"]
+
+    def sidecar_of(self, name: str) -> BackupFile | None:
+        return next((f for f in self.sidecars if f.of == name), None)
 
     @property
     def db_files(self) -> list[BackupFile]:
@@ -301,7 +324,10 @@ class BackupSet:
             "size": self.size,
             "compressed": any(f.compression for f in self.files if f.kind != "manifest"),
             "encrypted": any(f.encrypted for f in self.files),
-            "files": [f.as_json() for f in self.files],
+            # data files, the manifest, then the sidecars: the first file of kind manifest is the set's manifest
+            "files": [
+                f.as_json() for f in sorted(self.files, key=lambda f: (f.kind == "metadata", f.kind == "manifest"))
+            ],
             "site": set_site(self),
         }
         packs = self.packs
@@ -405,6 +431,15 @@ def check_manifest(data) -> None:
         for key in ("vendor", "engine"):
             _kind_of(entry.get(key), str, f"the {key} of database {entry['alias']!r}")
         _kind_of(entry.get("tables"), int, f"the table count of database {entry['alias']!r}")
+        if entry.get("metadata") is not None:
+            _plain_name(entry["metadata"], f"the metadata file of database {entry['alias']!r}")
+        _kind_of(entry.get("metadata_size"), int, f"the metadata size of database {entry['alias']!r}")
+        if (entry.get("metadata_size") or 0) < 0:
+            raise BadManifest(f"the metadata size of database {entry['alias']!r} is negative")
+        sha = entry.get("metadata_sha256")
+        _kind_of(sha, str, f"the metadata sha256 of database {entry['alias']!r}")
+        if sha and not re.fullmatch(r"[0-9a-f]{64}", sha):
+            raise BadManifest(f"the metadata sha256 of database {entry['alias']!r} is not 64 hex digits")
         migrations = entry.get("migrations")
         _kind_of(migrations, list, f"the migrations of database {entry['alias']!r}")
         for item in migrations or []:
@@ -492,16 +527,21 @@ def list_sets(storage, naming: Naming | None = None, names: list[str] | None = N
         if parsed is not None and parsed.kind != "manifest":
             by_stamp.setdefault(parsed.stamp, []).append(parsed)
     for bset in sets.values():
-        # A stock sidecar of a file the manifest names goes with it (and with it when the set is pruned).
-        bset.extra += [
-            BackupFile(n, "metadata", bset.name)
-            for n in names
-            if n.endswith(".metadata") and n not in claimed and any(n.startswith(f.name + ".") for f in bset.files)
-        ]
+        # A sidecar the manifest does not name (a set written before it named them; stock's own) of a file it
+        # names is the set's too: listed, verified, pruned and deleted with it.
+        data = {f.name for f in bset.data_files}
+        for n in names:
+            if n in claimed or not n.endswith(SIDECAR_EXT):
+                continue
+            if n.removesuffix(SIDECAR_EXT) in data:
+                bset.files.append(sidecar_file(n, bset.name, sizes.get(n), bset.file(n.removesuffix(SIDECAR_EXT))))
+            elif any(n.startswith(name + ".") for name in data):
+                bset.extra.append(BackupFile(n, "metadata", bset.name))
         for f in by_stamp.pop(bset.name, []):
+            if f.name in bset.all_names():
+                continue
             if f.kind in ("metadata", "pending"):
-                if f.name not in {x.name for x in bset.extra}:
-                    bset.extra.append(f)
+                bset.extra.append(f)
             elif bset.manifest is None:
                 bset.files.append(f)  # the manifest is unreadable: the set's files by their names
             else:
@@ -509,10 +549,20 @@ def list_sets(storage, naming: Naming | None = None, names: list[str] | None = N
 
     for stamp, files in by_stamp.items():
         pending = [f for f in files if f.kind == "pending"]
-        data_files = [f for f in files if f.kind in ("db", "media")]
-        extra = [f for f in files if f.kind in ("metadata", "pending")]
+        data_files = {f.name: f for f in files if f.is_data}
+        sidecars = [
+            sidecar_file(f.name, stamp, sizes.get(f.name), data_files[f.name.removesuffix(SIDECAR_EXT)])
+            for f in files
+            if f.kind == "metadata" and f.name.removesuffix(SIDECAR_EXT) in data_files
+        ]
+        taken = {f.name for f in sidecars}
+        extra = [f for f in files if f.kind in ("metadata", "pending") and f.name not in taken]
         bset = BackupSet(
-            name=stamp, created=naming.stamp_to_datetime(stamp), status="legacy", files=data_files, extra=extra
+            name=stamp,
+            created=naming.stamp_to_datetime(stamp),
+            status="legacy",
+            files=[*data_files.values(), *sidecars],
+            extra=extra,
         )
         if pending:
             bset.status = "incomplete"
@@ -521,6 +571,9 @@ def list_sets(storage, naming: Naming | None = None, names: list[str] | None = N
         sets[stamp] = bset
 
     for bset in sets.values():
+        for f in bset.sidecars:
+            if f.size is None:
+                f.size = sizes.get(f.name)  # a sidecar its manifest gives no size: the listing's, if it has one
         if bset.status != "complete":
             for f in bset.files:
                 if f.size is None and f.kind != "manifest":
@@ -533,6 +586,13 @@ def list_sets(storage, naming: Naming | None = None, names: list[str] | None = N
     found = [s for s in sets.values() if s.files or s.extra]
     found.sort(key=lambda s: (s.created, s.name), reverse=True)
     return found
+
+
+def sidecar_file(name: str, stamp: str, size: int | None, of: BackupFile | None) -> BackupFile:
+    """The ``.metadata`` sidecar ``name`` of the set's file ``of``."""
+    return BackupFile(
+        name, "metadata", stamp, database=of.database if of else None, size=size, of=of.name if of else None
+    )
 
 
 def _read_marker(storage, name: str) -> dict | None:
@@ -610,6 +670,27 @@ def _manifest_set(
                 sha256=entry.get("sha256"),
             )
         )
+    for entry in manifest.get("databases", []):
+        sidecar = entry.get("metadata") if isinstance(entry, dict) else None
+        if not isinstance(sidecar, str):
+            continue  # a set written before sidecars were named: found by its name in list_sets
+        if stamp not in sidecar:
+            foreign.append(sidecar)
+        elif sidecar not in stored:
+            missing.append(sidecar)
+        else:
+            of = bset.file(entry.get("file"))
+            bset.files.append(
+                BackupFile(
+                    sidecar,
+                    "metadata",
+                    stamp,
+                    database=entry.get("alias"),
+                    size=entry.get("metadata_size"),
+                    sha256=entry.get("metadata_sha256"),
+                    of=of.name if of else entry.get("file"),
+                )
+            )
     bset.files.append(manifest_file)
     if missing:
         bset.status = "incomplete"
@@ -701,11 +782,12 @@ def doomed(
     if include_legacy:  # stock dbbackup's files carry no site: every site sharing the folder counts them
         seen: dict[tuple[str, str | None], int] = {}
         for s in (s for s in sets if s.status == "legacy"):  # newest first
-            for f in s.files:
+            for f in s.data_files:
                 kind = (f.kind, f.database)
                 seen[kind] = seen.get(kind, 0) + 1
                 if seen[kind] > retention.keep:
-                    names += [f.name, *(x.name for x in s.extra if x.name.startswith(f.name + "."))]
+                    # with its sidecar (and any stock file named after it)
+                    names += [f.name, *(x.name for x in [*s.sidecars, *s.extra] if x.name.startswith(f.name + "."))]
     return names
 
 

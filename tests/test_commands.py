@@ -24,7 +24,13 @@ def test_listbackups_json_follows_the_contract(sqlite_site):
     assert entry["complete"] is True
     assert datetime.fromisoformat(entry["created"]).utcoffset() is not None
     kinds = sorted(f["kind"] for f in entry["files"])
-    assert kinds == ["db", "manifest", "media"]
+    assert kinds == ["db", "manifest", "manifest", "media"]  # the manifest, and the dump's .metadata sidecar
+    [db] = [f["name"] for f in entry["files"] if f["kind"] == "db"]
+    manifest = next(f for f in entry["files"] if f["kind"] == "manifest")
+    assert "sidecar_of" not in manifest and manifest["name"].endswith(".manifest.metadata")
+    assert [f["name"] for f in entry["files"] if "sidecar_of" in f] == [db + ".metadata"]
+    assert [f["sidecar_of"] for f in entry["files"] if "sidecar_of" in f] == [db]
+    assert sorted(f["name"] for f in entry["files"]) == names(sqlite_site)  # every file it wrote, listed
     for f in entry["files"]:
         assert (sqlite_site.backups / f["name"]).stat().st_size == f["size"]
         assert {"compressed", "encrypted", "sha256"} <= set(f)
@@ -75,7 +81,8 @@ def test_skip_media_writes_only_the_database(sqlite_site):
 
     [entry] = sqlite_site.sets()
 
-    assert sorted(f["kind"] for f in entry["files"]) == ["db", "manifest"]
+    assert sorted(f["kind"] for f in entry["files"]) == ["db", "manifest", "manifest"]  # with the dump's sidecar
+    assert sorted(f["name"] for f in entry["files"]) == names(sqlite_site)
 
 
 def test_backup_create_accepts_stocks_noinput_flag(sqlite_site):

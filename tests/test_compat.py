@@ -58,7 +58,7 @@ def our_set_files(site) -> tuple[str, str, str]:
     """``invoke backup`` (gzip by default); the names of its db dump, media archive and manifest."""
     site.invoke("backup")
     newest = next(s for s in site.sets() if s["complete"])
-    by_kind = {f["kind"]: f["name"] for f in newest["files"]}
+    by_kind = {f["kind"]: f["name"] for f in newest["files"] if "sidecar_of" not in f}  # not the dump's sidecar
     return by_kind["db"], by_kind["media"], by_kind["manifest"]
 
 
@@ -108,11 +108,12 @@ def test_stock_backups_are_listed_as_legacy_sets(any_site):
     assert {s["status"] for s in sets} == {"legacy"}
     assert not any(s["complete"] for s in sets)
     listed = {f["name"]: f for s in sets for f in s["files"]}
-    assert set(listed) == {db_name, media_name}
+    assert set(listed) == {db_name, media_name, db_name + ".metadata"}  # stock's sidecar of the dump too
     assert listed[db_name]["kind"] == "db"
     assert listed[media_name]["kind"] == "media"
+    assert (listed[db_name + ".metadata"]["kind"], listed[db_name + ".metadata"]["sidecar_of"]) == ("manifest", db_name)
     for name, entry in listed.items():
-        assert entry["compressed"] is True
+        assert entry["compressed"] is (name != db_name + ".metadata")
         assert entry["encrypted"] is False
         assert entry["size"] == (any_site.backups / name).stat().st_size
 
@@ -125,7 +126,7 @@ def test_invoke_listbackups_json_lists_stock_backups(sqlite_site):
     sets = json.loads(sqlite_site.invoke("listbackups", "--json").stdout)
 
     kinds = {f["name"]: f["kind"] for s in sets for f in s["files"]}
-    assert kinds == {db_name: "db", media_name: "media"}
+    assert kinds == {db_name: "db", media_name: "media", db_name + ".metadata": "manifest"}
     assert all(s["status"] == "legacy" and s["complete"] is False for s in sets)
 
 
@@ -140,8 +141,9 @@ def test_stock_metadata_sidecar_is_folded_into_the_legacy_set(sqlite_site):
     assert len(sets) == 1, f"expected one legacy set, got {[s['name'] for s in sets]}"
     [only] = sets
     assert only["status"] == "legacy"
-    assert [f["name"] for f in only["files"]] == [db_name]
-    assert only["size"] == (sqlite_site.backups / db_name).stat().st_size
+    assert [f["name"] for f in only["files"]] == [db_name, sidecar]
+    assert only["files"][1]["sidecar_of"] == db_name
+    assert only["size"] == sum((sqlite_site.backups / n).stat().st_size for n in (db_name, sidecar))
 
 
 def test_restore_brings_back_the_newest_stock_backup(any_site):

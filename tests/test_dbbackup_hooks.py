@@ -86,11 +86,46 @@ def test_the_sidecar_is_listed_with_its_set_and_pruned_with_it(hooks_site):
     hooks_site.invoke("backup")
     sidecar = f"{db_file(first)}.metadata"
     assert (hooks_site.backups / sidecar).exists()
+    [listed] = [f for f in first["files"] if f["name"] == sidecar]
+    assert (listed["kind"], listed["sidecar_of"]) == ("manifest", db_file(first))
+    assert listed["size"] == (hooks_site.backups / sidecar).stat().st_size and listed["sha256"]
 
     hooks_site.invoke("backup", "--clean", extra_env={"INVENTREE_BACKUP_KEEP": "1"})
 
     assert not (hooks_site.backups / sidecar).exists()
     assert not (hooks_site.backups / db_file(first)).exists()
+
+
+def test_verify_checks_the_sidecar_against_its_manifest(sqlite_site):
+    sqlite_site.invoke("backup", "--skip-media")
+    sidecar = sqlite_site.backups / f"{db_file(newest_set(sqlite_site))}.metadata"
+    text = sidecar.read_text()
+    sidecar.write_text(text.replace('"django.db.backends.sqlite3"', '"django.db.backends.mysql__"'))  # same size
+
+    result = sqlite_site.invoke("verify", check=False)
+
+    assert result.returncode != 0
+    assert f"{sidecar.name} does not match its SHA-256 in the manifest" in result.output
+
+
+def test_a_set_whose_sidecar_is_gone_is_incomplete_and_names_it(sqlite_site):
+    sqlite_site.invoke("backup", "--skip-media")
+    sidecar = sqlite_site.backups / f"{db_file(newest_set(sqlite_site))}.metadata"
+    sidecar.unlink()  # a restore would skip the site's validator
+
+    [entry] = sqlite_site.sets()
+
+    assert (entry["status"], entry["problems"]) == ("incomplete", [f"missing: {sidecar.name}"])
+
+
+def test_restore_refuses_a_sidecar_named_as_the_database_file(sqlite_site):
+    sqlite_site.invoke("backup", "--skip-media")
+    name = db_file(newest_set(sqlite_site))
+
+    result = sqlite_site.invoke("restore", "--db-file", f"{name}.metadata", "--skip-media", check=False)
+
+    assert result.returncode != 0
+    assert f"{name}.metadata is the .metadata sidecar of {name}, not a backup; name {name}" in result.stderr
 
 
 def test_stock_dbrestore_runs_the_validator_on_our_sidecar(hooks_site):

@@ -531,7 +531,7 @@ def test_backup_list_verify_restore_and_prune(remote_site):
 
     [entry] = site.sets()
     assert entry["complete"]
-    assert sorted(f["kind"] for f in entry["files"]) == ["db", "manifest", "media"]
+    assert sorted(f["kind"] for f in entry["files"]) == ["db", "manifest", "manifest", "media"]  # with the sidecar
     stored = {f["name"] for f in entry["files"]}
     assert set(remote_site.names()) == stored  # nothing else on the server: no marker, no part left over
     site.invoke("verify")

@@ -40,7 +40,8 @@ def test_a_set_of_the_old_naming_is_listed_complete(renamed):
     [entry] = renamed.sets()
 
     assert entry["complete"] is True
-    assert sorted(f["name"].split("-")[1] for f in entry["files"]) == ["db", "files", "files"]
+    # the dump and its .metadata sidecar, the archive and the manifest
+    assert sorted(f["name"].split("-")[1] for f in entry["files"]) == ["db", "db", "files", "files"]
     assert {f["name"] for f in entry["files"]} == {p.name for p in renamed.backups.iterdir()}
 
 

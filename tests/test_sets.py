@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 from datetime import datetime, timedelta
+from hashlib import sha256
 from zoneinfo import ZoneInfo
 
 import django
@@ -321,11 +322,19 @@ OLD = Naming(
 )
 
 
-def manifest_set(storage, naming: Naming, stamp: str, *, missing: bool = False) -> dict[str, str]:
-    """A set as ``write_set`` stores it (gzip + gpg dump of 'default', gzip archive), named by ``naming``."""
+def manifest_set(
+    storage, naming: Naming, stamp: str, *, missing: bool = False, sidecar: bool = False
+) -> dict[str, str]:
+    """A set as ``write_set`` stores it (gzip + gpg dump of 'default', gzip archive), named by ``naming``;
+    ``sidecar``: with the dump's .metadata sidecar, named in the manifest's database entry."""
     db, media = naming.db_name(stamp, "default", "sqlite3.gz.gpg"), naming.media_name(stamp, "tar.gz")
     for name in (db,) if missing else (db, media):
         storage.save(name, ContentFile(b"data"))
+    database = {"alias": "default", "file": db}
+    if sidecar:
+        raw = b'{"engine": "django.db.backends.sqlite3"}\n'
+        storage.save(db + ".metadata", ContentFile(raw))
+        database.update(metadata=db + ".metadata", metadata_size=len(raw), metadata_sha256=sha256(raw).hexdigest())
     created = naming.stamp_to_datetime(stamp).astimezone(UTC).isoformat()
     entry = {"size": 4, "sha256": "1" * 64}
     files = [
@@ -339,7 +348,7 @@ def manifest_set(storage, naming: Naming, stamp: str, *, missing: bool = False) 
             "format": MANIFEST_FORMAT,
             "name": stamp,
             "created": created,
-            "databases": [{"alias": "default", "file": db}],
+            "databases": [database],
             "media": {"file": media},
             "files": files,
         },
@@ -397,6 +406,47 @@ def test_retention_deletes_a_set_of_older_templates_whole_manifest_first(tmp_pat
     gone = doomed(list_sets(storage), Retention(keep=1))
 
     assert (gone[0], sorted(gone[1:])) == (old["manifest"], sorted([old["db"], old["media"]]))
+
+
+def test_the_sidecar_a_manifest_names_is_a_file_of_its_set_listed_and_pruned_with_it(tmp_path):
+    storage = FileSystemStorage(location=tmp_path)
+    old = manifest_set(storage, OLD, "20261127T020000", sidecar=True)  # the current templates do not parse it
+    manifest_set(storage, Naming(), "2026-11-28-020000")
+    sets = list_sets(storage)
+
+    [sidecar] = sets[1].sidecars
+    listed = next(f for f in sets[1].as_json()["files"] if f["name"] == old["db"] + ".metadata")
+    gone = doomed(sets, Retention(keep=1))
+
+    assert (sets[1].status, sidecar.of, sidecar.size) == (
+        "complete",
+        old["db"],
+        (tmp_path / sidecar.name).stat().st_size,
+    )
+    assert (listed["kind"], listed["sidecar_of"], listed["sha256"]) == ("manifest", old["db"], sidecar.sha256)
+    assert sets[1].size == sum(p.stat().st_size for p in tmp_path.iterdir() if "20261127T020000" in p.name)
+    assert sorted(gone) == sorted([old["manifest"], old["db"], old["media"], old["db"] + ".metadata"])
+
+
+def test_a_set_whose_named_sidecar_is_gone_is_incomplete(tmp_path):
+    storage = FileSystemStorage(location=tmp_path)
+    old = manifest_set(storage, Naming(), "2026-11-27-020000", sidecar=True)
+    (tmp_path / (old["db"] + ".metadata")).unlink()
+
+    [bset] = list_sets(storage)
+
+    assert (bset.status, bset.problems) == ("incomplete", [f"missing: {old['db']}.metadata"])
+
+
+def test_a_sidecar_its_manifest_does_not_name_goes_with_its_dump(tmp_path):
+    storage = FileSystemStorage(location=tmp_path)
+    old = manifest_set(storage, OLD, "20261127T020000")  # a set written before manifests named sidecars
+    storage.save(old["db"] + ".metadata", ContentFile(b"{}"))
+    manifest_set(storage, Naming(), "2026-11-28-020000")
+    sets = list_sets(storage)
+
+    assert [(f.name, f.of) for f in sets[1].sidecars] == [(old["db"] + ".metadata", old["db"])]
+    assert old["db"] + ".metadata" in doomed(sets, Retention(keep=1))
 
 
 def test_a_manifest_naming_files_of_another_set_does_not_get_them_deleted(tmp_path):

@@ -558,7 +558,8 @@ def write_set(storage, what: SetContents, progress: Progress = NO_PROGRESS) -> d
             finally:
                 progress.finish(name)
             written.append(name)
-            written.append(hooks.write_sidecar(storage, name, sidecar))
+            sidecar_fields = hooks.write_sidecar(storage, name, sidecar)
+            written.append(sidecar_fields["metadata"])
             manifest["databases"].append(
                 {
                     "alias": alias,
@@ -566,7 +567,7 @@ def write_set(storage, what: SetContents, progress: Progress = NO_PROGRESS) -> d
                     "engine": engine.settings["ENGINE"],
                     "connector": hooks.connector_path(engine.connector),
                     "file": name,
-                    "metadata": hooks.sidecar_name(name),
+                    **sidecar_fields,
                     "migrations": migrations,
                     "tables": tables,
                     "excluded_table_data": engine.exclude,

@@ -17,6 +17,7 @@ version check that silently did not run is a restore nobody guarded.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import re
@@ -40,7 +41,7 @@ from django.utils.module_loading import import_string
 
 from ..errors import BackupError, RestoreError
 from ..secrets import redact
-from ..sets import SIDECAR_EXT, age_text, write_json
+from ..sets import SIDECAR_EXT, age_text, manifest_bytes, write_json
 from ..settings import METADATA_SETTER, METADATA_VALIDATOR, app_settings
 
 logger = logging.getLogger("backup_app")
@@ -96,11 +97,13 @@ def sidecar_for(connector) -> dict:
     return {**metadata, **extra}
 
 
-def write_sidecar(storage, name: str, metadata: dict) -> str:
-    """Store ``metadata`` as the sidecar of file ``name``; returns the sidecar's name."""
+def write_sidecar(storage, name: str, metadata: dict) -> dict:
+    """Store ``metadata`` as the sidecar of file ``name``; returns its manifest fields: ``metadata`` (its
+    name), ``metadata_size`` and ``metadata_sha256`` (so that listing and verify know it as the set's)."""
     target = sidecar_name(name)
     write_json(storage, target, metadata)
-    return target
+    raw = manifest_bytes(metadata)
+    return {"metadata": target, "metadata_size": len(raw), "metadata_sha256": hashlib.sha256(raw).hexdigest()}
 
 
 def read_sidecar(storage, name: str) -> dict | None:

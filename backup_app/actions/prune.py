@@ -125,11 +125,17 @@ def confirm_complete(storage, name: str):
 
 
 def confirm_stored(storage, manifest: dict) -> None:
-    """One listing of the storage: every file of the set just written, and its manifest, must be there with
-    the size the manifest says (where the listing gives sizes), or BackupError names what is missing."""
+    """One listing of the storage: every file of the set just written (the sidecars too), and its manifest, must
+    be there with the size the manifest says (where the listing gives sizes), or BackupError names what is
+    missing."""
     sizes = list_sizes(storage)
     problems = []
-    for entry in [*manifest.get("files", []), {"name": Naming().manifest_name(manifest["name"])}]:
+    sidecars = [
+        {"name": db["metadata"], "size": db.get("metadata_size")}
+        for db in manifest.get("databases", [])
+        if db.get("metadata")
+    ]
+    for entry in [*manifest.get("files", []), *sidecars, {"name": Naming().manifest_name(manifest["name"])}]:
         if entry["name"] not in sizes:
             problems.append(f"{entry['name']} is missing")
         elif entry.get("size") is not None and sizes[entry["name"]] not in (None, entry["size"]):

@@ -302,6 +302,8 @@ def _adhoc(name: str) -> BackupFile:
 def _find(sets: list[BackupSet], name: str, exists: Callable[[str], bool]) -> tuple[BackupFile, BackupSet | None]:
     for s in sets:
         for f in s.files:
+            if f.name == name and f.kind == "metadata":
+                raise RestoreError(f"{name} is the .metadata sidecar of {f.of}, not a backup; name {f.of}")
             if f.name == name:
                 if s.status == "unreadable":
                     raise RestoreError(

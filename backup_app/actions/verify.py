@@ -3,6 +3,8 @@ scratch places (a throwaway database, a temporary folder).  Nothing live is touc
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ from ..media import restore_archive, scan_archive
 from ..pipeline import GpgSpec, open_stream
 from ..progress import NO_PROGRESS, Progress, seconds_text, size_text
 from ..secrets import redact
-from ..sets import BackupFile, BackupSet, list_sets
+from ..sets import BackupFile, BackupSet, list_sets, read_bytes
 from ..settings import app_settings
 from ..storage import backup_storage, describe
 from . import hooks
@@ -141,13 +143,16 @@ def verify_set(
         if f.kind == "manifest":
             continue
         progress.step(f"  {f.name}")
-        progress.start(f.name, label=f"database '{f.database}'" if f.kind == "db" else "media files", total=f.size)
+        label = {"db": f"database '{f.database}'", "metadata": f"metadata of {f.of}"}.get(f.kind, "media files")
+        progress.start(f.name, label=label, total=f.size)
 
         def on_read(n: int, name=f.name) -> None:
             progress.advance(name, n)
 
         try:
-            if f.kind == "db":
+            if f.kind == "metadata":
+                report.checked.append(_verify_sidecar(storage, f))
+            elif f.kind == "db":
                 entry = _db_entry(bset, f)
                 engine = engine_for(entry["alias"])
                 _check_sidecar(storage, f, entry["alias"], report)
@@ -218,6 +223,23 @@ def verify_set(
         finally:
             progress.finish(f.name)
     return report
+
+
+def _verify_sidecar(storage, f: BackupFile) -> str:
+    """A ``.metadata`` sidecar: django-dbbackup metadata (a JSON object), with the size and SHA-256 its manifest
+    says where it says them (a restore passes it to the site's validator)."""
+    raw = read_bytes(storage, f.name)
+    if f.size is not None and len(raw) != f.size:
+        raise BackupAppError(f"{f.name} is {len(raw)} bytes, the manifest says {f.size}")
+    if f.sha256 and hashlib.sha256(raw).hexdigest() != f.sha256:
+        raise BackupAppError(f"{f.name} does not match its SHA-256 in the manifest (changed since the backup)")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        data = None
+    if not isinstance(data, dict):
+        raise BackupAppError(f"{f.name} is not django-dbbackup metadata (a JSON object)")
+    return f"{f.name}: " + ("checksum ok, " if f.sha256 else "") + "metadata of " + str(f.of)
 
 
 def run(options: VerifyOptions | None = None, progress: Progress = NO_PROGRESS) -> VerifyResult:

@@ -108,6 +108,19 @@ class FTPAdapter(Adapter):
                 with suppress(Exception):
                     connection.close()
 
+    def listdir(self, backend, path: str) -> tuple[list[str], list[str]]:
+        """A folder that is not there (``media-packs`` before the first incremental set) is FileNotFoundError,
+        as on the other backends: the server's 550 for it is no refusal to fix."""
+        from storages.backends.ftp import FTPStorageException
+
+        try:
+            return backend.listdir(path)
+        except FTPStorageException as err:
+            cause = err.__context__
+            if path and isinstance(cause, ftplib.error_perm) and str(cause).startswith("550"):
+                raise FileNotFoundError(f"{path}: {cause}") from None
+            raise
+
     def open(self, backend, name: str) -> BinaryIO:
         conn = self._connect(backend)
         try:

@@ -39,11 +39,9 @@ class Command(BackupCommand):
             table.add_column(column)
         for s in sets:
             parts = ", ".join(
-                (f"db:{f.database}" if f.database else "db") if f.kind == "db" else f.kind
-                for f in s.files
-                if f.kind != "manifest"
+                (f"db:{f.database}" if f.database else "db") if f.kind == "db" else f.kind for f in s.data_files
             )
-            data = [f for f in s.files if f.kind != "manifest"]
+            data = s.data_files
             compressions = {f.compression or "none" for f in data}
             table.add_row(
                 s.name,
