@@ -257,7 +257,8 @@ def test_stock_backups_with_dbbackup_default_templates_are_listed_and_restored(t
     rows_at_backup, media_at_backup = state(site)
 
     listed = {f["name"]: f for s in site.sets() for f in s["files"]}
-    assert {n: f["kind"] for n, f in listed.items()} == {db_name: "db", media_name: "media"}
+    kinds = {n: f["kind"] for n, f in listed.items()}
+    assert kinds == {db_name: "db", media_name: "media", db_name + ".metadata": "manifest"}  # and stock's sidecar
     assert listed[db_name]["database"] == "default"
 
     change_rows(site, "after the backup")
