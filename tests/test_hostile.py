@@ -18,6 +18,7 @@ import sqlite3
 import subprocess
 import tarfile
 import uuid
+from contextlib import suppress
 from pathlib import Path
 
 import django
@@ -806,10 +807,11 @@ def pg_databases(site) -> set[str]:
         return {r[0] for r in rows}
 
 
-def pg_custom_dump(body: str) -> bytes:
+def pg_custom_dump(body: str, *extra: str) -> bytes:
     """``pg_dump --format=custom`` of a scratch database holding one table whose CHECK constraint calls a plpgsql
-    function running ``body`` (so it runs once per row as the rows load), and one row.  The function acts only
-    outside the scratch database: making the file runs nothing."""
+    function running ``body`` (so it runs once per row as the rows load), and one row; ``extra`` statements run
+    after (owners, default privileges).  The function acts only outside the scratch database: making the file
+    runs nothing."""
     from conftest import PG, _pg_connect
 
     name = f"hostile15_{os.getpid()}_{uuid.uuid4().hex[:6]}"
@@ -823,6 +825,8 @@ def pg_custom_dump(body: str) -> bytes:
             )
             conn.execute("CREATE TABLE victim (id int CHECK (evil(id)))")
             conn.execute("INSERT INTO victim VALUES (1)")
+            for statement in extra:
+                conn.execute(statement)
         return subprocess.run(
             ["pg_dump", f"--host={PG['host']}", f"--port={PG['port']}", f"--username={PG['user']}", "-Fc", name],
             check=True,
@@ -920,3 +924,181 @@ def test_a_superuser_site_role_is_warned_about(postgres_site):
     result = postgres_site.manage("check", "--database", "default")
 
     assert "backup_app.W009" in result.stderr + result.stdout
+
+
+@pytest.fixture
+def other_role():
+    """A role of the server that is not the site's (a reporting role, say); dropped afterwards."""
+    from conftest import _pg_connect, unique_name
+
+    name = unique_name("other15")
+    with _pg_connect() as conn:
+        conn.execute(f"CREATE ROLE {name}")
+    yield name
+    with _pg_connect() as conn:
+        for (database,) in conn.execute("SELECT datname FROM pg_database WHERE datallowconn").fetchall():
+            with suppress(Exception), _pg_connect(database) as db:
+                db.execute(f"DROP OWNED BY {name}")
+        conn.execute(f"DROP ROLE IF EXISTS {name}")
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["ALTER TABLE victim OWNER TO {role}", "ALTER FUNCTION evil(int) OWNER TO {role}"],
+        ["ALTER DEFAULT PRIVILEGES FOR ROLE {role} GRANT SELECT ON TABLES TO PUBLIC"],
+        ["ALTER DEFAULT PRIVILEGES REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC"],
+    ],
+    ids=["other-owner", "default-privileges-of-another-role", "default-privileges-of-the-site"],
+)
+def test_a_dump_giving_objects_to_another_role_still_runs_with_no_superuser_rights(
+    postgres_site, canary, other_role, extra
+):
+    postgres_site.manage("demo_data")
+    before, databases = postgres_site.snapshot_db(), pg_databases(postgres_site)
+    dump = pg_custom_dump(f"COPY (SELECT 1) TO PROGRAM 'touch {canary}';", *(e.format(role=other_role) for e in extra))
+    file = elsewhere(postgres_site, "InvenTree-db-2001-01-01-000000.psql.bin", dump)
+
+    result = postgres_site.invoke("restore", "--db-file", str(file), "--skip-media", check=False)
+
+    assert_refused(result, file.name, "nothing was changed", "COPY to or from an external program")
+    assert not canary.exists()
+    assert postgres_site.snapshot_db() == before
+    assert pg_databases(postgres_site) == databases
+    assert stale_restore_roles() == set()
+
+
+PLAIN_HEAD = "--\n-- PostgreSQL database dump\n--\n\nSET client_encoding = 'UTF8';\n"
+
+
+@pytest.mark.parametrize(
+    ("statement", "why", "options"),
+    [
+        (f"CREATE ROLE {EVIL_ROLE} LOGIN;", "permission denied to create role", {}),
+        ("COPY (SELECT 1) TO PROGRAM 'touch {canary}';", "COPY to or from an external program", {}),
+        ("ALTER SYSTEM SET log_statement = 'all';", "ALTER SYSTEM", {}),
+        (f"SET ROLE postgres; CREATE ROLE {EVIL_ROLE} SUPERUSER;", "permission denied to set role", {}),
+        ("SET SESSION AUTHORIZATION postgres;", "permission denied to set session authorization", {}),
+        ('ALTER DATABASE "{live}" RENAME TO "{live}_gone";', "must be owner of database", {}),
+        ('DROP DATABASE "{live}";', "must be owner of database", {"SINGLE_TRANSACTION": False}),
+        ("ALTER ROLE postgres PASSWORD 'stolen';", "must be superuser to alter superuser roles", {}),
+        (f"CREATE DATABASE {EVIL_ROLE};", "permission denied to create database", {"SINGLE_TRANSACTION": False}),
+        ("CREATE EXTENSION dblink;", "permission denied to create extension", {}),
+        ("DO $$ BEGIN EXECUTE 'CREATE ROLE ' || '" + EVIL_ROLE + "'; END $$;", "permission denied", {}),
+        ("\\connect {live}\nDELETE FROM demo_part;", "backslash commands are restricted", {}),
+        ("\\copy (SELECT 1) TO PROGRAM 'touch {canary}'", "backslash commands are restricted", {}),
+        ("\\o {canary}\nSELECT 1;", "backslash commands are restricted", {}),
+        ("\\! touch {canary}", "backslash commands are restricted", {}),
+    ],
+    ids=[
+        "create-role", "copy-program", "alter-system", "set-role", "session-authorization", "rename-live-database",
+        "drop-live-database", "alter-role-password", "create-database", "dblink", "dynamic-sql",
+        "meta-connect", "meta-copy-program", "meta-output-file", "meta-shell",
+    ],
+)  # fmt: skip
+def test_a_plain_sql_dump_runs_with_no_superuser_rights_and_no_psql_meta_command(
+    postgres_site, canary, no_evil_role, statement, why, options
+):
+    postgres_site.env["INVENTREE_BACKUP_CONNECTOR_OPTIONS"] = json.dumps(options)
+    postgres_site.manage("demo_data")
+    live = postgres_site.env["INVENTREE_DB_NAME"]
+    before, databases = postgres_site.snapshot_db(), pg_databases(postgres_site)
+    sql = PLAIN_HEAD + statement.format(canary=canary, live=live) + "\nSELECT 1;\n"
+    file = elsewhere(postgres_site, "InvenTree-db-2001-01-01-000000.psql.gz", gz(sql.encode()))
+
+    result = postgres_site.invoke("restore", "--db-file", str(file), "--skip-media", check=False)
+
+    assert_refused(result, file.name, "nothing was changed")
+    assert why.lower() in last_line(result).lower()
+    assert not canary.exists()
+    assert pg_roles(EVIL_ROLE) == set()
+    assert postgres_site.snapshot_db() == before
+    assert pg_databases(postgres_site) == databases
+    assert stale_restore_roles() == set()
+
+
+def pg_privileges(database: str) -> list:
+    """Owners and ACLs of every schema, relation, routine and type of the site, and its default privileges."""
+    from conftest import _pg_connect
+
+    with _pg_connect(database) as conn:
+        return conn.execute(
+            """
+            SELECT 'schema', nspname, pg_get_userbyid(nspowner), nspacl::text FROM pg_namespace
+             WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema'
+            UNION ALL
+            SELECT 'rel', n.nspname || '.' || c.relname, pg_get_userbyid(c.relowner), c.relacl::text
+              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname IN ('public', 'rep')
+            UNION ALL
+            SELECT 'proc', n.nspname || '.' || p.proname, pg_get_userbyid(p.proowner), p.proacl::text
+              FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname IN ('public', 'rep')
+            UNION ALL
+            SELECT 'type', n.nspname || '.' || t.typname, pg_get_userbyid(t.typowner), t.typacl::text
+              FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE n.nspname IN ('public', 'rep')
+            UNION ALL
+            SELECT 'default', pg_get_userbyid(d.defaclrole) || ' ' || coalesce(n.nspname, '-') || ' '
+                   || d.defaclobjtype::text, '', d.defaclacl::text
+              FROM pg_default_acl d LEFT JOIN pg_namespace n ON n.oid = d.defaclnamespace
+            ORDER BY 1, 2
+            """
+        ).fetchall()
+
+
+@pytest.mark.parametrize("connector", [None, "dbbackup.db.postgresql.PgDumpConnector"], ids=["custom", "plain"])
+def test_a_superuser_site_gets_back_what_it_gave_other_roles_from_a_load_with_no_superuser_rights(
+    postgres_site, other_role, connector
+):
+    if connector:
+        postgres_site.env["INVENTREE_BACKUP_CONNECTOR_OPTIONS"] = json.dumps({"CONNECTOR": connector})
+    live, r = postgres_site.env["INVENTREE_DB_NAME"], other_role
+    postgres_site.manage("demo_data")
+    for statement in [
+        # Rows that load only where no superuser loads them: the restore must run confined.
+        "CREATE FUNCTION confined(x int) RETURNS boolean LANGUAGE plpgsql AS $f$ BEGIN "
+        f"IF current_database() <> '{live}' AND (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) "
+        "THEN RAISE EXCEPTION 'loaded by a superuser'; END IF; RETURN true; END $f$",
+        "CREATE TABLE guard (id int CHECK (confined(id)))",
+        "INSERT INTO guard VALUES (1)",
+        f"CREATE SCHEMA rep AUTHORIZATION {r}",
+        "CREATE TABLE rep.daily (id serial PRIMARY KEY, line text)",
+        "INSERT INTO rep.daily (line) VALUES ('ALTER TABLE rep.daily OWNER TO postgres;')",
+        f"ALTER TABLE rep.daily OWNER TO {r}",
+        "CREATE VIEW rep.parts AS SELECT id, name FROM demo_part",
+        f"ALTER VIEW rep.parts OWNER TO {r}",
+        f"GRANT SELECT ON demo_part TO {r}",
+        "GRANT SELECT ON rep.daily TO PUBLIC",
+        "CREATE FUNCTION rep.total(x integer, y text) RETURNS int LANGUAGE sql AS 'SELECT 1'",
+        f"ALTER FUNCTION rep.total(integer, text) OWNER TO {r}",
+        "CREATE TYPE rep.\"Mood Kind\" AS ENUM ('ok')",
+        f'ALTER TYPE rep."Mood Kind" OWNER TO {r}',
+        f"ALTER DEFAULT PRIVILEGES FOR ROLE {r} IN SCHEMA rep GRANT SELECT ON TABLES TO postgres",
+        "ALTER DEFAULT PRIVILEGES FOR ROLE postgres REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC",
+        f"ALTER DEFAULT PRIVILEGES FOR ROLE postgres GRANT USAGE ON SEQUENCES TO {r} WITH GRANT OPTION",
+    ]:
+        postgres_site.sql(statement)
+    postgres_site.invoke("backup", "--skip-media")
+    rows, privileges = postgres_site.snapshot_db(), pg_privileges(live)
+    postgres_site.sql("DROP SCHEMA rep CASCADE")
+    postgres_site.sql("ALTER DEFAULT PRIVILEGES FOR ROLE postgres GRANT EXECUTE ON FUNCTIONS TO PUBLIC")
+
+    postgres_site.invoke("restore", "--skip-media")
+
+    assert pg_privileges(live) == privileges
+    assert postgres_site.snapshot_db() == rows
+    assert stale_restore_roles() == set()
+
+
+def test_a_dump_giving_objects_to_a_role_this_server_lacks_is_refused_and_names_it(postgres_site, other_role):
+    dump = pg_custom_dump("NULL;", "CREATE TABLE mine (id int)", f"ALTER TABLE mine OWNER TO {other_role}")
+    from conftest import _pg_connect
+
+    with _pg_connect() as conn:
+        conn.execute(f"DROP ROLE {other_role}")
+    before = postgres_site.snapshot_db()
+    file = elsewhere(postgres_site, "InvenTree-db-2001-01-01-000000.psql.bin", dump)
+
+    result = postgres_site.invoke("restore", "--db-file", str(file), "--skip-media", check=False)
+
+    assert_refused(result, file.name, other_role, "NO_OWNER", "nothing was changed")
+    assert postgres_site.snapshot_db() == before
+    assert stale_restore_roles() == set()

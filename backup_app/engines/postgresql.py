@@ -25,11 +25,14 @@ import os
 import re
 import secrets
 import shlex
+import subprocess
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from types import SimpleNamespace
 from typing import BinaryIO
 
@@ -48,6 +51,18 @@ from ..secrets import redact
 from ..streams import CHUNK, PrefixedReader
 from ..tools import process_exists
 from .base import SiteLock, holder, lock_key, locked, released, words
+from .postgresql_owners import (
+    EXTENSION_CREATE,
+    Held,
+    HeldStatements,
+    give_back,
+    lend_extension_tables,
+    make_extensions,
+    toc_extension,
+    toc_held,
+    toc_owners,
+    unquote,
+)
 from .server import NoSideDatabase, ServerEngine
 
 MAGIC = b"PGDMP"
@@ -335,6 +350,23 @@ class RestrictedSql(io.RawIOBase):
         return len(data)
 
 
+@dataclass
+class Confined:
+    """The throwaway role that loads a superuser site's dump (:meth:`PostgresEngine.restricted_role`)."""
+
+    user: str
+    password: str = field(repr=False)
+    site: str  # the site's role, which gets what the load made
+    held: Held = field(default_factory=Held)  # what the load left out, given back after it
+
+    def settings(self) -> dict:
+        """``USER`` and ``PASSWORD`` for the connector's settings."""
+        return {"USER": self.user, "PASSWORD": self.password}
+
+    def args(self) -> dict:
+        return {"user": self.user, "password": self.password}
+
+
 class PostgresEngine(ServerEngine):
     vendor = "postgresql"
     extension = PgDumpBinaryConnector.extension
@@ -412,7 +444,11 @@ class PostgresEngine(ServerEngine):
 
     # --- restore --------------------------------------------------------------------------------
 
-    def _restore(self, database: str, stream: BinaryIO, *, clean: bool, login: dict | None = None) -> None:
+    def _restore(
+        self, database: str, stream: BinaryIO, *, clean: bool, login: Confined | None = None, listing: str = ""
+    ) -> None:
+        """``pg_restore`` into ``database`` (a plain dump: :meth:`_restore_plain`); ``login``: as the throwaway
+        role, owners left out (:func:`give_back` puts them back); ``listing``: a ``--use-list`` file."""
         head = stream.read(len(MAGIC))
         stream = PrefixedReader(head, stream)
         if not head.startswith(MAGIC):
@@ -429,19 +465,28 @@ class PostgresEngine(ServerEngine):
             # Asked for (connector option NO_OWNER): objects belong to the restoring role, grants are dropped.
             logger.warning("restoring without owners and privileges (the connector option NO_OWNER is set)")
             args += ["--no-owner", "--no-privileges"]
-        elif login and login.get("NO_OWNER"):
-            args.append("--no-owner")  # a throwaway role's load: every owner is the site's role, given back after
+        elif login:
+            args.append("--no-owner")  # a throwaway role's load: the owners are given back after it
+        if listing:
+            args.append(f"--use-list={listing}")
         for schema in c.schemas or []:
             args += ["-n", schema]
-        login = {k: v for k, v in (login or {}).items() if k != "NO_OWNER"} or None
         tool = self._tool(
-            restore_cmd, c.restore_prefix, c.restore_suffix, database, args, c.restore_env, RestoreError, login
+            restore_cmd,
+            c.restore_prefix,
+            c.restore_suffix,
+            database,
+            args,
+            c.restore_env,
+            RestoreError,
+            login.settings() if login else None,
         )
         with missing_roles_named():
             tools.run_from(tool, stream)
 
-    def _restore_plain(self, database: str, stream: BinaryIO) -> None:
-        """A plain SQL dump through ``psql``, its meta-commands refused (:class:`RestrictedSql`)."""
+    def _restore_plain(self, database: str, stream: BinaryIO, login: Confined | None = None) -> None:
+        """A plain SQL dump through ``psql``, its meta-commands refused (:class:`RestrictedSql`); ``login``: as
+        the throwaway role, what it may not run taken out (:class:`HeldStatements`) into ``login.held``."""
         c = self.connector
         restore_cmd = c.restore_cmd if self.plain else PgDumpConnector.restore_cmd
         args = ["--no-psqlrc", "--quiet", "--output=/dev/null", "--set", "ON_ERROR_STOP=on"]
@@ -449,7 +494,21 @@ class PostgresEngine(ServerEngine):
             args.append("--single-transaction")
         if isinstance(c, PgDumpGisConnector) and self.settings.get("ADMIN_USER"):
             self._enable_postgis(database)
-        tool = self._tool(restore_cmd, c.restore_prefix, c.restore_suffix, database, args, c.restore_env, RestoreError)
+            if login:
+                with self._admin(database) as conn:
+                    lend_extension_tables(conn, login.user)
+        tool = self._tool(
+            restore_cmd,
+            c.restore_prefix,
+            c.restore_suffix,
+            database,
+            args,
+            c.restore_env,
+            RestoreError,
+            login.settings() if login else None,
+        )
+        if login:
+            stream = HeldStatements(stream, login.held)
         with missing_roles_named():
             tools.run_from(tool, RestrictedSql(stream))
 
@@ -474,27 +533,83 @@ class PostgresEngine(ServerEngine):
         """Restore the dump into the staging ``database`` with no more rights than the dump needs.
 
         When the site's role is a superuser, what a dump defines (a CHECK constraint, a default, a trigger
-        calling a function) would run with a superuser's rights as its rows load: create roles, ``COPY ...
-        PROGRAM``, read server files.  So the dump is loaded by a throwaway role that is no superuser and owns
-        the staging database and nothing else (:meth:`restricted_role`); what it made is then handed to the
+        calling a function; any statement of a plain SQL dump) would run with a superuser's rights as it
+        loads: create roles, ``COPY ... PROGRAM``, read server files, act on other databases.  So the dump is
+        loaded by a throwaway role that is no superuser and owns the staging database and nothing else
+        (:meth:`restricted_role`).  What that role may not do is left out of the load and done afterwards by
+        the superuser from the parts of the dump, not its SQL (:mod:`.postgresql_owners`): owners other than
+        the site's role, default privileges, comments on extensions.  Everything else the role made goes to the
         site's role.  A role that is no superuser loads as itself: never with more rights than the site has.
         """
-        head, toc = self._toc(stream)
+        head = stream.read(len(MAGIC))
         stream = PrefixedReader(head, stream)
-        with self.restricted_role(database, toc) as login:
-            self._restore(database, stream, clean=False, login=login)
+        toc: list[str] = []
+        if head.startswith(MAGIC):
+            head, toc = self._toc(stream)
+            stream = PrefixedReader(head, stream)
+        with self.restricted_role(database) as login:
+            if login is None:
+                self._restore(database, stream, clean=False)
+            elif not head.startswith(MAGIC):
+                self._restore_plain(database, stream, login)
+                self._give_back(database, login)
+            else:
+                with tempfile.TemporaryDirectory(prefix="backup-app-toc-") as where:
+                    folder = Path(where)
+                    read = [line for line in toc if toc_held(line) or toc_extension(line)]
+                    self._held_entries(head, read, folder, login.held)
+                    with self._admin(database) as conn:
+                        make_extensions(conn, login.held)
+                        lend_extension_tables(conn, login.user)
+                    listing = folder / "toc.list"  # the whole table of contents, the held entries left out
+                    listing.write_text("".join(f";{line}\n" if toc_held(line) else f"{line}\n" for line in toc))
+                    self._restore(database, stream, clean=False, login=login, listing=str(listing))
+                if getattr(self.connector, "no_owner", False):
+                    login.held.owners, login.held.default_acls = [], []
+                else:
+                    login.held.owners = toc_owners(toc)
+                self._give_back(database, login)
         # What the database has of its own (settings, comment, ACL) goes on once the dump is in.
         with self._admin() as admin:
             DatabaseProperties.read(admin, self.name).apply(admin, database)
+
+    def _give_back(self, database: str, login: Confined) -> None:
+        with self._admin(database) as conn:
+            give_back(conn, login.user, login.site, login.held)
+
+    def _held_entries(self, head: bytes, entries: list[str], folder, held: Held) -> None:
+        """The default privileges and extension comments of the dump, read (not run) from its table of
+        contents: ``pg_restore --use-list`` of those entries alone writes their SQL, parsed by :class:`Held`."""
+        if not entries:
+            return
+        listing = folder / "held.list"
+        listing.write_text("".join(f"{line}\n" for line in entries), encoding="utf-8")
+        c = self.connector
+        restore_cmd = PgDumpBinaryConnector.restore_cmd if self.plain else c.restore_cmd
+        argv = [*words(c.restore_prefix), restore_cmd, f"--use-list={listing}", "--file=-", *words(c.restore_suffix)]
+        try:
+            done = subprocess.run(argv, input=head, capture_output=True, env=self.tool_env(c.restore_env), check=False)
+        except FileNotFoundError:
+            raise RestoreError(f"{restore_cmd} was not found; {MISSING}") from None
+        if done.returncode:
+            lines = done.stderr.decode(errors="replace").strip().splitlines()
+            why = redact(lines[0] if lines else f"exit {done.returncode}")
+            raise RestoreError(f"{restore_cmd} could not read the dump's privileges: {why}")
+        for line in done.stdout.decode(errors="replace").splitlines():
+            if match := EXTENSION_CREATE.fullmatch(line):
+                held.extensions.append((unquote(match.group(1)), unquote(match.group(2))))
+            elif line.startswith(("ALTER DEFAULT PRIVILEGES ", "COMMENT ON EXTENSION ")) and not held.take(line):
+                raise RestoreError(f"the dump holds a statement not understood among its privileges: {line[:120]!r}")
 
     def _toc(self, stream: BinaryIO) -> tuple[bytes, list[str]]:
         """The entries of the dump's table of contents (``pg_restore --list``: ``id; oid oid DESC schema tag
         owner``) and the bytes read from ``stream`` for them (the archive starts with its TOC)."""
         c = self.connector
-        argv = [*words(c.restore_prefix), c.restore_cmd, "--list", *words(c.restore_suffix)]
+        restore_cmd = PgDumpBinaryConnector.restore_cmd if self.plain else c.restore_cmd  # not psql's --list
+        argv = [*words(c.restore_prefix), restore_cmd, "--list", *words(c.restore_suffix)]
         running = tools.start(
             tools.Tool(
-                argv, name=c.restore_cmd, env=self.tool_env(c.restore_env), error=RestoreError, missing_hint=MISSING
+                argv, name=restore_cmd, env=self.tool_env(c.restore_env), error=RestoreError, missing_hint=MISSING
             )
         )
         out: list[bytes] = []
@@ -531,43 +646,35 @@ class PostgresEngine(ServerEngine):
             return admin.execute("SELECT rolname, rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
 
     @contextmanager
-    def restricted_role(self, database: str, toc: list[str]) -> Iterator[dict | None]:
+    def restricted_role(self, database: str) -> Iterator[Confined | None]:
         """For a ``with`` block: a new login role (``bk_restore_<pid>_<random>``, random password, valid one day)
-        that is no superuser, cannot create roles or databases, and owns ``database``; yields its USER and
-        PASSWORD (and ``NO_OWNER``: the dump's ``ALTER ... OWNER TO`` are left out).  Afterwards everything it
-        owns there goes to the site's role, as the dump had it, and the role is dropped.
+        that is no superuser, cannot create roles or databases, and owns ``database``; yields its
+        :class:`Confined` login.  Afterwards everything it owns there goes to the site's role and the role is
+        dropped.  Yields None (load as the site's role) when that role is no superuser.
 
-        Yields None (load as the site's role) when that role is no superuser.  With owners kept (the default),
-        also when the dump (``toc``) gives objects to another role or sets default privileges, which only the
-        site's rights can give back: that is logged, and W009 warns of such a site.
+        The password reaches the server only as a SCRAM-SHA-256 verifier computed here (libpq's
+        ``PQencryptPasswordConn``), so no statement text (``pg_stat_activity``, ``log_statement``) holds it;
+        the tools get it in their environment (``PGPASSWORD``), never on their command line.  Its login is tried
+        before the load, so a ``pg_hba.conf`` that lets only the site's role in is said plainly.
         """
+        import psycopg
         from psycopg import sql
 
         site, superuser = self._site_role()
         if not superuser:
             yield None
             return
-        keep_owners = not getattr(self.connector, "no_owner", False)
-        others = sorted({line.rsplit(" ", 1)[-1] for line in toc if " " in line} - {site, "-", ""})
-        if keep_owners and (others or any(" DEFAULT ACL " in line for line in toc)):
-            logger.warning(
-                "the dump gives objects to %s or sets default privileges: it is loaded as the superuser %s, not a "
-                "throwaway role (backup_app.W009)",
-                ", ".join(others) or site,
-                site,
-            )
-            yield None
-            return
         role = f"{RESTRICTED_PREFIX}{os.getpid()}_{secrets.token_hex(4)}"
         password = secrets.token_urlsafe(24)
         with self._admin() as admin:
+            verifier = admin.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256").decode()
             admin.execute(
                 sql.SQL(
                     "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT "
                     "CONNECTION LIMIT 4 PASSWORD {} VALID UNTIL {}"
                 ).format(
                     sql.Identifier(role),
-                    sql.Literal(password),
+                    sql.Literal(verifier),
                     sql.Literal((timezone.now() + timedelta(days=1)).isoformat()),
                 )
             )
@@ -581,7 +688,18 @@ class PostgresEngine(ServerEngine):
                 admin.execute(
                     sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(database), sql.Identifier(role))
                 )
-            yield {"USER": role, "PASSWORD": password, "NO_OWNER": True}
+            login = Confined(role, password, site)
+            try:
+                args = {**self.connection_args(), **login.args()}
+                psycopg.connect(dbname=database, connect_timeout=10, **args).close()
+            except psycopg.OperationalError as err:
+                raise RestoreError(
+                    f"the throwaway role {role} that loads dumps of a superuser site could not log in as the site "
+                    f"does ({redact(str(err).strip().splitlines()[0])}): where pg_hba.conf lets only the site's role "
+                    "in, let every role log in with a password from the site's host (e.g. 'host all all "
+                    "127.0.0.1/32 scram-sha-256'), or give the site a role that is no superuser"
+                ) from None
+            yield login
         finally:
             self._retire(role, database)
             if owner is not None:  # the staging database was made like the live one: its owner too
