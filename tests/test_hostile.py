@@ -1102,3 +1102,32 @@ def test_a_dump_giving_objects_to_a_role_this_server_lacks_is_refused_and_names_
     assert_refused(result, file.name, other_role, "NO_OWNER", "nothing was changed")
     assert postgres_site.snapshot_db() == before
     assert stale_restore_roles() == set()
+
+
+@pytest.mark.parametrize("read", [1, 7, 1 << 20])
+def test_a_plain_dump_loses_only_its_owner_and_default_privilege_statements_however_it_is_read(read):
+    from backup_app.engines.postgresql_owners import Held, HeldStatements
+
+    kept = (
+        "SET standard_conforming_strings = on;\n"
+        "CREATE FUNCTION public.f() RETURNS int LANGUAGE plpgsql AS $$\n"
+        "begin\nALTER TABLE public.t OWNER TO bob;\nreturn 1; end $$;\n"
+        "COMMENT ON TABLE public.t IS 'x;\nALTER TABLE public.t OWNER TO bob;\n';\n"
+        "COPY public.t (id, v) FROM stdin;\n1\tALTER TABLE public.t OWNER TO bob;\n2\t\\\\.\n\\.\n"
+        "/* ALTER TABLE\nALTER TABLE public.t OWNER TO bob;\n*/ SELECT 1;\n"
+    )
+    held_out = (
+        "ALTER TABLE public.t OWNER TO bob;\n"
+        'ALTER FUNCTION public."F g"(x integer) OWNER TO "Bob B";\n'
+        "ALTER DEFAULT PRIVILEGES FOR ROLE bob IN SCHEMA public GRANT SELECT ON TABLES  TO PUBLIC;\n"
+    )
+    source = io.BytesIO((kept + held_out).encode())
+    held = Held()
+    stream = HeldStatements(source, held)
+    out = b"".join(iter(lambda: stream.read(read), b""))
+
+    assert out.decode() == kept
+    assert held.owners == [("rel", "public.t", "bob"), ("proc", 'public."F g"(x integer)', "Bob B")]
+    assert [(a.role, a.schema, a.privileges, a.kind, a.grantees) for a in held.default_acls] == [
+        ("bob", "public", ("SELECT",), "TABLES", ("",))
+    ]
