@@ -1131,3 +1131,43 @@ def test_a_plain_dump_loses_only_its_owner_and_default_privilege_statements_howe
     assert [(a.role, a.schema, a.privileges, a.kind, a.grantees) for a in held.default_acls] == [
         ("bob", "public", ("SELECT",), "TABLES", ("",))
     ]
+
+
+@pytest.fixture
+def logged_superuser_site(tmp_path, postgres_database):
+    """A site reaching PostgreSQL as a superuser role of its own whose sessions log every DDL statement."""
+    from conftest import _pg_connect, server_site, unique_name
+
+    role = unique_name("su15")
+    with _pg_connect() as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN SUPERUSER")
+        conn.execute(f"ALTER ROLE {role} SET log_statement = 'ddl'")
+    try:
+        yield server_site(tmp_path / "site", "postgresql", postgres_database, role)
+    finally:
+        with _pg_connect() as conn:
+            rows = conn.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (postgres_database,))
+            for (database,) in rows.fetchall():
+                conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def test_the_throwaway_roles_password_reaches_the_server_only_as_a_scram_verifier(logged_superuser_site):
+    from conftest import service_missing
+
+    logs = sorted(Path("/var/log/postgresql").glob("postgresql-*-main.log"), key=lambda p: p.stat().st_mtime)
+    if not logs or not os.access(logs[-1], os.R_OK):
+        service_missing("the PostgreSQL server log", FileNotFoundError("/var/log/postgresql/postgresql-*-main.log"))
+    site = logged_superuser_site
+    site.invoke("backup", "--skip-media")
+    start = logs[-1].stat().st_size
+
+    site.invoke("restore", "--skip-media")
+
+    with logs[-1].open("rb") as fh:
+        fh.seek(start)
+        text = fh.read().decode(errors="replace")
+    created = [line for line in text.splitlines() if "CREATE ROLE" in line and "bk_restore_" in line]
+    assert created
+    assert all("PASSWORD 'SCRAM-SHA-256$4096:" in line for line in created), created
