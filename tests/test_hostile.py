@@ -999,6 +999,8 @@ PLAIN_HEAD = "--\n-- PostgreSQL database dump\n--\n\nSET client_encoding = 'UTF8
 def test_a_plain_sql_dump_runs_with_no_superuser_rights_and_no_psql_meta_command(
     postgres_site, canary, no_evil_role, statement, why, options
 ):
+    # The connector of plain dumps: before, it sent every plain dump of a superuser site to psql as the superuser.
+    options = {"CONNECTOR": "dbbackup.db.postgresql.PgDumpConnector", **options}
     postgres_site.env["INVENTREE_BACKUP_CONNECTOR_OPTIONS"] = json.dumps(options)
     postgres_site.manage("demo_data")
     live = postgres_site.env["INVENTREE_DB_NAME"]
@@ -1171,3 +1173,47 @@ def test_the_throwaway_roles_password_reaches_the_server_only_as_a_scram_verifie
     created = [line for line in text.splitlines() if "CREATE ROLE" in line and "bk_restore_" in line]
     assert created
     assert all("PASSWORD 'SCRAM-SHA-256$4096:" in line for line in created), created
+
+
+def pg_database_properties(name: str) -> tuple:
+    from conftest import _pg_connect
+
+    with _pg_connect() as conn:
+        return conn.execute(
+            "SELECT d.datacl::text, shobj_description(d.oid, 'pg_database'),"
+            " (SELECT array_agg(s.setconfig::text ORDER BY s.setrole) FROM pg_db_role_setting s"
+            "  WHERE s.setdatabase = d.oid) FROM pg_database d WHERE d.datname = %s",
+            (name,),
+        ).fetchone()
+
+
+HOSTILE_DATABASE_SETTINGS = """
+DO $$ BEGIN
+EXECUTE format('ALTER DATABASE %I SET search_path = trojan, public', current_database());
+EXECUTE format('ALTER DATABASE %I SET default_transaction_read_only = on', current_database());
+EXECUTE format('ALTER ROLE %I IN DATABASE %I SET work_mem = ''1GB''', current_user, current_database());
+EXECUTE format('GRANT CREATE ON DATABASE %I TO PUBLIC', current_database());
+EXECUTE format('COMMENT ON DATABASE %I IS ''owned''', current_database());
+END $$;
+"""
+
+
+@pytest.mark.parametrize("superuser", [True, False], ids=["superuser-site", "site-role"])
+def test_what_a_dump_gives_the_staging_database_itself_does_not_reach_the_site(request, superuser):
+    site = request.getfixturevalue("postgres_site" if superuser else "pg_password_site")
+    site.env["INVENTREE_BACKUP_CONNECTOR_OPTIONS"] = json.dumps({"CONNECTOR": "dbbackup.db.postgresql.PgDumpConnector"})
+    live = site.env["INVENTREE_DB_NAME"]
+    site.invoke("backup", "--skip-media")
+    before = pg_database_properties(live)
+    db = file_of(site, "db")
+    replace_in_set(site, "db", gz(gzip.decompress(db.read_bytes()) + HOSTILE_DATABASE_SETTINGS.encode()))
+
+    site.invoke("restore", "--skip-media")
+
+    acl, comment, settings = pg_database_properties(live)
+    assert (comment, settings) == before[1:]
+    # The ACL as it was, or (when the dump touched it) PostgreSQL's default spelled out.
+    owner = acl[1:-1].rsplit("/", 1)[-1] if acl else ""
+    default = {f"=Tc/{owner}", f"{owner}=CTc/{owner}"}
+    assert acl == before[0] or (before[0] is None and set(acl[1:-1].split(",")) == default)
+    site.sql("INSERT INTO demo_part (name, description, quantity, created, attachment) VALUES ('w', '', 1, now(), '')")

@@ -550,8 +550,10 @@ class PostgresEngine(ServerEngine):
         with self.restricted_role(database) as login:
             if login is None:
                 self._restore(database, stream, clean=False)
+                self._reset_database(database)
             elif not head.startswith(MAGIC):
                 self._restore_plain(database, stream, login)
+                self._reset_database(database)
                 self._give_back(database, login)
             else:
                 with tempfile.TemporaryDirectory(prefix="backup-app-toc-") as where:
@@ -564,6 +566,7 @@ class PostgresEngine(ServerEngine):
                     listing = folder / "toc.list"  # the whole table of contents, the held entries left out
                     listing.write_text("".join(f";{line}\n" if toc_held(line) else f"{line}\n" for line in toc))
                     self._restore(database, stream, clean=False, login=login, listing=str(listing))
+                self._reset_database(database)
                 if getattr(self.connector, "no_owner", False):
                     login.held.owners, login.held.default_acls = [], []
                 else:
@@ -572,6 +575,36 @@ class PostgresEngine(ServerEngine):
         # What the database has of its own (settings, comment, ACL) goes on once the dump is in.
         with self._admin() as admin:
             DatabaseProperties.read(admin, self.name).apply(admin, database)
+
+    def _reset_database(self, database: str, expected: DatabaseProperties | None = None) -> None:
+        """Take off what the load gave ``database`` itself (its owner, the loading role, may: ``ALTER DATABASE
+        ... SET search_path``, ``default_transaction_read_only``, ``ALTER ROLE ... IN DATABASE ... SET``, a
+        comment, grants), which a swap would carry into the site and no dump of a database's contents sets.
+        ``expected``: what it had before the load (a restore in place), else nothing (a new database); the
+        live database's own go on after (:meth:`DatabaseProperties.apply`)."""
+        from psycopg import sql
+
+        db = sql.Identifier(database)
+        with self._admin() as admin:
+            now = DatabaseProperties.read(admin, database)
+            before = dict(expected.settings) if expected else {}
+            for role, config in now.settings:
+                if before.get(role) == config:
+                    continue
+                if role is None:
+                    admin.execute(sql.SQL("ALTER DATABASE {} RESET ALL").format(db))
+                else:
+                    admin.execute(sql.SQL("ALTER ROLE {} IN DATABASE {} RESET ALL").format(sql.Identifier(role), db))
+            if now.comment != (expected.comment if expected else None):
+                admin.execute(sql.SQL("COMMENT ON DATABASE {} IS NULL").format(db))
+            if now.acl is not None and now.acl != (expected.acl if expected else None):
+                # Back to what PostgreSQL gives a new database (CONNECT and TEMPORARY to PUBLIC); the live
+                # database's ACL, if it has its own, goes on after.
+                for grantee in sorted({grantee for grantee, _p, _g in now.acl}):
+                    target = sql.Identifier(grantee) if grantee else sql.SQL("PUBLIC")
+                    admin.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM {} CASCADE").format(db, target))
+                admin.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO PUBLIC").format(db))
+                admin.execute(sql.SQL("GRANT ALL ON DATABASE {} TO {}").format(db, sql.Identifier(now.owner)))
 
     def _give_back(self, database: str, login: Confined) -> None:
         with self._admin(database) as conn:
@@ -750,6 +783,17 @@ class PostgresEngine(ServerEngine):
         A plain SQL dump goes to ``psql`` (meta-commands refused) after the same drops.  ``undo`` (putting the
         kept dump back) always drops first, whatever the connector's DROP says."""
         connections[self.alias].close()
+        with self._admin() as admin:
+            props = DatabaseProperties.read(admin, self.name)
+        try:
+            self._replace(stream, undo=undo)
+        finally:
+            # What the dump gave the live database itself comes off again, and its own goes back.
+            self._reset_database(self.name, props)
+            with self._admin() as admin:
+                props.apply(admin, self.name)
+
+    def _replace(self, stream: BinaryIO, *, undo: bool) -> None:
         c = self.connector
         # A file: the script path below hands its descriptor on, so its offset must not move (pread).
         head = os.pread(stream.fileno(), len(MAGIC), stream.tell())
