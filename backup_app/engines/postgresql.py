@@ -19,6 +19,7 @@ per-role-in-database settings, comment — is copied from the live database to t
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
@@ -580,31 +581,40 @@ class PostgresEngine(ServerEngine):
         """Take off what the load gave ``database`` itself (its owner, the loading role, may: ``ALTER DATABASE
         ... SET search_path``, ``default_transaction_read_only``, ``ALTER ROLE ... IN DATABASE ... SET``, a
         comment, grants), which a swap would carry into the site and no dump of a database's contents sets.
-        ``expected``: what it had before the load (a restore in place), else nothing (a new database); the
-        live database's own go on after (:meth:`DatabaseProperties.apply`)."""
+
+        ``expected``: what it had before the load (a restore in place): each part the load changed is put back
+        (and only those: a setting of another role this one may not set stays untouched).  Without it (a new
+        database) each is taken off; the live database's own go on after (:meth:`DatabaseProperties.apply`)."""
         from psycopg import sql
 
         db = sql.Identifier(database)
         with self._admin() as admin:
             now = DatabaseProperties.read(admin, database)
-            before = dict(expected.settings) if expected else {}
-            for role, config in now.settings:
-                if before.get(role) == config:
+            if expected is None:
+                expected = dataclasses.replace(now, acl=None, comment=None, settings=[])
+            before, after = dict(expected.settings), dict(now.settings)
+            for role in sorted(set(before) | set(after), key=lambda r: r or ""):
+                if before.get(role) == after.get(role):
                     continue
                 if role is None:
                     admin.execute(sql.SQL("ALTER DATABASE {} RESET ALL").format(db))
                 else:
                     admin.execute(sql.SQL("ALTER ROLE {} IN DATABASE {} RESET ALL").format(sql.Identifier(role), db))
-            if now.comment != (expected.comment if expected else None):
-                admin.execute(sql.SQL("COMMENT ON DATABASE {} IS NULL").format(db))
-            if now.acl is not None and now.acl != (expected.acl if expected else None):
-                # Back to what PostgreSQL gives a new database (CONNECT and TEMPORARY to PUBLIC); the live
-                # database's ACL, if it has its own, goes on after.
-                for grantee in sorted({grantee for grantee, _p, _g in now.acl}):
+                if role in before:
+                    mine = dataclasses.replace(expected, settings=[(role, before[role])])
+                    for statement in mine.setting_statements(database):
+                        admin.execute(statement)
+            if now.comment != expected.comment:
+                admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(db, sql.Literal(expected.comment)))
+            if now.acl != expected.acl:
+                for grantee in sorted({grantee for grantee, _p, _g in now.acl or []}):
                     target = sql.Identifier(grantee) if grantee else sql.SQL("PUBLIC")
                     admin.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM {} CASCADE").format(db, target))
-                admin.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO PUBLIC").format(db))
-                admin.execute(sql.SQL("GRANT ALL ON DATABASE {} TO {}").format(db, sql.Identifier(now.owner)))
+                if expected.acl is None:  # what PostgreSQL gives a new database, spelled out
+                    admin.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO PUBLIC").format(db))
+                    admin.execute(sql.SQL("GRANT ALL ON DATABASE {} TO {}").format(db, sql.Identifier(now.owner)))
+                else:
+                    dataclasses.replace(expected, settings=[], comment=None).apply(admin, database)
 
     def _give_back(self, database: str, login: Confined) -> None:
         with self._admin(database) as conn:
@@ -788,10 +798,7 @@ class PostgresEngine(ServerEngine):
         try:
             self._replace(stream, undo=undo)
         finally:
-            # What the dump gave the live database itself comes off again, and its own goes back.
-            self._reset_database(self.name, props)
-            with self._admin() as admin:
-                props.apply(admin, self.name)
+            self._reset_database(self.name, props)  # what the dump gave the live database itself comes off
 
     def _replace(self, stream: BinaryIO, *, undo: bool) -> None:
         c = self.connector
