@@ -74,6 +74,9 @@ TOC_MAX = 256 * 1024 * 1024
 #: Throwaway roles that load a dump (:meth:`PostgresEngine.restricted_role`): ``bk_restore_<pid>_<random>``.
 RESTRICTED_PREFIX = "bk_restore_"
 MISSING = "install the PostgreSQL client tools"
+#: Our own sessions on a staging database: whatever its settings (a dump's ALTER DATABASE ... SET), writes
+#: work and nothing times out.
+STAGING_OPTIONS = "-c default_transaction_read_only=off -c statement_timeout=0 -c lock_timeout=0"
 
 logger = logging.getLogger("backup_app")
 
@@ -496,7 +499,7 @@ class PostgresEngine(ServerEngine):
         if isinstance(c, PgDumpGisConnector) and self.settings.get("ADMIN_USER"):
             self._enable_postgis(database)
             if login:
-                with self._admin(database) as conn:
+                with self._admin(database, options=STAGING_OPTIONS) as conn:
                     lend_extension_tables(conn, login.user)
         tool = self._tool(
             restore_cmd,
@@ -561,7 +564,7 @@ class PostgresEngine(ServerEngine):
                     folder = Path(where)
                     read = [line for line in toc if toc_held(line) or toc_extension(line)]
                     self._held_entries(head, read, folder, login.held)
-                    with self._admin(database) as conn:
+                    with self._admin(database, options=STAGING_OPTIONS) as conn:
                         make_extensions(conn, login.held)
                         lend_extension_tables(conn, login.user)
                     listing = folder / "toc.list"  # the whole table of contents, the held entries left out
@@ -617,7 +620,7 @@ class PostgresEngine(ServerEngine):
                     dataclasses.replace(expected, settings=[], comment=None).apply(admin, database)
 
     def _give_back(self, database: str, login: Confined) -> None:
-        with self._admin(database) as conn:
+        with self._admin(database, options=STAGING_OPTIONS) as conn:
             give_back(conn, login.user, login.site, login.held)
 
     def _held_entries(self, head: bytes, entries: list[str], folder, held: Held) -> None:
@@ -758,7 +761,8 @@ class PostgresEngine(ServerEngine):
 
         ident = sql.Identifier(role)
         if database:
-            with suppress(psycopg.OperationalError), self._admin(database) as conn:  # gone: nothing to hand on
+            # A database gone has nothing to hand on.
+            with suppress(psycopg.OperationalError), self._admin(database, options=STAGING_OPTIONS) as conn:
                 conn.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(ident))
                 conn.execute(sql.SQL("DROP OWNED BY {}").format(ident))
         with self._admin() as admin:
