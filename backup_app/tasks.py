@@ -24,6 +24,7 @@ import sys
 import threading
 from contextlib import suppress
 from pathlib import Path
+from typing import ClassVar
 
 from invoke import task
 from invoke.exceptions import Exit, UnexpectedExit
@@ -54,16 +55,17 @@ class _Local(Local):
     """
 
     read_chunk_size = 64 * 1024
-    #: Set when our own stdout's reader went away (``invoke backup-config | head``).
-    reader_gone = False
+    #: Our own streams whose reader went away (``invoke backup-config | head``): what the command writes to
+    #: them is read on (it never blocks) and dropped; the other stream still gets its share (the error line).
+    gone_streams: ClassVar[list] = []
 
     def write_our_output(self, stream, string):
-        if _Local.reader_gone:
-            return  # the command's output is read on (it never blocks) and dropped
+        if any(stream is gone for gone in _Local.gone_streams):
+            return
         try:
             super().write_our_output(stream, string)
         except BrokenPipeError:
-            _Local.reader_gone = True
+            _Local.gone_streams.append(stream)
 
     # SIGTERM (``docker stop``, systemd, ``kill``) is passed on to the command, which finishes or undoes its
     # step and exits; invoke then exits with its status.  Without this invoke would die and leave it running.
@@ -172,20 +174,25 @@ def manage(c, command: str, **kwargs):
     kwargs["env"] = {**kwargs.get("env", {}), "BACKUP_APP_INVOKED": "1"}
     try:
         with c.cd(str(project)):
-            return c.run(f"{shlex.quote(sys.executable)} {MANAGE_PY} {command}", **kwargs)
+            result = c.run(f"{shlex.quote(sys.executable)} {MANAGE_PY} {command}", **kwargs)
     finally:
-        if _Local.reader_gone:
-            _end_quietly()
+        _quiet_gone_streams()
+    if _Local.gone_streams and not result.failed:
+        # A success whose reader went away ends as a piped command would (128 + SIGPIPE); a failure (invoke's
+        # UnexpectedExit above, or a result under warn) keeps its own status.
+        raise Exit(code=141)
+    return result
 
 
-def _end_quietly() -> None:
-    """stdout's reader went away: exit 141 (128 + SIGPIPE) without a word, as a piped command would."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass
-    raise Exit(code=141)
+def _quiet_gone_streams() -> None:
+    """Point each of our streams whose reader went away at /dev/null, so that the last flush says nothing."""
+    for stream in _Local.gone_streams:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
 
 
 def _here(path: str) -> str:

@@ -89,6 +89,16 @@ def test_invoke_backup_config_into_head_ends_quietly(sqlite_site):
     assert "Traceback" not in result.stderr.decode() and "Broken" not in result.stderr.decode(), result.stderr
 
 
+def test_invoke_restore_that_fails_into_a_closed_pipe_keeps_its_status_and_its_error_line(sqlite_site):
+    # stdout's reader is gone, stderr is not: the failure is a failure (not 141, which scripts take for SIGPIPE)
+    # and its one line still reaches stderr.
+    result = run_into_a_closed_pipe(sqlite_site, "restore", "--json", program=("-m", "invoke"))
+
+    assert result.returncode == 1, result.stderr.decode()
+    assert result.stderr.decode().strip().splitlines()[-1].startswith("CommandError: no backup found")
+    assert "Traceback" not in result.stderr.decode()
+
+
 def test_ctrl_c_during_a_backup_says_what_state_is_left(sqlite_site):
     big = sqlite_site.media / "big.bin"
     with open(big, "wb") as fh:
