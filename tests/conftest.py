@@ -292,10 +292,21 @@ def make_site(root: Path, **env: str) -> Site:
     return site
 
 
-@pytest.fixture
-def sqlite_site(tmp_path) -> Site:
-    site = make_site(tmp_path / "site")
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory) -> Path:
+    """The demo site's SQLite database, migrated once per test process (a migrate takes seconds)."""
+    site = make_site(tmp_path_factory.mktemp("migrated") / "site")
     site.manage("migrate", "--noinput", "-v0")
+    db = site.root / "db.sqlite3"
+    assert sorted(p.name for p in site.root.iterdir()) == ["config.yaml", "db.sqlite3", "media"]  # no -wal
+    return db
+
+
+@pytest.fixture
+def sqlite_site(tmp_path, migrated_sqlite) -> Site:
+    """A fresh demo site on SQLite, migrated: a copy of :func:`migrated_sqlite`'s database."""
+    site = make_site(tmp_path / "site")
+    shutil.copyfile(migrated_sqlite, site.root / "db.sqlite3")
     return site
 
 
