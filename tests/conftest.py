@@ -254,6 +254,12 @@ class Site:
     def sql(self, statement: str, alias: str = "default") -> None:
         self.run(sys.executable, str(ROOT / "tests" / "snapshot.py"), alias, "--execute", statement)
 
+    def query(self, statement: str, alias: str = "default") -> list[list]:
+        """The rows ``statement`` selects (a count, where a whole :meth:`snapshot_db` would be large)."""
+        return json.loads(
+            self.run(sys.executable, str(ROOT / "tests" / "snapshot.py"), alias, "--query", statement).stdout
+        )
+
 
 def media_hashes(folder: Path) -> dict[str, str]:
     import hashlib

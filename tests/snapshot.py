@@ -1,6 +1,7 @@
 """Print every table of a demo site's database as JSON (rows sorted), or run one SQL statement.
 
-Run in a site's environment: ``python tests/snapshot.py ALIAS [--execute SQL]``.
+Run in a site's environment: ``python tests/snapshot.py ALIAS [--execute SQL | --query SQL]`` (``--query``
+prints the rows as JSON).
 """
 
 import base64
@@ -36,6 +37,11 @@ def main() -> None:
     if len(sys.argv) > 3 and sys.argv[2] == "--execute":
         with connection.cursor() as cursor:
             cursor.execute(sys.argv[3])
+        return
+    if len(sys.argv) > 3 and sys.argv[2] == "--query":
+        with connection.cursor() as cursor:
+            cursor.execute(sys.argv[3])
+            print(json.dumps([[plain(v) for v in row] for row in cursor.fetchall()], default=str))
         return
     result = {}
     with connection.cursor() as cursor:
