@@ -58,6 +58,8 @@ class _Local(Local):
     #: Our own streams whose reader went away (``invoke backup-config | head``): what the command writes to
     #: them is read on (it never blocks) and dropped; the other stream still gets its share (the error line).
     gone_streams: ClassVar[list] = []
+    #: A task of several commands (``update``) ends with 141 itself, after its last step, not after the first.
+    steps_left = False
 
     def write_our_output(self, stream, string):
         if any(stream is gone for gone in _Local.gone_streams):
@@ -177,7 +179,7 @@ def manage(c, command: str, **kwargs):
             result = c.run(f"{shlex.quote(sys.executable)} {MANAGE_PY} {command}", **kwargs)
     finally:
         _quiet_gone_streams()
-    if _Local.gone_streams and not result.failed:
+    if _Local.gone_streams and not result.failed and not _Local.steps_left:
         # A success whose reader went away ends as a piped command would (128 + SIGPIPE); a failure (invoke's
         # UnexpectedExit above, or a result under warn) keeps its own status.
         raise Exit(code=141)
@@ -394,18 +396,24 @@ def update(
             f"Note: {options} ignored: this update has no {steps} step (it runs backup, migrate, collectstatic).",
             file=sys.stderr,
         )
-    if not skip_backup:
-        try:
-            manage(c, "backup_create --clean --origin update")
-        except UnexpectedExit as err:
-            raise Exit(
-                "Update stopped: the backup failed (see above); nothing was migrated. Fix the backup, "
-                "or run `invoke update --skip-backup` to update without one.",
-                code=err.result.exited or 1,
-            ) from None
-    migrate(c)
-    if not skip_static:
-        static(c)
+    _Local.steps_left = True  # a reader gone during the backup loses its report, not the migrate
+    try:
+        if not skip_backup:
+            try:
+                manage(c, "backup_create --clean --origin update")
+            except UnexpectedExit as err:
+                raise Exit(
+                    "Update stopped: the backup failed (see above); nothing was migrated. Fix the backup, "
+                    "or run `invoke update --skip-backup` to update without one.",
+                    code=err.result.exited or 1,
+                ) from None
+        migrate(c)
+        if not skip_static:
+            static(c)
+    finally:
+        _Local.steps_left = False
+    if _Local.gone_streams:
+        raise Exit(code=141)
 
 
 @task

@@ -99,6 +99,17 @@ def test_invoke_restore_that_fails_into_a_closed_pipe_keeps_its_status_and_its_e
     assert "Traceback" not in result.stderr.decode()
 
 
+def test_invoke_update_into_a_closed_pipe_still_migrates_and_collects_static(sqlite_site):
+    # The backup's report meets the closed pipe first: only the report is lost, the update's later steps run.
+    (sqlite_site.media / "a.txt").write_text("a")
+
+    result = run_into_a_closed_pipe(sqlite_site, "update", program=("-m", "invoke"))
+
+    assert result.returncode == 141, result.stderr.decode()
+    assert len(sqlite_site.sets()) == 1
+    assert any(sqlite_site.root.rglob("admin/css/base.css")), "collectstatic did not run"
+
+
 def test_ctrl_c_during_a_backup_says_what_state_is_left(sqlite_site):
     big = sqlite_site.media / "big.bin"
     with open(big, "wb") as fh:
