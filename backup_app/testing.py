@@ -5,7 +5,8 @@ With ``BACKUP_APP_PAUSE_AT=<step>`` in the environment, a run that reaches ``<st
 ends the wait as it would end any other.  Steps: ``backup:db-dumped:<alias>``, ``backup:media-written``,
 ``restore:staged``, ``restore:db-swapped:<alias>``, ``restore:media-half``, ``restore:media-swapped``,
 ``rollback:media-half``, ``verify:staged:<alias>`` (a ``verify --restore-test`` with its scratch database
-staged); several steps may be named, separated by commas.  Without the variable
+staged), ``restore:loading:<alias>`` (PostgreSQL: the staging database made and given to the throwaway role,
+nothing loaded yet); several steps may be named, separated by commas.  Without the variable
 :func:`pause_at` only reads the environment.
 """
 

@@ -643,3 +643,44 @@ def test_a_restore_removes_a_dead_runs_scratch_but_not_a_running_verifys(request
     assert still == staged
     assert code == 0, err
     assert scratch_of(site, verify.proc.pid) == []  # the verify removed its own when it was done
+
+
+def restore_roles_of(pid: int) -> list[str]:
+    """The throwaway PostgreSQL roles (``bk_restore_<pid>_...``) the run ``pid`` made and has not dropped."""
+    from conftest import _pg_connect
+
+    with _pg_connect() as conn:
+        rows = conn.execute("SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s)", (f"bk_restore_{pid}_",))
+        return sorted(r[0] for r in rows)
+
+
+def test_a_postgres_load_that_fails_leaves_no_staging_database_or_role_and_shows_its_own_error(postgres_site):
+    import psycopg
+    from conftest import _pg_connect
+
+    server_prepare(postgres_site)
+    before = postgres_site.snapshot_db()
+    step = "restore:loading:default"
+    held = Held(postgres_site, step, "backup_restore", "--noinput", "--skip-media").paused(step)
+    (staging,) = scratch_of(postgres_site, held.proc.pid)
+    assert len(restore_roles_of(held.proc.pid)) == 1
+    # A session of the test's own held open on the staging database, which then accepts no connection:
+    # pg_restore cannot reach it (the cause), nor can the cleanup that hands on what the role owns there.
+    other = _pg_connect(staging)
+    try:
+        with _pg_connect() as admin:
+            admin.execute(f'ALTER DATABASE "{staging}" ALLOW_CONNECTIONS false')
+        held.go_on()
+        code, err = held.finish()
+        with pytest.raises(psycopg.OperationalError):
+            other.execute("SELECT 1")  # ended, so that the staging database could be dropped
+    finally:
+        other.close()
+
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code != 0, err
+    assert "is not currently accepting connections" in lines[-1], err
+    assert "cannot be dropped" not in err and "could not remove" not in err, err
+    assert scratch_of(postgres_site, held.proc.pid) == []
+    assert restore_roles_of(held.proc.pid) == []
+    assert postgres_site.snapshot_db() == before

@@ -29,6 +29,7 @@ import shlex
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ from .. import tools
 from ..errors import BackupError, RestoreError
 from ..secrets import redact
 from ..streams import CHUNK, PrefixedReader
+from ..testing import pause_at
 from ..tools import process_exists
 from .base import SiteLock, holder, lock_key, locked, released, words
 from .postgresql_owners import (
@@ -745,24 +747,53 @@ class PostgresEngine(ServerEngine):
                     "in, let every role log in with a password from the site's host (e.g. 'host all all "
                     "127.0.0.1/32 scram-sha-256'), or give the site a role that is no superuser"
                 ) from None
+            pause_at(f"restore:loading:{self.alias}")
             yield login
-        finally:
+        except BaseException:
+            # The load failed: the staging database is thrown away, and the role with it.  Whatever that cleanup
+            # meets is a warning: the error shown stays the one that stopped the load.
+            self._discard(database, role)
+            raise
+        try:
             self._retire(role, database)
-            if owner is not None:  # the staging database was made like the live one: its owner too
-                with self._admin() as admin:
-                    admin.execute(
-                        sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(database), sql.Identifier(owner))
-                    )
+        except BaseException:
+            self._discard(database, role)
+            raise
+        if owner is not None:  # the staging database was made like the live one: its owner too
+            with self._admin() as admin:
+                admin.execute(
+                    sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(database), sql.Identifier(owner))
+                )
+
+    def _discard(self, database: str, role: str) -> None:
+        """After a failed load: drop the staging ``database`` first (every session on it ended), then ``role``
+        (it owns nothing once the database is gone).  Never raises: what could not be removed is logged as one
+        warning line with the SQL that removes it."""
+        left = []
+        try:
+            self.drop_database(database)
+        except Exception as err:  # noqa: BLE001 - reported below, the load's error goes on
+            left.append((f"staging database {database}", f'DROP DATABASE "{database}" WITH (FORCE)', err))
+        try:
+            self._retire(role, None)
+        except Exception as err:  # noqa: BLE001 - reported below, the load's error goes on
+            left.append((f"throwaway role {role}", f'DROP OWNED BY "{role}"; DROP ROLE "{role}"', err))
+        if left:
+            logger.warning(
+                "could not remove the %s (%s); remove %s with: %s (a later restore also removes it)",
+                " and the ".join(what for what, _, _ in left),
+                "; ".join(redact((str(err).strip() or type(err).__name__).splitlines()[0]) for *_, err in left),
+                "them" if len(left) > 1 else "it",
+                "; ".join(how for _, how, _ in left),
+            )
 
     def _retire(self, role: str, database: str | None) -> None:
         """Give what ``role`` owns in ``database`` to the site's role and drop ``role``."""
-        import psycopg
         from psycopg import sql
 
         ident = sql.Identifier(role)
-        if database:
-            # A database gone has nothing to hand on.
-            with suppress(psycopg.OperationalError), self._admin(database, options=STAGING_OPTIONS) as conn:
+        if database:  # an error here is the cause: DROP ROLE would only fail after it for what it still owns
+            with self._admin(database, options=STAGING_OPTIONS) as conn:
                 conn.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(ident))
                 conn.execute(sql.SQL("DROP OWNED BY {}").format(ident))
         with self._admin() as admin:
@@ -925,11 +956,27 @@ class PostgresEngine(ServerEngine):
         except psycopg.Error as err:
             raise NoSideDatabase(redact(str(err).strip().splitlines()[0])) from None
 
-    def drop_database(self, name: str) -> None:
+    def drop_database(self, name: str, *, attempts: int = 3) -> None:
+        """Drop ``name``: end every other session on it, then ``DROP DATABASE ... WITH (FORCE)`` (PostgreSQL 13 and
+        later; before, a plain drop); a session that comes in between is ended on the next of ``attempts`` tries."""
+        import psycopg
         from psycopg import sql
 
-        with self._admin() as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        for attempt in range(1, attempts + 1):
+            try:
+                with self._admin() as admin:
+                    admin.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = %s AND pid <> pg_backend_pid()",
+                        (name,),
+                    )
+                    force = sql.SQL(" WITH (FORCE)") if admin.info.server_version >= 130000 else sql.SQL("")
+                    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {}{}").format(sql.Identifier(name), force))
+                return
+            except psycopg.errors.ObjectInUse:
+                if attempt == attempts:
+                    raise
+                time.sleep(0.2 * attempt)
 
     def swap(self, live: str, *, aside: str, incoming: str, keep=None, objects=None) -> None:
         """In one transaction: end the sessions on ``live``, rename it to ``aside`` and ``incoming`` to ``live``

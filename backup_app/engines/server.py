@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, ClassVar
 
 from ..errors import BackupAppError, RestoreError
+from ..secrets import redact
 from ..settings import app_settings
 from ..streams import RoomGuard, spool
 from ..tools import process_exists
@@ -102,7 +103,14 @@ class SideDatabase(Strategy):
         try:
             engine.load(fresh, stream)
         except BaseException:
-            engine.drop_database(fresh)
+            try:
+                engine.drop_database(fresh)
+            except Exception as err:  # noqa: BLE001 - the load's error is the one shown
+                logger.warning(
+                    "could not remove the staging database %s (%s); a later restore removes it, or drop it by hand",
+                    fresh,
+                    redact(err),
+                )
             raise
         return StagedDatabase(self, fresh)
 
