@@ -6,8 +6,9 @@ ends the wait as it would end any other.  Steps: ``backup:db-dumped:<alias>``, `
 ``restore:staged``, ``restore:db-swapped:<alias>``, ``restore:media-half``, ``restore:media-swapped``,
 ``rollback:media-half``, ``verify:staged:<alias>`` (a ``verify --restore-test`` with its scratch database
 staged), ``restore:loading:<alias>`` (PostgreSQL: the staging database made and given to the throwaway role,
-nothing loaded yet); several steps may be named, separated by commas.  Without the variable
-:func:`pause_at` only reads the environment.
+nothing loaded yet), ``restore:in-place-dump:<alias>`` (a restore in place: the live tables found free by
+MariaDB's lock probe, their safety dump not started); several steps may be named, separated by commas.
+Without the variable :func:`pause_at` only reads the environment.
 """
 
 from __future__ import annotations

@@ -62,12 +62,12 @@ MYSQL_CLIENTS = {"mysql", "mariadb"}
 # --- processes and files --------------------------------------------------------
 
 
-def start(site: Site, *args: str) -> subprocess.Popen:
-    """``invoke ARGS`` in its own process group (so the whole run can be signalled)."""
+def start(site: Site, *args: str, env: dict | None = None) -> subprocess.Popen:
+    """``invoke ARGS`` in its own process group (so the whole run can be signalled); ``env`` added to the site's."""
     return subprocess.Popen(
         [sys.executable, "-m", "invoke", *args],
         cwd=ROOT,
-        env=site.env,
+        env={**site.env, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -248,25 +248,46 @@ def mysql_table_locked(database: str, table: str = "demo_part"):
         conn.close()
 
 
-def mysql_user_waits_on_lock(user: str) -> bool:
+#: How the dump tool reads a table's rows (``mysqldump``/``mariadb-dump``): what waits on the table lock.
+DUMP_SELECT = "SELECT /*!40001 SQL_NO_CACHE */%"
+
+
+def mysql_dump_waits_on_lock(user: str) -> bool:
+    """Whether a connection of ``user`` reading rows as the dump tool does waits for a table's metadata lock (not
+    another of the run's connections, e.g. the in-place restore's ``LOCK TABLES`` probe)."""
     conn = _my_connect()
     try:
         with conn.cursor() as cur:
             cur.execute(
-                "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = %s AND STATE LIKE %s",
-                (user, "Waiting for table metadata lock%"),
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST"
+                " WHERE USER = %s AND STATE LIKE %s AND INFO LIKE %s",
+                (user, "Waiting for table metadata lock%", DUMP_SELECT),
             )
             return cur.fetchone()[0] > 0
     finally:
         conn.close()
 
 
-def run_dump_blocked(site: Site, *args: str) -> subprocess.Popen:
-    """Start ``invoke ARGS`` and return once its MariaDB dump waits on the table lock the caller holds."""
-    proc = start(site, *args)
-    wait_until("the dump waits on the table lock", lambda: mysql_user_waits_on_lock(site.user), proc, interval=0.02)
+def wait_dump_blocked(site: Site, proc: subprocess.Popen) -> subprocess.Popen:
+    """Return ``proc`` once its MariaDB dump waits on the table lock the caller holds."""
+    wait_until("the dump waits on the table lock", lambda: mysql_dump_waits_on_lock(site.user), proc, interval=0.02)
     assert tool_pid(proc, DUMP_TOOLS), "the waiting connection is not a dump tool of this run"
     return proc
+
+
+def run_dump_blocked(site: Site, *args: str) -> subprocess.Popen:
+    """Start ``invoke ARGS`` and return once its MariaDB dump waits on the table lock the caller holds."""
+    return wait_dump_blocked(site, start(site, *args))
+
+
+def wait_paused(proc: subprocess.Popen, step: str) -> None:
+    """Read the run's stderr until it says it is paused at ``step`` (see backup_app.testing)."""
+    seen = []
+    for line in proc.stderr:
+        if line.strip() == f"paused at {step}":
+            return
+        seen.append(line)
+    raise AssertionError(f"the command ended (exit {proc.wait()}) before pausing at {step}:\n{''.join(seen)}")
 
 
 SIGNALS = [pytest.param(signal.SIGKILL, id="SIGKILL"), pytest.param(signal.SIGTERM, id="SIGTERM")]
@@ -312,7 +333,8 @@ def killed_in_place_mariadb_restore(request, tmp_path_factory):
     """An in-place MariaDB restore (the user may not create databases) killed while it dumps the live tables.
 
     In place, the live tables are dumped (kept for undo) before they are replaced: that dump waits on the lock.
-    Yields ``(site, tmpdir)`` after the kill.
+    The lock is taken once the run has found the tables free (it stops, nothing changed, when they stay held), paused
+    before the dump. Yields ``(site, tmpdir)`` after the kill.
     """
     root = tmp_path_factory.mktemp("in-place")
     with module_mysql_database() as database, mysql_user(database, own_database_only=True) as user:
@@ -321,9 +343,19 @@ def killed_in_place_mariadb_restore(request, tmp_path_factory):
         site.user = user
         site.invoke("backup", "--skip-media")
         tmp = private_tmp(site, root)
-        with mysql_table_locked(database):
-            proc = run_dump_blocked(site, "restore", "--skip-media")
-            stop_group(proc, request.param)
+        step = "restore:in-place-dump:default"
+        resume = root / "resume"
+        pause = {"BACKUP_APP_PAUSE_AT": step, "BACKUP_APP_RESUME_FILE": str(resume)}
+        proc = start(site, "restore", "--skip-media", env=pause)
+        try:
+            wait_paused(proc, step)
+            with mysql_table_locked(database):
+                resume.touch()
+                wait_dump_blocked(site, proc)
+                stop_group(proc, request.param)
+        finally:
+            if proc.poll() is None:
+                stop_group(proc, signal.SIGKILL)
         yield site, tmp
 
 

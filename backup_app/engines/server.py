@@ -29,6 +29,7 @@ from ..errors import BackupAppError, RestoreError
 from ..secrets import redact
 from ..settings import app_settings
 from ..streams import RoomGuard, spool
+from ..testing import pause_at
 from ..tools import process_exists
 from .base import Engine, Staged, Strategy
 
@@ -181,6 +182,7 @@ class InPlace(Strategy):
         engine = self.engine
         kept = safety.folder / f"{engine.alias}.{engine.extension}"
         engine.wait_for_tables([engine.name])  # before the entry: nothing to undo when they stay held
+        pause_at(f"restore:in-place-dump:{engine.alias}")
         with open(kept, "wb") as fh:
             engine.dump(fh, compressed=False)
         entry = {"kind": self.kinds[0], "file": kept.name}
