@@ -24,10 +24,10 @@ from django.utils.html import format_html
 from django.utils.http import url_has_allowed_host_and_scheme
 
 from . import hints
+from .actions.list import kept_copies
 from .errors import BackupAppError
 from .models import BackupRun, BackupSettings
 from .progress import size_text
-from .safety import kept_copies
 from .schedule import (
     CLAIM,
     backup_now_queued,

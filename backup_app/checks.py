@@ -466,8 +466,8 @@ def check_safety_space(app_configs=None, **kwargs):
     they are: the safety folder's file system for the files, the database server's data folder for the
     databases kept on a PostgreSQL or MariaDB server (``SITE_safety_...``), when this machine can see that
     folder (the server runs here and says where its data is); else the warning says it could not compare."""
+    from .actions.list import kept_copies
     from .engines import engine_for
-    from .safety import kept_copies
 
     folder = app_settings.safety_dir
     try:

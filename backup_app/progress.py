@@ -72,7 +72,7 @@ def seconds_text(seconds: float) -> str:
 
 
 def safety_lines(copies: list[dict]) -> list[str]:
-    """The safety copies restores kept (``safety.kept_copies()``), one line each, for the commands."""
+    """The safety copies restores kept (``actions.list.kept_copies()``), one line each, for the commands."""
     if not copies:
         return []
     lines = [f"{len(copies)} safety cop{'y' if len(copies) == 1 else 'ies'} kept by restores (invoke rollback):"]

@@ -4,9 +4,9 @@ import json
 
 from django.core.management.base import CommandError
 
+from backup_app.actions.list import kept_copies
 from backup_app.conf import redact_value
 from backup_app.progress import safety_lines
-from backup_app.safety import kept_copies
 from backup_app.settings import app_settings
 
 from ._base import BackupCommand

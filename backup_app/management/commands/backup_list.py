@@ -3,8 +3,8 @@
 import json
 
 from backup_app.actions import list as list_action
+from backup_app.actions.list import kept_copies
 from backup_app.progress import safety_lines
-from backup_app.safety import kept_copies
 
 from ._base import BackupCommand, backup_folder, options_for
 
