@@ -36,8 +36,14 @@ def process_exists(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    # A zombie has ended (only its exit status waits to be collected, e.g. under a container's PID 1 that is slow to
+    # reap, or none): it writes nothing any more.
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
         return True
-    return True
 
 
 def boot_id() -> str:

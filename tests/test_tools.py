@@ -13,7 +13,7 @@ django.setup()
 from django.test import override_settings  # noqa: E402
 
 from backup_app.errors import BackupError, RestoreError  # noqa: E402
-from backup_app.tools import SecretPipe, Tool, run_from, run_to  # noqa: E402
+from backup_app.tools import SecretPipe, Tool, process_exists, run_from, run_to  # noqa: E402
 
 
 def sh(script: str, **kwargs) -> Tool:
@@ -140,3 +140,19 @@ def test_each_line_of_a_secret_with_a_line_break_is_masked():
     text = redact("mariadb: unknown option '--Tail9zWk'; Head7qXw")
 
     assert "Tail9zWk" not in text and "Head7qXw" not in text
+
+
+def test_a_process_that_has_ended_but_is_not_yet_reaped_does_not_exist():
+    import subprocess
+    import time
+
+    child = subprocess.Popen(["true"])
+    try:
+        deadline = time.monotonic() + 10
+        while open(f"/proc/{child.pid}/stat", "rb").read().rsplit(b")", 1)[1].split()[0] != b"Z":
+            assert time.monotonic() < deadline, "the child did not end"
+            time.sleep(0.01)
+        assert process_exists(child.pid) is False  # a zombie: its pid is still taken, its writing is over
+        assert process_exists(os.getpid()) is True
+    finally:
+        child.wait()
