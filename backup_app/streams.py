@@ -478,3 +478,43 @@ def spool(stream: BinaryIO, prefix: str, folder: str | os.PathLike | None = None
         os.unlink(path)
         raise
     return path
+
+
+class FilteredReader(io.RawIOBase):
+    """A stream read through a filter, in bounded memory: :meth:`_feed` takes each block read from ``stream``
+    and appends what passes to ``self._out``; :meth:`_finish` does the same for what it still holds at the end."""
+
+    BLOCK = 1 << 20
+
+    def __init__(self, stream, out: bytes = b""):
+        self._stream = stream
+        self._out = bytearray(out)
+        self._eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def _feed(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _finish(self) -> None:
+        """At the end of ``stream``: pass on or judge whatever is still held back."""
+
+    def read(self, size: int = -1) -> bytes:
+        while not self._eof and (size < 0 or len(self._out) < size):
+            data = self._stream.read(self.BLOCK)
+            if not data:
+                self._eof = True
+                self._finish()
+                break
+            self._feed(data)
+        if size < 0 or size >= len(self._out):
+            data, self._out = bytes(self._out), bytearray()
+        else:
+            data, self._out = bytes(self._out[:size]), self._out[size:]
+        return data
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)

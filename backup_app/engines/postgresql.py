@@ -20,7 +20,6 @@ per-role-in-database settings, comment — is copied from the live database to t
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 import os
 import re
@@ -50,7 +49,7 @@ from django.utils import timezone
 from .. import tools
 from ..errors import BackupError, RestoreError
 from ..secrets import redact
-from ..streams import CHUNK, PrefixedReader
+from ..streams import CHUNK, FilteredReader, PrefixedReader
 from ..testing import pause_at
 from ..tools import process_exists
 from .base import SiteLock, holder, lock_key, locked, released, words
@@ -279,7 +278,7 @@ class DatabaseProperties:
             admin.execute(statement)
 
 
-class RestrictedSql(io.RawIOBase):
+class RestrictedSql(FilteredReader):
     """A plain SQL dump for ``psql``, which runs any meta-command it meets (``\\! cmd`` is a shell command).
 
     It starts with ``\\restrict KEY`` (psql 15.14 and later), KEY random to this run: from there psql refuses
@@ -292,15 +291,10 @@ class RestrictedSql(io.RawIOBase):
     _LONGEST = 256  # a line starting with a backslash is held back this far to be judged
 
     def __init__(self, stream):
-        self._stream = stream
-        self._out = bytearray(b"\\restrict " + secrets.token_hex(24).encode() + b"\n")
+        super().__init__(stream, b"\\restrict " + secrets.token_hex(24).encode() + b"\n")
         self._keys: set[bytes] = set()
         self._held: bytearray | None = None
         self._line_start = True
-        self._eof = False
-
-    def readable(self) -> bool:
-        return True
 
     def _judge(self, line: bytes) -> bytes:
         match = self._LINE.fullmatch(line)
@@ -334,26 +328,10 @@ class RestrictedSql(io.RawIOBase):
             out += data[pos:end]
             pos, self._line_start = end, nl >= 0
 
-    def read(self, size: int = -1) -> bytes:
-        while not self._eof and (size < 0 or len(self._out) < size):
-            data = self._stream.read(1 << 20)
-            if not data:
-                self._eof = True
-                if self._held is not None:
-                    self._out += self._judge(bytes(self._held))
-                    self._held = None
-                break
-            self._feed(data)
-        if size < 0 or size >= len(self._out):
-            data, self._out = bytes(self._out), bytearray()
-        else:
-            data, self._out = bytes(self._out[:size]), self._out[size:]
-        return data
-
-    def readinto(self, buffer) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
+    def _finish(self) -> None:
+        if self._held is not None:
+            self._out += self._judge(bytes(self._held))
+            self._held = None
 
 
 @dataclass

@@ -19,12 +19,12 @@ dumps as entries of their table of contents (``pg_restore --list`` and ``--use-l
 
 from __future__ import annotations
 
-import io
 import logging
 import re
 from dataclasses import dataclass, field
 
 from ..errors import RestoreError
+from ..streams import FilteredReader
 
 logger = logging.getLogger("backup_app")
 
@@ -312,7 +312,7 @@ def toc_extension(line: str) -> bool:
     return bool(re.match(r"\d+; \d+ \d+ EXTENSION ", line))
 
 
-class HeldStatements(io.RawIOBase):
+class HeldStatements(FilteredReader):
     """A plain SQL dump with its ``ALTER ... OWNER TO``, ``ALTER DEFAULT PRIVILEGES`` and ``COMMENT ON
     EXTENSION`` statements taken out (into :class:`Held`), every other byte passed on as it came.
 
@@ -325,18 +325,13 @@ class HeldStatements(io.RawIOBase):
     _TOKENS = re.compile(rb"'|\"|\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$|--|/\*|;|[^\s'\"$;/-]")
 
     def __init__(self, stream, held: Held):
-        self._stream = stream
+        super().__init__(stream)
         self.held = held
-        self._out = bytearray()
         self._buf = b""
-        self._eof = False
         self._copy = False
         self._state: bytes | None = None  # b"'", b'"', a dollar quote, b"/*"
         self._depth = 0  # nested /* */
         self._start = True  # at the start of a statement
-
-    def readable(self) -> bool:
-        return True
 
     def _scan(self, line: bytes) -> None:
         """Follow ``line``'s quotes and comments; note where statements end."""
@@ -419,26 +414,10 @@ class HeldStatements(io.RawIOBase):
             self._line(data[pos : nl + 1])
             pos = nl + 1
 
-    def read(self, size: int = -1) -> bytes:
-        while not self._eof and (size < 0 or len(self._out) < size):
-            data = self._stream.read(1 << 20)
-            if not data:
-                self._eof = True
-                if self._buf:
-                    buf, self._buf = self._buf, b""
-                    if self._copy:
-                        self._out += buf
-                    else:
-                        self._line(buf)
-                break
-            self._feed(data)
-        if size < 0 or size >= len(self._out):
-            data, self._out = bytes(self._out), bytearray()
-        else:
-            data, self._out = bytes(self._out[:size]), self._out[size:]
-        return data
-
-    def readinto(self, buffer) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
+    def _finish(self) -> None:
+        if self._buf:
+            buf, self._buf = self._buf, b""
+            if self._copy:
+                self._out += buf
+            else:
+                self._line(buf)
