@@ -1,5 +1,10 @@
 """Exceptions whose message is one line a user can act on."""
 
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 
 class BackupAppError(Exception):
     """Base class: ``str(err)`` names the thing that failed and the fix."""
@@ -15,3 +20,25 @@ class RestoreError(BackupAppError):
 
 class StorageUnavailable(BackupAppError):
     """The backup storage cannot be reached or used."""
+
+
+@contextmanager
+def removed_after(remove: Callable[[], object], what: str) -> Iterator[None]:
+    """Run the block, then ``remove()`` (a scratch database, file or folder).
+
+    When the block fails, its error is the one raised: a failure of ``remove`` is added to it as a note (one more
+    line, naming ``what`` was left), never in its place.  When only ``remove`` fails, that error is raised."""
+    try:
+        yield
+    except BaseException as err:
+        try:
+            remove()
+        except Exception as left:  # noqa: BLE001 - a note on the error that stopped the block
+            err.add_note(f"{what} was not removed: {str(left).strip() or type(left).__name__}")
+        raise
+    remove()
+
+
+def notes(err: BaseException) -> list[str]:
+    """The lines :func:`removed_after` (or anything else) added to ``err``, one per note, first line only."""
+    return [(str(n).strip().splitlines() or [""])[0] for n in getattr(err, "__notes__", ())]

@@ -684,3 +684,33 @@ def test_a_postgres_load_that_fails_leaves_no_staging_database_or_role_and_shows
     assert scratch_of(postgres_site, held.proc.pid) == []
     assert restore_roles_of(held.proc.pid) == []
     assert postgres_site.snapshot_db() == before
+
+
+def test_a_failed_restore_test_shows_its_own_error_first_when_its_scratch_cannot_be_dropped(postgres_site):
+    """The count of a ``verify --restore-test`` fails and the drop of its scratch database fails too: the count's
+    error is the one shown, the scratch left is one more line after it, the exit is non-zero."""
+    from conftest import _pg_connect
+
+    server_prepare(postgres_site)
+    verify = Held(postgres_site, "verify:staged:default", "backup_verify", "--restore-test")
+    (scratch,) = scratch_of(postgres_site, verify.paused("verify:staged:default").proc.pid)
+    try:
+        # A scratch database that takes no connection (the count fails) and is a template (the drop fails).
+        with _pg_connect() as admin:
+            admin.execute(f'ALTER DATABASE "{scratch}" WITH ALLOW_CONNECTIONS false IS_TEMPLATE true')
+        verify.go_on()
+        code, err = verify.finish()
+        out = verify.proc.stdout.read()
+    finally:
+        with _pg_connect() as admin:
+            admin.execute(f'ALTER DATABASE "{scratch}" WITH IS_TEMPLATE false')
+            admin.execute(f'DROP DATABASE IF EXISTS "{scratch}"')
+
+    problems = [line.strip() for line in out.splitlines() if line.strip().startswith("! ")]
+    assert code != 0, err
+    assert len(problems) == 2, out
+    assert "is not currently accepting connections" in problems[0], out
+    assert "cannot drop a template database" not in problems[0], out
+    assert f"the scratch copy (database {scratch}) was not removed" in problems[1], out
+    assert "cannot drop a template database" in problems[1], out
+    assert "is not currently accepting connections" in err.splitlines()[-1], err

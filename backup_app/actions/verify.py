@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +18,7 @@ from django.core.files.storage import FileSystemStorage
 
 from .. import hints
 from ..engines import engine_for
-from ..errors import BackupAppError, RestoreError
+from ..errors import BackupAppError, RestoreError, notes, removed_after
 from ..incremental import check_packs, parse_index, stage_index
 from ..media import restore_archive, scan_archive
 from ..pipeline import GpgSpec, open_stream
@@ -81,6 +84,15 @@ class SetReport:
         return not self.problems
 
 
+@contextmanager
+def scratch_folder() -> Iterator[str]:
+    """A private temporary folder for a restore test, removed after; a failure to remove it never hides the
+    error that stopped the test (it is a note on that error, see :func:`removed_after`)."""
+    tmp = tempfile.mkdtemp(prefix="backup-verify-media-")
+    with removed_after(lambda: shutil.rmtree(tmp), f"the scratch folder {tmp}"):
+        yield tmp
+
+
 def _db_entry(bset: BackupSet, f: BackupFile) -> dict:
     for entry in (bset.manifest or {}).get("databases", []):
         if entry.get("file") == f.name:
@@ -98,10 +110,10 @@ def _verify_incremental(storage, bset: BackupSet, f: BackupFile, gpg: GpgSpec, *
         raise BackupAppError(f"{f.name} holds {len(index.files)} files, the manifest says {expected.get('files')}")
     checked = check_packs(storage, bset.packs, index, gpg, read_data=read_data or restore_test)
     if restore_test:
-        with tempfile.TemporaryDirectory(prefix="backup-verify-media-") as tmp:
+        with scratch_folder() as tmp:
             staged = stage_index(FileSystemStorage(location=tmp), storage, index, bset.packs, gpg)
-        if staged.files != len(index.files):
-            raise BackupAppError(f"{f.name} rebuilt {staged.files} files of {len(index.files)}")
+            if staged.files != len(index.files):
+                raise BackupAppError(f"{f.name} rebuilt {staged.files} files of {len(index.files)}")
         return f"{f.name}: {staged.files} files rebuilt in a scratch folder, {checked}"
     return f"{f.name}: checksum ok, {len(index.files)} files, {checked}"
 
@@ -160,13 +172,16 @@ def verify_set(
                     storage, f, gpg, lambda s, e=engine, n=f.name: e.check_dump(s.read(64), n), on_read=on_read
                 )
                 if restore_test:
+                    expected = entry.get("tables")
+
+                    def same_count(tables: int, expected=expected, name=f.name) -> None:
+                        if expected is not None and tables != expected:
+                            raise BackupAppError(f"{name} restored {tables} tables, the manifest says {expected}")
+
                     with open_stream(
                         storage, f.name, compression=f.compression, encrypted=f.encrypted, gpg=gpg
                     ) as stream:
-                        tables = engine.scratch_restore(stream)
-                    expected = entry.get("tables")
-                    if expected is not None and tables != expected:
-                        raise BackupAppError(f"{f.name} restored {tables} tables, the manifest says {expected}")
+                        tables = engine.scratch_restore(stream, check=same_count)
                     report.checked.append(f"{f.name}: restored to a scratch database, {tables} tables")
                 else:
                     report.checked.append(f"{f.name}: checksum and content ok")
@@ -192,7 +207,7 @@ def verify_set(
                     )
                 if restore_test:
                     with (
-                        tempfile.TemporaryDirectory(prefix="backup-verify-media-") as tmp,
+                        scratch_folder() as tmp,
                         open_stream(
                             storage,
                             f.name,
@@ -210,16 +225,18 @@ def verify_set(
                             expected=expected or None,
                         )
                         extracted = sum(1 for p in Path(tmp).rglob("*") if p.is_file() and ".safety" not in p.parts)
-                    if extracted != contents.files:
-                        raise BackupAppError(f"{f.name} extracted {extracted} files of {contents.files}")
+                        if extracted != contents.files:
+                            raise BackupAppError(f"{f.name} extracted {extracted} files of {contents.files}")
                     report.checked.append(f"{f.name}: extracted to a scratch folder, {extracted} files")
                 else:
                     report.checked.append(f"{f.name}: checksum ok, {contents.files} files, all members safe")
         except BackupAppError as err:
             text = redact(err)
             report.problems.append(text if f.name in text else f"{f.name}: {text}")  # each problem names its file
+            report.problems += [f"{f.name}: {redact(note)}" for note in notes(err)]
         except Exception as err:
             report.problems.append(f"{f.name}: {type(err).__name__}: {redact(err)}")
+            report.problems += [f"{f.name}: {redact(note)}" for note in notes(err)]
         finally:
             progress.finish(f.name)
     return report

@@ -31,7 +31,7 @@ import hashlib
 import os
 import shlex
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +41,7 @@ from django.db import connections
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from ..errors import BackupAppError, RestoreError
+from ..errors import BackupAppError, RestoreError, removed_after
 from ..settings import app_settings
 from ..testing import pause_at
 
@@ -67,6 +67,10 @@ class Staged:
 
     def __init__(self, strategy: Strategy):
         self.strategy = strategy
+
+    def describe(self) -> str:
+        """What was made, for a message (``database site_restore_123_1``)."""
+        return "staged copy"
 
 
 class Strategy:
@@ -173,14 +177,17 @@ class Engine:
         """Drop the state safety ``entry`` kept (the files in the record's folder go with the folder)."""
         self._strategy_of(entry).discard(entry)
 
-    def scratch_restore(self, stream: BinaryIO) -> int:
-        """Stage ``stream``, count its tables, throw it away; returns the count."""
+    def scratch_restore(self, stream: BinaryIO, check: Callable[[int], object] | None = None) -> int:
+        """Stage ``stream``, count its tables (``check`` is given the count while the copy is there), throw it
+        away; returns the count.  A failure to throw it away never hides a failed count or check: it is added to
+        that error as a note naming what was left (:func:`~backup_app.errors.removed_after`)."""
         staged = self.stage(stream)
-        try:
+        with removed_after(lambda: self.abandon(staged), f"the scratch copy ({staged.describe()})"):
             pause_at(f"verify:staged:{self.alias}")
-            return self.count_tables(staged)
-        finally:
-            self.abandon(staged)
+            tables = self.count_tables(staged)
+            if check is not None:
+                check(tables)
+        return tables
 
     def table_count(self) -> int:
         """Number of tables in the live database."""

@@ -54,11 +54,17 @@ class StagedDatabase(Staged):
         super().__init__(strategy)
         self.database = database
 
+    def describe(self) -> str:
+        return f"database {self.database}"
+
 
 class SpooledDump(Staged):
     def __init__(self, strategy: Strategy, path: str):
         super().__init__(strategy)
         self.path = path
+
+    def describe(self) -> str:
+        return f"spooled dump {self.path}"
 
     def remove(self) -> None:
         """Remove the dump and its private folder."""

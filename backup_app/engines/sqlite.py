@@ -35,6 +35,9 @@ class StagedFile(Staged):
         super().__init__(strategy)
         self.path = path
 
+    def describe(self) -> str:
+        return f"file {self.path}"
+
 
 class FileSwap(Strategy):
     """Write the dump to a file beside the live database, check it, rename it over the live file.
