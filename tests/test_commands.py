@@ -36,6 +36,29 @@ def test_listbackups_json_follows_the_contract(sqlite_site):
         assert {"compressed", "encrypted", "sha256"} <= set(f)
 
 
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        ((), "2 data files, 4 files in all (with the manifest and 1 .metadata sidecar)"),
+        (("--skip-media",), "1 data file, 3 files in all (with the manifest and 1 .metadata sidecar)"),
+        (("--skip-db",), "1 data file, 2 files in all (with the manifest)"),
+        (("--skip-db", "incremental"), "1 data file, 2 files in all (with the manifest), and 1 new media pack"),
+    ],
+)
+def test_the_last_line_of_a_backup_counts_the_files_of_the_set_as_they_are(sqlite_site, flags, said):
+    (sqlite_site.media / "a.txt").write_text("a")
+    mode = "incremental" if "incremental" in flags else "archive"
+
+    result = sqlite_site.invoke(
+        "backup", *[f for f in flags if f != "incremental"], extra_env={"INVENTREE_BACKUP_MEDIA_MODE": mode}
+    )
+
+    [entry] = sqlite_site.sets()
+    assert f"Backup set {entry['name']} complete: {said}" in result.output
+    set_files = [n for n in names(sqlite_site) if n != "media-packs"]
+    assert len(entry["files"]) == len(set_files) == int(said.split(", ")[1].split()[0])
+
+
 def test_listbackups_lists_newest_first(sqlite_site):
     sqlite_site.invoke("backup")
     sqlite_site.invoke("backup", "--no-compress")

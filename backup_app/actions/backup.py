@@ -662,8 +662,23 @@ def write_set(storage, what: SetContents, progress: Progress = NO_PROGRESS) -> d
         pass
     for post in posts:
         post()
-    say(f"Backup set {stamp} complete ({len(manifest['files'])} files)")
+    say(f"Backup set {stamp} complete: {_contents_text(manifest, written)}")
     return manifest
+
+
+def _contents_text(manifest: dict, written: list[str]) -> str:
+    """What a finished set holds, counted as it is: ``2 data files, 4 files in all (with the manifest and
+    1 .metadata sidecar)``; an incremental backup adds the media packs it wrote (shared with later sets)."""
+    data = len(manifest["files"])
+    total = len(dict.fromkeys(written))
+    sidecars = total - data - 1  # written: the data files, their sidecars and the manifest
+    extra = "the manifest" + (f" and {sidecars} .metadata sidecar{'s' if sidecars != 1 else ''}" if sidecars else "")
+    text = f"{data} data file{'s' if data != 1 else ''}, {total} files in all (with {extra})"
+    media = manifest.get("media") or {}
+    if media.get("mode") == "incremental":
+        packs = media.get("new_packs", 0)
+        text += f", and {packs} new media pack{'s' if packs != 1 else ''}"
+    return text
 
 
 def previous_media(storage, what: SetContents, say=lambda _m: None) -> Previous | None:
