@@ -24,7 +24,7 @@ from django.utils.module_loading import import_string
 
 from . import hints
 from .conf import FILESYSTEM_STORAGES, STORAGE_DIR_OPTION, ConfigError, NotAStorage, import_storage_class
-from .engines import ENGINES, unsupported_connector
+from .engines import engine_class, unsupported_connector
 from .sets import STAMP_SUFFIX_SEPARATOR
 from .settings import app_settings
 
@@ -317,7 +317,7 @@ def check_connectors(app_configs=None, **kwargs):
                 )
             )
             continue
-        engine = ENGINES.get(connections[alias].vendor)
+        engine = engine_class(connections[alias].vendor)
         if engine is not None and not issubclass(cls, engine.connectors):
             messages.append(
                 Error(

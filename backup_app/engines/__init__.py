@@ -13,16 +13,26 @@ from django.db import connections
 
 from ..errors import BackupError
 from .base import Engine, Locked, SiteLock, Staged, Strategy, build_connector
-from .mysql import MysqlEngine
-from .postgresql import PostgresEngine
-from .sqlite import SqliteEngine
 
-#: Django's ``connection.vendor`` -> engine class.
-ENGINES: dict[str, type[Engine]] = {
-    "sqlite": SqliteEngine,
-    "postgresql": PostgresEngine,
-    "mysql": MysqlEngine,
-}
+
+def engine_class(vendor: str) -> type[Engine] | None:
+    """The engine class of a Django ``connection.vendor``, None for one backup_app has none for.
+
+    Each vendor's module is imported when its class is first asked for, so that a site imports only the engines
+    its databases use (a SQLite site never loads the MariaDB dump guard or the PostgreSQL owner filters)."""
+    if vendor == "sqlite":
+        from .sqlite import SqliteEngine
+
+        return SqliteEngine
+    if vendor == "postgresql":
+        from .postgresql import PostgresEngine
+
+        return PostgresEngine
+    if vendor == "mysql":
+        from .mysql import MysqlEngine
+
+        return MysqlEngine
+    return None
 
 
 def engine_for(alias: str) -> Engine:
@@ -30,12 +40,12 @@ def engine_for(alias: str) -> Engine:
     if alias not in connections.settings:
         raise BackupError(f"database alias {alias!r} is not in DATABASES")
     vendor = connections[alias].vendor
-    if vendor not in ENGINES:
+    engine = engine_class(vendor)
+    if engine is None:
         raise BackupError(
             f"database {alias!r} uses {vendor!r}, which backup_app cannot back up; "
             "use SQLite, PostgreSQL or MariaDB/MySQL"
         )
-    engine = ENGINES[vendor]
     connector = build_connector(alias)
     if not isinstance(connector, engine.connectors):
         raise BackupError(unsupported_connector(alias, engine, type(connector)))
@@ -60,12 +70,12 @@ def site_lock(what: str, alias: str = "default") -> AbstractContextManager[SiteL
 
 
 __all__ = [
-    "ENGINES",
     "Engine",
     "Locked",
     "SiteLock",
     "Staged",
     "Strategy",
+    "engine_class",
     "engine_for",
     "site_lock",
     "unsupported_connector",
