@@ -498,9 +498,32 @@ def other_gpg_home():
 
 
 def export_public(src: GpgHome, dst: Path) -> None:
-    """Copy ``src``'s public key into the (new) home ``dst``: it can encrypt but not decrypt."""
+    """Copy ``src``'s public key into the (new) home ``dst``: it can encrypt but not decrypt.
+
+    ``--no-autostart``: a plain ``gpg --import`` starts a gpg-agent in ``dst`` (it asks the agent about secret
+    keys), which nothing stops; a public key needs none."""
     dst.mkdir(mode=0o700, exist_ok=True)
     key = subprocess.run(
         ["gpg", "--homedir", str(src.path), "--export", src.email], check=True, capture_output=True
     ).stdout
-    subprocess.run(["gpg", "--batch", "--homedir", str(dst), "--import"], input=key, check=True, capture_output=True)
+    subprocess.run(
+        ["gpg", "--batch", "--no-autostart", "--homedir", str(dst), "--import"],
+        input=key,
+        check=True,
+        capture_output=True,
+    )
+
+
+def gpg_agents(home: Path) -> list[str]:
+    """The gpg-agent processes started for the GnuPG home ``home`` (``pid: argv``), read from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if os.path.basename(argv[0]) == "gpg-agent" and str(home) in argv:
+            found.append(f"{entry}: {' '.join(argv).strip()}")
+    return found

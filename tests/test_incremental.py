@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, export_public
+from conftest import ROOT, export_public, gpg_agents
 from test_remote_storage import point_at, s3_server, sftp_server, workdir  # noqa: F401 - fixtures
 
 from backup_app.errors import RestoreError
@@ -259,6 +259,7 @@ def test_an_encrypting_host_without_the_secret_key_backs_up_incrementally(site, 
     empty(site.media)
     site.invoke("restore", "--skip-db", extra_env={"INVENTREE_BACKUP_GPG_HOME": str(gpg_home.path)})
     assert media_state(site.media) == expected
+    assert gpg_agents(public_only) == []  # neither the backups in that home nor the test's key import left one
 
 
 # --- restoring ------------------------------------------------------------------------------------------
