@@ -284,7 +284,7 @@ def check_names(app_configs=None, **kwargs):
 def check_connectors(app_configs=None, **kwargs):
     """E017: a database's django-dbbackup connector class does not import; E018: it is no connector; E021: it is
     not one whose dumps backup_app makes for that database (e.g. DjangoConnector, SqliteConnector); E022:
-    PostgreSQL's IF_EXISTS is false."""
+    PostgreSQL's IF_EXISTS is false while DROP is on (with DROP false there is no DROP for it to guard)."""
     from dbbackup.db.base import CONNECTOR_MAPPING, DEFAULT_CONNECTOR, BaseDBConnector
     from django.db import connections
 
@@ -327,14 +327,18 @@ def check_connectors(app_configs=None, **kwargs):
                 )
             )
         options = app_settings.connector_options(alias)
-        if connections[alias].vendor == "postgresql" and options.get("IF_EXISTS", True) is False:
+        if (
+            connections[alias].vendor == "postgresql"
+            and options.get("IF_EXISTS", True) is False
+            and options.get("DROP", True) is not False  # DROP false: no DROP at all, nothing for IF EXISTS
+        ):
             messages.append(
                 Error(
-                    f"{_env('backup_connector_options')} IF_EXISTS of database '{alias}' is false, which cannot "
-                    "apply: a restore loads the dump into a new, empty database (or drops the live objects itself), "
-                    "where a DROP without IF EXISTS fails; django-dbbackup itself adds --if-exists whenever DROP is "
-                    "on.",
-                    hint="Remove IF_EXISTS (DROP false leaves out the dump's DROP statements altogether).",
+                    f"{_env('backup_connector_options')} IF_EXISTS of database '{alias}' is false while DROP is on, "
+                    "which cannot apply: a restore loads the dump into a new, empty database (or drops the live "
+                    "objects itself), where a DROP without IF EXISTS fails; django-dbbackup itself adds --if-exists "
+                    "whenever DROP is on.",
+                    hint="Remove IF_EXISTS, or set DROP false too (the dump then holds no DROP statement at all).",
                     id="backup_app.E022",
                 )
             )

@@ -393,6 +393,22 @@ def test_if_exists_false_is_refused_by_a_check(logging_site):
     assert backup.returncode != 0 and not any(logging_site.backups.glob("*.psql*"))
 
 
+@pytest.mark.parametrize("connector", [PLAIN, None], ids=["plain", "custom"])
+def test_if_exists_false_with_drop_false_is_a_valid_configuration(logging_site, connector):
+    """DROP false: the dump holds no DROP at all (a custom dump's restore in place drops nothing), so IF_EXISTS
+    false asks for nothing that cannot apply; check, backup and restore all pass."""
+    with_options(logging_site, **({"CONNECTOR": connector} if connector else {}), DROP=False, IF_EXISTS=False)
+    before = parts(logging_site)
+
+    check = logging_site.manage("check", check=False)
+    logging_site.invoke("backup")
+    logging_site.sql("DELETE FROM demo_part")
+    logging_site.invoke("restore")
+
+    assert check.returncode == 0 and "E022" not in check.output, check.output
+    assert parts(logging_site) == before
+
+
 def test_drop_false_makes_a_plain_dump_without_drop_statements(logging_site):
     with_options(logging_site, CONNECTOR=PLAIN, DROP=False)
 
