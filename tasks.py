@@ -44,6 +44,8 @@ def demo(c):
         "source": "Code to measure: a commit, snapshotted with git archive (default HEAD), or . for the working tree",
         "restore_media": "live (default): restores replace media holding the backed-up files; empty: an emptied folder",
         "no_incremental": "Skip the incremental media scenario (ten nightly backups with 1 % of the files changed)",
+        "media_size": "Media bytes instead of half of --size, e.g. 2G (the database keeps its half of --size)",
+        "media_files": "About this many media files (each file's size scaled to fit), e.g. 27000",
     }
 )
 def benchmark(
@@ -62,6 +64,8 @@ def benchmark(
     source="",
     restore_media="",
     no_incremental=False,
+    media_size="",
+    media_files=0,
 ):
     """Time backup and restore against stock django-dbbackup and raw tools (see docs/performance.md)."""
     args = _flags(
@@ -78,6 +82,8 @@ def benchmark(
         source=source,
         restore_media=restore_media,
         no_incremental=no_incremental,
+        media_size=media_size,
+        media_files=int(media_files) or None,
     )
     with c.cd(str(ROOT)):
         c.run(f"{shlex.quote(sys.executable)} -m bench {args} --sets {int(sets)}", pty=False)

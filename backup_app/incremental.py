@@ -95,14 +95,16 @@ class FileEntry:
         return prefix + json.dumps(self.chunks, separators=(",", ":")).encode("ascii") + b"}"
 
 
-#: What ``json.dumps(..., ensure_ascii=False)`` escapes in a string: nothing else changes.
-_JSON_ESCAPED = re.compile(r'[\x00-\x1f"\\]')
-
-
 def _path_key(path: str) -> bytes:
     """A path as an index line spells it (a JSON string, not ASCII-escaped; undecodable bytes kept)."""
-    if _JSON_ESCAPED.search(path) is None:  # most names: json.dumps would only add the quotes
-        return b'"%s"' % path.encode("utf-8", "surrogateescape")
+    # Once per media file on every backup.  json.dumps(ensure_ascii=False) escapes only '"', '\\' and the
+    # characters below U+0020 (which are not printable); an undecodable byte (a surrogate escape, not printable
+    # either) needs "surrogateescape", which makes encode() several times slower: most names need neither.
+    if '"' not in path and "\\" not in path and path.isprintable():
+        try:
+            return b'"' + path.encode() + b'"'
+        except UnicodeEncodeError:
+            pass
     return json.dumps(path, ensure_ascii=False).encode("utf-8", "surrogateescape")
 
 
@@ -132,7 +134,10 @@ class MediaIndex:
 #: A chunk as an index line spells it: ``["<sha256>","<pack>",offset,length]``.
 _CHUNK = re.compile(rb'\["([0-9a-f]{64})","([^"\\]+)",([0-9]+),([0-9]+)\]')
 #: A pack name in an index line: a chunk's, after its blob's SHA-256 (a path such as "media-packs/x" is not one).
-_PACK = re.compile(rb'[0-9a-f]{64}","(' + re.escape(PACK_FOLDER.encode()) + rb'/[^"\\]+)"')
+#: ``","media-packs/`` is only ever there: inside a JSON string every ``"`` is escaped, so the only ``","`` a path
+#: can hold ends the path, and ``,"size"`` follows it.  Starting from that literal, one scan of a 27,000-line
+#: index takes a fifth of the time that trying ``[0-9a-f]{64}`` at every byte took.
+_PACK = re.compile(rb'","(' + re.escape(PACK_FOLDER.encode()) + rb'/[^"\\]+)"')
 
 
 class Previous:
@@ -161,12 +166,32 @@ class Previous:
             key: line for key, line in self.lines.items() if all(p.decode() in present for p in _PACK.findall(line))
         }
 
-    def blobs(self) -> dict[str, tuple[str, int, int]]:
+    def blobs(self) -> KnownBlobs:
         """Every blob the lines name: SHA-256 -> (pack, offset, length)."""
-        known: dict[str, tuple[str, int, int]] = {}
-        for sha, pack, offset, length in _CHUNK.findall(b"\n".join(self.lines.values())):
-            known.setdefault(sha.decode(), (pack.decode(), int(offset), int(length)))
-        return known
+        return KnownBlobs(_CHUNK.findall(b"\n".join(self.lines.values())))
+
+
+class KnownBlobs:
+    """SHA-256 (hex) -> ``(pack, offset, length)`` of the blobs a backup may reuse, and those it stores.
+
+    Built from the previous index's chunks as found there (bytes), each decoded only when it is looked up: a
+    backup of 1 % changed files looks up a few hundred of 27,000.  The first line naming a blob gives it.
+    """
+
+    def __init__(self, found: list[tuple[bytes, bytes, bytes, bytes]] = ()):
+        self._found = {chunk[0]: chunk for chunk in reversed(found)}
+        self._added: dict[str, tuple[str, int, int]] = {}
+
+    def get(self, sha: str) -> tuple[str, int, int] | None:
+        ref = self._added.get(sha)
+        if ref is None:
+            chunk = self._found.get(sha.encode("ascii"))
+            if chunk is not None:
+                ref = (chunk[1].decode(), int(chunk[2]), int(chunk[3]))
+        return ref
+
+    def __setitem__(self, sha: str, ref: tuple[str, int, int]) -> None:
+        self._added[sha] = ref
 
 
 @dataclass
@@ -351,7 +376,7 @@ def write_media(
         if not set(previous.packs) <= present:
             previous.keep_only(present)  # a pack is gone: the files that need it are read again
         reusable_packs, old_lines = previous.packs, previous.lines
-    known: dict[str, tuple[str, int, int]] | None = None  # the previous blobs, read out when first needed
+    known: KnownBlobs | None = None  # the previous blobs, read out when first needed
     lines = stats.lines
     folders: dict[str, int] = {}
     # A local folder: walk_local (no link followed, nothing but files opened; folders with their modes).
@@ -391,7 +416,7 @@ def write_media(
                         on_file(size)
                     continue
             if known is None:
-                known = previous.blobs() if previous is not None else {}
+                known = previous.blobs() if previous is not None else KnownBlobs()
             entry = _read_file(media, root, name, known, writer, stats, on_bytes)
             if entry is None:
                 continue

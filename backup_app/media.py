@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import operator
 import os
 import posixpath
 import shutil
@@ -76,14 +77,18 @@ def walk_local(root: Path, skipped: list[dict] | None = None) -> Iterator[tuple[
     or that a restore refuses (:func:`_safe_name`: a backslash, ``X:`` at the start), raises BackupError.
     """
     limit = _path_max(root) - len(os.fsencode(str(root))) - 1 - STAGING_EXTRA
+    top = os.fspath(root)
+    # Per entry (27,000 files: a tenth of a second of the whole walk), so: no Path objects, each name read once.
+    by_name = operator.attrgetter("name")
+    lstat_of = os.DirEntry.stat
     stack: list[tuple[str, os.stat_result | None]] = [("", None)]
     while stack:
         folder, folder_stat = stack.pop()
         if folder_stat is not None:
             yield folder, folder_stat
         try:
-            with os.scandir(root / folder if folder else root) as it:
-                entries = sorted(it, key=lambda e: e.name)
+            with os.scandir(os.path.join(top, folder) if folder else top) as it:
+                entries = sorted(it, key=by_name)
         except FileNotFoundError:
             continue  # removed while we were walking
         except OSError as err:
@@ -91,32 +96,33 @@ def walk_local(root: Path, skipped: list[dict] | None = None) -> Iterator[tuple[
                 raise _too_long(folder, limit) from None
             raise BackupError(f"media folder {folder!r} could not be read ({err}); check its permissions") from None
         dirs = []
+        head = folder + "/" if folder else ""
         for entry in entries:
-            if not folder and entry.name.startswith(STAGING_PREFIX):
+            base = entry.name
+            if not folder and base.startswith(STAGING_PREFIX):
                 continue
-            name = f"{folder}/{entry.name}" if folder else entry.name
+            name = head + base
             if len(name) * 4 > limit and len(os.fsencode(name)) > limit:  # (at most 4 bytes a character)
                 raise _too_long(name, limit)
-            if "\\" in entry.name or (not folder and entry.name[1:2] == ":"):
+            if "\\" in base or (not folder and base[1:2] == ":"):
                 raise BackupError(
                     f"media entry {name!r} has a name a restore refuses (a backslash, or a drive letter's ':' "
                     "after its first character, as in a Windows path); rename it"
                 )
             try:
-                st = entry.stat(follow_symlinks=False)
+                st = lstat_of(entry, follow_symlinks=False)
             except FileNotFoundError:
                 continue
             kind = stat.S_IFMT(st.st_mode)
-            if kind not in (stat.S_IFREG, stat.S_IFDIR):
+            if kind == stat.S_IFREG:
+                yield name, st
+            elif kind == stat.S_IFDIR:
+                dirs.append((name, st))
+            else:
                 what = _SPECIAL.get(kind, "special file")
                 logger.warning("skipped media entry %r (%s): only files and folders are backed up", name, what)
                 if skipped is not None:
                     skipped.append({"name": name, "kind": what})
-                continue
-            if kind == stat.S_IFDIR:
-                dirs.append((name, st))
-            else:
-                yield name, st
         stack.extend(reversed(dirs))
 
 

@@ -42,6 +42,9 @@ DB_SHARE = 0.5
 PART_SHARE = 0.6
 #: Share of the media bytes in incompressible binaries (the rest is text).
 BINARY_SHARE = 0.55
+#: Mean media file size of the generator at scale 1 (6,763 files in 256 MiB at seed 1): ``--media-files``
+#: scales every drawn size by ``(media bytes / files) / MEAN_FILE_BYTES``.
+MEAN_FILE_BYTES = 39_700
 
 EPOCH_START = datetime(2015, 1, 1, tzinfo=UTC).timestamp()
 EPOCH_SPAN = 11 * 365 * 86400
@@ -267,8 +270,11 @@ def _text_content(kind: str, size: int, text: _Text, rng: random.Random) -> byte
     return "".join(parts).encode()[:size]
 
 
-def _generate_media(folder: Path, budget: int, seed: int, log: Callable[[str], None]) -> tuple[dict, list[str]]:
-    """Write media files totalling ``budget`` bytes; returns stats and the names under ``parts/``."""
+def _generate_media(
+    folder: Path, budget: int, seed: int, log: Callable[[str], None], scale: float = 1.0
+) -> tuple[dict, list[str]]:
+    """Write media files totalling ``budget`` bytes, each drawn size times ``scale`` (1: the default mix; 2:
+    files twice as large on average, so half as many); returns stats and the names under ``parts/``."""
     rng = random.Random(f"{seed}-media")
     text = _Text(random.Random(f"{seed}-media-text"))
     binary_budget = int(budget * BINARY_SHARE)
@@ -287,6 +293,7 @@ def _generate_media(folder: Path, budget: int, seed: int, log: Callable[[str], N
                 size = _lognormal_size(rng, 6 * 1024**2, 0.6, 1024**2, 24 * 1024**2)
             else:
                 size = _lognormal_size(rng, 64 * 1024, 1.2, 1024, 8 * 1024**2)
+            size = int(size * scale)
             size = min(size, binary_budget - stats["binary_bytes"]) or 1
             ext = rng.choice(_BINARY_EXT)
             cat, name = _part_name(rng)
@@ -300,7 +307,7 @@ def _generate_media(folder: Path, budget: int, seed: int, log: Callable[[str], N
             data = rng.randbytes(size)
             key = "binary"
         else:
-            size = _lognormal_size(rng, 6 * 1024, 1.5, 200, 6 * 1024**2)
+            size = int(_lognormal_size(rng, 6 * 1024, 1.5, 200, 6 * 1024**2) * scale)
             size = min(size, text_budget - stats["text_bytes"]) or 1
             ext = rng.choice(_TEXT_EXT)
             year, month = rng.randint(2015, 2025), rng.randint(1, 12)
@@ -404,9 +411,27 @@ def _write_stockitems(path: Path, budget: int, seed: int, parts: int) -> dict:
     return {"rows": rows, "bytes": path.stat().st_size}
 
 
-def ensure_dataset(workdir: Path, size: int, seed: int, log: Callable[[str], None] = print) -> Dataset:
-    """The cached dataset for ``size`` and ``seed`` (generated now when missing)."""
-    folder = workdir / f"dataset-v{GENERATOR_VERSION}-{size_label(size)}-s{seed}"
+def ensure_dataset(
+    workdir: Path,
+    size: int,
+    seed: int,
+    log: Callable[[str], None] = print,
+    media_size: int | None = None,
+    media_files: int | None = None,
+) -> Dataset:
+    """The cached dataset for ``size`` and ``seed`` (generated now when missing).
+
+    ``media_size``: the media bytes (default: half of ``size``; the database keeps its half of ``size``);
+    ``media_files``: about this many media files (default: what the generator's mix gives, about one per
+    40 KB), by scaling every file's size.
+    """
+    db_budget = int(size * DB_SHARE)
+    media_budget = media_size if media_size is not None else size - db_budget
+    scale = (media_budget / media_files) / MEAN_FILE_BYTES if media_files else 1.0
+    name = f"dataset-v{GENERATOR_VERSION}-{size_label(size)}-s{seed}"
+    if media_size is not None or media_files:
+        name += f"-media{size_label(media_budget)}-x{scale:.3f}"
+    folder = workdir / name
     marker = folder / "dataset.json"
     if marker.is_file():
         info = json.loads(marker.read_text())
@@ -416,9 +441,8 @@ def ensure_dataset(workdir: Path, size: int, seed: int, log: Callable[[str], Non
     shutil.rmtree(folder, ignore_errors=True)
     (folder / "db").mkdir(parents=True)
     t0 = time.monotonic()
-    db_budget = int(size * DB_SHARE)
     media_tmp = folder / "media.tmp"
-    media_stats, part_files = _generate_media(media_tmp, size - db_budget, seed, log)
+    media_stats, part_files = _generate_media(media_tmp, media_budget, seed, log, scale)
     media_tmp.rename(folder / "media")
     log(f"  media: {media_stats['files']} files, {media_stats['bytes']:,} bytes ({time.monotonic() - t0:.0f} s)")
     parts = _write_parts(folder / "db" / "demo_part.copy", int(db_budget * PART_SHARE), seed, part_files)
@@ -430,6 +454,7 @@ def ensure_dataset(workdir: Path, size: int, seed: int, log: Callable[[str], Non
         "size": size,
         "label": size_label(size),
         "seed": seed,
+        "media_scale": round(scale, 3),
         "media": media_stats,
         "tables": {"demo_part": parts, "bench_stockitem": stock},
         "db_bytes": parts["bytes"] + stock["bytes"],

@@ -82,6 +82,9 @@ class Config:
     restore_media: str = "live"
     #: The incremental media scenario (issue 20), on the first engine's site after its other steps.
     incremental: bool = True
+    #: Media bytes (default: half of ``size``) and about how many media files (default: the generator's mix).
+    media_size: int | None = None
+    media_files: int | None = None
 
     @property
     def label(self) -> str:
@@ -513,10 +516,11 @@ def preflight(cfg: Config) -> None:
     cfg.workdir.mkdir(parents=True, exist_ok=True)
     # Dataset (media + COPY files) + site media + database + four backups + a restored copy: about 5x the size.
     free = shutil.disk_usage(cfg.workdir).free
-    if free < cfg.size * 5 + 2 * 1024**3:
+    total = cfg.size // 2 + (cfg.media_size if cfg.media_size is not None else cfg.size // 2)
+    if free < total * 5 + 2 * 1024**3:
         raise SystemExit(
             f"benchmark: {free / 1024**3:.1f} GiB free in {cfg.workdir}; a {cfg.label} run needs about "
-            f"{(cfg.size * 5 + 2 * 1024**3) / 1024**3:.1f} GiB (use --workdir on a larger disk)"
+            f"{(total * 5 + 2 * 1024**3) / 1024**3:.1f} GiB (use --workdir on a larger disk)"
         )
     if "postgresql" in cfg.engines:
         from .sites import _pg
@@ -547,6 +551,8 @@ def run(cfg: Config) -> dict:
             "size": cfg.size,
             "label": cfg.label,
             "seed": cfg.seed,
+            "media_size": cfg.media_size,
+            "media_files": cfg.media_files,
             "engines": cfg.engines,
             "variants": cfg.variants,
             "repeat": cfg.repeat,
@@ -559,7 +565,7 @@ def run(cfg: Config) -> dict:
             "machine": machine_info(),
         }
     }
-    dataset = ensure_dataset(cfg.workdir, cfg.size, cfg.seed, log)
+    dataset = ensure_dataset(cfg.workdir, cfg.size, cfg.seed, log, cfg.media_size, cfg.media_files)
     results["dataset"] = dataset.info
     run_dir = cfg.workdir / f"run-{os.getpid()}"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -633,6 +639,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-incremental", action="store_true", help="skip the incremental media scenario (ten nightly backups)"
     )
+    parser.add_argument(
+        "--media-size", default="", help="media bytes instead of half of --size (the database keeps its half)"
+    )
+    parser.add_argument(
+        "--media-files", type=int, default=0, help="about this many media files (each file's size scaled to fit)"
+    )
     args = parser.parse_args(argv)
 
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
@@ -645,8 +657,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown variant {v!r}; use {', '.join(VARIANTS)}")
     try:
         size = parse_size(args.size)
+        media_size = parse_size(args.media_size) if args.media_size else None
     except ValueError as err:
         parser.error(str(err))
+    if args.media_files < 0:
+        parser.error("--media-files must be a positive number of files")
     cfg = Config(
         size=size,
         seed=args.seed,
@@ -661,6 +676,8 @@ def main(argv: list[str] | None = None) -> int:
         source=args.source,
         restore_media=args.restore_media,
         incremental=not args.no_incremental,
+        media_size=media_size,
+        media_files=args.media_files or None,
         command="invoke benchmark " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
     )
     stem = (
