@@ -41,7 +41,7 @@ from django.core.files.storage import FileSystemStorage, storages
 from .errors import BackupError, RestoreError
 from .ownership import Ownership, chown, folder_owner, umask
 from .pipeline import incompressible
-from .streams import CHUNK, ChangedWhileRead, EndedEarly, copy_exact, copy_unless_same, room_left
+from .streams import CHUNK, ChangedWhileRead, EndedEarly, copy_exact, copy_unless_same, file_system_of, room_left
 from .testing import pause_at
 from .tools import process_exists
 
@@ -834,6 +834,55 @@ def _put_folders(
             modes[name] = current.mode
         os.chmod(path, mode)
     return {"made": made, "modes": modes}
+
+
+def kept_size(storage, staged: StagedArchive, safety_media: Path, *, mirror: bool = False) -> tuple[int, int] | None:
+    """``(files, bytes)`` that :func:`commit_archive` surely copies into ``safety_media`` to keep what it replaces.
+
+    Nothing when the live media folder is on the safety folder's file system (each file is moved by a rename);
+    else the live files at the staged names (a folder there: all its files), the files where the archive has a
+    folder, and with ``mirror`` the live files the archive does not hold.  None for media storage that is not a
+    plain local folder, where sizing the files would cost a request each.
+    """
+    root = _plain_local_root(storage)
+    if root is None:
+        return None
+    if file_system_of(root)[0] == file_system_of(safety_media)[0]:
+        return 0, 0
+    files = total = 0
+    moved: list[str] = []  # whole folders moved aside: the mirror pass finds nothing under them
+    staged_files = set(staged.names)
+    candidates = {*staged.names, *staged.folders}
+    for name in staged.names:  # a file where a folder on the way must go (archives without folder entries)
+        parts = name.split("/")[:-1]
+        candidates.update("/".join(parts[: i + 1]) for i in range(len(parts)))
+    for name in sorted(candidates):
+        path = root / name
+        try:
+            st = os.lstat(path)
+        except OSError:  # not there, or a file on its way (counted under its own name)
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            if name not in staged_files:
+                continue  # a folder that stays a folder
+            moved.append(name + "/")
+            for base, _dirs, names in os.walk(path):
+                for entry in names:
+                    with suppress(OSError):
+                        total += os.lstat(os.path.join(base, entry)).st_size
+                        files += 1
+            continue
+        files += 1
+        total += st.st_size
+    if mirror:
+        keep = staged_files | set(staged.unchanged)
+        for name in iter_media(storage):
+            if name in keep or name.startswith(tuple(moved)):
+                continue
+            with suppress(OSError):
+                total += os.lstat(root / name).st_size
+                files += 1
+    return files, total
 
 
 def commit_archive(

@@ -431,6 +431,9 @@ def check_manifest(data) -> None:
         for key in ("vendor", "engine"):
             _kind_of(entry.get(key), str, f"the {key} of database {entry['alias']!r}")
         _kind_of(entry.get("tables"), int, f"the table count of database {entry['alias']!r}")
+        _kind_of(entry.get("source_bytes"), int, f"the dumped bytes of database {entry['alias']!r}")
+        if (entry.get("source_bytes") or 0) < 0:
+            raise BadManifest(f"the dumped bytes of database {entry['alias']!r} are negative")
         if entry.get("metadata") is not None:
             _plain_name(entry["metadata"], f"the metadata file of database {entry['alias']!r}")
         _kind_of(entry.get("metadata_size"), int, f"the metadata size of database {entry['alias']!r}")

@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from contextlib import suppress
+from pathlib import Path
 from typing import BinaryIO
 
 from django.core.files import File
@@ -154,6 +155,17 @@ def room_left(folder: str | os.PathLike) -> tuple[int, int]:
     less :func:`room_margin` (bytes may be negative: already inside the margin)."""
     st = os.statvfs(folder)
     return st.f_bavail * st.f_frsize - room_margin(st.f_blocks * st.f_frsize), st.f_favail
+
+
+def file_system_of(path: str | os.PathLike) -> tuple[int, Path]:
+    """``(device, mount point)`` of the file system ``path`` is (or, when it does not exist yet, would be) on."""
+    here = Path(os.path.abspath(path))
+    while not os.path.lexists(here) and here.parent != here:
+        here = here.parent
+    device = os.stat(here).st_dev
+    while here.parent != here and os.stat(here.parent).st_dev == device:
+        here = here.parent
+    return device, here
 
 
 class RoomGuard(io.RawIOBase):

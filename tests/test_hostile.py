@@ -166,6 +166,8 @@ BAD_MANIFESTS = {
     "path-outside": lambda m: {**m, "files": [{**f, "name": "../../etc/passwd"} for f in m["files"]]},
     "media-count-negative": lambda m: {**m, "media": {**m["media"], "files": -1}},
     "migrations-not-pairs": lambda m: {**m, "databases": [{**d, "migrations": "all"} for d in m["databases"]]},
+    "dumped-bytes-negative": lambda m: {**m, "databases": [{**d, "source_bytes": -1} for d in m["databases"]]},
+    "dumped-bytes-a-string": lambda m: {**m, "databases": [{**d, "source_bytes": "2 MB"} for d in m["databases"]]},
     "unknown-format": lambda m: {**m, "format": "backup_app/99"},
     "a-list": lambda m: [m],
 }

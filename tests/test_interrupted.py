@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -21,6 +22,10 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, make_site
+from reference import differences as reference_differences
+from reference import file_stats, sqlite_catalog
+
+from backup_app.streams import room_margin
 
 # --- instruments ------------------------------------------------------------------------------
 
@@ -512,12 +517,10 @@ def test_a_restore_whose_media_cannot_fit_in_the_staging_folder_is_refused_befor
     (small_disk / "filler").write_bytes(os.urandom(1536 * 1024))  # 4 MiB less 1.5: the photo no longer fits
     old = state(site)
 
-    result = site.manage("backup_restore", "--noinput", check=False)
+    needed, what = refused_for_room(site, small_disk)
 
-    assert result.returncode != 0
-    last = result.stderr.strip().splitlines()[-1]
-    assert f"the media staging folder {media} has " in last, result.stderr
-    assert "this restore stages at least" in last and "nothing was changed" in last
+    assert needed == 2560 * 1024
+    assert f"the media staging folder {media} ({needed:,} bytes: the backup's {needed + 4:,} bytes" in what
     assert differences(state(site), old) == []
     assert sorted(p.name for p in small_disk.iterdir()) == ["filler", "media"]
     assert list((site.root / "safety").glob("*/safety.json")) == []
@@ -539,22 +542,196 @@ def test_a_safety_folder_that_is_a_file_stops_the_restore_before_anything_is_sta
 
 
 def test_a_full_safety_folder_undoes_the_swap_and_leaves_no_partial_copy(changed_site, small_disk):
+    # The safety folder has room when the restore checks it; a file written while it waits at restore:staged
+    # then fills it, so the copy of a removed file meets a full disk half way through the swap.
     big = changed_site.media / "docs" / "big.bin"
     big.write_bytes(os.urandom(3 * 1024 * 1024))  # not in the backup: kept aside only with --mirror
-    (small_disk / "filler").write_bytes(b"\0" * (2 * 1024 * 1024))
     old = state(changed_site)
     safety = small_disk / "safety"
+    changed_site.env["INVENTREE_BACKUP_SAFETY_DIR"] = str(safety)
 
-    result = changed_site.manage(
-        "backup_restore", "--noinput", "--mirror", check=False, extra_env={"INVENTREE_BACKUP_SAFETY_DIR": str(safety)}
-    )
+    held = Held(changed_site, "restore:staged", "backup_restore", "--noinput", "--mirror").paused("restore:staged")
+    (small_disk / "filler").write_bytes(b"\0" * (2 * 1024 * 1024))
+    held.go_on()
+    code, err = held.finish()
 
-    assert result.returncode != 0
-    assert "No space left on device" in result.stderr and "the restore was undone" in result.stderr
-    assert "ALSO failed" not in result.stderr
+    assert code != 0
+    assert "No space left on device" in err and "the restore was undone" in err
+    assert "ALSO failed" not in err
     assert differences(state(changed_site), old) == []
     assert [p.name for p in safety.rglob("*.part")] == []
     assert leftovers(changed_site) == []
+
+
+# --- the room a restore needs, weighed before it writes anything ------------------------------------------
+
+ROOM_LINE = re.compile(
+    r"not enough room on the file system at (\S+) for this restore: it has ([\d,]+) bytes free \(a margin of "
+    r"([\d,]+) kept\) and needs at least ([\d,]+) there for (.+); nothing was changed$"
+)
+
+
+def fill(disk: Path, leave: int) -> None:
+    """Write a file on ``disk`` so that ``leave`` bytes stay free there."""
+    (disk / "filler").write_bytes(b"\0" * (shutil.disk_usage(disk).free - leave))
+
+
+def exact(site) -> dict:
+    """The live site as reference.py sees it: the SQLite file's schema, rows, header and stats, every media
+    entry's stat and bytes."""
+    return {"db": sqlite_catalog(Path(site.env["INVENTREE_DB_NAME"])), "media": file_stats(site.media)}
+
+
+def refused_for_room(site, disk: Path, *args: str) -> tuple[int, str]:
+    """Run a restore that must be refused for lack of room on ``disk`` before anything is written; returns the
+    bytes it said it needs and what for.  The live site, the disk and the safety folder are checked unchanged."""
+    before, listing, free = (
+        exact(site),
+        sorted(p.relative_to(disk) for p in disk.rglob("*")),
+        shutil.disk_usage(disk).free,
+    )
+    safety = Path(site.env["INVENTREE_BACKUP_SAFETY_DIR"])
+    records = sorted(p.name for p in safety.rglob("*")) if safety.exists() else []
+
+    result = site.manage("backup_restore", "--noinput", *args, check=False)
+
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    found = ROOM_LINE.search(last)
+    assert found, result.stderr
+    assert found.group(1) == str(disk)
+    said_free, margin, needed = (int(found.group(i).replace(",", "")) for i in (2, 3, 4))
+    assert abs(said_free - free) <= 64 * 1024  # the run's history row may take a page of a database on the disk
+    assert margin == room_margin(shutil.disk_usage(disk).total) and needed > said_free - margin
+    difference = reference_differences(before, exact(site))
+    assert not difference, difference
+    # A refusal after staging (where the media files the swap replaces are known) may leave the safety folder
+    # made, and empty.
+    assert sorted(p.relative_to(disk) for p in disk.rglob("*") if p != safety) == [
+        name for name in listing if disk / name != safety
+    ]
+    assert (sorted(p.name for p in safety.rglob("*")) if safety.exists() else []) == records
+    assert leftovers(site) == []
+    return needed, found.group(5)
+
+
+def manifest_of(site) -> tuple[Path, dict]:
+    [path] = site.backups.glob("*.manifest.metadata")
+    return path, json.loads(path.read_text())
+
+
+def test_a_restore_whose_sqlite_file_cannot_be_staged_beside_the_live_one_is_refused_before_anything_is_written(
+    tmp_path, small_disk, migrated_sqlite
+):
+    db = small_disk / "db.sqlite3"
+    shutil.copyfile(migrated_sqlite, db)
+    site = make_site(tmp_path / "site", INVENTREE_DB_NAME=str(db))
+    big_rows(site, 1000)  # about 2.3 MB
+    site.manage("backup_create")
+    [entry] = manifest_of(site)[1]["databases"]
+    fill(small_disk, entry["source_bytes"] // 2 + room_margin(shutil.disk_usage(small_disk).total))
+
+    needed, what = refused_for_room(site, small_disk)
+
+    assert needed == entry["source_bytes"]
+    assert f"the staging file of database 'default' ({needed:,} bytes, beside {db})" in what
+    assert "free some room there" in what
+
+
+def test_a_restore_whose_safety_copy_of_the_database_cannot_fit_is_refused_before_anything_is_written(
+    sqlite_site, small_disk
+):
+    sqlite_site.env["INVENTREE_BACKUP_SAFETY_DIR"] = str(small_disk / "safety")
+    big_rows(sqlite_site, 1000)
+    sqlite_site.manage("backup_create")
+    live = Path(sqlite_site.env["INVENTREE_DB_NAME"]).stat().st_size
+    fill(small_disk, live // 2 + room_margin(shutil.disk_usage(small_disk).total))
+
+    needed, what = refused_for_room(sqlite_site, small_disk)
+
+    assert needed == live
+    assert f"the safety copy of database 'default' ({live:,} bytes, copied from another file system)" in what
+    assert "backup_safety_dir (INVENTREE_BACKUP_SAFETY_DIR)" in what
+
+
+def test_a_safety_copy_on_the_databases_own_file_system_costs_no_room(tmp_path, small_disk, migrated_sqlite):
+    # The old file is kept as a hard link: only the staging file needs room, though there is not enough for a
+    # copy of the live file besides.
+    db = small_disk / "db.sqlite3"
+    shutil.copyfile(migrated_sqlite, db)
+    site = make_site(tmp_path / "site", INVENTREE_DB_NAME=str(db), INVENTREE_BACKUP_SAFETY_DIR=str(small_disk / "s"))
+    big_rows(site, 600)  # about 1.4 MB: the live file and a staged one fit
+    site.manage("backup_create")
+    site.sql("UPDATE demo_part SET quantity = -1 WHERE id = (SELECT max(id) FROM demo_part)")  # one page
+    size = manifest_of(site)[1]["databases"][0]["source_bytes"]
+    fill(small_disk, size + size // 2 + room_margin(shutil.disk_usage(small_disk).total))
+
+    site.manage("backup_restore", "--noinput")
+
+    assert site.query("SELECT count(*), max(quantity) FROM demo_part WHERE name = 'big'") == [[600, 600]]
+
+
+def test_a_restore_whose_safety_copy_of_media_files_cannot_fit_is_refused_before_the_swap(sqlite_site, small_disk):
+    sqlite_site.env["INVENTREE_BACKUP_SAFETY_DIR"] = str(small_disk / "safety")
+    photo = sqlite_site.media / "photo.bin"
+    photo.write_bytes(os.urandom(2560 * 1024))  # does not compress
+    sqlite_site.manage("backup_create")
+    photo.write_bytes(os.urandom(2560 * 1024))  # replaced by the restore: its old bytes go to the safety folder
+    fill(small_disk, 1536 * 1024)
+
+    needed, what = refused_for_room(sqlite_site, small_disk, "--skip-db")
+
+    assert needed == 2560 * 1024
+    assert f"the safety copy of 1 media file ({needed:,} bytes, copied from another file system)" in what
+
+
+def test_a_restore_whose_staging_needs_add_up_on_one_file_system_is_refused_before_anything_is_written(
+    tmp_path, small_disk, migrated_sqlite
+):
+    # The staging file and the media files each fit; both do not.
+    db, media = small_disk / "db.sqlite3", small_disk / "media"
+    shutil.copyfile(migrated_sqlite, db)
+    media.mkdir()
+    site = make_site(tmp_path / "site", INVENTREE_DB_NAME=str(db), INVENTREE_MEDIA_ROOT=str(media))
+    big_rows(site, 500)
+    (media / "photo.bin").write_bytes(os.urandom(1024 * 1024))
+    site.manage("backup_create")
+    (media / "photo.bin").unlink()
+    staged = manifest_of(site)[1]["databases"][0]["source_bytes"]
+    margin = room_margin(shutil.disk_usage(small_disk).total)
+    fill(small_disk, max(staged, 1024 * 1024) + 256 * 1024 + margin)
+
+    needed, what = refused_for_room(site, small_disk)
+
+    assert needed == staged + 1024 * 1024
+    assert "the staging file of database 'default'" in what and f"the media staging folder {media}" in what
+
+
+def test_a_set_whose_manifest_has_no_database_size_is_still_restored_and_bounded_while_staging(
+    tmp_path, small_disk, migrated_sqlite
+):
+    # Sets written before the manifest recorded source_bytes: no check up front; staging stops at the margin.
+    db = small_disk / "db.sqlite3"
+    shutil.copyfile(migrated_sqlite, db)
+    site = make_site(tmp_path / "site", INVENTREE_DB_NAME=str(db))
+    big_rows(site, 600)  # about 1.4 MB: the live file and a staged one fit
+    site.manage("backup_create")
+    path, manifest = manifest_of(site)
+    size = manifest["databases"][0].pop("source_bytes")
+    path.write_text(json.dumps(manifest))
+    site.sql("UPDATE demo_part SET quantity = -1 WHERE id = (SELECT max(id) FROM demo_part)")  # one page
+    fill(small_disk, size // 2 + room_margin(shutil.disk_usage(small_disk).total))
+    before = exact(site)
+
+    result = site.manage("backup_restore", "--noinput", check=False)
+
+    assert result.returncode != 0
+    assert "expands to more than" in result.stderr and "nothing was changed" in result.stderr
+    assert not reference_differences(before, exact(site))
+    assert leftovers(site) == []
+    (small_disk / "filler").unlink()
+    site.manage("backup_restore", "--noinput")
+    assert site.query("SELECT count(*), max(quantity) FROM demo_part WHERE name = 'big'") == [[600, 600]]
 
 
 @pytest.mark.parametrize("damage", ["flipped-bit", "newer-format"])

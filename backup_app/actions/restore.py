@@ -32,7 +32,15 @@ from ..errors import RestoreError
 from ..history import record_run
 from ..incremental import parse_index, stage_index
 from ..interrupts import Interrupted, shielded
-from ..media import StagedArchive, abandon_archive, commit_archive, media_size, media_storage, stage_archive
+from ..media import (
+    StagedArchive,
+    abandon_archive,
+    commit_archive,
+    kept_size,
+    media_size,
+    media_storage,
+    stage_archive,
+)
 from ..models import BackupRun
 from ..notify import announce, notify_failure, ping
 from ..pipeline import GpgSpec
@@ -42,7 +50,7 @@ from ..secrets import redact
 from ..sets import BackupFile, BackupSet, Naming, list_sets, of_this_site, set_site, site_identity, split_extension
 from ..settings import app_settings
 from ..storage import backup_storage, describe
-from ..streams import PrefixedReader, room_left, room_margin
+from ..streams import PrefixedReader, file_system_of, room_left, room_margin
 from ..testing import pause_at
 from . import hooks, rollback
 from .common import TAIL_MAX, read_checked
@@ -115,6 +123,7 @@ class DbItem:
     file: BackupFile
     migrations: list[list[str]] | None = None
     vendor: str | None = None  # what the manifest says made the dump
+    source_bytes: int | None = None  # the dump's bytes before compression (manifests since 6535c58)
 
 
 @dataclass
@@ -236,9 +245,14 @@ def plan(options: RestoreOptions | None = None, progress: Progress = NO_PROGRESS
         notes = check_versions(chosen, allow_newer) + check_metadata(storage, chosen, allow_newer)
     except RestoreError as err:
         notes, problems = [], [str(err)]
+    engines = {item.alias: engine_for(item.alias) for item in chosen.databases}
+    try:
+        check_room(staging_needs(chosen, engines))
+    except RestoreError as err:
+        problems.append(str(err))
     databases = []
     for item in chosen.databases:
-        engine = engine_for(item.alias)
+        engine = engines[item.alias]
         databases.append(
             {
                 "alias": item.alias,
@@ -464,7 +478,9 @@ def choose(
         if alias not in aliases:
             raise RestoreError(f"{f.name} holds database {alias!r}, which is not in DATABASES")
         entry = _db_entry(f, s)
-        plan.databases.append(DbItem(alias, f, entry.get("migrations"), entry.get("vendor")))
+        raw = entry.get("source_bytes")
+        raw = raw if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0 else None
+        plan.databases.append(DbItem(alias, f, entry.get("migrations"), entry.get("vendor"), raw))
     if media is not None:
         plan.media = media[0]
         if media[1] is not None and media[1].manifest:
@@ -675,35 +691,128 @@ def stage_incremental(storage, plan: Plan, gpg: GpgSpec, *, uncompress: bool = T
     return stage_index(media_storage(), storage, index, packs, gpg)
 
 
-def check_staging_room(plan: Plan) -> None:
-    """Refuse, before anything is written, a restore whose media files surely do not fit in their staging folder
-    (under MEDIA_ROOT for local media, else the temp folder), a margin kept (:func:`~..streams.room_left`).
+@dataclass
+class Need:
+    """Bytes a restore writes into ``folder`` (what and why, for the refusal), and what makes room for them."""
 
-    What is staged is the backup's media bytes less those of live files that already hold the same: at least the
-    manifest's bytes less all the live files' bytes (on a new machine, all of them).  Extraction is bounded again
-    file by file while it runs (:class:`~..media.Room`).
-    """
+    folder: Path
+    bytes: int
+    what: str
+    fix: str
+
+
+def _staging_fix() -> str:
+    return "free some room there"
+
+
+def _safety_fix() -> str:
+    return (
+        f"free some room there, or set {hints.setting('backup_safety_dir')} to a folder with room (on the file "
+        "system of the database file and media folder, keeping them costs none: they are linked or moved)"
+    )
+
+
+def staging_needs(plan: Plan, engines: dict[str, Engine]) -> list[Need]:
+    """What the restore of ``plan`` surely writes before its swap, known from the manifest: each SQLite dump's
+    decompressed bytes beside its live file (``source_bytes``; sets without it are bounded while they stage),
+    the media files (the manifest's bytes less those of the live files, which may be left as they are: at least
+    that much), and the safety copy of each live database that cannot be kept by a link."""
+    needs = []
+    safety = safety_root()
+    for item in plan.databases:
+        engine = engines[item.alias]
+        folder = engine.staging_folder()
+        if folder is not None and item.source_bytes:
+            needs.append(
+                Need(
+                    folder,
+                    item.source_bytes,
+                    f"the staging file of database '{item.alias}' ({item.source_bytes:,} "
+                    f"bytes, beside {engine.settings['NAME']})",
+                    _staging_fix(),
+                )
+            )
+    needs += database_safety_needs(engines.values(), safety)
     total = (plan.media_expected or {}).get("bytes") if plan.media is not None else None
-    if not isinstance(total, int):
-        return
-    storage = media_storage()
-    try:
-        folder = Path(storage.path(""))
-    except NotImplementedError:
-        folder = Path(tempfile.gettempdir())
-    live = media_size(storage) or 0
-    needed = total - live
-    looked_at = folder
-    while not looked_at.exists() and looked_at.parent != looked_at:
-        looked_at = looked_at.parent
-    room = room_left(looked_at)[0]
-    if needed > room:
-        st = os.statvfs(looked_at)
+    if isinstance(total, int) and not isinstance(total, bool):
+        storage = media_storage()
+        try:
+            folder = Path(storage.path(""))
+        except NotImplementedError:
+            folder = Path(tempfile.gettempdir())
+        live = media_size(storage) or 0
+        if total > live:
+            needs.append(
+                Need(
+                    folder,
+                    total - live,
+                    f"the media staging folder {folder} ({total - live:,} bytes: the backup's {total:,} bytes of "
+                    f"media files less the {live:,} of the live ones)",
+                    _staging_fix(),
+                )
+            )
+    return needs
+
+
+def database_safety_needs(engines, safety: Path) -> list[Need]:
+    """The safety copy of each live database that is copied into ``safety``, not linked (another file system)."""
+    needs = []
+    for engine in engines:
+        kept = engine.safety_bytes(safety)
+        if kept:
+            needs.append(
+                Need(
+                    safety,
+                    kept,
+                    f"the safety copy of database '{engine.alias}' ({kept:,} bytes, copied from another file system)",
+                    _safety_fix(),
+                )
+            )
+    return needs
+
+
+def swap_needs(staged_dbs: list[tuple[Engine, Staged]], staged_media: StagedArchive | None, mirror: bool) -> list[Need]:
+    """What the swap surely writes into the safety folder, now that staging says which live media files it
+    replaces: the copies of live databases and media files on other file systems (a media storage that is not a
+    plain local folder is bounded while it swaps: a full safety folder undoes the swap)."""
+    safety = safety_root()
+    needs = database_safety_needs([engine for engine, _staged in staged_dbs], safety)
+    if staged_media is not None:
+        kept = kept_size(media_storage(), staged_media, safety, mirror=mirror)
+        if kept is not None and kept[1]:
+            files, size = kept
+            needs.append(
+                Need(
+                    safety,
+                    size,
+                    f"the safety copy of {files:,} media file{'s' if files != 1 else ''} ({size:,} bytes, copied "
+                    "from another file system)",
+                    _safety_fix(),
+                )
+            )
+    return needs
+
+
+def check_room(needs: list[Need]) -> None:
+    """RestoreError, before the step that writes them, when ``needs`` do not fit on a file system they share:
+    one line naming the file system, the bytes it has free (a margin kept: :func:`~..streams.room_left`), the
+    bytes needed there and what for, and the fix.  What is written is bounded again while it runs."""
+    by_device: dict[int, tuple[Path, list[Need]]] = {}
+    for need in needs:
+        device, mount = file_system_of(need.folder)
+        by_device.setdefault(device, (mount, []))[1].append(need)
+    for mount, shared in by_device.values():
+        needed = sum(need.bytes for need in shared)
+        room = room_left(mount)[0]
+        if needed <= room:
+            continue
+        st = os.statvfs(mount)
         margin = room_margin(st.f_blocks * st.f_frsize)
+        fixes = "; ".join(dict.fromkeys(need.fix for need in shared))
         raise RestoreError(
-            f"the media staging folder {folder} has {max(room, 0):,} bytes free (a margin of {margin:,} kept) and "
-            f"this restore stages at least {needed:,} there (the backup's {total:,} bytes of media files less the "
-            f"{live:,} of the live ones); free some room there; nothing was changed"
+            f"not enough room on the file system at {mount} for this restore: it has {st.f_bavail * st.f_frsize:,} "
+            f"bytes free (a margin of {margin:,} kept) and needs at least {needed:,} there for "
+            f"{' and '.join(need.what for need in shared)}; {fixes}; nothing was changed"
         )
 
 
@@ -755,7 +864,7 @@ def restore(storage, opts: RestoreOptions, progress: Progress, confirm: Confirm 
     for engine in engines.values():
         for stale in engine.cleanup():
             say(f"Removed {stale}, left behind by an interrupted restore")
-    check_staging_room(plan)
+    check_room(staging_needs(plan, engines))
 
     for item in plan.databases:
         hooks.send_pre_restore(item.alias, item.file.name, storage)
@@ -778,6 +887,7 @@ def restore(storage, opts: RestoreOptions, progress: Progress, confirm: Confirm 
     try:
         for note in check_staged_versions(plan, staged_dbs, allow_newer):
             say(f"  {note}")
+        check_room(swap_needs(staged_dbs, staged_media, opts.mirror))
     except BaseException as err:
         _abandon(staged_dbs, staged_media)
         rollback.discard(safety)

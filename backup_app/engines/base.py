@@ -143,6 +143,17 @@ class Engine:
         """Load the dump in ``stream`` where the live database is not; the live database is untouched."""
         return self.strategies()[0].stage(stream)
 
+    def staging_folder(self) -> Path | None:
+        """The folder on this machine where :meth:`stage` writes the whole dump as it comes (the decompressed
+        bytes the manifest's ``source_bytes`` counts), so that a restore can weigh it before it starts; None when
+        the dump goes elsewhere (a database server)."""
+        return None
+
+    def safety_bytes(self, safety_folder: Path) -> int:
+        """Bytes :meth:`commit` surely writes into ``safety_folder`` to keep the live database (0: it keeps it
+        elsewhere, or at no cost)."""
+        return 0
+
     def lock(self, what: str) -> AbstractContextManager[SiteLock]:
         """Hold the site's backup/restore lock for a ``with`` block; :class:`Locked` when another holds it."""
         raise NotImplementedError

@@ -18,7 +18,7 @@ from django.db import connections
 
 from ..errors import BackupError, RestoreError
 from ..ownership import Ownership, give_to_folder, take_over
-from ..streams import RoomGuard, copy, pump
+from ..streams import RoomGuard, copy, file_system_of, pump
 from ..tools import process_exists
 from .base import Engine, SiteLock, Staged, Strategy, holder, locked, released
 
@@ -187,6 +187,19 @@ class SqliteEngine(Engine):
 
     def strategies(self) -> list[Strategy]:
         return [FileSwap(self)]
+
+    def staging_folder(self) -> Path:
+        """Beside the live file (the swap is a rename)."""
+        return self.path.parent
+
+    def safety_bytes(self, safety_folder: Path) -> int:
+        """The live file's size when the safety folder is on another file system (a copy); 0 on the same one,
+        where the old file is kept as a hard link, or when there is no file yet."""
+        try:
+            size = os.stat(self.path).st_size
+        except FileNotFoundError:
+            return 0
+        return 0 if file_system_of(safety_folder)[0] == file_system_of(self.path)[0] else size
 
     def cleanup(self) -> list[str]:
         """Remove staged and rollback files of runs whose process is gone (``.<db>.restore-<pid>-...``)."""
