@@ -158,9 +158,12 @@ def room_left(folder: str | os.PathLike) -> tuple[int, int]:
 
 
 def file_system_of(path: str | os.PathLike) -> tuple[int, Path]:
-    """``(device, mount point)`` of the file system ``path`` is (or, when it does not exist yet, would be) on."""
+    """``(device, mount point)`` of the file system ``path`` is (or, when it does not exist yet, would be) on.
+
+    A link to nothing (an unmounted disk) counts as not there yet: its folder's file system is given, and the step
+    that writes there says what is wrong with it."""
     here = Path(os.path.abspath(path))
-    while not os.path.lexists(here) and here.parent != here:
+    while not os.path.exists(here) and here.parent != here:
         here = here.parent
     device = os.stat(here).st_dev
     while here.parent != here and os.stat(here.parent).st_dev == device:

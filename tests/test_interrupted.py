@@ -526,17 +526,22 @@ def test_a_restore_whose_media_cannot_fit_in_the_staging_folder_is_refused_befor
     assert list((site.root / "safety").glob("*/safety.json")) == []
 
 
-def test_a_safety_folder_that_is_a_file_stops_the_restore_before_anything_is_staged(changed_site):
+@pytest.mark.parametrize("kind", ["file", "dangling-link"])
+def test_a_safety_folder_that_is_a_file_stops_the_restore_before_anything_is_staged(changed_site, kind):
     old = state(changed_site)
-    not_a_folder = changed_site.root / "safety-file"
-    not_a_folder.write_text("a file")
+    not_a_folder = changed_site.root / f"safety-{kind}"
+    if kind == "file":
+        not_a_folder.write_text("a file")
+    else:  # a link to a folder that is gone (an unmounted disk): the room check must not stop on it first
+        not_a_folder.symlink_to(changed_site.root / "unmounted" / "safety")
 
     result = changed_site.manage(
         "backup_restore", "--noinput", check=False, extra_env={"INVENTREE_BACKUP_SAFETY_DIR": str(not_a_folder)}
     )
 
     assert result.returncode != 0
-    assert str(not_a_folder) in result.stderr and "nothing was changed" in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert f"the safety folder {not_a_folder} cannot be written" in last and "nothing was changed" in last, last
     assert differences(state(changed_site), old) == []
     assert leftovers(changed_site) == []
 
