@@ -13,6 +13,7 @@ import re
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -32,6 +33,8 @@ from test_remote_storage import (  # noqa: F401  (fixtures)
     start_server,
     workdir,
 )
+
+from backup_app.incremental import PACK_FOLDER
 
 SETS = 300
 REQUEST = re.compile(r'"(GET|HEAD|PUT|POST|DELETE) (\S+) HTTP')
@@ -98,6 +101,57 @@ def test_listing_300_sets_is_one_list_per_1000_names_and_one_manifest_read_per_s
     names = SETS * len(first["files"])  # 1,200: each set's dump, its sidecar, archive and manifest
     assert len(lists) == -(-names // 1000)  # one list request per page of 1,000 names
     assert len(reads) == SETS  # one per manifest
+
+
+#: Objects put in the pack folder: more than one page of a listing.
+EXTRA_PACKS = 1_000
+
+
+def test_listing_incremental_sets_costs_the_same_however_many_packs_the_store_holds(sqlite_site, s3_server, workdir):  # noqa: F811
+    # Issue 20: "listing cost on a remote store independent of the number of objects".  The packs live in a
+    # folder of their own: listbackups never lists it, and a backup lists it once per 1,000 packs, with no
+    # request per pack.
+    prefix = f"list-{uuid.uuid4().hex[:10]}"
+    point_at(sqlite_site, s3_server, prefix)
+    sqlite_site.env["INVENTREE_BACKUP_MEDIA_MODE"] = "incremental"
+    for i in range(20):
+        (sqlite_site.media / f"f{i}.bin").write_bytes(bytes([i]) * 5000)
+    sqlite_site.manage("backup_create", "--quiet", "--skip-db")
+    log = workdir / "moto S3 server.log"
+
+    def listbackups() -> list[tuple[str, str]]:
+        offset = log.stat().st_size
+        listed = json.loads(sqlite_site.manage("backup_list", "--json").stdout)
+        assert [s["complete"] for s in listed] == [True]
+        return _requests_since(log, offset, prefix)
+
+    before = listbackups()
+    client = _admin_client(s3_server)
+    with ThreadPoolExecutor(8) as pool:  # packs no set names (as a killed backup leaves them until the next prune)
+        list(
+            pool.map(
+                lambda i: client.put_object(Bucket=BUCKET, Key=f"{prefix}/{PACK_FOLDER}/{i:064x}.pack.gz", Body=b""),
+                range(EXTRA_PACKS),
+            )
+        )
+
+    after = listbackups()
+    offset = log.stat().st_size
+    sqlite_site.manage("backup_create", "--quiet", "--skip-db")
+    backup = _requests_since(log, offset, prefix)
+
+    print(f"listbackups: {len(before)} requests with 1 pack, {len(after)} with {EXTRA_PACKS + 1}")
+    print(
+        "second backup:",
+        *(f"{m} {p.split('?')[0]}{' (list)' if 'prefix=' in p else ''}" for m, p in backup),
+        sep="\n  ",
+    )
+    assert sorted(after) == sorted(before)
+    assert not [r for r in after if PACK_FOLDER in r[1]]
+    pack_lists = [r for r in backup if r[0] == "GET" and "prefix=" in r[1] and PACK_FOLDER in r[1]]
+    assert len(pack_lists) == -(-(EXTRA_PACKS + 1) // 1000)  # one list request per page of 1,000 packs
+    per_pack = [r for r in backup if r[0] in ("HEAD", "GET") and "prefix=" not in r[1] and PACK_FOLDER in r[1]]
+    assert per_pack == []
 
 
 # --- every remote backend: manifests read in parallel, each thread on a connection it may use ---------------
