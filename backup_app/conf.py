@@ -382,7 +382,8 @@ BACKUP_KEYS: tuple[Key, ...] = (
         3,
         kind="int",
         minimum=0,
-        help="Times a remote storage request that timed out or failed on the server's side is tried again.",
+        help="Times a remote storage request that timed out, lost its connection or failed on the server's side "
+        "is tried again (S3, GCS, Azure, SFTP, FTP).",
     ),
     Key(
         "backup_db_lock_timeout",

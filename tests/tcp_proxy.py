@@ -4,6 +4,8 @@ Put between the app and a test server (SFTP, FTP's control connection, an HTTP e
 connections were opened in all and how many were open at once: a client that reads one file after another
 over one connection never has more than one open; one that reads in parallel has several.  Each reply from
 the server is held ``delay`` seconds, as over a real network, so that reads that overlap do overlap here too.
+The first ``drop`` connections are closed as soon as they are accepted, before a byte is passed on (a server
+restarting, a NAT or firewall cutting the connection): ``dropped`` counts them.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from contextlib import suppress
 
 
 class CountingProxy:
-    def __init__(self, port: int, upstream: tuple[str, int], delay: float = 0.02):
+    def __init__(self, port: int, upstream: tuple[str, int], delay: float = 0.02, drop: int = 0):
         self.upstream = upstream
         self.delay = delay
+        self.drop = drop
+        self.dropped = 0
         self.opened = 0
         self.open_now = 0
         self.peak = 0
@@ -43,6 +47,10 @@ class CountingProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            if self.dropped < self.drop:
+                self.dropped += 1
+                client.close()
+                continue
             try:
                 server = socket.create_connection(self.upstream, timeout=10)
             except OSError:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import uuid
 
 import django
 
@@ -15,6 +16,7 @@ django.setup()
 
 import pytest  # noqa: E402
 from django.test import override_settings  # noqa: E402
+from test_remote_storage import ftp_server, sftp_server, workdir  # noqa: E402, F401  (fixtures)
 
 from backup_app import notify  # noqa: E402
 from backup_app.notify import notify_failure  # noqa: E402
@@ -112,6 +114,22 @@ class SilentServer:
                 continue
             self.held.append(conn)
 
+    def requests(self) -> list[str]:
+        """The first line sent on each connection, up to the query (``GET /path?…`` -> ``GET /path``) plus the
+        query for a check of the listing prefix."""
+        found = []
+        for conn in self.held:
+            conn.settimeout(2)
+            try:
+                line = conn.recv(4096).split(b"\r\n", 1)[0].decode(errors="replace")
+            except OSError:
+                line = ""
+            path = line.split(" ")[1] if line.count(" ") >= 2 else ""
+            found.append(
+                f"{line.split(' ')[0]} {path.split('?')[0]}" + (" prefix=site" if "prefix=site" in path else "")
+            )
+        return found
+
     def close(self):
         self.done.set()
         self.thread.join(timeout=5)
@@ -182,6 +200,7 @@ def test_a_silent_sftp_or_ftp_server_fails_the_listing_within_the_storage_timeou
             "INVENTREE_BACKUP_STORAGE": storage,
             "INVENTREE_BACKUP_OPTIONS": json.dumps(options),
             "INVENTREE_BACKUP_STORAGE_TIMEOUT": "1",
+            "INVENTREE_BACKUP_STORAGE_RETRIES": "1",
         }
     )
     del sqlite_site.env["INVENTREE_BACKUP_DIR"]
@@ -189,7 +208,121 @@ def test_a_silent_sftp_or_ftp_server_fails_the_listing_within_the_storage_timeou
     result = sqlite_site.manage("backup_list", check=False, timeout=120)
 
     assert result.returncode != 0
-    last = result.stderr.strip().splitlines()[-1]
-    assert f"the {what} server did not answer within 1 s" in last, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 2 and lines[0].endswith("; retrying (1/1)"), result.stderr  # one retry, said
+    last = lines[-1]
+    assert f"the {what} server did not answer within 1 s, 2 tries" in last, result.stderr
+    assert len(silent_server.held) == 2
     assert "INVENTREE_BACKUP_STORAGE_TIMEOUT" in last and "Traceback" not in result.output
     assert "not-a-real-secret" not in result.output
+
+
+# --- SFTP and FTP: a connection the server drops is tried again -----------------------------------
+
+
+def _dropping_proxy(request, site, backend: str, drop: int):
+    """``site`` pointed at the ``backend`` test server through a proxy that closes the first ``drop``
+    connections as soon as they are accepted."""
+    from conftest import free_port
+    from tcp_proxy import CountingProxy
+    from test_listing_requests import _through_proxy
+
+    remote = request.getfixturevalue(f"{backend}_server")
+    proxy_port = free_port()
+    upstream = _through_proxy(site, backend, remote, f"drop-{uuid.uuid4().hex[:10]}", proxy_port)
+    proxy = CountingProxy(proxy_port, upstream, delay=0, drop=drop)
+    request.addfinalizer(proxy.close)
+    return proxy
+
+
+@pytest.mark.parametrize("backend", ["sftp", "ftp"])
+def test_an_sftp_or_ftp_connection_dropped_once_is_tried_again_with_one_line(request, sqlite_site, backend):
+    proxy = _dropping_proxy(request, sqlite_site, backend, drop=1)
+    (sqlite_site.media / "a.txt").write_text("a")
+
+    result = sqlite_site.manage("backup_create", "--quiet", check=False, timeout=120)
+
+    assert result.returncode == 0, result.output
+    said = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(said) == 1 and said[0].endswith("; retrying (1/3)"), result.stderr  # nothing of paramiko's
+    assert f"127.0.0.1:{proxy.port}" in said[0] and "closed" not in said[0].split(": ")[0]
+    assert proxy.dropped == 1
+    [backup] = sqlite_site.sets()
+    assert backup["complete"]
+
+
+@pytest.mark.parametrize(("backend", "what"), [("sftp", "SSH"), ("ftp", "FTP")])
+def test_an_sftp_or_ftp_server_that_drops_every_connection_gives_up_after_the_retries(
+    request, sqlite_site, backend, what
+):
+    proxy = _dropping_proxy(request, sqlite_site, backend, drop=1000)
+    sqlite_site.env.update({"INVENTREE_BACKUP_STORAGE_TIMEOUT": "1", "INVENTREE_BACKUP_STORAGE_RETRIES": "2"})
+
+    result = sqlite_site.manage("backup_list", check=False, timeout=120)
+
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert [line.split("; ")[-1] for line in lines[:-1]] == ["retrying (1/2)", "retrying (2/2)"], result.stderr
+    assert lines[-1].startswith("CommandError: ") and f"127.0.0.1:{proxy.port}" in lines[-1]
+    assert f"the {what} server closed the connection" in lines[-1] and "3 tries" in lines[-1], lines[-1]
+    assert "check host and" in lines[-1]
+    assert proxy.dropped == 3
+
+
+# --- Google Cloud Storage and Azure: the SDKs' retries, bounded and said -------------------------
+
+
+@pytest.mark.parametrize("backend", ["gcs", "azure"])
+def test_a_listing_of_a_silent_gcs_or_azure_endpoint_retries_visibly_and_gives_up_with_one_line(
+    sqlite_site, silent_server, backend
+):
+    import json
+    import time
+
+    from test_remote_storage import AZURITE_ACCOUNT, AZURITE_KEY
+
+    endpoint = f"127.0.0.1:{silent_server.port}"
+    if backend == "gcs":
+        storage, options, what = (
+            "storages.backends.gcloud.GoogleCloudStorage",
+            {"bucket_name": "backups", "project_id": "test"},
+            "Google Cloud Storage did not answer within 1 s, 3 tries",
+        )
+        sqlite_site.env["STORAGE_EMULATOR_HOST"] = f"http://{endpoint}"
+    else:
+        connection = (
+            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+            f"BlobEndpoint=http://{endpoint}/{AZURITE_ACCOUNT};"
+        )
+        storage, options, what = (
+            "storages.backends.azure_storage.AzureStorage",
+            {"connection_string": connection, "azure_container": "backups"},
+            "the Azure endpoint did not answer within 1 s, 3 tries",
+        )
+    sqlite_site.env.update(
+        {
+            "INVENTREE_BACKUP_STORAGE": storage,
+            "INVENTREE_BACKUP_OPTIONS": json.dumps(options),
+            "INVENTREE_BACKUP_DIR": "site",
+            "INVENTREE_BACKUP_STORAGE_TIMEOUT": "1",
+            "INVENTREE_BACKUP_STORAGE_RETRIES": "2",
+        }
+    )
+
+    started = time.monotonic()
+    result = sqlite_site.manage("backup_list", check=False, timeout=120)
+    seconds = time.monotonic() - started
+
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert [line.split("; ")[-1] for line in lines[:-1]] == ["retrying (1/2)", "retrying (2/2)"], result.stderr
+    assert lines[-1].startswith("CommandError: ") and what in lines[-1], lines[-1]
+    assert "INVENTREE_BACKUP_STORAGE_TIMEOUT" in lines[-1]
+    assert AZURITE_KEY not in result.output
+    # One connection per try of the listing, each left unanswered (google-cloud-storage also reads the bucket's
+    # metadata once, on a thread of its own, for its telemetry: not a request of ours).
+    listing = "GET /" + ("storage/v1/b/backups/o" if backend == "gcs" else f"{AZURITE_ACCOUNT}/backups")
+    assert [request for request in silent_server.requests() if "prefix=site" in request] == [
+        f"{listing} prefix=site"
+    ] * 3
+    assert seconds < 60, seconds  # 3 silent seconds, 2 pauses of 1 s, and the command's start

@@ -2,10 +2,49 @@
 
 from __future__ import annotations
 
+import time
 from typing import BinaryIO
 
+from ..settings import app_settings
 from ..streams import CallbackReader, buffered
-from .base import OPTIONS_HINT, Adapter, first_line
+from .base import OPTIONS_HINT, Adapter, first_line, pause_before_retry, say_retry, storage_deadline, tries_said
+
+
+def said_retry_policy(retries: int, **given):
+    """The Azure SDK's own retry policy (azure-storage-blob's ``ExponentialRetry``: what it deems transient,
+    a body rewound for each try) with backup_storage_retries retries, the pauses of
+    :func:`~backup_app.storage.base.pause_before_retry` (the SDK's: 15 s, then 18, 24 …), an overall deadline
+    per request (:func:`~backup_app.storage.base.storage_deadline`; the SDK's policy has none) and each retry
+    said on a line.  ``given``: the ``retry_*`` keys of ``client_options``, which win."""
+    from azure.storage.blob import ExponentialRetry
+
+    class SaidRetry(ExponentialRetry):
+        description = "Azure Blob Storage"
+
+        def configure_retries(self, request):
+            settings = super().configure_retries(request)
+            settings["backup_app_deadline"] = time.monotonic() + storage_deadline()
+            return settings
+
+        def get_backoff_time(self, settings) -> float:
+            return pause_before_retry(settings["count"])
+
+        def increment(self, settings, request, response=None, error=None) -> bool:
+            if not super().increment(settings, request, response=response, error=error):
+                if error is not None:
+                    error.backup_app_tries = settings["count"] + 1
+                return False
+            attempt = settings["count"]  # the retry about to be made, from 1
+            if time.monotonic() + self.get_backoff_time(settings) >= settings["backup_app_deadline"]:
+                if error is not None:
+                    error.backup_app_tries = attempt
+                return False
+            why = first_line(error) if error is not None else f"HTTP {getattr(response, 'status_code', '?')}"
+            say_retry(self.description, f"{request.method} {request.url.split('?')[0]}", why, attempt)
+            return True
+
+    keys = {"retry_total": retries, "retry_connect": retries, "retry_read": retries, "retry_status": retries}
+    return SaidRetry(**{**keys, **given})
 
 
 class AzureAdapter(Adapter):
@@ -15,6 +54,33 @@ class AzureAdapter(Adapter):
     #: The Azure SDK's clients are thread-safe (its guidelines say so): a listing reads up to 8 manifests at once.
     read_workers = 8
     object_parameters = {"content_type": "application/octet-stream", "content_encoding": None}
+
+    def prepare(self, options: dict) -> dict:
+        """The SDK client's time-outs and retries from backup_storage_timeout and backup_storage_retries (its
+        defaults: 20 s to connect, 60 s per read, 3 retries 15–40 s apart, no deadline), as ``client_options``
+        (keys given there win)."""
+        options = super().prepare(options)
+        client = dict(options.get("client_options") or {})
+        client.setdefault("connection_timeout", app_settings.storage_timeout)
+        client.setdefault("read_timeout", app_settings.storage_timeout)
+        if "retry_policy" not in client:
+            given = {key: client.pop(key) for key in list(client) if key.startswith("retry_")}
+            client["retry_policy"] = said_retry_policy(app_settings.storage_retries, **given)
+        options["client_options"] = client
+        return options
+
+    def ready(self, backend) -> None:
+        """AzureStorage gives ``client_options`` to the client it builds from an account, not to one from a
+        ``connection_string``: build that one with them too."""
+        policy = backend.client_options.get("retry_policy")
+        if hasattr(policy, "description"):
+            policy.description = self.describe(backend)
+        if backend._service_client is None and backend.connection_string:
+            from azure.storage.blob import BlobServiceClient
+
+            backend._service_client = BlobServiceClient.from_connection_string(
+                backend.connection_string, **backend.client_options
+            )
 
     def describe(self, backend) -> str:
         account = backend.account_name or "connection string"
@@ -80,6 +146,13 @@ class AzureAdapter(Adapter):
             return (
                 f"access denied to {action} {name or 'the container'} ({code or 403}); the account or SAS needs "
                 "read, write, delete and list on the container (see docs/storage/azure.md)"
+            )
+        if isinstance(err, aexc.ServiceRequestTimeoutError | aexc.ServiceResponseTimeoutError):
+            return (
+                f"the Azure endpoint did not answer within {app_settings.storage_timeout} s, {tries_said(err)} "
+                f"({first_line(err)}); check the account / "
+                f"endpoint in {OPTIONS_HINT} and the network, or raise "
+                f"{app_settings.env_name('backup_storage_timeout')}"
             )
         if isinstance(err, aexc.ServiceRequestError):
             return f"cannot reach the Azure endpoint ({first_line(err)}); check the account / endpoint and network"

@@ -18,8 +18,11 @@ options are prepared, how it streams in and out, and how its errors read.
 from __future__ import annotations
 
 import errno
+import itertools
+import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -30,12 +33,44 @@ from django.core.files import File
 from .. import hints
 from ..errors import StorageUnavailable
 from ..secrets import redact
+from ..settings import app_settings
 from ..streams import StreamFile
+
+logger = logging.getLogger("backup_app")
 
 #: Bytes fetched per ranged request when reading.
 READ_CHUNK = 8 * 1024 * 1024
 
 OPTIONS_HINT = hints.Setting("backup_options")
+#: The longest pause before a retry, in seconds.
+MAX_PAUSE = 30
+
+
+def pause_before_retry(attempt: int) -> float:
+    """Seconds to wait before retry number ``attempt``: 1, 2, 4 … s, never longer than backup_storage_timeout
+    (nor :data:`MAX_PAUSE`)."""
+    return float(min(2 ** (attempt - 1), app_settings.storage_timeout, MAX_PAUSE))
+
+
+def storage_deadline() -> float:
+    """Seconds one storage request may take with all its retries: backup_storage_retries + 1 tries, each
+    silent for backup_storage_timeout at most, and the pauses between them; no retry starts after it."""
+    retries = app_settings.storage_retries
+    pauses = sum(pause_before_retry(n) for n in range(1, retries + 1))
+    return (retries + 1) * app_settings.storage_timeout + pauses
+
+
+def say_retry(description: str, what: str, why: str, attempt: int) -> None:
+    """The one line each retry of a storage request is said on (``…; retrying (1/3)``)."""
+    logger.warning(
+        "%s: %s failed (%s); retrying (%d/%d)", description, what, why, attempt, app_settings.storage_retries
+    )
+
+
+def tries_said(err: BaseException) -> str:
+    """How many times :meth:`RemoteStorage._run` tried the request that ended in ``err`` ("3 tries")."""
+    count = getattr(err, "backup_app_tries", 1)
+    return "1 try" if count == 1 else f"{count} tries"
 
 
 class RemoteStorageError(StorageUnavailable):
@@ -62,6 +97,10 @@ class RemoteStorage:
     def description(self) -> str:
         return self.adapter.describe(self.backend)
 
+    def _explanation(self, err: BaseException, action: str, name: str) -> RemoteStorageError | None:
+        message = self.adapter.explain(self.backend, err, action, name)
+        return None if message is None else RemoteStorageError(f"{self.description}: {message}")
+
     @contextmanager
     def _explained(self, action: str, name: str = "") -> Iterator[None]:
         try:
@@ -69,52 +108,76 @@ class RemoteStorage:
         except RemoteStorageError:
             raise
         except Exception as err:
-            message = self.adapter.explain(self.backend, err, action, name)
-            if message is None:
+            problem = self._explanation(err, action, name)
+            if problem is None:
                 raise
-            raise RemoteStorageError(f"{self.description}: {message}") from err
+            raise problem from err
+
+    def _run(self, action: str, name: str, operation: Callable[[], object], replayable: bool = True):
+        """``operation()`` after :meth:`Adapter.ready`, a failure explained in one line.
+
+        Where the backend's client does not retry (:attr:`Adapter.retries_here`: SFTP, FTP), a failure
+        :meth:`Adapter.transient` says may pass (a connection dropped, reset or silent) is tried again up to
+        backup_storage_retries times, each said on a line, over a new connection (:meth:`Adapter.reset`),
+        after a pause (:func:`pause_before_retry`) and never past :func:`storage_deadline`.  An operation that
+        is not ``replayable`` (an upload from a stream that cannot be read twice) is tried again only when it
+        failed before it began (while connecting).
+        """
+        retries = app_settings.storage_retries if self.adapter.retries_here else 0
+        deadline = time.monotonic() + storage_deadline()
+        for attempt in itertools.count(1):
+            begun = False
+            try:
+                self.adapter.ready(self.backend)
+                begun = True
+                return operation()
+            except RemoteStorageError:
+                raise
+            except Exception as err:
+                pause = pause_before_retry(attempt)
+                again = (
+                    attempt <= retries
+                    and (replayable or not begun)
+                    and self.adapter.transient(err)
+                    and time.monotonic() + pause < deadline
+                )
+                if not again:
+                    if attempt > 1:
+                        err.backup_app_tries = attempt  # the explanation says how many tries it took
+                    problem = self._explanation(err, action, name)
+                    if problem is None:
+                        raise
+                    raise problem from err
+                say_retry(self.description, f"{action} {name}".rstrip(), first_line(err), attempt)
+                self.adapter.reset(self.backend)
+                time.sleep(pause)
+        raise AssertionError("unreachable")
 
     def save(self, name: str, content, max_length: int | None = None) -> str:
-        with self._explained("write", name):
-            self.adapter.ready(self.backend)
-            return self.adapter.save(self.backend, name, content)
+        return self._run("write", name, lambda: self.adapter.save(self.backend, name, content), replayable=False)
 
     def open(self, name: str, mode: str = "rb"):
-        with self._explained("read", name):
-            self.adapter.ready(self.backend)
-            return File(self.adapter.open(self.backend, name), name=name)
+        return self._run("read", name, lambda: File(self.adapter.open(self.backend, name), name=name))
 
     def exists(self, name: str) -> bool:
-        with self._explained("read", name):
-            self.adapter.ready(self.backend)
-            return self.backend.exists(name)
+        return self._run("read", name, lambda: self.adapter.exists(self.backend, name))
 
     def delete(self, name: str) -> None:
-        with self._explained("delete", name):
-            self.adapter.ready(self.backend)
-            self.backend.delete(name)
+        self._run("delete", name, lambda: self.adapter.delete(self.backend, name))
 
     def listdir(self, path: str):
-        with self._explained("list", path):
-            self.adapter.ready(self.backend)
-            return self.adapter.listdir(self.backend, path)
+        return self._run("list", path, lambda: self.adapter.listdir(self.backend, path))
 
     def size(self, name: str) -> int:
-        with self._explained("read", name):
-            self.adapter.ready(self.backend)
-            return self.backend.size(name)
+        return self._run("read", name, lambda: self.adapter.size(self.backend, name))
 
     def list_sizes(self, path: str) -> dict[str, int | None]:
         """The files directly in ``path`` with their sizes where the listing gives them (else None)."""
-        with self._explained("list", path):
-            self.adapter.ready(self.backend)
-            return self.adapter.list_sizes(self.backend, path)
+        return self._run("list", path, lambda: self.adapter.list_sizes(self.backend, path))
 
     def read_bytes(self, name: str) -> bytes:
         """All of a small file (a manifest) in as few requests as the protocol allows."""
-        with self._explained("read", name):
-            self.adapter.ready(self.backend)
-            return self.adapter.read_bytes(self.backend, name)
+        return self._run("read", name, lambda: self.adapter.read_bytes(self.backend, name))
 
     def abort_uploads(self, keep: set[str]) -> list[str]:
         """Abort the unfinished uploads (S3 multipart) in the backup folder but those of the sets named in
@@ -211,6 +274,17 @@ def unreachable(err: BaseException) -> str | None:
     return None
 
 
+def dropped(err: BaseException) -> bool:
+    """``err`` (or what caused it) is the server closing or resetting a connection it had accepted."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, EOFError | ConnectionResetError | ConnectionAbortedError | BrokenPipeError):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
 def first_line(err: BaseException) -> str:
     return redact(str(err).splitlines()[0] if str(err) else type(err).__name__)
 
@@ -231,6 +305,9 @@ class Adapter:
     #: A thread with a connection of its own is started only for at least this many reads (a new SSH or FTP
     #: login costs several round trips; a read on a connection that is open, one or two).
     reads_per_connection = 1
+    #: The backend's client does not retry on its own: :meth:`RemoteStorage._run` retries what
+    #: :meth:`transient` allows (S3, GCS and Azure retry in their SDKs, configured by their adapters).
+    retries_here = False
     #: Defaults of the backend's ``object_parameters`` option (metadata of every stored object), or None.
     object_parameters: dict | None = None
 
@@ -256,6 +333,22 @@ class Adapter:
 
     def listdir(self, backend, path: str) -> tuple[list[str], list[str]]:
         return backend.listdir(path)
+
+    def exists(self, backend, name: str) -> bool:
+        return backend.exists(name)
+
+    def delete(self, backend, name: str) -> None:
+        backend.delete(name)
+
+    def size(self, backend, name: str) -> int:
+        return backend.size(name)
+
+    def transient(self, err: BaseException) -> bool:
+        """``err`` may pass if the request is made again (only asked when :attr:`retries_here`)."""
+        return False
+
+    def reset(self, backend) -> None:
+        """Drop the backend's connection after a transient failure, so that the next try opens a new one."""
 
     def list_sizes(self, backend, path: str) -> dict[str, int | None]:
         """Names of the files in ``path`` -> size; the default listing gives none (None: ask ``size``)."""

@@ -9,7 +9,7 @@ from typing import BinaryIO
 
 from ..settings import app_settings
 from ..streams import CallbackReader
-from .base import OPTIONS_HINT, Adapter, unreachable
+from .base import OPTIONS_HINT, Adapter, dropped, tries_said, unreachable
 
 
 class FTPAdapter(Adapter):
@@ -21,6 +21,9 @@ class FTPAdapter(Adapter):
     read_workers = 8
     shared_client = False
     reads_per_connection = 4
+    #: ftplib does not retry: a dropped, reset or silent connection, or a 4xx answer (421: too many
+    #: connections), is tried again by RemoteStorage.
+    retries_here = True
 
     def __init__(self):
         self._folder_ready = False
@@ -70,6 +73,25 @@ class FTPAdapter(Adapter):
             with suppress(Exception):
                 conn.quit()
         self._folder_ready = True
+
+    @staticmethod
+    def _cause(err: BaseException) -> BaseException:
+        """The ftplib error FTPStorage hid in its own exception (which prints the password)."""
+        from storages.backends.ftp import FTPStorageException
+
+        if isinstance(err, FTPStorageException) and err.__context__ is not None:
+            return err.__context__
+        return err
+
+    def transient(self, err: BaseException) -> bool:
+        cause = self._cause(err)
+        if isinstance(cause, ftplib.error_temp):
+            return True
+        return dropped(cause) or isinstance(cause, TimeoutError)
+
+    def reset(self, backend) -> None:
+        self.close(backend)
+        backend._connection = None
 
     def read_bytes(self, backend, name: str) -> bytes:
         """A small file over a connection that is open: the backend's own (its listing's), else one logged in
@@ -148,16 +170,25 @@ class FTPAdapter(Adapter):
     def explain(self, backend, err: BaseException, action: str, name: str) -> str | None:
         from storages.backends.ftp import FTPStorageException
 
-        cause = err
-        # FTPStorage hides the ftplib error (and prints the password) in its own exception.
-        if isinstance(err, FTPStorageException) and err.__context__ is not None:
-            cause = err.__context__
+        cause = self._cause(err)
+        tries = tries_said(err)
+        if dropped(cause):
+            return (
+                f"the FTP server closed the connection ({type(cause).__name__}), {tries}; check host and port of "
+                f"location in {OPTIONS_HINT}, the network, and the server's limit on connections"
+            )
         reason = unreachable(cause)
         if reason == "timed out":
             return (
-                f"the FTP server did not answer within {app_settings.storage_timeout} s; check host and port of "
-                f"location in {OPTIONS_HINT} and the network, or raise "
+                f"the FTP server did not answer within {app_settings.storage_timeout} s, {tries}; check host "
+                f"and port of location in {OPTIONS_HINT} and the network, or raise "
                 f"{app_settings.env_name('backup_storage_timeout')}"
+            )
+        if isinstance(cause, ftplib.error_temp):
+            text = " ".join(str(cause).split())
+            return (
+                f"the FTP server refused for now ({text}), {tries}; check the server's limit on connections "
+                f"(or try again later)"
             )
         if reason:
             return f"cannot reach the FTP server ({reason}); check host and port of location in {OPTIONS_HINT}"

@@ -2,11 +2,64 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
 from typing import BinaryIO
 
-from .base import OPTIONS_HINT, READ_CHUNK, Adapter, first_line, unreachable
+from django.core.files import File
+
+from ..settings import app_settings
+from ..streams import ForwardOnlyReader
+from .base import (
+    MAX_PAUSE,
+    OPTIONS_HINT,
+    READ_CHUNK,
+    Adapter,
+    first_line,
+    say_retry,
+    storage_deadline,
+    unreachable,
+)
 
 GCS_UPLOAD_CHUNK = 16 * 1024 * 1024  # a multiple of 256 KiB, as GCS requires
+
+
+class SaidRetry:
+    """google-cloud-storage's own retry (``DEFAULT_RETRY``: what it deems transient, exponential back-off),
+    with backup_storage_retries retries at most per request, each said on a line, and an overall deadline
+    (:func:`~backup_app.storage.base.storage_deadline`).
+
+    Given as ``retry=`` to each call, like a ``google.api_core.retry.Retry``: the library wraps each request
+    (each chunk of a resumable upload, each ranged read) with it, and each wrapped request counts its own
+    retries.  google-api-core's Retry has no limit on tries, only a deadline: the ``on_error`` of each
+    request ends it after the last retry, with the request's own error.
+    """
+
+    def __init__(self, description: str, what: str):
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        self.description = description
+        self.what = what
+        self.retries = app_settings.storage_retries
+        self.base = DEFAULT_RETRY.with_delay(
+            initial=1.0, maximum=float(min(app_settings.storage_timeout, MAX_PAUSE)), multiplier=2.0
+        ).with_timeout(storage_deadline())
+
+    def __call__(self, func, on_error=None):
+        @functools.wraps(func)
+        def request(*args, **kwargs):
+            attempts = itertools.count(1)
+
+            def note(err: Exception) -> None:
+                attempt = next(attempts)
+                if attempt > self.retries:
+                    err.backup_app_tries = attempt
+                    raise err
+                say_retry(self.description, self.what, first_line(err), attempt)
+
+            return self.base(func, on_error=note)(*args, **kwargs)
+
+        return request
 
 
 class GCSAdapter(Adapter):
@@ -28,22 +81,91 @@ class GCSAdapter(Adapter):
     def describe(self, backend) -> str:
         return f"Google Cloud Storage gs://{backend.bucket_name}/{backend.location}".rstrip("/")
 
-    def open(self, backend, name: str) -> BinaryIO:
+    # Every request the app makes is made here, with backup_storage_timeout (each request's connect and read
+    # time-out; the library's default is 60 s) and a SaidRetry (GoogleCloudStorage passes the library's
+    # DEFAULT_RETRY: two minutes of silent retries per request).
+
+    def _waits(self, backend, what: str) -> dict:
+        """The time-out and retry of a request, ``what`` in the line that says a retry ("read NAME")."""
+        return {"timeout": app_settings.storage_timeout, "retry": SaidRetry(self.describe(backend), what)}
+
+    @staticmethod
+    def _key(backend, name: str) -> str:
         from storages.utils import clean_name
 
-        blob = backend.bucket.get_blob(backend._normalize_name(clean_name(name)))
+        return backend._normalize_name(clean_name(name))
+
+    def save(self, backend, name: str, content) -> str:
+        """A resumable upload from the stream, ``blob_chunk_size`` bytes per request (GoogleCloudStorage's
+        ``_save``, which first reads the object's metadata, with our time-out and retries)."""
+        from storages.utils import clean_name
+
+        stream = content.file if isinstance(content, File) else content
+        if not isinstance(stream, ForwardOnlyReader) and not (hasattr(stream, "seekable") and stream.seekable()):
+            stream = ForwardOnlyReader(stream)  # tell() and seek(0) at the start, as the upload asks
+        cleaned = clean_name(name)
+        key = backend._normalize_name(cleaned)
+        blob = backend.bucket.blob(key, chunk_size=backend.blob_chunk_size)
+        params = backend.get_object_parameters(key)
+        acl = params.pop("acl", backend.default_acl)
+        content_type = params.pop("content_type", None) or "application/octet-stream"
+        for prop, value in params.items():
+            setattr(blob, prop, value)
+        waits = self._waits(backend, f"write {cleaned}")
+        blob.upload_from_file(stream, content_type=content_type, predefined_acl=acl, **waits)
+        return cleaned
+
+    def exists(self, backend, name: str) -> bool:
+        if not name:
+            return backend.bucket.exists(**self._waits(backend, "read the bucket"))
+        return backend.bucket.get_blob(self._key(backend, name), **self._waits(backend, f"read {name}")) is not None
+
+    def delete(self, backend, name: str) -> None:
+        from google.api_core.exceptions import NotFound
+
+        try:
+            backend.bucket.delete_blob(self._key(backend, name), **self._waits(backend, f"delete {name}"))
+        except NotFound:
+            pass
+
+    def size(self, backend, name: str) -> int:
+        blob = backend.bucket.get_blob(self._key(backend, name), **self._waits(backend, f"read {name}"))
         if blob is None:
             raise FileNotFoundError(f"{name} is not in the bucket")
-        return blob.open("rb", chunk_size=READ_CHUNK, raw_download=True)
+        return blob.size
+
+    def _list(self, backend, path: str):
+        prefix = self._key(backend, path)
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        pages = backend.bucket.list_blobs(prefix=prefix, delimiter="/", **self._waits(backend, f"list {path}".rstrip()))
+        blobs = list(pages)
+        return prefix, blobs, pages.prefixes
+
+    def listdir(self, backend, path: str) -> tuple[list[str], list[str]]:
+        prefix, blobs, folders = self._list(backend, path)
+        files = [blob.name[len(prefix) :] for blob in blobs if blob.name != prefix]
+        return [folder[len(prefix) :].rstrip("/") for folder in folders], files
+
+    def list_sizes(self, backend, path: str) -> dict[str, int | None]:
+        """One list request per 1,000 names, sizes included."""
+        prefix, blobs, _folders = self._list(backend, path)
+        return {blob.name[len(prefix) :]: blob.size for blob in blobs if blob.name != prefix}
+
+    def open(self, backend, name: str) -> BinaryIO:
+        waits = self._waits(backend, f"read {name}")
+        blob = backend.bucket.get_blob(self._key(backend, name), **waits)
+        if blob is None:
+            raise FileNotFoundError(f"{name} is not in the bucket")
+        return blob.open("rb", chunk_size=READ_CHUNK, raw_download=True, **waits)
 
     def read_bytes(self, backend, name: str) -> bytes:
         """One GET (``open`` asks for the object's metadata first)."""
         from google.api_core.exceptions import NotFound
-        from storages.utils import clean_name
 
-        blob = backend.bucket.blob(backend._normalize_name(clean_name(name)))
+        blob = backend.bucket.blob(self._key(backend, name))
         try:
-            return blob.download_as_bytes(raw_download=True)
+            return blob.download_as_bytes(raw_download=True, **self._waits(backend, f"read {name}"))
         except NotFound:
             raise FileNotFoundError(f"{name} is not in the bucket") from None
 
@@ -65,6 +187,15 @@ class GCSAdapter(Adapter):
             return (
                 f"access denied to {action} {name or 'the bucket'} ({first_line(err)}); the service account "
                 "needs storage.objects.list, get, create and delete on the bucket (see docs/storage/gcs.md)"
+            )
+        if isinstance(err, gexc.RetryError) or isinstance(err, requests.exceptions.Timeout):
+            tries = getattr(err, "backup_app_tries", None)
+            within = f"{tries} tries" if tries else f"retried for {storage_deadline():.0f} s"
+            cause = err.cause if isinstance(err, gexc.RetryError) and err.cause is not None else err
+            return (
+                f"Google Cloud Storage did not answer within {app_settings.storage_timeout} s, {within} "
+                f"({first_line(cause)}); check the network (or STORAGE_EMULATOR_HOST), or raise "
+                f"{app_settings.env_name('backup_storage_timeout')}"
             )
         reason = unreachable(err)
         if reason is None and isinstance(err, requests.exceptions.ConnectionError | ConnectionError):

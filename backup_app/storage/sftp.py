@@ -2,14 +2,37 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import posixpath
 import socket
+import threading
 from typing import BinaryIO
 
 from .. import hints
 from ..settings import app_settings
 from ..streams import RangedReader, buffered
-from .base import OPTIONS_HINT, Adapter, first_line
+from .base import OPTIONS_HINT, Adapter, dropped, first_line, tries_said
+
+
+def _reported_by_us(record: logging.LogRecord) -> bool:
+    """paramiko's own log of the failure that ends a client connection (``Exception (client): Error reading
+    SSH protocol banner``, ``Socket exception: …`` and the traceback after them, at ERROR from the transport's
+    thread): the connecting call raises that failure, and :meth:`SFTPAdapter.explain` says it in one line
+    with the fix, so on stderr (Python's last-resort handler, or a site's root console handler) it would
+    only stand before ours.  Kept, as DEBUG, where paramiko's debug log is asked for."""
+    if record.levelno < logging.ERROR:
+        return True
+    import paramiko
+
+    thread = threading.current_thread()
+    if not isinstance(thread, paramiko.Transport) or thread.server_mode:
+        return True
+    record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+    return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+logging.getLogger("paramiko.transport").addFilter(_reported_by_us)
 
 
 class SFTPAdapter(Adapter):
@@ -22,6 +45,8 @@ class SFTPAdapter(Adapter):
     read_workers = 8
     shared_client = False
     reads_per_connection = 4
+    #: paramiko does not retry: a dropped, reset or silent connection is tried again by RemoteStorage.
+    retries_here = True
 
     def prepare(self, options: dict) -> dict:
         options = dict(options)
@@ -49,6 +74,35 @@ class SFTPAdapter(Adapter):
         channel = backend.sftp.get_channel()
         if channel is not None and channel.gettimeout() is None:
             channel.settimeout(app_settings.storage_timeout)
+
+    def transient(self, err: BaseException) -> bool:
+        """A connection the server accepted and then dropped, reset or left silent (a restarting server, a
+        NAT or proxy that cut it, MaxStartups); not a refused login, a wrong host key, a refused connection
+        or a file that is not there."""
+        import paramiko
+
+        if isinstance(
+            err,
+            paramiko.AuthenticationException
+            | paramiko.BadHostKeyException
+            | paramiko.ssh_exception.NoValidConnectionsError
+            | paramiko.ChannelException
+            | paramiko.SFTPError,
+        ):
+            return False
+        if dropped(err) or isinstance(err, TimeoutError | socket.timeout):
+            return True
+        if isinstance(err, OSError):
+            return err.errno in (errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ETIMEDOUT)
+        # "Error reading SSH protocol banner", "No existing session", "Server connection dropped", …
+        return isinstance(err, paramiko.SSHException | EOFError)
+
+    def reset(self, backend) -> None:
+        try:
+            backend.close()
+        except Exception:  # noqa: BLE001 - a broken connection that will not close cleanly is dropped all the same
+            pass
+        backend._sftp = None  # the next use of backend.sftp connects again
 
     def describe(self, backend) -> str:
         params = backend.params or {}
@@ -92,13 +146,18 @@ class SFTPAdapter(Adapter):
             )
         if isinstance(err, paramiko.ssh_exception.NoValidConnectionsError):
             return f"cannot reach the SSH server ({err}); check host and params.port in {OPTIONS_HINT}"
+        if dropped(err):
+            return (
+                f"the SSH server closed the connection ({first_line(err)}), {tries_said(err)}; check host and "
+                f"params.port in {OPTIONS_HINT}, the network, and the server's limits on connections (sshd "
+                "MaxStartups)"
+            )
         transport = backend._ssh.get_transport() if getattr(backend, "_ssh", None) is not None else None
         silent = transport is not None and not transport.remote_version  # connected, but no SSH banner came
         if silent or isinstance(err, TimeoutError | socket.timeout) or "timeout" in str(err).lower():
             return (
-                f"the SSH server did not answer within {app_settings.storage_timeout} s ({first_line(err)}); "
-                "check "
-                f"host and params.port in {OPTIONS_HINT} and the network, or raise "
+                f"the SSH server did not answer within {app_settings.storage_timeout} s, {tries_said(err)} "
+                f"({first_line(err)}); check host and params.port in {OPTIONS_HINT} and the network, or raise "
                 f"{app_settings.env_name('backup_storage_timeout')}"
             )
         if isinstance(err, paramiko.SSHException) and not isinstance(err, paramiko.ChannelException):
