@@ -526,7 +526,9 @@ class FilteredReader(io.RawIOBase):
         if size < 0 or size >= len(self._out):
             data, self._out = bytes(self._out), bytearray()
         else:
-            data, self._out = bytes(self._out[:size]), self._out[size:]
+            with memoryview(self._out) as view:
+                data = bytes(view[:size])  # one copy
+            del self._out[:size]  # a bytearray drops its head without copying the rest
         return data
 
     def readinto(self, buffer) -> int:

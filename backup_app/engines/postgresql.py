@@ -288,12 +288,13 @@ class RestrictedSql(FilteredReader):
     """
 
     _LINE = re.compile(rb"\\(restrict|unrestrict) ([A-Za-z0-9]+)\r?\n?")
-    _LONGEST = 256  # a line starting with a backslash is held back this far to be judged
+    _LONGEST = 256  # a line starting with a backslash is judged when it ends within this many bytes
+    _BACKSLASH_LINE = re.compile(rb"\n\\")  # (a regular expression finds it faster than bytes.find)
 
     def __init__(self, stream):
         super().__init__(stream, b"\\restrict " + secrets.token_hex(24).encode() + b"\n")
         self._keys: set[bytes] = set()
-        self._held: bytearray | None = None
+        self._held = b""  # the start of a line beginning with a backslash, not yet judged
         self._line_start = True
 
     def _judge(self, line: bytes) -> bytes:
@@ -306,32 +307,55 @@ class RestrictedSql(FilteredReader):
         return b"" if match.group(2) in self._keys else line
 
     def _feed(self, data: bytes) -> None:
-        out, pos = self._out, 0
-        while pos < len(data):
-            if self._held is not None:
+        """Every other line passes as a block: only a line starting with a backslash is looked at (found by
+        ``\\n\\\\``), judged whole when it ends within :attr:`_LONGEST` bytes, else passed on as it came."""
+        out, longest = self._out, self._LONGEST
+        if self._held:
+            data, self._held = self._held + data, b""
+            pos = 0
+        elif self._line_start and data[:1] == b"\\":
+            pos = 0
+        else:
+            # Not at a backslash line: pass everything up to the next line starting with one.
+            match = self._BACKSLASH_LINE.search(data)
+            if match is None:
+                out += data
+                self._line_start = data.endswith(b"\n")
+                return
+            pos = match.start() + 1
+            out += data[:pos]
+        n = len(data)
+        while True:
+            # data[pos] is a backslash at the start of a line
+            nl = data.find(b"\n", pos, pos + longest + 1)
+            if nl >= 0:
+                out += self._judge(data[pos : nl + 1])
+                pos = nl + 1
+            elif n - pos <= longest:
+                self._held = data[pos:]
+                return
+            else:  # longer than any line judged: passes as it is, to its end
                 nl = data.find(b"\n", pos)
-                end = len(data) if nl < 0 else nl + 1
-                self._held += data[pos:end]
-                pos = end
-                if nl >= 0:
-                    out += self._judge(bytes(self._held))
-                    self._held, self._line_start = None, True
-                elif len(self._held) > self._LONGEST:
-                    out += self._held
-                    self._held, self._line_start = None, False
+                if nl < 0:
+                    out += data[pos:]
+                    self._line_start = False
+                    return
+                out += data[pos : nl + 1]
+                pos = nl + 1
+            if pos < n and data[pos] == 0x5C:  # the next line starts with a backslash too
                 continue
-            if self._line_start and data[pos : pos + 1] == b"\\":
-                self._held = bytearray()
-                continue
-            nl = data.find(b"\n", pos)
-            end = len(data) if nl < 0 else nl + 1
-            out += data[pos:end]
-            pos, self._line_start = end, nl >= 0
+            match = self._BACKSLASH_LINE.search(data, pos)
+            if match is None:
+                out += data[pos:]
+                self._line_start = data.endswith(b"\n")
+                return
+            out += data[pos : match.start() + 1]
+            pos = match.start() + 1
 
     def _finish(self) -> None:
-        if self._held is not None:
-            self._out += self._judge(bytes(self._held))
-            self._held = None
+        if self._held:
+            self._out += self._judge(self._held)
+            self._held = b""
 
 
 @dataclass

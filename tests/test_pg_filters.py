@@ -1,0 +1,189 @@
+"""The plain-dump filters of a PostgreSQL restore, against what they let through before they read by the block.
+
+``RestrictedSql`` (psql meta-commands under a ``\\restrict`` key) passes every line not starting with a
+backslash as a block; ``HeldStatements`` (owner and default-privilege statements held back) passes COPY rows
+as a block and reads other lines by their quotes, comments and statement ends, not character by character.
+What they pass, take out and refuse must not change: each is run here on random and hostile inputs, read in
+random pieces, in two pieces cut at every byte and one byte at a time, beside the implementation they replace
+(``pg_filters_before.py``, as it was at ``6e805b8``), and must give the same bytes, the same held statements
+and the same refusal.
+
+The one reading the old ``RestrictedSql`` gave no single answer for: a line starting with a backslash and
+longer than 256 bytes was judged whole when it came in one read, passed unjudged when the read ended inside
+it.  It now always passes unjudged (as the old one did when read one byte at a time, the reference here); no
+such line is one it takes out (``\\restrict KEY`` with a 240-character key), and passing a line is what
+``\\restrict`` then refuses.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+
+import django
+import pytest
+
+django.setup()
+
+from pg_filters_before import HeldStatementsBefore, RestrictedSqlBefore  # noqa: E402
+
+from backup_app.engines.postgresql import RestrictedSql  # noqa: E402
+from backup_app.engines.postgresql_owners import Held, HeldStatements  # noqa: E402
+from backup_app.errors import RestoreError  # noqa: E402
+
+
+class Pieces(io.RawIOBase):
+    """``data`` read back in the pieces cut at ``cuts``, one piece a read (as a pipe hands them)."""
+
+    def __init__(self, data: bytes, cuts=()):
+        bounds = [0, *sorted(set(cuts)), len(data)]
+        self._pieces = [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False) if b > a][::-1]
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        return self._pieces.pop() if self._pieces else b""
+
+
+def restricted(cls):
+    return lambda stream, held: cls(stream)
+
+
+def held_statements(cls):
+    return lambda stream, held: cls(stream, held)
+
+
+NEW = {
+    "restricted": restricted(RestrictedSql),
+    "held": held_statements(HeldStatements),
+    "both": lambda stream, held: RestrictedSql(HeldStatements(stream, held)),
+}
+BEFORE = {"restricted": restricted(RestrictedSqlBefore), "held": held_statements(HeldStatementsBefore)}
+
+
+def run(make, data: bytes, cuts=(), read: int = 1 << 17):
+    """(bytes passed, what was held, the refusal): the key line every ``RestrictedSql`` starts with is taken
+    off (random to each run)."""
+    held = Held()
+    stream = make(Pieces(data, cuts), held)
+    out = bytearray()
+    try:
+        while chunk := stream.read(read):
+            out += chunk
+    except RestoreError as err:
+        out, refusal = None, str(err)
+    else:
+        refusal = None
+    if out is not None and isinstance(stream, (RestrictedSql, RestrictedSqlBefore)):
+        head, _, rest = bytes(out).partition(b"\n")
+        assert head.startswith(b"\\restrict ") and len(head) == len(b"\\restrict ") + 48, head
+        out = rest
+    kept = (held.owners, held.unknown_owners, held.default_acls, held.extension_comments)
+    return (bytes(out) if out is not None else None), kept, refusal
+
+
+def every_byte(data: bytes) -> list[int]:
+    return list(range(1, len(data)))
+
+
+def reference(kind: str, data: bytes):
+    """What the old filters give: ``HeldStatements`` in one read; ``RestrictedSql`` one byte a read (its one
+    reading of a backslash line past 256 bytes that no read boundary changes), after ``HeldStatements`` for
+    ``both``."""
+    if kind == "restricted":
+        return run(BEFORE[kind], data, every_byte(data))
+    passed, kept, refusal = run(BEFORE["held"], data)
+    if kind == "held" or refusal is not None:
+        return passed, kept, refusal
+    return run(BEFORE["restricted"], passed, every_byte(passed))[0], kept, None
+
+
+#: Pieces of plain dumps: meta-commands, COPY and its end, quotes, dollar quotes, comments, held statements,
+#: refused default privileges, CR LF, a backslash line past 256 bytes, non-ASCII bytes.
+ALPHABET = [
+    b"\n", b"\n", b"\n", b"\r\n", b"\\", b"\\.", b"\\.\n", b"\\N", b"\\\\.", b"\\restrict ", b"\\unrestrict ",
+    b"K1", b"K2", b"abc", b" ", b"\t", b";", b";\n", b"'", b"''", b'"', b"$$", b"$q$", b"$", b"-", b"--", b"/",
+    b"/*", b"*/", b"x" * 260, b"COPY public.t (a, b) FROM stdin;\n", b"copy t FROM STDIN;", b"COPY ",
+    b"ALTER TABLE public.t OWNER TO bob;\n", b"ALTER ", b'ALTER FUNCTION public."F g"(x integer) OWNER TO "B";',
+    b"ALTER SCHEMA s OWNER TO bob;", b"ALTER DEFAULT PRIVILEGES FOR ROLE bob GRANT SELECT ON TABLES TO PUBLIC;\n",
+    b"ALTER DEFAULT PRIVILEGES FOR ROLE bob GRANT ALL ON TABLES TO x; SELECT 1;\n",
+    b"COMMENT ON EXTENSION e IS 'it''s';\n", b"COMMENT ON EXTENSION ", b"DROP EXTENSION IF EXISTS e;\n",
+    b"\xe6\x97\xa5", b"SELECT 1", b"\\! id\n", b"\\restrict K1\n", b"\\unrestrict K1\n", b"\\unrestrict K2\r\n",
+]  # fmt: skip
+
+#: A plain dump as pg_dump writes it, with what the filters must read right around its rows.
+DUMP = (
+    b"--\n-- PostgreSQL database dump\n--\n\n\\restrict Ab12Cd34\n\nSET standard_conforming_strings = on;\n"
+    b"CREATE FUNCTION public.f() RETURNS int LANGUAGE plpgsql AS $$\nbegin\n"
+    b"ALTER TABLE public.t OWNER TO bob;\nreturn 1; end $$;\n\nALTER FUNCTION public.f() OWNER TO bob;\n"
+    b"COMMENT ON TABLE public.t IS 'x;\nALTER TABLE public.t OWNER TO bob;\n';\n"
+    b"ALTER TABLE public.t OWNER TO bob;\n"
+    b"ALTER DEFAULT PRIVILEGES FOR ROLE bob IN SCHEMA public GRANT SELECT ON TABLES  TO PUBLIC;\n"
+    b"COPY public.t (id, v) FROM stdin;\n1\tALTER TABLE public.t OWNER TO bob;\n\\N\t\\\\.\n"
+    b"\\restrict Zz9\n\\.x\t\\r\n3\t\xe6\x97\xa5\r\n\\.\n"
+    b"/* ALTER TABLE\nALTER TABLE public.t OWNER TO bob;\n*/ SELECT 1;\n\\! id\n\\unrestrict Zz9\n"
+    b"COMMENT ON EXTENSION plpgsql IS 'PL/pgSQL procedural language';\nDROP EXTENSION IF EXISTS e;\n"
+    b"\\" + b"y" * 300 + b"\\restrict Q1\n\\unrestrict Q1\n\\unrestrict Ab12Cd34\n\n"
+)
+
+
+@pytest.mark.parametrize("kind", sorted(NEW))
+def test_a_plain_dump_cut_at_every_byte_passes_as_before(kind):
+    """Two reads cut at each byte of a dump, then one byte a read, and every consumer read size: as before."""
+    want = reference(kind, DUMP)
+    assert want[0] and want[2] is None
+    for cut in every_byte(DUMP):
+        assert run(NEW[kind], DUMP, [cut]) == want, cut
+    assert run(NEW[kind], DUMP, every_byte(DUMP)) == want
+    for read in (1, 7, 4096, -1):
+        assert run(NEW[kind], DUMP, [len(DUMP) // 3], read=read) == want, read
+
+
+@pytest.mark.parametrize("kind", sorted(NEW))
+def test_random_inputs_pass_and_are_refused_as_before(kind):
+    rng = random.Random(f"pg-filters-{kind}")
+    refused = 0
+    for _ in range(2500):
+        data = b"".join(rng.choice(ALPHABET) for _ in range(rng.randint(1, 14)))
+        want = reference(kind, data)
+        refused += want[2] is not None
+        cuts = rng.sample(range(1, len(data)), min(len(data) - 1, rng.randint(0, 4))) if len(data) > 1 else []
+        assert run(NEW[kind], data, cuts, read=rng.choice((1, 5, 300, 1 << 17))) == want, (data, cuts)
+        assert run(NEW[kind], data) == want, data
+    if kind != "restricted":
+        assert refused  # the refusal of a default privilege it cannot read is among what is compared
+
+
+@pytest.mark.parametrize("kind", sorted(NEW))
+def test_random_inputs_cut_at_every_byte_pass_as_before(kind):
+    rng = random.Random(f"pg-filters-every-{kind}")
+    for _ in range(100):
+        data = b"".join(rng.choice(ALPHABET) for _ in range(rng.randint(1, 8)))
+        want = reference(kind, data)
+        for cut in every_byte(data):
+            assert run(NEW[kind], data, [cut]) == want, (data, cut)
+        assert run(NEW[kind], data, every_byte(data)) == want, data
+
+
+@pytest.mark.parametrize("length", range(250, 263))
+def test_a_backslash_line_about_the_longest_judged_is_read_as_before_wherever_it_is_cut(length):
+    """``\\restrict KEY`` lines of 250 to 262 bytes (the longest judged is 256 before its newline), followed by
+    their ``\\unrestrict KEY`` and by another backslash line, in two pieces cut at every byte."""
+    key = b"k" * (length - len(b"\\restrict "))
+    for end in (b"\n", b"\r\n"):
+        data = b"SELECT 1;\n\\restrict " + key + end + b"\\unrestrict " + key + end + b"\\N\n"
+        want = reference("restricted", data)
+        for cut in every_byte(data):
+            assert run(NEW["restricted"], data, [cut]) == want, (length, cut)
+        assert run(NEW["restricted"], data) == want
+
+
+def test_a_long_backslash_line_read_whole_is_passed_unjudged():
+    """The one change: before, a 300-byte ``\\restrict`` line came out or not by where the read ended."""
+    line = b"\\restrict " + b"k" * 290 + b"\n"
+    data = b"SELECT 1;\n" + line + b"SELECT 2;\n"
+    assert run(BEFORE["restricted"], data)[0] == b"SELECT 1;\nSELECT 2;\n"
+    assert run(BEFORE["restricted"], data, every_byte(data))[0] == data
+    for cuts in ([], [12], every_byte(data)):
+        assert run(NEW["restricted"], data, cuts)[0] == data
