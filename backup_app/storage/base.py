@@ -89,6 +89,9 @@ class RemoteStorage:
         self.adapter = adapter
         #: Builds another backend from the same options (another connection), for reads on other threads.
         self._factory = factory
+        #: Whether :meth:`_run` tries a transient failure again (not on :meth:`read_all`'s extra connections:
+        #: what fails there is read again over this one).
+        self.retrying = True
 
     def __getattr__(self, name: str):
         return getattr(self.backend, name)
@@ -123,7 +126,7 @@ class RemoteStorage:
         is not ``replayable`` (an upload from a stream that cannot be read twice) is tried again only when it
         failed before it began (while connecting).
         """
-        retries = app_settings.storage_retries if self.adapter.retries_here else 0
+        retries = app_settings.storage_retries if self.adapter.retries_here and self.retrying else 0
         deadline = time.monotonic() + storage_deadline()
         for attempt in itertools.count(1):
             begun = False
@@ -200,7 +203,8 @@ class RemoteStorage:
         connection (the caller waits meanwhile), every other one over a connection of its own, opened for it
         and closed at the end, and only when there are :attr:`Adapter.reads_per_connection` reads for it.  A
         read that failed (a server that allows fewer logins at once refused one) is done again afterwards, one
-        at a time over this storage's connection, so that a limit on connections costs time, never a set.
+        at a time over this storage's connection, so that a limit on connections costs time, never a set; so
+        those other connections do not retry (:attr:`retrying`), this one does.
         """
         adapter = self.adapter
 
@@ -229,6 +233,7 @@ class RemoteStorage:
                         storage = self
                     else:
                         storage = RemoteStorage(self._factory(), adapter, self._factory)
+                        storage.retrying = False  # a login the server refuses (too many at once) is not waited for
                         opened.append(storage)
                 local.storage = storage
             return storage
