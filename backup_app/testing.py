@@ -3,7 +3,8 @@
 With ``BACKUP_APP_PAUSE_AT=<step>`` in the environment, a run that reaches ``<step>`` prints
 ``paused at <step>`` on stderr and waits until the file named by ``BACKUP_APP_RESUME_FILE`` exists; a signal
 ends the wait as it would end any other.  Steps: ``backup:db-dumped:<alias>``, ``backup:media-written``,
-``restore:staged``, ``restore:db-swapped:<alias>``, ``restore:media-half``, ``restore:media-swapped``,
+``restore:staged``, ``restore:db-swapping:<alias>`` (its safety entry written, the swap not begun),
+``restore:db-swapped:<alias>``, ``restore:media-half``, ``restore:media-swapped``,
 ``rollback:media-half``, ``verify:staged:<alias>`` (a ``verify --restore-test`` with its scratch database
 staged), ``restore:loading:<alias>`` (PostgreSQL: the staging database made and given to the throwaway role,
 nothing loaded yet), ``restore:in-place-dump:<alias>`` (a restore in place: the live tables found free by

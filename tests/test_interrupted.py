@@ -235,7 +235,13 @@ def changed_site(template_site, tmp_path):
 # --- SQLite: every step of a restore ----------------------------------------------------------
 
 
-RESTORE_STEPS = ["restore:staged", "restore:db-swapped:default", "restore:media-half", "restore:media-swapped"]
+RESTORE_STEPS = [
+    "restore:staged",
+    "restore:db-swapping:default",
+    "restore:db-swapped:default",
+    "restore:media-half",
+    "restore:media-swapped",
+]
 
 
 @pytest.mark.parametrize("step", RESTORE_STEPS)
@@ -257,6 +263,7 @@ def test_sigterm_at_each_restore_step_undoes_it_and_says_so(changed_site, step):
     ("step", "next_run"),
     [
         ("restore:staged", ("backup_restore", "--noinput")),
+        ("restore:db-swapping:default", ("backup_rollback",)),
         ("restore:db-swapped:default", ("backup_rollback",)),
         ("restore:media-half", ("backup_create",)),
         ("restore:media-swapped", ("backup_restore", "--noinput")),
@@ -403,17 +410,19 @@ def side_databases(site) -> list[str]:
     return found
 
 
+@pytest.mark.parametrize("step", ["restore:db-swapping:default", "restore:db-swapped:default"])
 @pytest.mark.parametrize("engine", ["postgres", "mysql"])
-def test_server_database_killed_right_after_the_swap_is_rolled_back(request, engine):
+def test_server_database_killed_at_the_swap_is_rolled_back(request, engine, step):
     site = request.getfixturevalue(f"{engine}_site")
     server_prepare(site)
     old = db_rows(site)
 
-    held = Held(site, "restore:db-swapped:default", "backup_restore", "--noinput", "--skip-media")
-    held.paused("restore:db-swapped:default")
+    held = Held(site, step, "backup_restore", "--noinput", "--skip-media")
+    held.paused(step)
     held.signal(signal.SIGKILL)
     held.finish()
-    assert db_rows(site) != old  # the new data is live: the kill came after the swap
+    if step == "restore:db-swapped:default":
+        assert db_rows(site) != old  # the new data is live: the kill came after the swap
     result = site.manage("backup_rollback")
 
     assert "undid it, database 'default' put back as they were" in result.stderr
@@ -421,21 +430,51 @@ def test_server_database_killed_right_after_the_swap_is_rolled_back(request, eng
     assert side_databases(site) == []
 
 
+@pytest.mark.parametrize("step", ["restore:staged", "restore:db-swapping:default", "restore:db-swapped:default"])
 @pytest.mark.parametrize("engine", ["postgres", "mysql"])
-def test_server_database_sigterm_after_the_swap_undoes_it(request, engine):
+def test_server_database_sigterm_at_the_swap_undoes_it(request, engine, step):
     site = request.getfixturevalue(f"{engine}_site")
     server_prepare(site)
     old = db_rows(site)
 
-    held = Held(site, "restore:db-swapped:default", "backup_restore", "--noinput", "--skip-media")
-    held.paused("restore:db-swapped:default")
+    held = Held(site, step, "backup_restore", "--noinput", "--skip-media")
+    held.paused(step)
+    if step != "restore:db-swapped:default":
+        assert [name for name in side_databases(site) if "_restore_" in name]  # staged beside the live database
     held.signal(signal.SIGTERM)
     code, err = held.finish()
 
     assert code == 128 + signal.SIGTERM, err
-    assert "interrupted by SIGTERM; the restore was undone (database 'default' put back as they were)" in err
+    undone = "nothing had been changed" if step == "restore:staged" else "database 'default' put back as they were"
+    assert f"interrupted by SIGTERM; the restore was undone ({undone})" in err
     assert db_rows(site) == old
-    assert side_databases(site) == []
+    assert side_databases(site) == []  # the staging database too
+
+
+def test_sigint_half_way_through_the_media_undoes_the_restore(changed_site):
+    # Ctrl-C on a terminal: the same undo as SIGTERM, exit 130, the line says "interrupted" alone.
+    old = state(changed_site)
+
+    held = Held(changed_site, "restore:media-half", "backup_restore", "--noinput").paused("restore:media-half")
+    held.signal(signal.SIGINT)
+    code, err = held.finish()
+
+    assert code == 128 + signal.SIGINT, err
+    assert "interrupted; the restore was undone (media files and database 'default' put back as they were)" in err
+    assert differences(state(changed_site), old) == []
+    assert leftovers(changed_site) == []
+
+
+def test_sigint_during_a_backup_removes_its_files_and_says_so(changed_site):
+    before = sorted(p.name for p in changed_site.backups.iterdir())
+
+    held = Held(changed_site, "backup:media-written", "backup_create").paused("backup:media-written")
+    held.signal(signal.SIGINT)
+    code, err = held.finish()
+
+    assert code == 128 + signal.SIGINT, err
+    assert "backup interrupted; the partial set was removed" in err
+    assert sorted(p.name for p in changed_site.backups.iterdir()) == before
 
 
 # --- full disks, a safety folder that is no folder, sets retention must not touch ---------------

@@ -143,3 +143,34 @@ def test_a_dump_of_an_alias_the_site_does_not_have_is_refused(storage):
 
     with pytest.raises(RestoreError, match="holds database 'reports', which is not in DATABASES"):
         choose(list_sets(storage, naming), RestoreOptions(), exists=storage.exists, aliases=ALIASES)
+
+
+def database_only_set(storage, stamp: str) -> None:
+    """A complete set without media (``backup --skip-media``)."""
+    naming = Naming()
+    db = naming.db_name(stamp, "default", "sqlite3.gz")
+    storage.save(db, ContentFile(b"data"))
+    created = f"{stamp[:10]}T{stamp[11:13]}:{stamp[13:15]}:{stamp[15:17]}+00:00"
+    files = [{"name": db, "kind": "db", "size": 4, "sha256": "0" * 64}]
+    write_json(storage, naming.manifest_name(stamp), {"format": MANIFEST_FORMAT, "created": created, "files": files})
+
+
+def test_a_newer_set_without_media_is_taken_and_says_which_set_has_media(storage):
+    stored_set(storage, "2026-11-26-020000")
+    database_only_set(storage, "2026-11-27-020000")
+
+    plan = choose(list_sets(storage), RestoreOptions(), exists=storage.exists, aliases=ALIASES)
+
+    assert (plan.set.name, plan.media) == ("2026-11-27-020000", None)
+    [note] = plan.notes
+    assert "set 2026-11-27-020000 holds no media archive" in note and "media files are left as they are" in note
+    assert "set 2026-11-26-020000 has one" in note
+    assert "--skip-db --media-file InvenTree-media-2026-11-26-020000.tar.gz" in note
+
+
+def test_no_note_when_media_are_skipped_or_no_older_set_has_any(storage):
+    database_only_set(storage, "2026-11-27-020000")
+    assert choose(list_sets(storage), RestoreOptions(), exists=storage.exists, aliases=ALIASES).notes == []
+    stored_set(storage, "2026-11-26-020000")
+    skipped = choose(list_sets(storage), RestoreOptions(skip_media=True), exists=storage.exists, aliases=ALIASES)
+    assert skipped.notes == []

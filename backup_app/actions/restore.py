@@ -446,6 +446,7 @@ def choose(
             notes += [f"Skipping the newer set {s.name}: unreadable ({'; '.join(s.problems)})" for s in skipped]
             db_files = [(f, chosen_set) for f in chosen_set.db_files]
             media = (chosen_set.media_file, chosen_set) if chosen_set.media_file else None
+            notes += _partial_notes(chosen_set, complete[1:], opts)
         else:
             legacy = [s for s in sets if s.status == "legacy"]
             if not legacy:
@@ -486,6 +487,29 @@ def choose(
         if media[1] is not None and media[1].manifest:
             plan.media_expected = media[1].manifest.get("media")
     return plan
+
+
+def _partial_notes(chosen: BackupSet, older: list[BackupSet], opts: RestoreOptions) -> list[str]:
+    """Say so when the newest complete set was backed up without media (or without databases) and an older
+    complete set has them: the restore leaves that part as it is, and the line says how to take it from there."""
+    notes = []
+    if chosen.media_file is None and not opts.skip_media:
+        fuller = next((s for s in older if s.media_file is not None), None)
+        if fuller is not None:
+            take = hints.command("restore", "--skip-db", "--media-file", fuller.media_file.name)
+            notes.append(
+                f"The newest set {chosen.name} holds no media archive (backed up without media): media files are "
+                f"left as they are; set {fuller.name} has one ({take} restores it)"
+            )
+    if not chosen.db_files and not opts.skip_db:
+        fuller = next((s for s in older if s.db_files), None)
+        if fuller is not None:
+            take = hints.command("restore", "--skip-media", "--db-file", fuller.db_files[0].name)
+            notes.append(
+                f"The newest set {chosen.name} holds no database (backed up without databases): the databases are "
+                f"left as they are; set {fuller.name} has them ({take} restores one)"
+            )
+    return notes
 
 
 def _partner_note(source: BackupSet, named_set: BackupSet | None, what: str) -> str:

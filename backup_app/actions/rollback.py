@@ -8,6 +8,8 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass, field
 
+from django.conf import settings
+
 from .. import hints
 from ..engines import Locked, engine_for, site_lock
 from ..errors import BackupAppError
@@ -16,6 +18,7 @@ from ..media import media_storage, remove_stale_staging, undo_media
 from ..notify import notify_failure
 from ..progress import NO_PROGRESS, Progress
 from ..safety import SafetyRecord, expired, list_records
+from ..secrets import redact
 from ..settings import app_settings
 
 
@@ -88,6 +91,19 @@ def recover(progress: Progress = NO_PROGRESS) -> list[str]:
             f"{what}; the site is as it was before that restore"
         )
         done.append(record.name)
+    if done:
+        # A restore killed after it staged (a database swap not begun, or not every database swapped) left its
+        # staging file or database: the engines remove those of runs that are gone, as a restore does first.
+        for alias in settings.DATABASES:
+            try:
+                stale = engine_for(alias).cleanup()
+            except BackupAppError:
+                continue  # an alias this app does not back up
+            except Exception as err:  # a database server that does not answer: the next restore looks again
+                progress.step(f"  could not look for staging left of database '{alias}': {redact(err)}")
+                continue
+            for name in stale:
+                progress.step(f"Removed {name}, left behind by an interrupted restore")
     for name in remove_stale_staging(media_storage()):
         progress.step(f"Removed {name}, left in the media folder by an interrupted restore")
     return done

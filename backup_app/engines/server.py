@@ -131,6 +131,7 @@ class SideDatabase(Strategy):
         # Recorded before the swap: whatever ends this process, the next run finds the old database.
         entry = {"kind": self.kinds[0], "database": kept, "name": name, "incoming": staged.database}
         safety.add_database(engine.alias, {**entry, "state": "swapping", "objects": objects.name})
+        pause_at(f"restore:db-swapping:{engine.alias}")  # the entry written, the databases not yet swapped
         engine.swap(name, aside=kept, incoming=staged.database, keep=objects)
         if objects.exists():
             entry["objects"] = objects.name

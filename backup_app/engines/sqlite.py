@@ -19,6 +19,7 @@ from django.db import connections
 from ..errors import BackupError, RestoreError
 from ..ownership import Ownership, give_to_folder, take_over
 from ..streams import RoomGuard, copy, file_system_of, pump
+from ..testing import pause_at
 from ..tools import process_exists
 from .base import Engine, SiteLock, Staged, Strategy, holder, locked, released
 
@@ -84,6 +85,7 @@ class FileSwap(Strategy):
         # The site's user must open the restored file as it opened the old one: same owner, group and mode.
         take_over(staged.path, replaced)
         safety.add_database(self.engine.alias, entry)
+        pause_at(f"restore:db-swapping:{self.engine.alias}")  # the entry written, the file not yet swapped
         _swap(staged.path, path)
         return entry
 
