@@ -122,12 +122,13 @@ class RemoteStorage:
         Where the backend's client does not retry (:attr:`Adapter.retries_here`: SFTP, FTP), a failure
         :meth:`Adapter.transient` says may pass (a connection dropped, reset or silent) is tried again up to
         backup_storage_retries times, each said on a line, over a new connection (:meth:`Adapter.reset`),
-        after a pause (:func:`pause_before_retry`) and never past :func:`storage_deadline`.  An operation that
-        is not ``replayable`` (an upload from a stream that cannot be read twice) is tried again only when it
-        failed before it began (while connecting).
+        after a pause (:func:`pause_before_retry`).  Each try is bounded by the client's own time-outs (paramiko
+        may wait up to four times: connect, banner, login, channel), so the tries and those bound the whole; a
+        deadline of (retries + 1) x timeout, as the SDKs' retries have, would cut SFTP's retries short.  An
+        operation that is not ``replayable`` (an upload from a stream that cannot be read twice) is tried again
+        only when it failed before it began (while connecting).
         """
         retries = app_settings.storage_retries if self.adapter.retries_here and self.retrying else 0
-        deadline = time.monotonic() + storage_deadline()
         for attempt in itertools.count(1):
             begun = False
             try:
@@ -137,14 +138,7 @@ class RemoteStorage:
             except RemoteStorageError:
                 raise
             except Exception as err:
-                pause = pause_before_retry(attempt)
-                again = (
-                    attempt <= retries
-                    and (replayable or not begun)
-                    and self.adapter.transient(err)
-                    and time.monotonic() + pause < deadline
-                )
-                if not again:
+                if attempt > retries or not (replayable or not begun) or not self.adapter.transient(err):
                     if attempt > 1:
                         err.backup_app_tries = attempt  # the explanation says how many tries it took
                     problem = self._explanation(err, action, name)
@@ -153,7 +147,7 @@ class RemoteStorage:
                     raise problem from err
                 say_retry(self.description, f"{action} {name}".rstrip(), first_line(err), attempt)
                 self.adapter.reset(self.backend)
-                time.sleep(pause)
+                time.sleep(pause_before_retry(attempt))
         raise AssertionError("unreachable")
 
     def save(self, name: str, content, max_length: int | None = None) -> str:
