@@ -346,6 +346,24 @@ def test_sigterm_during_a_backup_removes_its_files_and_says_so(changed_site, ste
     assert sorted(p.name for p in changed_site.backups.iterdir()) == before
 
 
+@pytest.mark.parametrize("clean", [False, True])
+def test_a_backup_whose_file_vanishes_before_it_ends_fails_instead_of_reporting_success(changed_site, clean):
+    # What another site's --clean on a shared folder did to a set being written: its dump deleted under it.
+    held = Held(changed_site, "backup:media-written", "backup_create", *(["--clean"] if clean else []))
+    held.paused("backup:media-written")
+    dumps = [p for p in changed_site.backups.glob("*.sqlite3*") if not p.name.endswith(".metadata")]
+    newest = max(dumps, key=lambda p: p.stat().st_mtime_ns)  # this run's
+    newest.unlink()
+    held.go_on()
+    code, err = held.finish()
+
+    assert code != 0, err
+    last = err.strip().splitlines()[-1]
+    assert "the backup was written but set" in last and "does not read back" in last, err
+    assert newest.name in last
+    assert [s["status"] for s in changed_site.sets()][0] == "incomplete"
+
+
 def test_sigterm_to_invoke_reaches_the_command(changed_site):
     before = sorted(p.name for p in changed_site.backups.iterdir())
     resume = changed_site.root / "resume"
@@ -778,14 +796,21 @@ def test_a_set_whose_manifest_has_no_database_size_is_still_restored_and_bounded
     assert site.query("SELECT count(*), max(quantity) FROM demo_part WHERE name = 'big'") == [[600, 600]]
 
 
-@pytest.mark.parametrize("damage", ["flipped-bit", "newer-format"])
-def test_clean_never_deletes_a_set_whose_manifest_cannot_be_read(changed_site, damage):
+@pytest.mark.parametrize(
+    ("damage", "command"),
+    [
+        ("flipped-bit", ("manage.py", "backup_create", "--clean")),
+        ("newer-format", ("manage.py", "backup_create", "--clean")),
+        ("flipped-bit", ("invoke", "update")),  # every update backs up and prunes the same way
+    ],
+)
+def test_clean_never_deletes_a_set_whose_manifest_cannot_be_read(changed_site, damage, command):
     [manifest] = changed_site.backups.glob("*.manifest.metadata")
     raw = manifest.read_bytes()
     manifest.write_bytes(bytes([raw[0] ^ 1]) + raw[1:] if damage == "flipped-bit" else raw.replace(b"/1", b"/9"))
     before = sorted(p.name for p in changed_site.backups.iterdir())
 
-    result = changed_site.manage("backup_create", "--clean", extra_env={"INVENTREE_BACKUP_KEEP": "1"})
+    result = changed_site.run(*command, extra_env={"INVENTREE_BACKUP_KEEP": "1"})
 
     assert "its manifest cannot be read" in result.stderr
     assert set(before) <= {p.name for p in changed_site.backups.iterdir()}
