@@ -35,10 +35,11 @@ import tarfile
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import BinaryIO
 
@@ -133,6 +134,8 @@ class MediaIndex:
 
 #: A chunk as an index line spells it: ``["<sha256>","<pack>",offset,length]``.
 _CHUNK = re.compile(rb'\["([0-9a-f]{64})","([^"\\]+)",([0-9]+),([0-9]+)\]')
+#: ... and its blob's SHA-256 alone.
+_SHA = re.compile(rb'\["([0-9a-f]{64})","')
 #: A pack name in an index line: a chunk's, after its blob's SHA-256 (a path such as "media-packs/x" is not one).
 #: ``","media-packs/`` is only ever there: inside a JSON string every ``"`` is escaped, so the only ``","`` a path
 #: can hold ends the path, and ``,"size"`` follows it.  Starting from that literal, one scan of a 27,000-line
@@ -168,27 +171,49 @@ class Previous:
 
     def blobs(self) -> KnownBlobs:
         """Every blob the lines name: SHA-256 -> (pack, offset, length)."""
-        return KnownBlobs(_CHUNK.findall(b"\n".join(self.lines.values())))
+        return KnownBlobs(self.lines.values())
+
+
+def _in_blocks(lines: Iterable[bytes], size: int = 4096) -> Iterator[bytes]:
+    """The lines joined by newlines in blocks of ``size``: one regex scan each, no copy of the whole index."""
+    it = iter(lines)
+    while block := list(islice(it, size)):
+        yield b"\n".join(block)
 
 
 class KnownBlobs:
     """SHA-256 (hex) -> ``(pack, offset, length)`` of the blobs a backup may reuse, and those it stores.
 
-    Built from the previous index's chunks as found there (bytes), each decoded only when it is looked up: a
-    backup of 1 % changed files looks up a few hundred of 27,000.  The first line naming a blob gives it.
+    Read out of the previous index's lines as late as it can be: a backup of 1 % changed files looks up a few
+    hundred blobs of 27,000 and, new contents, finds none of them.  The first look-up collects the SHA-256s
+    the lines name (bytes, a set: a fifth of the memory and half the time of every chunk); only a blob found
+    there makes the lines be read for every chunk's place.  The first line naming a blob gives it.
     """
 
-    def __init__(self, found: list[tuple[bytes, bytes, bytes, bytes]] = ()):
-        self._found = {chunk[0]: chunk for chunk in reversed(found)}
+    def __init__(self, lines: Iterable[bytes] = ()):
+        self._lines = lines
+        self._shas: set[bytes] | None = None
+        self._found: dict[bytes, tuple[bytes, bytes, bytes, bytes]] | None = None
         self._added: dict[str, tuple[str, int, int]] = {}
 
     def get(self, sha: str) -> tuple[str, int, int] | None:
         ref = self._added.get(sha)
-        if ref is None:
-            chunk = self._found.get(sha.encode("ascii"))
-            if chunk is not None:
-                ref = (chunk[1].decode(), int(chunk[2]), int(chunk[3]))
-        return ref
+        if ref is not None:
+            return ref
+        key = sha.encode("ascii")
+        if self._shas is None:
+            self._shas = set()
+            for block in _in_blocks(self._lines):
+                self._shas.update(_SHA.findall(block))
+        if key not in self._shas:
+            return None
+        if self._found is None:
+            self._found = {}
+            for block in _in_blocks(self._lines):
+                for chunk in _CHUNK.findall(block):
+                    self._found.setdefault(chunk[0], chunk)
+        chunk = self._found.get(key)
+        return None if chunk is None else (chunk[1].decode(), int(chunk[2]), int(chunk[3]))
 
     def __setitem__(self, sha: str, ref: tuple[str, int, int]) -> None:
         self._added[sha] = ref
@@ -427,7 +452,7 @@ def write_media(
                 on_file(entry.size)
         writer.finish()
         # Every pack a line names (a changed file's blob can be one that only a deleted file's line had).
-        for pack in {p.decode() for p in _PACK.findall(b"\n".join(lines))}:
+        for pack in {p.decode() for block in _in_blocks(lines) for p in _PACK.findall(block)}:
             if pack not in stats.packs:
                 stats.packs[pack] = reusable_packs[pack]
         stats.head = {"format": INDEX_FORMAT, "files": len(lines), "folders": folders}
