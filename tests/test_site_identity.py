@@ -106,6 +106,21 @@ def test_clean_deletes_only_its_own_sets(two_sites):
     assert len([n for n, site in after.items() if site.endswith("a.sqlite3")]) == 1
 
 
+def test_another_sites_clean_leaves_a_backup_being_written_alone(two_sites):
+    # The case found: a's --clean deleted b's set while b wrote it; b then said "complete" with files gone.
+    from test_interrupted import Held
+
+    a, b = two_sites
+    held = Held(b, "backup:media-written", "backup_create").paused("backup:media-written")
+
+    a.manage("backup_create", "--clean", extra_env={"INVENTREE_BACKUP_KEEP": "1"})
+    held.go_on()
+    code, err = held.finish()
+
+    assert code == 0, err
+    assert [s["status"] for s in b.sets() if s["site"].endswith("b.sqlite3")] == ["complete"]
+
+
 def test_a_configured_site_id_is_the_same_site_whatever_its_database(tmp_path):
     shared = tmp_path / "shared-backups"
     old = sqlite_site_named(tmp_path / "old", "old.sqlite3", shared)
