@@ -219,8 +219,9 @@ def run_to(tool: Tool, out: BinaryIO) -> None:
     running.check()
 
 
-def run_chain(first: Tool, stream: BinaryIO, second: Tool, *, after: bytes, insert: bytes) -> None:
-    """``first < stream | second``, with ``insert`` put into the pipe after the first line that is ``after``.
+def run_chain(first: Tool, stream: BinaryIO, second: Tool, *, after: bytes, insert: bytes, through=None) -> None:
+    """``first < stream | second``, with ``insert`` put into the pipe after the first line that is ``after``;
+    ``through``: a function wrapping the rest of ``first``'s output in a reader (a filter) on its way to ``second``.
 
     ``stream`` is a file.  ``second`` gets ``first``'s output only as far as ``first`` wrote it: if ``first``
     fails, ``second``'s input just ends (a script whose COMMIT never came is rolled back).  Raises the error
@@ -243,7 +244,7 @@ def run_chain(first: Tool, stream: BinaryIO, second: Tool, *, after: bytes, inse
                     found = True
                     break
             if found:
-                pump(head.stdout, tail.stdin)
+                pump(through(head.stdout) if through else head.stdout, tail.stdin)
         except BrokenPipeError:
             broken = True
             head.kill()

@@ -1021,6 +1021,75 @@ def test_a_plain_sql_dump_runs_with_no_superuser_rights_and_no_psql_meta_command
     assert stale_restore_roles() == set()
 
 
+IN_PLACE_CASES = [
+    (f"CREATE ROLE {EVIL_ROLE} SUPERUSER LOGIN;", "must be superuser to create superusers"),
+    ("COPY (SELECT 1) TO PROGRAM 'touch {canary}';", "COPY to or from an external program"),
+    ("ALTER SYSTEM SET log_statement = 'all';", "ALTER SYSTEM"),
+]
+
+
+def pg_leftover_schemas(database: str) -> set[str]:
+    """Schemas a restore's throwaway role left in ``database``."""
+    from conftest import _pg_connect
+
+    with _pg_connect(database) as conn:
+        rows = conn.execute("SELECT nspname FROM pg_namespace WHERE starts_with(nspname, 'bk_restore_')")
+        return {r[0] for r in rows}
+
+
+@pytest.mark.parametrize("dump_format", ["custom", "plain"])
+@pytest.mark.parametrize(("body", "why"), IN_PLACE_CASES, ids=["create-role", "copy-program", "alter-system"])
+def test_an_in_place_restore_of_a_superuser_site_runs_the_dump_with_no_superuser_rights(
+    postgres_site, canary, no_evil_role, dump_format, body, why
+):
+    # SCHEMAS names part of the database: the restore is in place (before: loaded as the superuser).
+    options = {"SCHEMAS": ["public"]}
+    if dump_format == "plain":
+        options["CONNECTOR"] = "dbbackup.db.postgresql.PgDumpConnector"
+    postgres_site.env["INVENTREE_BACKUP_CONNECTOR_OPTIONS"] = json.dumps(options)
+    postgres_site.manage("demo_data")
+    live = postgres_site.env["INVENTREE_DB_NAME"]
+    before, databases = postgres_site.snapshot_db(), pg_databases(postgres_site)
+    statement = body.format(canary=canary)
+    if dump_format == "custom":
+        file = elsewhere(postgres_site, "InvenTree-db-2001-01-01-000000.psql.bin", pg_custom_dump(statement))
+    else:
+        sql = PLAIN_HEAD + "CREATE TABLE public.victim (id int);\n" + statement + "\nSELECT 1;\n"
+        file = elsewhere(postgres_site, "InvenTree-db-2001-01-01-000000.psql.gz", gz(sql.encode()))
+
+    result = postgres_site.invoke("restore", "--db-file", str(file), "--skip-media", check=False)
+
+    line = assert_refused(result, file.name)
+    assert why.lower() in line.lower()
+    assert "left unchanged" in line or "undone" in line, line
+    assert not canary.exists()
+    assert pg_roles(EVIL_ROLE) == set()
+    assert postgres_site.snapshot_db() == before
+    assert pg_databases(postgres_site) == databases
+    assert stale_restore_roles() == set()
+    assert pg_leftover_schemas(live) == set()
+
+
+@pytest.mark.parametrize("end", ["COMMIT;", "ROLLBACK;", "COMMIT; BEGIN;"])
+def test_a_plain_dump_ending_the_in_place_transaction_itself_changes_nothing(postgres_site, end):
+    # The drops and the load commit together or not at all: a dump's own COMMIT must not commit the drops alone.
+    postgres_site.env["INVENTREE_BACKUP_CONNECTOR_OPTIONS"] = json.dumps(
+        {"SCHEMAS": ["public"], "CONNECTOR": "dbbackup.db.postgresql.PgDumpConnector"}
+    )
+    postgres_site.manage("demo_data")
+    live = postgres_site.env["INVENTREE_DB_NAME"]
+    before = postgres_site.snapshot_db()
+    sql = PLAIN_HEAD + f"{end}\nCREATE TABLE public.victim (id int);\n"
+    file = elsewhere(postgres_site, "InvenTree-db-2001-01-01-000000.psql.gz", gz(sql.encode()))
+
+    result = postgres_site.invoke("restore", "--db-file", str(file), "--skip-media", check=False)
+
+    assert_refused(result, file.name)
+    assert postgres_site.snapshot_db() == before
+    assert stale_restore_roles() == set()
+    assert pg_leftover_schemas(live) == set()
+
+
 def pg_privileges(database: str) -> list:
     """Owners and ACLs of every schema, relation, routine and type of the site, and its default privileges."""
     from conftest import _pg_connect
@@ -1048,12 +1117,15 @@ def pg_privileges(database: str) -> list:
         ).fetchall()
 
 
+@pytest.mark.parametrize("strategy", ["swap", "in-place"])
 @pytest.mark.parametrize("connector", [None, "dbbackup.db.postgresql.PgDumpConnector"], ids=["custom", "plain"])
 def test_a_superuser_site_gets_back_what_it_gave_other_roles_from_a_load_with_no_superuser_rights(
-    postgres_site, other_role, connector
+    postgres_site, other_role, connector, strategy
 ):
-    if connector:
-        postgres_site.env["INVENTREE_BACKUP_CONNECTOR_OPTIONS"] = json.dumps({"CONNECTOR": connector})
+    options = {"CONNECTOR": connector} if connector else {}
+    if strategy == "in-place":  # SCHEMAS: loaded in place, over the live database (before: as the superuser)
+        options["SCHEMAS"] = ["public", "rep"]
+    postgres_site.env["INVENTREE_BACKUP_CONNECTOR_OPTIONS"] = json.dumps(options)
     live, r = postgres_site.env["INVENTREE_DB_NAME"], other_role
     postgres_site.manage("demo_data")
     for statement in [
@@ -1083,10 +1155,14 @@ def test_a_superuser_site_gets_back_what_it_gave_other_roles_from_a_load_with_no
     postgres_site.invoke("backup", "--skip-media")
     rows, privileges = postgres_site.snapshot_db(), pg_privileges(live)
     postgres_site.sql("DROP SCHEMA rep CASCADE")
-    postgres_site.sql("ALTER DEFAULT PRIVILEGES FOR ROLE postgres GRANT EXECUTE ON FUNCTIONS TO PUBLIC")
+    if strategy == "swap":  # (a dump of named schemas holds no database-wide default privileges)
+        postgres_site.sql("ALTER DEFAULT PRIVILEGES FOR ROLE postgres GRANT EXECUTE ON FUNCTIONS TO PUBLIC")
+    else:
+        postgres_site.sql(f"REVOKE SELECT ON demo_part FROM {r}; CREATE TABLE made_after (id int)")
 
-    postgres_site.invoke("restore", "--skip-media")
+    result = postgres_site.invoke("restore", "--skip-media")
 
+    assert ("restoring them in place" in result.stderr) == (strategy == "in-place")
     assert pg_privileges(live) == privileges
     assert postgres_site.snapshot_db() == rows
     assert stale_restore_roles() == set()

@@ -923,7 +923,13 @@ def restore(storage, opts: RestoreOptions, progress: Progress, confirm: Confirm 
         while staged_dbs:
             engine, staged = staged_dbs[0]
             say(f"Swapping in database '{engine.alias}'")
-            engine.commit(staged, safety)
+            try:
+                engine.commit(staged, safety)
+            except RestoreError as err:  # a load in place happens here: its refusal names the file too
+                name = next((i.file.name for i in plan.databases if i.alias == engine.alias), "")
+                if name and name not in str(err):
+                    raise RestoreError(f"{name}: {err}") from None
+                raise
             staged_dbs.pop(0)
             result.databases.append(engine.alias)
             pause_at(f"restore:db-swapped:{engine.alias}")

@@ -20,6 +20,7 @@ per-role-in-database settings, comment — is copied from the live database to t
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import re
@@ -57,12 +58,14 @@ from .postgresql_owners import (
     EXTENSION_CREATE,
     Held,
     HeldStatements,
+    check_roles,
     give_back,
     lend_extension_tables,
     make_extensions,
     toc_extension,
     toc_held,
     toc_owners,
+    toc_schema,
     unquote,
 )
 from .server import NoSideDatabase, ServerEngine
@@ -140,6 +143,13 @@ def default_privileges_reset(rows: list[tuple[str, str | None, str, str]]) -> li
         if public:
             statements.append(f"ALTER DEFAULT PRIVILEGES FOR ROLE {role} GRANT {public} ON {kind} TO PUBLIC")
     return statements
+
+
+def sql_text(text: str):
+    """A statement built here, from names already quoted (psycopg takes only literal strings as SQL)."""
+    from psycopg import sql
+
+    return sql.SQL(text)  # type: ignore[arg-type]
 
 
 @contextmanager
@@ -373,6 +383,90 @@ class Confined:
 
     def args(self) -> dict:
         return {"user": self.user, "password": self.password}
+
+
+class BeforeLastCommit(FilteredReader):
+    """A ``pg_restore --single-transaction`` script with ``insert`` put before its closing ``COMMIT;`` (the last
+    line that is ``COMMIT;``, followed only by blank lines, comments and ``\\unrestrict``).  A script without
+    one raises: its transaction is then never committed."""
+
+    def __init__(self, stream, insert: bytes):
+        super().__init__(stream)
+        self._insert = insert
+        self._buf = b""
+        self._held: bytearray | None = None  # from a COMMIT; line on, while nothing else came after it
+
+    def _line(self, line: bytes) -> None:
+        bare = line.rstrip(b"\r\n")
+        if bare == b"COMMIT;":
+            if self._held is not None:
+                self._out += self._held
+            self._held = bytearray(line)
+        elif self._held is not None and (not bare.strip() or bare.startswith((b"--", b"\\unrestrict "))):
+            self._held += line
+        else:
+            if self._held is not None:
+                self._out += self._held
+                self._held = None
+            self._out += line
+
+    def _feed(self, data: bytes) -> None:
+        data, pos = self._buf + data, 0
+        if self._held is None:  # the fast way: whole blocks with no COMMIT; line pass as they are
+            last = data.rfind(b"\n") + 1
+            if b"\nCOMMIT;" not in data[:last] and not data.startswith(b"COMMIT;"):
+                self._out += data[:last]
+                self._buf = data[last:]
+                return
+        while (nl := data.find(b"\n", pos)) >= 0:
+            self._line(data[pos : nl + 1])
+            pos = nl + 1
+        self._buf = data[pos:]
+
+    def _finish(self) -> None:
+        if self._buf:
+            self._line(self._buf)
+            self._buf = b""
+        if self._held is None:
+            raise RestoreError("the restore script has no closing COMMIT; nothing was loaded")
+        self._out += self._insert + self._held
+
+
+class Appended(FilteredReader):
+    """``stream``, then what ``tail()`` returns, called at its end (it may raise: the load then never ends)."""
+
+    def __init__(self, stream, tail):
+        super().__init__(stream)
+        self._tail = tail
+
+    def _feed(self, data: bytes) -> None:
+        self._out += data
+
+    def _finish(self) -> None:
+        self._out += self._tail()
+
+
+@dataclass
+class Lent:
+    """What a superuser site's load in place lends its throwaway role (:meth:`PostgresEngine._lend`).
+
+    ``schema`` (named as the role, in the live database, the superuser's) holds the functions the load calls:
+    ``begin_load(token)`` first, which does the drops as the superuser; ``end_load(token)`` last; and
+    ``make_schema(name)`` in between, for a plain dump's ``CREATE SCHEMA``.  The tokens are random to this run:
+    only the hash of each is in the functions, so a dump cannot make either call."""
+
+    schema: str
+    begin: str = field(repr=False)
+    end: str = field(repr=False)
+
+    def call(self, function: str, token: str) -> bytes:
+        return f"SELECT \"{self.schema}\".{function}('{token}');\n".encode()
+
+    def make_schema(self, name: str) -> bytes:
+        tag = f"n{secrets.token_hex(8)}"
+        if f"${tag}$" in name:
+            raise RestoreError(f"the dump creates a schema named {name[:60]!r}, which cannot be passed on")
+        return f'SELECT "{self.schema}".make_schema(${tag}${name}${tag}$);\n'.encode()
 
 
 class PostgresEngine(ServerEngine):
@@ -707,27 +801,14 @@ class PostgresEngine(ServerEngine):
         the tools get it in their environment (``PGPASSWORD``), never on their command line.  Its login is tried
         before the load, so a ``pg_hba.conf`` that lets only the site's role in is said plainly.
         """
-        import psycopg
         from psycopg import sql
 
         site, superuser = self._site_role()
         if not superuser:
             yield None
             return
-        role = f"{RESTRICTED_PREFIX}{os.getpid()}_{secrets.token_hex(4)}"
-        password = secrets.token_urlsafe(24)
-        with self._admin() as admin:
-            verifier = admin.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256").decode()
-            admin.execute(
-                sql.SQL(
-                    "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT "
-                    "CONNECTION LIMIT 4 PASSWORD {} VALID UNTIL {}"
-                ).format(
-                    sql.Identifier(role),
-                    sql.Literal(verifier),
-                    sql.Literal((timezone.now() + timedelta(days=1)).isoformat()),
-                )
-            )
+        login = self._new_role(site)
+        role = login.user
         owner = None
         try:
             with self._admin() as admin:
@@ -738,17 +819,7 @@ class PostgresEngine(ServerEngine):
                 admin.execute(
                     sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(database), sql.Identifier(role))
                 )
-            login = Confined(role, password, site)
-            try:
-                args = {**self.connection_args(), **login.args()}
-                psycopg.connect(dbname=database, connect_timeout=10, **args).close()
-            except psycopg.OperationalError as err:
-                raise RestoreError(
-                    f"the throwaway role {role} that loads dumps of a superuser site could not log in as the site "
-                    f"does ({redact(str(err).strip().splitlines()[0])}): where pg_hba.conf lets only the site's role "
-                    "in, let every role log in with a password from the site's host (e.g. 'host all all "
-                    "127.0.0.1/32 scram-sha-256'), or give the site a role that is no superuser"
-                ) from None
+            self._try_login(login, database)
             pause_at(f"restore:loading:{self.alias}")
             yield login
         except BaseException:
@@ -766,6 +837,263 @@ class PostgresEngine(ServerEngine):
                 admin.execute(
                     sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(database), sql.Identifier(owner))
                 )
+
+    def _new_role(self, site: str) -> Confined:
+        """A new throwaway login role (``bk_restore_<pid>_<random>``) that is no superuser, cannot create roles or
+        databases, with a random password that reaches the server only as a SCRAM-SHA-256 verifier."""
+        from psycopg import sql
+
+        role = f"{RESTRICTED_PREFIX}{os.getpid()}_{secrets.token_hex(4)}"
+        password = secrets.token_urlsafe(24)
+        with self._admin() as admin:
+            verifier = admin.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256").decode()
+            admin.execute(
+                sql.SQL(
+                    "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT "
+                    "CONNECTION LIMIT 4 PASSWORD {} VALID UNTIL {}"
+                ).format(
+                    sql.Identifier(role),
+                    sql.Literal(verifier),
+                    sql.Literal((timezone.now() + timedelta(days=1)).isoformat()),
+                )
+            )
+        return Confined(role, password, site)
+
+    def _try_login(self, login: Confined, database: str) -> None:
+        """Log in as ``login`` to ``database`` as the tools will: a refusal names the ``pg_hba.conf`` line to add."""
+        import psycopg
+
+        try:
+            args = {**self.connection_args(), **login.args()}
+            psycopg.connect(dbname=database, connect_timeout=10, **args).close()
+        except psycopg.OperationalError as err:
+            raise RestoreError(
+                f"the throwaway role {login.user} that loads dumps of a superuser site could not log in as the site "
+                f"does ({redact(str(err).strip().splitlines()[0])}): where pg_hba.conf lets only the site's role "
+                "in, let every role log in with a password from the site's host (e.g. 'host all all "
+                "127.0.0.1/32 scram-sha-256'), or give the site a role that is no superuser"
+            ) from None
+
+    # --- a superuser site's restore in place ----------------------------------------------------
+
+    def _replace_confined(self, stream: BinaryIO, site: str, *, undo: bool) -> None:
+        """:meth:`replace` for a superuser site: the dump is loaded over the live database by a throwaway role, in
+        one transaction, with no more rights than the load must have (:meth:`_lend`): the drops are done by a
+        function of this restore the load calls first, as the superuser; the role owns ``public`` (the dump
+        grants and comments on it) and the schemas the dump makes, for that transaction only.  Owners, default
+        privileges and extension comments are given back afterwards by the superuser from the parts of the dump,
+        as after a swap; everything else the role made goes to the site's role.
+
+        The connector's ``DROP`` false is not honoured here when undoing (the kept dump always replaces); without
+        drops the role can only add what is not there.  ``SINGLE_TRANSACTION`` false is not honoured: what is
+        lent lasts one transaction."""
+        c = self.connector
+        start = stream.tell()
+        custom = os.pread(stream.fileno(), len(MAGIC), start).startswith(MAGIC)
+        if not custom and not self.single_transaction:
+            logger.warning("SINGLE_TRANSACTION false is not honoured: a superuser site's restore in place loads in one")
+        no_owner = bool(getattr(c, "no_owner", False))
+        drops = self._drops(confined=True) if (undo or c.drop) else []
+        held, toc, schemas = Held(), [], []
+        with tempfile.TemporaryDirectory(prefix="backup-app-toc-") as where:
+            folder = Path(where)
+            if custom:
+                head, toc = self._toc(stream)
+                stream.seek(start)
+                named = set(c.schemas or [])
+                schemas = [n for line in toc if (n := toc_schema(line)) and (not named or n in named)]
+                self._held_entries(head, [line for line in toc if toc_held(line)], folder, held)
+                held.owners = [] if no_owner else toc_owners(toc)
+                if no_owner:
+                    held.default_acls = []
+                with self._admin() as admin:
+                    check_roles(admin, held, site)
+            login = self._new_role(site)
+            try:
+                lent = self._lend(login, drops, schemas)
+                if custom:
+                    listing = folder / "toc.list"  # held entries and schemas left out (made by begin_load)
+                    listing.write_text(
+                        "".join(f";{line}\n" if toc_held(line) or toc_schema(line) else f"{line}\n" for line in toc)
+                    )
+                    self._load_custom_confined(stream, login, lent, listing, no_owner)
+                else:
+                    self._load_plain_confined(stream, login, lent, held, no_owner)
+                with self._admin(self.name, options=STAGING_OPTIONS) as conn:
+                    ended = conn.execute(
+                        sql_text(f"SELECT EXISTS (SELECT 1 FROM \"{lent.schema}\".state WHERE step = 'end')")
+                    ).fetchone()[0]
+                if not ended:
+                    raise RestoreError("the dump ended the restore's transaction before its end; nothing was loaded")
+            except BaseException:
+                self._abandon_in_place(login.user, login.user)  # the schema is named as the role
+                raise
+        try:  # the load is committed: from here on, a failure leaves it in place (the safety dump undoes it)
+            with self._admin(self.name, options=STAGING_OPTIONS) as conn:
+                give_back(conn, login.user, site, held)
+                self._return_lent(conn, lent.schema)
+            self._retire(login.user, self.name)
+        except Exception as err:
+            error = RestoreError(f"giving back owners after the load failed ({redact(err)})")
+            error.committed = True
+            raise error from None
+
+    def _lend(self, login: Confined, drops: list[str], schemas: list[str]) -> Lent:
+        """In the live database, as the superuser, one transaction: the schema of this restore (named as the
+        role, the superuser's) with its functions, EXECUTE on them for the role only, CONNECT for the role if
+        PUBLIC lacks it; then the role's login is tried.  Nothing of the live data changes here."""
+        from psycopg import sql
+
+        role = login.user
+        lent = Lent(role, secrets.token_hex(24), secrets.token_hex(24))
+        s, r = sql.Identifier(role), sql.Identifier(role)
+        tag = f"bk{secrets.token_hex(12)}"
+        with self._admin(self.name, options=STAGING_OPTIONS) as conn, conn.transaction():
+            conn.execute("SET search_path = pg_catalog")
+            public_owner = conn.execute(
+                "SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'public'"
+            ).fetchone()
+            named = self.connector.schemas or []
+            dumps_public = public_owner is not None and (not named or "public" in named)
+            body = [*drops]
+            make = sql.SQL("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}")
+            body += [make.format(sql.Identifier(n), r).as_string(conn) for n in schemas]
+            if dumps_public:
+                body.append(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(r).as_string(conn))
+            begin = "".join(f"{statement};\n" for statement in body)
+            if f"${tag}$" in begin:
+                raise RestoreError("a name in the live database holds this restore's quoting tag; try again")
+
+            def token_check(token: str) -> str:
+                digest = hashlib.sha256(token.encode()).hexdigest()
+                return (
+                    f"IF encode(sha256(convert_to(token, 'UTF8')), 'hex') <> '{digest}' THEN "
+                    "RAISE EXCEPTION 'not a call of this restore'; END IF;\n"
+                )
+
+            begun = (
+                f"IF NOT EXISTS (SELECT 1 FROM {s.as_string(conn)}.state WHERE step = 'begin' "
+                "AND xid = txid_current()) THEN RAISE EXCEPTION 'the dump ended the restore''s transaction before "
+                "its end (a COMMIT or ROLLBACK of its own)'; END IF;\n"
+            )
+            header = "LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS "
+            schema = s.as_string(conn)
+            statements = [
+                f"CREATE SCHEMA {schema}",
+                f"CREATE TABLE {schema}.state (step text PRIMARY KEY, xid bigint NOT NULL DEFAULT txid_current(),"
+                " value text)",
+                sql.SQL("INSERT INTO {}.state (step, xid, value) VALUES ('public-owner', 0, {})")
+                .format(s, sql.Literal(public_owner[0] if dumps_public else None))
+                .as_string(conn),
+                f"CREATE FUNCTION {schema}.guard() RETURNS trigger {header}${tag}$BEGIN\n"
+                f"IF NOT EXISTS (SELECT 1 FROM {schema}.state WHERE step = 'end' AND xid = txid_current()) THEN "
+                "RAISE EXCEPTION 'the dump ended the restore''s transaction before its end (a COMMIT or ROLLBACK "
+                f"of its own)'; END IF;\nRETURN NULL;\nEND ${tag}$",
+                f"CREATE CONSTRAINT TRIGGER guard AFTER INSERT ON {schema}.state DEFERRABLE INITIALLY DEFERRED "
+                f"FOR EACH ROW WHEN (NEW.step = 'begin') EXECUTE FUNCTION {schema}.guard()",
+                f"CREATE FUNCTION {schema}.begin_load(token text) RETURNS void {header}${tag}$BEGIN\n"
+                f"{token_check(lent.begin)}INSERT INTO {schema}.state (step) VALUES ('begin');\n{begin}END ${tag}$",
+                f"CREATE FUNCTION {schema}.make_schema(name text) RETURNS void {header}${tag}$BEGIN\n{begun}"
+                "EXECUTE format('CREATE SCHEMA IF NOT EXISTS %I AUTHORIZATION %I', name, "
+                f"{sql.Literal(role).as_string(conn)});\n"
+                f"END ${tag}$",
+                f"CREATE FUNCTION {schema}.end_load(token text) RETURNS void {header}${tag}$BEGIN\n"
+                f"{token_check(lent.end)}{begun}INSERT INTO {schema}.state (step) VALUES ('end');\nEND ${tag}$",
+                f"REVOKE ALL ON ALL FUNCTIONS IN SCHEMA {schema} FROM PUBLIC",
+                f"GRANT USAGE ON SCHEMA {schema} TO {r.as_string(conn)}",
+                f"GRANT EXECUTE ON FUNCTION {schema}.begin_load(text), {schema}.end_load(text), "
+                f"{schema}.make_schema(text) TO {r.as_string(conn)}",
+            ]
+            for statement in statements:
+                conn.execute(sql_text(statement))
+            if not conn.execute("SELECT has_database_privilege(%s, current_database(), 'CONNECT')", (role,)).fetchone()[
+                0
+            ]:
+                conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(self.name), r))
+        self._try_login(login, self.name)
+        return lent
+
+    def _load_custom_confined(self, stream: BinaryIO, login: Confined, lent: Lent, listing: Path, no_owner) -> None:
+        c = self.connector
+        args = [*words(getattr(c, "pg_options", None)), "--single-transaction", "--no-owner", "--file=-"]
+        if no_owner:
+            logger.warning("restoring without owners and privileges (the connector option NO_OWNER is set)")
+            args.append("--no-privileges")
+        args.append(f"--use-list={listing}")
+        for schema in c.schemas or []:
+            args += ["-n", schema]
+        script = tools.Tool(
+            [*words(c.restore_prefix), c.restore_cmd, *args, *words(c.restore_suffix)],
+            name=c.restore_cmd,
+            env=self.tool_env(c.restore_env),
+            error=RestoreError,
+            missing_hint=MISSING,
+        )
+        psql = ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"]
+        loader = self._tool("psql", None, None, self.name, psql, c.restore_env, RestoreError, login.settings())
+        end = lent.call("end_load", lent.end)
+        with missing_roles_named():
+            tools.run_chain(
+                script,
+                stream,
+                loader,
+                after=b"BEGIN;",
+                insert=lent.call("begin_load", lent.begin),
+                through=lambda out: BeforeLastCommit(out, end),
+            )
+
+    def _load_plain_confined(self, stream: BinaryIO, login: Confined, lent: Lent, held: Held, no_owner) -> None:
+        c = self.connector
+        restore_cmd = c.restore_cmd if self.plain else PgDumpConnector.restore_cmd
+        args = ["--no-psqlrc", "--quiet", "--output=/dev/null", "--set", "ON_ERROR_STOP=on", "--single-transaction"]
+        tool = self._tool(
+            restore_cmd, c.restore_prefix, c.restore_suffix, self.name, args, c.restore_env, RestoreError,
+            login.settings(),
+        )  # fmt: skip
+
+        def end() -> bytes:  # the whole dump has been read: every role it names is known, checked before COMMIT
+            if no_owner:
+                held.owners, held.default_acls = [], []
+            with self._admin() as admin:
+                check_roles(admin, held, login.site)
+            return lent.call("end_load", lent.end)
+
+        body = Appended(HeldStatements(stream, held, make_schema=lent.make_schema), end)
+        with missing_roles_named():
+            tools.run_from(tool, RestrictedSql(PrefixedReader(lent.call("begin_load", lent.begin), body)))
+
+    def _return_lent(self, conn, schema: str) -> None:
+        """``public`` back to the owner it had (what the dump said of its grants stays), and the restore's schema
+        dropped."""
+        from psycopg import sql
+
+        row = conn.execute(
+            sql.SQL("SELECT value FROM {}.state WHERE step = 'public-owner'").format(sql.Identifier(schema))
+        ).fetchone()
+        if row and row[0]:
+            conn.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(row[0])))
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+    def _abandon_in_place(self, role: str, schema: str | None) -> None:
+        """After a failed load in place (rolled back): what the role made outside that transaction (a dump that
+        ended it and went on) is dropped, then the restore's schema and the role.  Never raises: what could not be
+        removed is one warning line (a later restore removes it)."""
+        from psycopg import sql
+
+        try:
+            with self._admin() as admin:
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s "
+                    "AND pid <> pg_backend_pid()",
+                    (role,),
+                )
+            with self._admin(self.name, options=STAGING_OPTIONS) as conn:
+                conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+                if schema:
+                    conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+            self._retire(role, None)
+        except Exception as err:  # noqa: BLE001 - the load's error is the one shown
+            logger.warning("could not remove the throwaway role %s (%s); a later restore removes it", role, redact(err))
 
     def _discard(self, database: str, role: str) -> None:
         """After a failed load: drop the staging ``database`` first (every session on it ended), then ``role``
@@ -816,9 +1144,30 @@ class PostgresEngine(ServerEngine):
         for (role,) in rows:
             pid = role[len(RESTRICTED_PREFIX) :].split("_", 1)[0]
             if pid.isdigit() and not process_exists(int(pid)):
+                self._clear_in_place(role)
                 self._retire(role, None)
                 gone.append(role)
         return gone
+
+    def _clear_in_place(self, role: str) -> None:
+        """What a killed restore in place left of ``role`` in the live database: a committed load (its schema says
+        so) goes to the site's role, with ``public`` back to its owner (the killed restore is undone from its
+        safety dump); anything else the role made there is dropped; then the restore's schema."""
+        from psycopg import sql
+
+        ident = sql.Identifier(role)
+        with self._admin(self.name, options=STAGING_OPTIONS) as conn:
+            found = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (role,)).fetchone()
+            if (
+                found
+                and conn.execute(
+                    sql.SQL("SELECT EXISTS (SELECT 1 FROM {}.state WHERE step = 'end')").format(ident)
+                ).fetchone()[0]
+            ):
+                conn.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(ident))
+            if found:
+                self._return_lent(conn, role)
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(ident))
 
     def replace(self, stream: BinaryIO, *, undo: bool = False) -> None:
         """Load the dump over the live database in one transaction, everything of the database's own (owner,
@@ -832,8 +1181,12 @@ class PostgresEngine(ServerEngine):
         connections[self.alias].close()
         with self._admin() as admin:
             props = DatabaseProperties.read(admin, self.name)
+        site, superuser = self._site_role()
         try:
-            self._replace(stream, undo=undo)
+            if superuser:
+                self._replace_confined(stream, site, undo=undo)
+            else:
+                self._replace(stream, undo=undo)
         finally:
             self._reset_database(self.name, props)  # what the dump gave the live database itself comes off
 
@@ -869,14 +1222,20 @@ class PostgresEngine(ServerEngine):
         with missing_roles_named():
             tools.run_chain(script, stream, loader, after=b"BEGIN;", insert=drops.encode())
 
-    def _drops(self) -> list[str]:
+    def _drops(self, *, confined: bool = False) -> list[str]:
         """``DROP ... CASCADE`` of every object of the dumped schemas that no extension owns: the schemas other
         than ``public`` (the dump makes them again), and in ``public`` (or the connector's ``schemas``) the
-        tables, views, materialized views, sequences, foreign tables, routines and types."""
+        tables, views, materialized views, sequences, foreign tables, routines and types; then the default
+        privileges of those schemas taken back (and the database-wide ones, when the whole database is dumped).
+
+        ``confined`` (a throwaway role loads, without ``--clean``): the connector's ``schemas`` other than
+        ``public`` are dropped whole too, since the dump makes them again.  Names come spelled in full
+        (``search_path`` empty), so the statements mean the same wherever they run."""
         import psycopg
 
         schemas = list(self.connector.schemas or [])
         with psycopg.connect(dbname=self.name, **self.connection_args()) as conn:
+            conn.execute("SET search_path = pg_catalog")
             rows = conn.execute(
                 """
                 WITH ns AS (
@@ -890,7 +1249,7 @@ class PostgresEngine(ServerEngine):
                     SELECT classid, objid FROM pg_depend WHERE deptype = 'e'
                 )
                 SELECT 0, 'SCHEMA', format('%%I', nspname) FROM ns
-                 WHERE nspname <> 'public' AND cardinality(%(schemas)s::text[]) = 0
+                 WHERE nspname <> 'public' AND (cardinality(%(schemas)s::text[]) = 0 OR %(confined)s)
                 UNION ALL
                 SELECT 1, CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
                                WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END,
@@ -915,7 +1274,7 @@ class PostgresEngine(ServerEngine):
                                    AND m.objid = t.oid)
                 ORDER BY 1, 3
                 """,
-                {"schemas": schemas},
+                {"schemas": schemas, "confined": confined},
             ).fetchall()
             defaults = conn.execute(
                 """
@@ -925,8 +1284,7 @@ class PostgresEngine(ServerEngine):
                        CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE format('%%I', pg_get_userbyid(a.grantee)) END
                   FROM pg_default_acl d LEFT JOIN pg_namespace n ON n.oid = d.defaclnamespace,
                        aclexplode(d.defaclacl) a
-                 WHERE d.defaclnamespace = 0 OR cardinality(%(schemas)s::text[]) = 0
-                       OR n.nspname = ANY(%(schemas)s::text[])
+                 WHERE cardinality(%(schemas)s::text[]) = 0 OR n.nspname = ANY(%(schemas)s::text[])
                  GROUP BY 1, 2, 3, 4 ORDER BY 1, 2 NULLS FIRST, 3, 4
                 """,
                 {"schemas": schemas},

@@ -167,6 +167,9 @@ class Held:
         return {role for _g, _n, role in self.owners} | {r for acl in self.default_acls for r in acl.roles()}
 
 
+#: ``CREATE SCHEMA name;`` as pg_dump writes it.
+SCHEMA_CREATE = re.compile(rf"CREATE SCHEMA ({_IDENT});\s*")
+
 #: Catalog names of what ``role`` owns in the current database, in the two spellings of a dump:
 #: ``(group, qualified name as pg_dump quotes it, schema + ' ' + table-of-contents tag, ALTER kind, oid)``.
 OWNED_OBJECTS = """
@@ -229,13 +232,8 @@ def lend_extension_tables(conn, role: str) -> None:
         conn.execute(sql.SQL("GRANT ALL ON {} {} TO {}").format(sql.SQL(what), sql.SQL(name), sql.Identifier(role)))
 
 
-def give_back(conn, loader: str, site: str, held: Held) -> None:
-    """As the superuser on ``conn`` (the staging database): give each object the load made (owned by
-    ``loader``) the owner the dump names, where that is not ``site`` (the rest goes to ``site`` afterwards);
-    then set the dump's default privileges and extension comments.  Done before the loader's objects go to
-    the site's role, so that grants the dump made as the owner come out as made by the owner it names."""
-    from psycopg import sql
-
+def check_roles(conn, held: Held, site: str) -> None:
+    """RestoreError naming the roles ``held`` gives objects or privileges to that the server lacks."""
     wanted = held.roles() - {site}
     if wanted:
         rows = conn.execute("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (sorted(wanted),)).fetchall()
@@ -246,6 +244,16 @@ def give_back(conn, loader: str, site: str, held: Held) -> None:
                 f"not have ({', '.join(missing)}): create them, or set the connector option NO_OWNER: True to "
                 "restore without owners and privileges"
             )
+
+
+def give_back(conn, loader: str, site: str, held: Held) -> None:
+    """As the superuser on ``conn`` (the staging database): give each object the load made (owned by
+    ``loader``) the owner the dump names, where that is not ``site`` (the rest goes to ``site`` afterwards);
+    then set the dump's default privileges and extension comments.  Done before the loader's objects go to
+    the site's role, so that grants the dump made as the owner come out as made by the owner it names."""
+    from psycopg import sql
+
+    check_roles(conn, held, site)
     if any(role != site for _g, _n, role in held.owners):
         catalog = conn.execute(OWNED_OBJECTS, {"role": loader}).fetchall()
         found = {}
@@ -307,6 +315,12 @@ def toc_held(line: str) -> bool:
     return bool(re.match(r"\d+; \d+ \d+ (DEFAULT ACL |COMMENT - EXTENSION )", line))
 
 
+def toc_schema(line: str) -> str | None:
+    """The name of a schema entry of ``pg_restore --list`` (``id; 0 oid SCHEMA - name owner``), else None."""
+    match = re.match(r"\d+; \d+ \d+ SCHEMA - (.+) \S+$", line)
+    return match.group(1) if match else None
+
+
 def toc_extension(line: str) -> bool:
     """An extension entry: its SQL is read (for :func:`make_extensions`), and it still loads."""
     return bool(re.match(r"\d+; \d+ \d+ EXTENSION ", line))
@@ -328,9 +342,13 @@ class HeldStatements(FilteredReader):
     #: Text between them that makes a statement begin (a lone ``$``, ``/`` or ``-`` and spaces do not).
     _WORD = re.compile(rb"[^\s'\"$;/-]")
 
-    def __init__(self, stream, held: Held):
+    def __init__(self, stream, held: Held, make_schema=None):
         super().__init__(stream)
         self.held = held
+        #: ``name -> statement``: what a whole-line ``CREATE SCHEMA name;`` becomes (a load in place, where the
+        #: throwaway role may not create schemas: a function of this restore makes them for it); there a
+        #: ``DROP SCHEMA IF EXISTS public;`` (of ``--clean`` with ``-n public``) is left out, public being kept.
+        self.make_schema = make_schema
         self._buf = b""
         self._copy = False
         self._state: bytes | None = None  # b"'", b'"', a dollar quote, b"/*"
@@ -392,6 +410,12 @@ class HeldStatements(FilteredReader):
             if line.startswith((b"ALTER ", b"COMMENT ON EXTENSION ", b"DROP EXTENSION IF EXISTS ")):
                 text = line.decode("utf-8", errors="replace")
                 if self.held.take(text):
+                    return
+            if self.make_schema and line.startswith((b"CREATE SCHEMA ", b"DROP SCHEMA IF EXISTS public;")):
+                if line.rstrip(b"\r\n") == b"DROP SCHEMA IF EXISTS public;":
+                    return  # in place, public is kept (its objects were dropped): its owner and grants stay
+                if match := SCHEMA_CREATE.fullmatch(line.decode("utf-8", errors="replace")):
+                    self._out += self.make_schema(unquote(match.group(1)))
                     return
         was_start = self._start and self._state is None
         self._scan(line)

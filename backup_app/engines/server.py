@@ -198,7 +198,7 @@ class InPlace(Strategy):
             with open(staged.path, "rb") as fh:
                 engine.replace(fh)
         except RestoreError as err:
-            if engine.replace_is_atomic:
+            if engine.replace_is_atomic and not getattr(err, "committed", False):
                 raise RestoreError(f"{err}; the restore ran in one transaction, database left unchanged") from None
             raise
         finally:
