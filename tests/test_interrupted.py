@@ -470,6 +470,59 @@ def test_server_database_sigterm_at_the_swap_undoes_it(request, engine, step):
     assert side_databases(site) == []  # the staging database too
 
 
+def group_members(pgid: int) -> list[str]:
+    """Command lines of the processes still in process group ``pgid``."""
+    found = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat_file.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(cmdline)
+    return found
+
+
+@pytest.mark.parametrize("engine", ["postgres", "mysql"])
+def test_server_database_sigterm_during_its_dump_removes_the_partial_set_and_ends_the_dump_tool(request, engine):
+    from test_faults import BIG_ROWS, engine_of
+
+    site = request.getfixturevalue(f"{engine}_site")
+    site.sql(BIG_ROWS[engine_of(site)])  # 40,000 rows: the dump runs for a while
+    site.backups.mkdir(exist_ok=True)
+    before = sorted(p.name for p in site.backups.iterdir())
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "backup_create", "--skip-media"],
+        cwd=ROOT,
+        env=site.env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if "Backing up database 'default'" in line:
+            break
+    deadline = time.monotonic() + 60
+    while not any(("dump" in c) for c in group_members(proc.pid) if "manage.py" not in c):
+        assert time.monotonic() < deadline, "".join(seen)
+        time.sleep(0.05)
+
+    os.kill(proc.pid, signal.SIGTERM)  # to the main process, as docker stop sends it
+    rest = proc.stderr.read()
+    proc.wait(timeout=120)
+
+    assert proc.returncode == 128 + signal.SIGTERM, rest
+    assert "dumped," not in "".join(seen) + rest  # it came while the dump ran
+    assert "backup interrupted by SIGTERM; the partial set was removed" in rest
+    assert sorted(p.name for p in site.backups.iterdir()) == before
+    assert group_members(proc.pid) == []  # no pg_dump / mariadb-dump left running
+
+
 def test_sigint_half_way_through_the_media_undoes_the_restore(changed_site):
     # Ctrl-C on a terminal: the same undo as SIGTERM, exit 130, the line says "interrupted" alone.
     old = state(changed_site)
