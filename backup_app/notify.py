@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import urllib.request
 
 from django.conf import settings
 from django.core.mail import EmailMessage, get_connection
@@ -128,6 +127,8 @@ def ping(state: str, message: str = "") -> bool:
     base = app_settings.ping_url
     if not base:
         return False
+    import urllib.request  # (here: a run without a ping URL does not import it)
+
     url = base if state == "success" else f"{base}/{state}"
     request = urllib.request.Request(
         url, data=redact(message).encode()[:10000], method="POST", headers={"User-Agent": "backup_app"}

@@ -30,7 +30,6 @@ from .. import hints
 from ..engines import Engine, Staged, engine_for, site_lock
 from ..errors import RestoreError
 from ..history import record_run
-from ..incremental import parse_index, stage_index
 from ..interrupts import Interrupted, shielded
 from ..media import (
     StagedArchive,
@@ -551,22 +550,24 @@ def _newer(name: str, found, known: set[tuple[str, str]], allow_newer: bool) -> 
     return f"restoring {name} with {len(unknown)} unknown migrations (--restore-allow-newer-version)"
 
 
-def check_versions(plan: Plan, allow_newer: bool = False) -> list[str]:
+def check_versions(plan: Plan, allow_newer: bool = False, known: set[tuple[str, str]] | None = None) -> list[str]:
     """Refuse a backup whose manifest lists migrations this code does not know (a newer version made it).
 
     The manifest's copy is only the early check, before anything is read; :func:`check_staged_versions`
-    reads the staged databases themselves.
+    reads the staged databases themselves.  ``known``: the code's migrations, when already read.
     """
-    known = _code_migrations()
+    known = _code_migrations() if known is None else known
     notes = [_newer(i.file.name, i.migrations, known, allow_newer) for i in plan.databases if i.migrations]
     return [n for n in notes if n]
 
 
-def check_staged_versions(plan: Plan, staged_dbs: list[tuple[Engine, Staged]], allow_newer: bool) -> list[str]:
+def check_staged_versions(
+    plan: Plan, staged_dbs: list[tuple[Engine, Staged]], allow_newer: bool, known: set[tuple[str, str]] | None = None
+) -> list[str]:
     """The migration guard's authority: the ``django_migrations`` rows of each staged database, whatever
     the manifest says or whether there is one.  A restore in place (no side database to look into) is
-    checked by the manifest alone."""
-    known = _code_migrations()
+    checked by the manifest alone.  ``known``: the code's migrations, when already read."""
+    known = _code_migrations() if known is None else known
     notes = []
     for item, (engine, staged) in zip(plan.databases, staged_dbs, strict=True):
         try:
@@ -707,6 +708,8 @@ def _stage(storage, plan: Plan, engines: dict[str, Engine], opts: RestoreOptions
 
 def stage_incremental(storage, plan: Plan, gpg: GpgSpec, *, uncompress: bool = True) -> StagedArchive:
     """Stage the media of an incremental set: its index (checked against the manifest), then its packs."""
+    from ..incremental import parse_index, stage_index  # (here: an archive set's restore does not import it)
+
     packs = (plan.media_expected or {}).get("packs")
     if packs is None:
         raise RestoreError(f"{plan.media.name} is an incremental media index; restore it with its set's manifest")
@@ -870,7 +873,8 @@ def restore(storage, opts: RestoreOptions, progress: Progress, confirm: Confirm 
             )
     gpg = gpg_for_restore(plan, opts.interactive)
     allow_newer = opts.allow_newer or app_settings.restore_allow_newer_version
-    for note in check_versions(plan, allow_newer):
+    known = _code_migrations()  # read once: both migration checks compare with it
+    for note in check_versions(plan, allow_newer, known):
         say(f"  {note}")
     for note in check_metadata(storage, plan, allow_newer):
         say(f"  {note}")
@@ -909,7 +913,7 @@ def restore(storage, opts: RestoreOptions, progress: Progress, confirm: Confirm 
         rollback.discard(safety)
         raise
     try:
-        for note in check_staged_versions(plan, staged_dbs, allow_newer):
+        for note in check_staged_versions(plan, staged_dbs, allow_newer, known):
             say(f"  {note}")
         check_room(swap_needs(staged_dbs, staged_media, opts.mirror))
     except BaseException as err:
