@@ -22,6 +22,15 @@ class StorageUnavailable(BackupAppError):
     """The backup storage cannot be reached or used."""
 
 
+class NothingChanged(RestoreError):
+    """A step stopped before it changed anything: its safety entry has nothing to put back."""
+
+
+class PutBackPending(RestoreError):
+    """A step failed and putting back what it had done failed too; the safety record it wrote lets the next
+    backup, restore or rollback finish the put-back (the message names what stopped it)."""
+
+
 @contextmanager
 def removed_after(remove: Callable[[], object], what: str) -> Iterator[None]:
     """Run the block, then ``remove()`` (a scratch database, file or folder).

@@ -75,6 +75,11 @@ class SafetyRecord:
         self.data["databases"][alias] = entry
         self.save()
 
+    def remove_database(self, alias: str) -> None:
+        """Forget the entry of ``alias`` (its step changed nothing)."""
+        self.data["databases"].pop(alias, None)
+        self.save()
+
     @property
     def media_folder(self) -> Path:
         return self.folder / "media"

@@ -8,7 +8,9 @@ ends the wait as it would end any other.  Steps: ``backup:db-dumped:<alias>``, `
 ``rollback:media-half``, ``verify:staged:<alias>`` (a ``verify --restore-test`` with its scratch database
 staged), ``restore:loading:<alias>`` (PostgreSQL: the staging database made and given to the throwaway role,
 nothing loaded yet), ``restore:in-place-dump:<alias>`` (a restore in place: the live tables found free by
-MariaDB's lock probe, their safety dump not started); several steps may be named, separated by commas.
+MariaDB's lock probe, their safety dump not started), ``restore:swap-renaming:<alias>`` (MariaDB's swap:
+the live and staged triggers, routines, events and views dropped, the tables unlocked, the ``RENAME TABLE`` not
+run yet); several steps may be named, separated by commas.
 Without the variable :func:`pause_at` only reads the environment.
 """
 

@@ -6,12 +6,17 @@ objects made after the backup are gone; rollback gives back what was replaced.""
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import signal
+import time
 import uuid
 
 import pytest
 from conftest import DB_PASSWORD, _my_connect, server_site, service_missing
 from reference import differences, mysql_catalog
+from test_interrupted import Held, side_databases
 
 
 @pytest.fixture(params=["swap", "in-place"])
@@ -134,3 +139,265 @@ def test_verify_restore_test_takes_the_path_of_the_restore(site):
     out = site.invoke("verify", "--restore-test").stdout
 
     assert out.startswith("OK")
+
+
+# --- a transaction of the running site that takes a live table after the write-lock probe ----------
+# MariaDB: a transaction of the running site that takes a live table after the restore's write-lock probe.
+#
+# The swap cannot hold its locks through ``RENAME TABLE`` (MariaDB refuses it under ``LOCK TABLES``), so a
+# transaction may begin between the probe and the swap, or between the drop of the live triggers and the
+# ``RENAME``.  Whatever step it stops, the run ends with one line naming what stayed held and the fix, a non-zero
+# status, and the site exactly as it was (catalog: triggers, routines, events, views, grants; every row), or, when
+# even the put-back could not get the tables, a line saying the next command finishes it, which it does.
+#
+# A real ``manage.py backup_restore`` is held at a pause point (``backup_app.testing``) while a second, real
+# connection opens its transaction; ``backup_db_lock_timeout`` is 1 s, so the put-back waits 6 s.
+
+
+def whole(site) -> dict:
+    return {"catalog": mysql_catalog(site.database, site.users), "rows": site.snapshot_db()}
+
+
+def restoring_records(site) -> list[str]:
+    """Safety records still ``restoring``: a put-back the next command has to finish."""
+    return [
+        p.parent.name
+        for p in (site.root / "safety").glob("*/safety.json")
+        if json.loads(p.read_text())["state"] == "restoring"
+    ]
+
+
+def open_transaction(database: str, table: str = "demo_part"):
+    """A second connection in a transaction that has read ``table`` (it holds its metadata lock): the site
+    mid-request.  Returns the connection and its id."""
+    reader = _my_connect(database)
+    with reader.cursor() as cur:
+        cur.execute("START TRANSACTION")
+        cur.execute(f"SELECT COUNT(*) FROM `{table}`")
+        cur.execute("SELECT CONNECTION_ID()")
+        (ident,) = cur.fetchone()
+    return reader, ident
+
+
+def waiting(statement: str, timeout: float = 60) -> None:
+    """Return once a connection waits for a metadata lock running a statement starting with ``statement``."""
+    conn = _my_connect()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT STATE, INFO FROM information_schema.PROCESSLIST WHERE INFO LIKE %s", [statement + "%"]
+                )
+                if any("metadata lock" in (s or "") for s, _ in cur.fetchall()):
+                    return
+            time.sleep(0.05)
+    finally:
+        conn.close()
+    raise AssertionError(f"no connection waited on a metadata lock running {statement}...")
+
+
+def held_restore(site, step: str) -> Held:
+    site.env["INVENTREE_BACKUP_DB_LOCK_TIMEOUT"] = "1"
+    return Held(site, step, "backup_restore", "--noinput", "--skip-media").paused(step)
+
+
+def changed(database: str, site_user: str) -> None:
+    """Changes after the backup; the live demo_part keeps a trigger (the swap drops it before the RENAME)."""
+    conn = _my_connect(database)
+    with conn.cursor() as cur:
+        cur.execute("DROP VIEW big_parts")
+        cur.execute("DROP FUNCTION part_total")
+        cur.execute("DROP EVENT nightly")
+        cur.execute(
+            f"CREATE DEFINER = '{site_user}'@'%' TRIGGER part_later BEFORE UPDATE ON demo_part FOR EACH ROW "
+            "SET NEW.quantity = NEW.quantity + 1"
+        )
+        cur.execute("CREATE TABLE made_after_the_backup (id INT)")
+        cur.execute(f"CREATE DEFINER = '{site_user}'@'%' PROCEDURE made_after() SELECT 1")
+        cur.execute("DELETE FROM demo_part WHERE quantity < 10")
+        cur.execute("INSERT INTO audit (part, what) VALUES (1, 'later')")
+    conn.close()
+
+
+def prepared(site, *more: str) -> dict:
+    """A backup, then changes (objects dropped and made, rows deleted, the statements ``more``): the state a
+    failed restore must keep."""
+    site.invoke("backup", "--skip-media")
+    changed(site.database, site.user)
+    if more:
+        conn = _my_connect(site.database)
+        with conn.cursor() as cur:
+            for statement in more:
+                cur.execute(statement)
+        conn.close()
+    conn = _my_connect()
+    with conn.cursor() as cur:  # so that the restore can name the connection that holds the tables
+        for host in ("%", "localhost"):
+            cur.execute(f"GRANT PROCESS ON *.* TO '{site.user}'@'{host}'")
+    conn.close()
+    return whole(site)
+
+
+@pytest.mark.parametrize("site", ["swap"], indirect=True)
+def test_a_transaction_begun_after_the_probe_stops_the_swap_with_nothing_changed(site):
+    before = prepared(site)
+    run = held_restore(site, "restore:db-swapping:default")
+    reader, ident = open_transaction(site.database)
+    try:
+        run.go_on()
+        code, err = run.finish(timeout=120)
+    finally:
+        reader.rollback()
+        reader.close()
+
+    last = err.strip().splitlines()[-1]
+    assert code == 1, err
+    assert last.startswith("CommandError: "), err
+    assert f"the tables of {site.database} stayed held by another connection for 1 s" in last, last
+    assert f"connection {ident}" in last, last
+    assert "end that transaction, then restore again" in last, last
+    assert last.endswith("the restore was undone (nothing had been changed)"), last
+    after = whole(site)
+    assert after == before, differences(before["catalog"], after["catalog"])
+    assert side_databases(site) == []
+    assert restoring_records(site) == []
+
+
+@pytest.mark.parametrize("site", ["swap"], indirect=True)
+def test_a_transaction_begun_before_the_rename_is_waited_out_by_the_put_back(site):
+    """The triggers are dropped, the RENAME times out; the transaction ends while the put-back waits."""
+    before = prepared(site)
+    run = held_restore(site, "restore:swap-renaming:default")
+    reader, ident = open_transaction(site.database)
+    try:
+        run.go_on()
+        waiting("CREATE")  # the RENAME gave up; putting a trigger back waits for the same table
+    finally:
+        reader.rollback()
+        reader.close()
+    code, err = run.finish(timeout=120)
+
+    last = err.strip().splitlines()[-1]
+    assert code == 1, err
+    assert f"the tables of {site.database} stayed held by another connection for 1 s" in last, last
+    assert f"connection {ident}" in last, last
+    assert "database left unchanged" in last, last
+    after = whole(site)
+    assert after == before, differences(before["catalog"], after["catalog"])
+    assert side_databases(site) == []
+    assert restoring_records(site) == []
+
+
+@pytest.mark.parametrize("site", ["swap"], indirect=True)
+def test_a_put_back_the_transaction_outlasts_is_finished_by_the_next_command(site):
+    before = prepared(site)
+    run = held_restore(site, "restore:swap-renaming:default")
+    reader, ident = open_transaction(site.database)
+    try:
+        run.go_on()
+        code, err = run.finish(timeout=120)
+        left = restoring_records(site)
+    finally:
+        reader.rollback()
+        reader.close()
+
+    last = err.strip().splitlines()[-1]
+    assert code == 1, err
+    assert last.startswith("CommandError: "), err
+    assert f"the tables of {site.database} stayed held by another connection for 1 s" in last, last
+    assert "putting the old state back did not finish" in last, last
+    assert f"connection {ident}" in last, last
+    assert "the next backup, restore or rollback puts it back" in last, last
+    assert len(left) == 1, left
+
+    done = site.invoke("rollback")
+
+    assert f"Found restore {left[0]} interrupted" in done.stderr, done.output
+    after = whole(site)
+    assert after == before, differences(before["catalog"], after["catalog"])
+    assert side_databases(site) == []
+    assert restoring_records(site) == []
+
+
+@pytest.mark.parametrize("site", ["in-place"], indirect=True)
+def test_in_place_a_transaction_begun_after_the_probe_stops_the_restore_and_leaves_nothing_to_undo(site):
+    """The ``DROP TABLE`` of every table times out with nothing dropped: no safety entry stays that a later
+    command would load over the rows the site writes after."""
+    before = prepared(site)
+    run = held_restore(site, "restore:in-place-dump:default")
+    reader, ident = open_transaction(site.database)
+    try:
+        run.go_on()
+        code, err = run.finish(timeout=120)
+    finally:
+        reader.rollback()
+        reader.close()
+
+    last = err.strip().splitlines()[-1]
+    assert code == 1, err
+    assert last.startswith("CommandError: "), err
+    assert f"the tables of {site.database} stayed held by another connection for 1 s" in last, last
+    assert f"connection {ident}" in last, last
+    assert "ALSO failed" not in last, last
+    assert last.endswith("the restore was undone (nothing had been changed)"), last
+    assert restoring_records(site) == []
+    after = whole(site)
+    assert after == before, differences(before["catalog"], after["catalog"])
+
+    site.sql("INSERT INTO demo_part (name, description, quantity, created, attachment) "
+             "VALUES ('written after', '', 7, NOW(), '')")  # fmt: skip
+    site.invoke("backup", "--skip-media")  # looks for restores to finish first
+    assert site.query("SELECT COUNT(*) FROM demo_part WHERE name = 'written after'") == [[1]]
+
+
+@pytest.mark.parametrize("site", ["in-place"], indirect=True)
+def test_in_place_a_put_back_a_held_view_outlasts_is_finished_by_the_next_command(site):
+    """The tables are dropped, then a view a transaction reads stays held: the load never starts, the
+    put-back of the kept dump waits for the same view and gives up; the next command puts the site back."""
+    before = prepared(site, f"CREATE DEFINER = '{site.user}'@'%' VIEW v_const AS SELECT 1 AS one")
+    run = held_restore(site, "restore:in-place-dump:default")
+    reader, _ident = open_transaction(site.database, "v_const")
+    try:
+        run.go_on()
+        code, err = run.finish(timeout=120)
+        left = restoring_records(site)
+    finally:
+        reader.rollback()
+        reader.close()
+
+    last = err.strip().splitlines()[-1]
+    assert code == 1, err
+    assert last.startswith("CommandError: "), err
+    assert f"the view v_const of {site.database} stayed held by another connection for 1 s" in last, last
+    assert f"ALSO failed (the view v_const of {site.database} stayed held by another connection for 6 s too" in last
+    assert "SHOW PROCESSLIST names it" in last, last  # a transaction that read no InnoDB table: no id to give
+    assert re.search(r"connection \d", last) is None, last
+    assert "the next backup, restore or rollback puts it back" in last, last
+    assert len(left) == 1, left
+
+    done = site.invoke("rollback")
+
+    assert f"Found restore {left[0]} interrupted" in done.stderr, done.output
+    after = whole(site)
+    assert after == before, differences(before["catalog"], after["catalog"])
+    assert restoring_records(site) == []
+
+
+@pytest.mark.parametrize("site", ["swap"], indirect=True)
+def test_a_swap_killed_with_the_live_triggers_dropped_is_put_back_by_the_next_command(site):
+    """SIGKILL between the drop of the live objects and the RENAME: the next command makes them again from
+    the file the swap kept them in (and their routine grants), then drops what the restore staged."""
+    before = prepared(site)
+    run = held_restore(site, "restore:swap-renaming:default")
+    run.signal(signal.SIGKILL)
+    run.proc.wait(timeout=60)
+    assert mysql_catalog(site.database, site.users) != before["catalog"]  # the live triggers and routines went
+
+    done = site.invoke("rollback")
+
+    assert "interrupted" in done.stderr, done.output
+    after = whole(site)
+    assert after == before, differences(before["catalog"], after["catalog"])
+    assert side_databases(site) == []
+    assert restoring_records(site) == []

@@ -28,7 +28,7 @@ from django.db.migrations.loader import MigrationLoader
 
 from .. import hints
 from ..engines import Engine, Staged, engine_for, site_lock
-from ..errors import RestoreError
+from ..errors import PutBackPending, RestoreError
 from ..history import record_run
 from ..interrupts import Interrupted, shielded
 from ..media import (
@@ -956,12 +956,14 @@ def restore(storage, opts: RestoreOptions, progress: Progress, confirm: Confirm 
         with shielded():
             _abandon(staged_dbs, staged_media)
             message = redact(err) if isinstance(err, Exception | Interrupted) else "interrupted"
+            # Its own put-back already waited for what holds it: the next command finishes it from the record.
+            if isinstance(err, PutBackPending):
+                raise RestoreError(f"{message}: {finish_later(safety)}") from None
             try:
                 undone = rollback.undo(safety)
             except Exception as undo_err:
                 raise RestoreError(
-                    f"{message}; putting the old state back ALSO failed ({redact(undo_err)}): the safety copy is in "
-                    f"{safety.folder}, run {hints.command('rollback', '--name', safety.name)} once the cause is fixed"
+                    f"{message}; putting the old state back ALSO failed ({redact(undo_err)}): {finish_later(safety)}"
                 ) from None
             rollback.discard(safety)
         what = " and ".join(undone) + " put back as they were" if undone else "nothing had been changed"
@@ -992,6 +994,14 @@ def restore(storage, opts: RestoreOptions, progress: Progress, confirm: Confirm 
             say(f"The backup of '{item.alias}' was older than this code: applied {applied} migrations")
     say("Restore complete")
     return result
+
+
+def finish_later(safety: SafetyRecord) -> str:
+    """What a restore whose put-back did not finish says: the record stays, the next command finishes it."""
+    return (
+        f"the next backup, restore or rollback puts it back once the cause is gone (the safety copy is in "
+        f"{safety.folder}; {hints.command('rollback', '--name', safety.name)} does only that)"
+    )
 
 
 def interrupted_error(err: Interrupted, what: str) -> RestoreError:

@@ -32,9 +32,10 @@ from dbbackup.db.mysql import MysqlDumpConnector
 from django.db import connections
 
 from .. import tools
-from ..errors import BackupError, RestoreError
+from ..errors import BackupError, NothingChanged, PutBackPending, RestoreError
 from ..secrets import redact
 from ..settings import app_settings
+from ..testing import pause_at
 from .base import SiteLock, locked, released, tool_env, words
 from .mysql_guard import StatementGuard
 from .server import NoSideDatabase, ServerEngine
@@ -52,6 +53,26 @@ def is_lock_timeout(err: BaseException) -> bool:
             return True
         err = err.__cause__
     return False
+
+
+class WaitedOut(Exception):
+    """A statement's lock wait ran out; ``what`` names what it waited for ("the tables of DB", "the function F
+    of DB")."""
+
+    def __init__(self, what: str):
+        super().__init__(what)
+        self.what = what
+
+
+#: Putting back what a failed swap or restore in place had done waits this many times ``backup_db_lock_timeout``
+#: for the tables: the site is not as it was until it is done.
+PUT_BACK_FACTOR = 6
+
+
+def _object(obj: SchemaObject, database: str) -> str:
+    if obj.kind == "TRIGGER":
+        return f"the table of the trigger {obj.name} in {database}"
+    return f"the {obj.kind.lower()} {obj.name} of {database}"
 
 
 logger = logging.getLogger("backup_app")
@@ -147,8 +168,14 @@ def renamed(obj: SchemaObject, database: str, to: str) -> SchemaObject:
 
 
 def drop_objects(cursor, database: str, objects: list[SchemaObject]) -> None:
+    """Drop ``objects`` (last made first); WaitedOut naming the one whose lock wait ran out."""
     for obj in reversed(objects):
-        cursor.execute(f"DROP {obj.kind} IF EXISTS {quote(database)}.{quote(obj.name)}")
+        try:
+            cursor.execute(f"DROP {obj.kind} IF EXISTS {quote(database)}.{quote(obj.name)}")
+        except Exception as err:
+            if is_lock_timeout(err):
+                raise WaitedOut(_object(obj, database)) from None
+            raise
 
 
 def make_objects(cursor, database: str, objects: list[SchemaObject]) -> None:
@@ -166,7 +193,12 @@ def make_objects(cursor, database: str, objects: list[SchemaObject]) -> None:
                 cursor.execute(f"SET SESSION collation_connection = {obj.collation}")
             if obj.time_zone:
                 cursor.execute("SET SESSION time_zone = %s", [obj.time_zone])
-            cursor.execute(obj.sql)
+            try:
+                cursor.execute(obj.sql)
+            except Exception as err:
+                if is_lock_timeout(err):
+                    raise WaitedOut(_object(obj, database)) from None
+                raise
     finally:
         cursor.execute("SET SESSION sql_mode = %s, time_zone = %s", [mode, zone])
         cursor.execute(f"SET SESSION character_set_client = {charset}, collation_connection = {collation}")
@@ -249,6 +281,19 @@ def load_objects(path: Path) -> list[SchemaObject]:
     return [SchemaObject(**item) for item in json.loads(path.read_text())]
 
 
+def grants_file(objects: Path) -> Path:
+    """Where a swap keeps the routine-level grants of the live database, beside its objects (``DROP`` of a
+    routine takes its grants away: an undo of a swap stopped half way reads them here)."""
+    return objects.with_name(objects.name.replace(".objects.json", "") + ".routine-grants.json")
+
+
+def load_grants(objects: Path | None) -> list[tuple] | None:
+    path = grants_file(objects) if objects is not None else None
+    if path is None or not path.exists():
+        return None
+    return [tuple(row) for row in json.loads(path.read_text())]
+
+
 @functools.cache
 def _has_sandbox(cmd: str) -> bool:
     """Whether the client ``cmd`` takes ``--sandbox`` (MariaDB 10.5.25, 10.6.18, 10.11.8 and later)."""
@@ -329,12 +374,16 @@ class MysqlEngine(ServerEngine):
 
     # --- restore --------------------------------------------------------------------------------
 
-    def load(self, database: str, stream: BinaryIO) -> None:
+    def load(self, database: str, stream: BinaryIO, *, wait: int | None = None) -> None:
         """Load the dump in ``stream`` into ``database``, confined to it: every statement goes through the
         :class:`~.mysql_guard.StatementGuard`; the client runs with ``--binary-mode`` (no client commands),
-        ``--one-database`` and, where it has it, ``--sandbox``."""
+        ``--one-database`` and, where it has it, ``--sandbox``; its waits for a table held by another connection
+        end after ``wait`` seconds (default ``backup_db_lock_timeout``; a restore in place loads into the live
+        database, whose new tables the running site may take at once)."""
         c = self.connector
+        wait = wait or app_settings.db_lock_timeout
         args = ["--binary-mode", "--one-database", "--default-character-set=utf8mb4"]
+        args.append(f"--init-command=SET SESSION lock_wait_timeout = {int(wait)}")
         if _has_sandbox(c.restore_cmd):
             args.insert(0, "--sandbox")
         tool = self._tool(
@@ -355,29 +404,32 @@ class MysqlEngine(ServerEngine):
     def replace(self, stream: BinaryIO, *, undo: bool = False) -> None:
         """Drop every table, view, trigger, routine and event of the live database, then load the dump into it,
         and put back the routine-level grants (not atomic: a failure is rolled back by the restore from the
-        kept dump)."""
+        kept dump).  NothingChanged when the tables stayed held (one ``DROP TABLE`` of them all: the server
+        takes every table's lock before it drops any); ``undo`` (putting back the kept dump) waits longer."""
         connection = connections[self.alias]
         try:
             with connection.cursor() as cursor:
-                seconds = self._lock_wait(cursor)
+                seconds = self._lock_wait(cursor, undo=undo)
                 grants = routine_grants(cursor, self.name)
                 objects = read_objects(cursor, self.name, definitions=False)
                 tables = self._tables(cursor, self.name)
                 cursor.execute("SET FOREIGN_KEY_CHECKS = 0")
                 if tables:
-                    # One statement: the server takes every table's lock before it drops any, so a table held by
-                    # another connection stops it with nothing dropped (their triggers go with them).
                     try:
                         cursor.execute("DROP TABLE IF EXISTS " + ", ".join(quote(t) for t in tables))
                     except Exception as err:
                         if is_lock_timeout(err):
-                            raise self._held([self.name], seconds) from None
+                            what = f"the tables of {self.name}"
+                            raise self._held(cursor, what, seconds, NothingChanged, undo=undo) from None
                         raise
                 cursor.execute("SET FOREIGN_KEY_CHECKS = 1")
-                drop_objects(cursor, self.name, objects)
+                try:
+                    drop_objects(cursor, self.name, objects)
+                except WaitedOut as err:
+                    raise self._held(cursor, err.what, seconds, undo=undo) from None
         finally:
             connection.close()
-        self.load(self.name, stream)
+        self.load(self.name, stream, wait=seconds)
         with connection.cursor() as cursor:
             put_back_routine_grants(cursor, self.name, grants)
         connection.close()
@@ -412,18 +464,31 @@ class MysqlEngine(ServerEngine):
         return [name for (name,) in cursor.fetchall()]
 
     def swap(
-        self, live: str, *, aside: str, incoming: str, keep: Path | None = None, objects: Path | None = None
+        self,
+        live: str,
+        *,
+        aside: str,
+        incoming: str,
+        keep: Path | None = None,
+        objects: Path | None = None,
+        undo: bool = False,
     ) -> None:
         """Every table moves in one ``RENAME TABLE``: ``live``'s into ``aside`` (created like it), ``incoming``'s
         into ``live``; ``incoming`` is dropped after.
 
         Around it (see the module docstring): ``live``'s triggers, routines, events and views are written to
-        ``keep`` and dropped, ``incoming``'s (or those of the file ``objects``) made in ``live``.  If any step
-        fails, what was done is undone and RestoreError says the database was left unchanged.
+        ``keep`` (its routine grants beside it, :func:`grants_file`) and dropped, ``incoming``'s (or those of
+        the file ``objects``) made in ``live``.  The triggers of both sides are dropped under ``LOCK TABLES`` of
+        every table of both, so the only wait before anything changes is that lock (NothingChanged when it runs
+        out); MariaDB refuses ``RENAME TABLE`` under ``LOCK TABLES``, so a transaction can still take a table
+        between the unlock and the ``RENAME``.  If any step fails, what was done is undone, waiting
+        :data:`PUT_BACK_FACTOR` times longer for the tables, and RestoreError says the database was left
+        unchanged; PutBackPending if even that could not be done (the safety entry lets the next command
+        finish it: :meth:`put_back_objects`).
         """
         connection = connections[self.alias]
         with connection.cursor() as cursor:
-            seconds = self._lock_wait(cursor)
+            seconds = self._lock_wait(cursor, undo=undo)
             new_tables, old_tables = self._tables(cursor, incoming), self._tables(cursor, live)
             old_objects = read_objects(cursor, live)
             staged_objects = read_objects(cursor, incoming)
@@ -431,9 +496,12 @@ class MysqlEngine(ServerEngine):
                 new_objects = load_objects(objects)
             else:  # named as they were in the dump: the guard made the live database's name the staging one's
                 new_objects = [renamed(o, incoming, live) for o in staged_objects]
-            grants = routine_grants(cursor, live)
+            grants = load_grants(objects) if undo else None
+            grants = grants if grants is not None else routine_grants(cursor, live)
             if keep is not None and old_objects:
                 keep.write_text(json.dumps([asdict(o) for o in old_objects], indent=1))
+                if grants is not None:
+                    grants_file(keep).write_text(json.dumps(grants, default=str))
             charset, collation = self._charset(cursor, live)
             cursor.execute(f"CREATE DATABASE IF NOT EXISTS `{aside}` CHARACTER SET {charset} COLLATE {collation}")
             moves = [(live, aside, t) for t in old_tables] + [(incoming, live, t) for t in new_tables]
@@ -444,77 +512,158 @@ class MysqlEngine(ServerEngine):
             new_objects = [o for o in new_objects if (o.kind, o.name) not in same]
             done = []
             try:
+                locked = self._lock_tables(cursor, [live, incoming], seconds)
+                try:
+                    drop_objects(cursor, incoming, [o for o in staged_objects if o.kind == "TRIGGER"])
+                    done.append("dropping")  # from here on, undone even if only some of live's objects went
+                    drop_objects(cursor, live, [o for o in old_objects if o.kind == "TRIGGER"])
+                finally:
+                    if locked:
+                        cursor.execute("UNLOCK TABLES")
                 drop_objects(cursor, incoming, staged_objects)
-                done.append("dropping")  # from here on, undone even if only some of live's objects went
                 drop_objects(cursor, live, old_objects)
                 done.append("dropped")
+                pause_at(f"restore:swap-renaming:{self.alias}")
                 if moves:
-                    cursor.execute(
-                        "RENAME TABLE "
-                        + ", ".join(f"`{src}`.`{table}` TO `{dst}`.`{table}`" for src, dst, table in moves)
-                    )
+                    try:
+                        cursor.execute(
+                            "RENAME TABLE "
+                            + ", ".join(f"`{src}`.`{table}` TO `{dst}`.`{table}`" for src, dst, table in moves)
+                        )
+                    except Exception as err:
+                        if is_lock_timeout(err):
+                            raise WaitedOut(f"the tables of {live}") from None
+                        raise
                 done.append("moved")
                 make_objects(cursor, live, new_objects)
                 put_back_routine_grants(cursor, live, grants)
             except Exception as err:
-                self._swap_back(cursor, live, aside, moves, done, old_objects, new_objects, grants)
-                if is_lock_timeout(err):
-                    raise self._held([live], seconds) from None
-                raise RestoreError(
-                    f"swapping in the restored tables failed ({redact(err)}); database left unchanged"
-                ) from None
+                if isinstance(err, NothingChanged):
+                    cursor.execute(f"DROP DATABASE IF EXISTS `{aside}`")
+                    raise
+                if isinstance(err, WaitedOut):
+                    failure = self._held(cursor, err.what, seconds)
+                else:
+                    failure = RestoreError(f"swapping in the restored tables failed ({redact(err)})")
+                try:
+                    longer = self._lock_wait(cursor, undo=True)
+                    self._swap_back(cursor, live, aside, moves, done, old_objects, new_objects, grants)
+                except Exception as back:
+                    why = str(self._held(cursor, back.what, longer, undo=True)) if isinstance(back, WaitedOut) else None
+                    raise PutBackPending(
+                        f"{failure}; putting the old state back did not finish ({why or redact(back)})"
+                    ) from None
+                raise RestoreError(f"{failure}; database left unchanged") from None
             cursor.execute(f"DROP DATABASE IF EXISTS `{incoming}`")
         connection.close()
 
     def _swap_back(self, cursor, live, aside, moves, done, old_objects, new_objects, grants) -> None:
         """Undo what a failed :meth:`swap` did: the objects it made in ``live`` dropped, tables moved back, the
-        objects it dropped from ``live`` and the routine grants made again."""
-        if "dropped" in done:
+        objects it dropped from ``live`` (only those: one still there may be held) and the routine grants made
+        again."""
+        if "moved" in done:
             drop_objects(cursor, live, new_objects)
-        if "moved" in done and moves:
-            cursor.execute(
-                "RENAME TABLE " + ", ".join(f"`{dst}`.`{t}` TO `{src}`.`{t}`" for src, dst, t in reversed(moves))
-            )
+            if moves:
+                try:
+                    cursor.execute(
+                        "RENAME TABLE "
+                        + ", ".join(f"`{dst}`.`{t}` TO `{src}`.`{t}`" for src, dst, t in reversed(moves))
+                    )
+                except Exception as err:
+                    if is_lock_timeout(err):
+                        raise WaitedOut(f"the tables of {live}") from None
+                    raise
         if "dropping" in done:
-            drop_objects(cursor, live, old_objects)  # those the failed drop had not reached yet (IF EXISTS)
-            make_objects(cursor, live, old_objects)
-            put_back_routine_grants(cursor, live, grants)
+            self._make_missing(cursor, live, old_objects, grants)
         cursor.execute(f"DROP DATABASE IF EXISTS `{aside}`")
+
+    def _make_missing(self, cursor, live: str, objects: list[SchemaObject], grants: list[tuple] | None) -> None:
+        present = {(o.kind, o.name) for o in read_objects(cursor, live, definitions=False)}
+        make_objects(cursor, live, [o for o in objects if (o.kind, o.name) not in present])
+        put_back_routine_grants(cursor, live, grants)
+
+    def put_back_objects(self, live: str, objects: Path | None) -> None:
+        """What a swap stopped half way (killed, or its own put-back failed) had dropped of ``live``'s
+        triggers, routines, events and views, made again from the file it kept them in, with their routine
+        grants; waits :data:`PUT_BACK_FACTOR` times ``backup_db_lock_timeout`` for the tables."""
+        if objects is None:
+            return
+        connection = connections[self.alias]
+        with connection.cursor() as cursor:
+            seconds = self._lock_wait(cursor, undo=True)
+            kept = load_objects(objects)
+            grants = load_grants(objects)
+            try:
+                self._make_missing(cursor, live, kept, grants if grants is not None else routine_grants(cursor, live))
+            except WaitedOut as err:
+                raise self._held(cursor, err.what, seconds, undo=True) from None
+        connection.close()
 
     # --- waits for the live tables ----------------------------------------------------------------
 
-    def _lock_wait(self, cursor) -> int:
+    def _lock_wait(self, cursor, *, undo: bool = False) -> int:
         """Make this session's waits for a table's metadata lock end after ``backup_db_lock_timeout`` seconds (the
-        server's default is a day: an open transaction of the running site would hold the restore that long)."""
-        seconds = app_settings.db_lock_timeout
+        server's default is a day: an open transaction of the running site would hold the restore that long);
+        ``undo``: :data:`PUT_BACK_FACTOR` times that (putting the old state back)."""
+        seconds = app_settings.db_lock_timeout * (PUT_BACK_FACTOR if undo else 1)
         cursor.execute("SET SESSION lock_wait_timeout = %s", [seconds])
         return seconds
 
-    def _held(self, databases: list[str], seconds: int) -> RestoreError:
-        return RestoreError(
-            f"the tables of {' and '.join(databases)} stayed held by another connection for {seconds} s (an open "
-            "transaction or LOCK TABLES of the running site; SHOW PROCESSLIST names it): stop the site or end that "
-            f"transaction, then restore again (or raise {app_settings.env_name('backup_db_lock_timeout')})"
+    def _holders(self, cursor) -> str:
+        """The connections to the live database with a transaction open now (InnoDB's list, which needs the
+        PROCESS privilege; a transaction that read no InnoDB table is not in it)."""
+        try:
+            cursor.execute(
+                "SELECT t.trx_mysql_thread_id, t.trx_started FROM information_schema.INNODB_TRX t "
+                "JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id "
+                "WHERE t.trx_mysql_thread_id <> CONNECTION_ID() AND p.DB = %s ORDER BY t.trx_started LIMIT 5",
+                [self.name],
+            )
+            rows = cursor.fetchall()
+        except Exception:  # noqa: BLE001 - naming the holder is a help, not a need
+            rows = ()
+        if not rows:
+            return "SHOW PROCESSLIST names it"
+        found = ", ".join(f"connection {ident} since {started:%H:%M:%S}" for ident, started in rows)
+        return f"open on {self.name} now: {found}"
+
+    def _held(
+        self, cursor, what: str, seconds: int, cls: type[RestoreError] = RestoreError, *, undo: bool = False
+    ) -> RestoreError:
+        """``what`` stayed held for ``seconds``: the connections that may hold it, and the fix (``undo``: while
+        putting the old state back, where the caller says what happens next)."""
+        if undo:
+            return cls(f"{what} stayed held by another connection for {seconds} s too ({self._holders(cursor)})")
+        return cls(
+            f"{what} stayed held by another connection for {seconds} s (an open transaction or LOCK TABLES of the "
+            f"running site; {self._holders(cursor)}): stop the site or end that transaction, then restore again "
+            f"(or raise {app_settings.env_name('backup_db_lock_timeout')})"
         )
 
+    def _lock_tables(self, cursor, databases: list[str], seconds: int) -> bool:
+        """``LOCK TABLES`` every table of ``databases`` for writing (what ``RENAME TABLE`` and ``DROP`` need);
+        NothingChanged when other connections hold one for ``seconds``; False (no lock taken) when this user
+        may not lock tables or there are none."""
+        tables = [f"{quote(db)}.{quote(t)} WRITE" for db in databases for t in self._tables(cursor, db)]
+        if not tables:
+            return False
+        try:
+            cursor.execute("LOCK TABLES " + ", ".join(tables))
+        except Exception as err:
+            if is_lock_timeout(err):
+                raise self._held(cursor, f"the tables of {databases[0]}", seconds, NothingChanged) from None
+            # No LOCK TABLES right: the swap's own statements wait no longer than this all the same.
+            logger.debug("cannot LOCK TABLES before the swap (%s)", redact(err))
+            return False
+        return True
+
     def wait_for_tables(self, databases: list[str]) -> None:
-        """Take, then let go of, a write lock on every table of ``databases`` (what ``RENAME TABLE`` and ``DROP``
-        need), waiting at most ``backup_db_lock_timeout`` seconds for other connections to let go of them."""
+        """Take, then let go of, a write lock on every table of ``databases``, waiting at most
+        ``backup_db_lock_timeout`` seconds for other connections to let go of them."""
         connection = connections[self.alias]
         with connection.cursor() as cursor:
             seconds = self._lock_wait(cursor)
-            tables = [f"{quote(db)}.{quote(t)} WRITE" for db in databases for t in self._tables(cursor, db)]
-            if not tables:
-                return
-            try:
-                cursor.execute("LOCK TABLES " + ", ".join(tables))
-            except Exception as err:
-                if is_lock_timeout(err):
-                    raise self._held(databases[:1], seconds) from None
-                # No LOCK TABLES right: the swap's own statements wait no longer than this all the same.
-                logger.debug("cannot LOCK TABLES before the swap (%s)", redact(err))
-                return
-            finally:
+            if self._lock_tables(cursor, databases, seconds):
                 cursor.execute("UNLOCK TABLES")
 
     def side_databases(self, prefix: str) -> list[str]:

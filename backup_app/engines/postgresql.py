@@ -1338,7 +1338,7 @@ class PostgresEngine(ServerEngine):
                     raise
                 time.sleep(0.2 * attempt)
 
-    def swap(self, live: str, *, aside: str, incoming: str, keep=None, objects=None) -> None:
+    def swap(self, live: str, *, aside: str, incoming: str, keep=None, objects=None, undo=False) -> None:
         """In one transaction: end the sessions on ``live``, rename it to ``aside`` and ``incoming`` to ``live``
         (a renamed database takes everything in it along: ``keep`` and ``objects`` are not needed)."""
         from psycopg import sql

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, ClassVar
 
-from ..errors import BackupAppError, RestoreError
+from ..errors import BackupAppError, NothingChanged, RestoreError
 from ..secrets import redact
 from ..settings import app_settings
 from ..streams import RoomGuard, spool
@@ -132,7 +132,11 @@ class SideDatabase(Strategy):
         entry = {"kind": self.kinds[0], "database": kept, "name": name, "incoming": staged.database}
         safety.add_database(engine.alias, {**entry, "state": "swapping", "objects": objects.name})
         pause_at(f"restore:db-swapping:{engine.alias}")  # the entry written, the databases not yet swapped
-        engine.swap(name, aside=kept, incoming=staged.database, keep=objects)
+        try:
+            engine.swap(name, aside=kept, incoming=staged.database, keep=objects)
+        except NothingChanged:
+            safety.remove_database(engine.alias)  # nothing for an undo to put back
+            raise
         if objects.exists():
             entry["objects"] = objects.name
         safety.add_database(engine.alias, {**entry, "state": "swapped"})
@@ -156,7 +160,9 @@ class SideDatabase(Strategy):
         if objects is not None and not objects.exists():
             objects = None
         if engine.holds_tables(entry["database"]):
-            engine.swap(entry["name"], aside=trash, incoming=entry["database"], objects=objects)
+            engine.swap(entry["name"], aside=trash, incoming=entry["database"], objects=objects, undo=True)
+        if entry.get("state") == "swapping":  # stopped before or during the swap: what it had dropped goes back
+            engine.put_back_objects(entry["name"], objects)
         engine.drop_database(trash)
         engine.drop_database(entry["database"])
         if entry.get("incoming"):
@@ -197,6 +203,9 @@ class InPlace(Strategy):
         try:
             with open(staged.path, "rb") as fh:
                 engine.replace(fh)
+        except NothingChanged:
+            safety.remove_database(engine.alias)  # the kept dump must not be loaded over later writes
+            raise
         except RestoreError as err:
             if engine.replace_is_atomic and not getattr(err, "committed", False):
                 raise RestoreError(f"{err}; the restore ran in one transaction, database left unchanged") from None
@@ -278,16 +287,30 @@ class ServerEngine(Engine):
         raise NotImplementedError
 
     def swap(
-        self, live: str, *, aside: str, incoming: str, keep: Path | None = None, objects: Path | None = None
+        self,
+        live: str,
+        *,
+        aside: str,
+        incoming: str,
+        keep: Path | None = None,
+        objects: Path | None = None,
+        undo: bool = False,
     ) -> None:
         """Atomically: ``live`` becomes ``aside``, ``incoming`` becomes ``live`` (``incoming`` is gone after).
 
         An engine whose swap leaves objects behind (MariaDB: triggers, routines, events and views do not move
         with the tables) writes ``live``'s to ``keep`` before the swap, and gives ``live`` those of ``objects``
         (a file an earlier swap kept) instead of ``incoming``'s.
-        RestoreError ("...; database left unchanged") if it cannot be done.
+        RestoreError ("...; database left unchanged") if it cannot be done (NothingChanged when it stopped before
+        changing anything, PutBackPending when undoing what it did failed too).  ``undo``: this swap puts back
+        a kept database (an undo or rollback), and may wait longer for the tables.
         """
         raise NotImplementedError
+
+    def put_back_objects(self, live: str, objects: Path | None) -> None:
+        """Make again in ``live`` what a swap stopped half way had dropped of the objects it kept in
+        ``objects`` (MariaDB's triggers, routines, events and views); nothing for an engine whose swap moves
+        everything at once."""
 
     def replace(self, stream: BinaryIO, *, undo: bool = False) -> None:
         """Load the dump in ``stream`` over the live database (the restore in place; ``undo``: putting back the
