@@ -45,7 +45,6 @@ from typing import BinaryIO
 
 from .errors import BackupError, RestoreError
 from .media import (
-    STAGING_PREFIX,
     STORE_PROBE_MIN,
     StagedArchive,
     _check_no_link,
@@ -56,6 +55,7 @@ from .media import (
     abandon_archive,
     check_member,
     iter_media,
+    staging_folder,
     walk_local,
 )
 from .pipeline import SUFFIX, GpgSpec, ReadResult, StoredFile, incompressible, open_stream, store_stream
@@ -888,7 +888,7 @@ def stage_index(media, storage, index: MediaIndex, packs: dict[str, dict], gpg: 
     live_root = _plain_local_root(media)
     # exact: the staged files carry the index's modes and mtimes; owners follow the media folder's rule
     # (a replaced file keeps its owner, a new one gets the folder's: see media.commit_archive).
-    staged = StagedArchive(Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=root)), exact=live_root is not None)
+    staged = StagedArchive(staging_folder(root), exact=live_root is not None)
     try:
         unknown = index.packs() - set(packs)
         if unknown:

@@ -48,8 +48,9 @@ from .tools import process_exists
 #: Folder name prefix of restore staging areas inside MEDIA_ROOT; never archived.
 STAGING_PREFIX = ".backup-restore-"
 MAX_MEMBERS = 10_000_000
-#: What a staging folder adds to a name's path on restore: ``<prefix><8 random characters>/``.
-STAGING_EXTRA = len(STAGING_PREFIX) + 8 + 1
+#: What a staging folder adds to a name's path on restore: ``<prefix><pid>-<8 random characters>/`` (a pid has
+#: at most 7 digits: Linux's ``pid_max`` is at most 4,194,304).
+STAGING_EXTRA = len(STAGING_PREFIX) + 7 + 1 + 8 + 1
 
 logger = logging.getLogger("backup_app")
 
@@ -756,8 +757,7 @@ def stage_archive(
     if root is not None:
         root.mkdir(parents=True, exist_ok=True)
     live_root = _plain_local_root(storage)
-    folder = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=root))  # its owner in its name
-    staged = StagedArchive(folder, exact=live_root is not None)
+    staged = StagedArchive(staging_folder(root), exact=live_root is not None)
     folders: set[Path] = set()
     checked: set[str] = set()
     try:
@@ -781,6 +781,12 @@ def stage_archive(
         abandon_archive(staged)
         raise
     return staged
+
+
+def staging_folder(root: Path | None) -> Path:
+    """A new staging folder in ``root`` (MEDIA_ROOT; None: the temp folder), named after this process
+    (``.backup-restore-<pid>-<random>``) so that :func:`remove_stale_staging` leaves it while it runs."""
+    return Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=root))
 
 
 def remove_stale_staging(storage) -> list[str]:

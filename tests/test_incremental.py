@@ -690,3 +690,30 @@ def test_a_crafted_media_index_is_refused(entries, message):
 def test_an_index_whose_header_miscounts_its_files_is_refused():
     with pytest.raises(RestoreError, match="header says 2"):
         parse_index(index_bytes(entry("a.txt"), files=2), None)
+
+
+STALE_STAGING = (
+    "from backup_app.media import media_storage, remove_stale_staging; print(remove_stale_staging(media_storage()))"
+)
+
+
+def test_a_running_incremental_restores_staging_folder_stays_and_a_killed_ones_goes(site):
+    """The staging folder carries its restore's pid (``.backup-restore-<pid>-…``, as an archive restore's
+    does): cleaning up beside a running restore leaves it; once that restore is killed the next run removes it."""
+    from test_interrupted import Held
+
+    write_media(site.media, small=20, big=1)
+    site.invoke("backup")
+    held = Held(site, "restore:staged", "backup_restore", "--noinput", "--skip-db").paused("restore:staged")
+    staging = [p.name for p in site.media.glob(".backup-restore-*")]
+    assert len(staging) == 1, staging
+
+    cleaned = site.manage("shell", "--no-imports", "-c", STALE_STAGING).stdout
+
+    assert cleaned.strip() == "[]" and (site.media / staging[0]).is_dir(), cleaned
+    assert staging[0].startswith(f".backup-restore-{held.proc.pid}-"), staging
+    held.signal(signal.SIGKILL)
+    held.proc.wait(timeout=60)
+    done = site.invoke("rollback")
+    assert f"Removed {staging[0]}, left in the media folder by an interrupted restore" in done.stderr, done.output
+    assert list(site.media.glob(".backup-restore-*")) == []
