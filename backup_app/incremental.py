@@ -169,6 +169,37 @@ class Previous:
             key: line for key, line in self.lines.items() if all(p.decode() in present for p in _PACK.findall(line))
         }
 
+    def follow(self, storage, listing: Listing, gpg: GpgSpec | None) -> None:
+        """Point the lines that name a repacked pack at where its blobs are now (:func:`find_moves`).  A move
+        record that cannot be read here (encrypted, without the secret key) leaves those lines as they are:
+        :meth:`keep_only` then drops them and their files are read again."""
+        gone = set(self.packs) - set(listing.packs)
+        if not gone or not listing.moves:
+            return
+        try:
+            moves = find_moves(storage, gone, GpgSpec.for_decryption() if gpg is not None else None, listing)
+        except Exception:
+            return
+        names = {old.encode(): move for old, move in moves.items()}
+        for key, line in list(self.lines.items()):
+            if not any(p in names for p in _PACK.findall(line)):
+                continue
+            chunks = []
+            for sha, pack, offset, length in _CHUNK.findall(line[line.rfind(b',"chunks":') :]):
+                offset, length = int(offset), int(length)
+                move = names.get(pack)
+                if move is not None:
+                    at = move.offsets.get(offset)
+                    if at is None or at[1] != length:
+                        break  # the move lost this blob: the file is read again
+                    pack, offset = move.target.encode(), at[0]
+                chunks.append([sha.decode(), pack.decode(), offset, length])
+            else:
+                start = line.rfind(b',"chunks":') + len(b',"chunks":')
+                self.lines[key] = line[:start] + json.dumps(chunks, separators=(",", ":")).encode("ascii") + b"}"
+        for move in moves.values():
+            self.packs[move.target] = move.info
+
     def blobs(self) -> KnownBlobs:
         """Every blob the lines name: SHA-256 -> (pack, offset, length)."""
         return KnownBlobs(self.lines.values())
@@ -302,7 +333,7 @@ class PackWriter:
                     out.write(blob)
 
         result: StoredFile = store_stream(self.storage, name, produce, compression=self.compression, gpg=self.gpg)
-        self.stats.packs[name] = {"size": result.size, "sha256": result.sha256}
+        self.stats.packs[name] = {"size": result.size, "sha256": result.sha256, "bytes": len(data)}
         self.stats.new_packs += 1
         self.stats.new_bytes += result.size
 
@@ -397,8 +428,12 @@ def write_media(
     old_lines: dict[bytes, bytes] = {}
     reusable_packs: dict[str, dict] = {}
     if previous is not None:
-        present = set(list_packs(storage))
+        listing = list_store(storage, repacked=False)  # one listing while no pack the previous set names moved
+        if not set(previous.packs) <= set(listing.packs):
+            listing.add_repacked(storage)
+        present = set(listing.packs)
         if not set(previous.packs) <= present:
+            previous.follow(storage, listing, gpg)  # a repacked pack: its lines point at where its blobs are now
             previous.keep_only(present)  # a pack is gone: the files that need it are read again
         reusable_packs, old_lines = previous.packs, previous.lines
     known: KnownBlobs | None = None  # the previous blobs, read out when first needed
@@ -651,16 +686,205 @@ def recall_index(folder: Path, where: str, set_name: str, index_sha256: str, pac
     return Previous(lines, packs)
 
 
-def list_packs(storage) -> dict[str, int | None]:
-    """Every pack in the backup storage with its size where the listing gives it (one listing of the folder)."""
+def _list_folder(storage, folder: str) -> dict[str, int | None]:
     try:
         if isinstance(storage, RemoteStorage):
-            found = storage.list_sizes(PACK_FOLDER)
+            found = storage.list_sizes(folder)
         else:
-            found = dict.fromkeys(storage.listdir(PACK_FOLDER)[1])
+            found = dict.fromkeys(storage.listdir(folder)[1])
     except FileNotFoundError:
         return {}
-    return {f"{PACK_FOLDER}/{name}": size for name, size in found.items()}
+    return {f"{folder}/{name}": size for name, size in found.items()}
+
+
+def list_packs(storage, needed: set[str] | None = None) -> dict[str, int | None]:
+    """Every pack in the backup storage with its size where the listing gives it (one listing of each folder;
+    only of :data:`PACK_FOLDER` when that holds every pack of ``needed``)."""
+    listing = list_store(storage, repacked=needed is None)
+    if needed is not None and not needed <= set(listing.packs):
+        listing.add_repacked(storage)
+    return listing.packs
+
+
+def list_store(storage, *, repacked: bool = True) -> Listing:
+    """The packs and move records in the backup storage: one listing of :data:`PACK_FOLDER` and, unless
+    ``repacked`` is False, one of :data:`REPACK_FOLDER` (:meth:`Listing.add_repacked`)."""
+    listing = Listing()
+    listing.packs.update(_list_folder(storage, PACK_FOLDER))
+    if repacked:
+        listing.add_repacked(storage)
+    return listing
+
+
+# --- repacked packs: where their blobs are now ----------------------------------------------------------
+#
+# A set's index names each blob by (pack, offset) and is checksummed in the set's manifest, which is never
+# rewritten.  Repacking a pack P (when few of its blobs are still needed) writes the blobs still needed into
+# a new pack Q, then a *move record* saying where each of them is in Q, and only then deletes P.  A reader
+# whose index names a pack that is no longer in the storage follows its move record (or a chain of them,
+# if Q was repacked in turn) and checks every blob against the SHA-256 its index gives, as always.
+#
+# Both live in REPACK_FOLDER, a folder of their own: a prune of a version before repacking, which deletes
+# every file of PACK_FOLDER that no manifest names, never sees them.  A record's name says which pack it
+# moves and into which (so pruning needs no read to know which packs are still needed); its content is
+# compressed and encrypted like the packs (offsets and lengths say where files begin and end).
+
+#: Where repacking writes its packs and move records.
+REPACK_FOLDER = f"{PACK_FOLDER}/repacked"
+MOVES_FORMAT = "backup_app/media-moves/1"
+#: A move record's name: ``<old pack's id>-to-<new pack's id>.moves[.gz|.zst][.gpg]``.
+_MOVE_NAME = re.compile(r"([0-9a-f]{32})-to-([0-9a-f]{32})\.moves(\.[a-z.]+)?$")
+
+
+def pack_id(pack: str) -> str:
+    """The random id of a pack's name (``media-packs/<id>.pack.gz`` -> ``<id>``)."""
+    return pack.rsplit("/", 1)[-1].split(".", 1)[0]
+
+
+def move_target_id(record: str) -> str:
+    """The id of the pack a move record moves into (from its name)."""
+    return _MOVE_NAME.match(record.rsplit("/", 1)[-1]).group(2)
+
+
+@dataclass
+class Listing:
+    """What :func:`list_store` found: every pack (both folders) and every move record, by the id it moves."""
+
+    packs: dict[str, int | None] = field(default_factory=dict)
+    moves: dict[str, str] = field(default_factory=dict)  # id of a moved pack -> its move record
+    records: dict[str, int | None] = field(default_factory=dict)  # every move record -> its size
+    repacked: bool = False  # REPACK_FOLDER listed too
+
+    def add_repacked(self, storage) -> None:
+        """List :data:`REPACK_FOLDER` too: the packs repacking wrote and the move records."""
+        if self.repacked:
+            return
+        self.repacked = True
+        for name, size in _list_folder(storage, REPACK_FOLDER).items():
+            moved = _MOVE_NAME.match(name.rsplit("/", 1)[-1])
+            if moved is None:
+                self.packs[name] = size
+            else:
+                self.moves[moved.group(1)] = name
+                self.records[name] = size
+
+
+@dataclass
+class Move:
+    """Where the blobs of a moved pack are now: the pack, its stored size and SHA-256, and each blob's offset."""
+
+    target: str
+    info: dict
+    offsets: dict[int, tuple[int, int]]  # offset in the old pack -> (offset in ``target``, length)
+
+
+def move_record_name(old: str, new: str) -> str:
+    _base, compression, encrypted = split_extension(new.rsplit("/", 1)[-1])
+    suffix = SUFFIX[compression or "none"] + (".gpg" if encrypted else "")
+    return f"{REPACK_FOLDER}/{pack_id(old)}-to-{pack_id(new)}.moves{suffix}"
+
+
+def write_move(storage, old: str, new: str, info: dict, blobs: list[tuple[int, int, int]], gpg) -> str:
+    """Store the move record of ``old`` into ``new`` (``blobs``: old offset, new offset, length); returns its name."""
+    name = move_record_name(old, new)
+    _base, compression, _encrypted = split_extension(name.rsplit("/", 1)[-1])
+    body = {"format": MOVES_FORMAT, "from": old, "to": new, **info, "blobs": [list(b) for b in blobs]}
+    data = json.dumps(body, separators=(",", ":")).encode()
+    store_stream(storage, name, lambda out: out.write(data), compression=compression or "none", gpg=gpg)
+    return name
+
+
+def read_move(storage, record: str, gpg: GpgSpec | None) -> dict:
+    """A move record, checked (format, names, offsets); RestoreError names it and what is wrong."""
+    _base, compression, encrypted = split_extension(record.rsplit("/", 1)[-1])
+    with open_stream(storage, record, compression=compression, encrypted=encrypted, gpg=gpg or GpgSpec()) as s:
+        data = b"".join(iter(lambda: s.read(1024 * 1024), b""))
+    try:
+        body = json.loads(data)
+        blobs = [(int(o), int(n), int(n_len)) for o, n, n_len in body["blobs"]]
+        ok = (
+            body.get("format") == MOVES_FORMAT
+            and pack_id(str(body["from"])) == _MOVE_NAME.match(record.rsplit("/", 1)[-1]).group(1)
+            and pack_id(str(body["to"])) == move_target_id(record)
+            and isinstance(body.get("size"), int)
+            and isinstance(body.get("sha256"), str)
+            and all(o >= 0 and n >= 0 and 0 < n_len <= CHUNK_SIZE for o, n, n_len in blobs)
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):
+        ok = False
+    if not ok:
+        raise RestoreError(f"media move record {record} is not a valid move record; the media data is damaged")
+    body["blobs"] = blobs
+    return body
+
+
+def find_moves(storage, needed: set[str], gpg: GpgSpec | None, listing: Listing | None = None) -> dict[str, Move]:
+    """For each pack of ``needed`` that is no longer in the storage but was repacked: where its blobs are now
+    (a chain of moves followed).  A pack that is gone without a record is left out (the caller says it is
+    missing).  With no move record in the storage this is one listing and nothing read."""
+    listing = listing if listing is not None else list_store(storage)
+    found: dict[str, Move] = {}
+    if not listing.moves:
+        return found
+    for pack in sorted(needed):
+        if pack in listing.packs:
+            continue
+        current, offsets, info, seen = pack, None, {}, set()
+        while current not in listing.packs and current not in seen:
+            record = listing.moves.get(pack_id(current))
+            if record is None:
+                break
+            seen.add(current)
+            body = read_move(storage, record, gpg)
+            step = {old: (new, length) for old, new, length in body["blobs"]}
+            if offsets is None:
+                offsets = step
+            else:
+                offsets = {o: step[n] for o, (n, length) in offsets.items() if n in step and step[n][1] == length}
+            info = {k: body[k] for k in ("size", "sha256", "bytes") if k in body}
+            current = str(body["to"])
+        if current in listing.packs and offsets is not None:
+            found[pack] = Move(current, info, offsets)
+    return found
+
+
+def relocated(index: MediaIndex, packs: dict[str, dict], moves: dict[str, Move]) -> tuple[MediaIndex, dict]:
+    """``index`` with every chunk of a moved pack pointed at where its blob is now, and the pack table with the
+    new packs added (``index`` itself is not changed).  RestoreError if a move lost a blob the index needs."""
+    if not moves:
+        return index, packs
+    files = []
+    for entry in index.files:
+        if any(chunk[1] in moves for chunk in entry.chunks):
+            chunks = []
+            for sha, pack, offset, length in entry.chunks:
+                move = moves.get(pack)
+                if move is not None:
+                    at = move.offsets.get(offset)
+                    if at is None or at[1] != length:
+                        raise RestoreError(
+                            f"media pack {pack} was repacked into {move.target} without blob {sha[:12]}; "
+                            "the media data is damaged"
+                        )
+                    pack, offset = move.target, at[0]
+                chunks.append((sha, pack, offset, length))
+            entry = FileEntry(entry.path, entry.size, entry.mode, entry.mtime_ns, chunks, entry.owner)
+        files.append(entry)
+    table = dict(packs)
+    for move in moves.values():
+        table[move.target] = move.info
+    return MediaIndex(files=files, folders=index.folders), table
+
+
+def follow_moves(storage, index: MediaIndex, packs: dict[str, dict], gpg) -> tuple[MediaIndex, dict]:
+    """:func:`relocated` with the moves of the packs ``index`` needs: one listing of :data:`PACK_FOLDER`, and
+    only if a pack is not there one of :data:`REPACK_FOLDER` and a read of the move records of those gone."""
+    needed = index.packs()
+    listing = list_store(storage, repacked=False)
+    if needed <= set(listing.packs):
+        return index, packs
+    listing.add_repacked(storage)
+    return relocated(index, packs, find_moves(storage, needed, gpg, listing))
 
 
 # --- reading packs -------------------------------------------------------------------------------------
@@ -740,12 +964,13 @@ def check_packs(storage, packs: dict[str, dict], index: MediaIndex, gpg: GpgSpec
 
     Returns a line of what was checked; RestoreError names the first pack that is missing or damaged.
     """
-    needed = index.packs()
-    unknown = needed - set(packs)
+    unknown = index.packs() - set(packs)
     if unknown:
         raise RestoreError(f"the media index needs pack {sorted(unknown)[0]}, which its manifest does not name")
+    index, packs = follow_moves(storage, index, packs, gpg)
+    needed = index.packs()
     if not read_data:
-        listed = list_packs(storage)
+        listed = list_packs(storage, needed)
         for pack in sorted(needed):
             if pack not in listed:
                 raise RestoreError(f"media pack {pack} is missing from the backup storage")
@@ -763,6 +988,118 @@ def check_packs(storage, packs: dict[str, dict], index: MediaIndex, gpg: GpgSpec
         read_pack(storage, pack, packs[pack], extents, gpg, lambda _o, _b: None)
         blobs += len(extents)
     return f"{len(needed)} packs read, {blobs} blobs match their SHA-256"
+
+
+# --- repacking -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class RepackStats:
+    """What :func:`repack` did."""
+
+    repacked: list[str] = field(default_factory=list)  # old packs whose blobs moved (deleted)
+    new: list[str] = field(default_factory=list)  # the packs written
+    moved_bytes: int = 0  # blob bytes copied
+    freed: int = 0  # stored bytes of the old packs
+    stored: int = 0  # stored bytes of the new packs
+
+
+def repack(
+    storage,
+    todo: dict[str, list[tuple[int, int, str]]],
+    table: dict[str, dict],
+    *,
+    read_gpg: GpgSpec | None,
+    write_gpg: GpgSpec | None,
+) -> RepackStats:
+    """Move the blobs ``todo`` names (pack -> its blobs still needed: offset, length, SHA-256) into new packs.
+
+    ``table`` gives each old pack's stored size and SHA-256.  Packs of one kind (compression, encryption) go
+    into new packs of that kind up to :data:`PACK_TARGET`; the blobs of one old pack never part.  For each
+    new pack, in this order: its old packs are read (every blob and their whole SHA-256 checked); the new
+    pack is written, then read back and every blob checked; then a move record per old pack is written and
+    read back; only then are the old packs deleted.  Every set finds every blob at every instant: before the
+    move records its old packs are untouched; after them its old packs may go.  Stopped or failed before the
+    old packs are deleted, the records and the new pack are deleted (a killed run leaves them to the next
+    prune, which deletes a pack no record names and finishes a move whose record reads back).
+    """
+    stats = RepackStats()
+    kinds: dict[str, list[str]] = {}
+    for pack in sorted(todo):
+        _base, compression, encrypted = split_extension(pack.rsplit("/", 1)[-1])
+        kinds.setdefault(SUFFIX[compression or "none"] + (".gpg" if encrypted else ""), []).append(pack)
+    for suffix, packs in kinds.items():
+        batch: list[str] = []
+        planned = 0
+        for pack in packs:
+            size = sum(length for _o, length, _s in todo[pack])
+            if batch and planned + size > PACK_TARGET:
+                _repack_into(storage, batch, todo, table, suffix, read_gpg, write_gpg, stats)
+                batch, planned = [], 0
+            batch.append(pack)
+            planned += size
+        if batch:
+            _repack_into(storage, batch, todo, table, suffix, read_gpg, write_gpg, stats)
+    return stats
+
+
+def _repack_into(storage, batch, todo, table, suffix, read_gpg, write_gpg, stats: RepackStats) -> None:
+    """Repack the old packs ``batch`` into one new pack (see :func:`repack`)."""
+    from .interrupts import shielded
+    from .testing import pause_at
+
+    compression = next((kind for kind, ending in SUFFIX.items() if ending and suffix.startswith(ending)), "none")
+    buffer = bytearray()
+    layout: dict[str, list[tuple[int, int, int]]] = {}  # old pack -> (old offset, new offset, length)
+    extents: list[tuple[int, int, str]] = []  # in the new pack
+    for old in batch:
+        moved = layout[old] = []
+
+        def consume(offset: int, blob: memoryview, moved=moved) -> None:
+            moved.append((offset, len(buffer), len(blob)))
+            extents.append((len(buffer), len(blob), hashlib.sha256(blob).hexdigest()))
+            buffer.extend(blob)
+
+        read_pack(storage, old, table[old], todo[old], read_gpg, consume)
+    new = f"{REPACK_FOLDER}/{uuid.uuid4().hex}.pack{suffix}"
+    view = memoryview(buffer)
+
+    def produce(out) -> None:
+        stored = getattr(out, "write_stored", None)
+        for offset, length, _sha in extents:
+            blob = view[offset : offset + length]
+            if stored is not None and length >= STORE_PROBE_MIN and incompressible(blob):
+                stored(blob)
+            else:
+                out.write(blob)
+
+    result = store_stream(storage, new, produce, compression=compression, gpg=write_gpg)
+    records: list[str] = []
+    try:
+        pause_at("prune:repack-written")
+        info = {"size": result.size, "sha256": result.sha256, "bytes": len(buffer)}
+        read_pack(storage, new, info, extents, read_gpg, lambda _o, _b: None)  # it reads back, every blob
+        pause_at("prune:repack-verified")
+        for old in batch:
+            records.append(write_move(storage, old, new, info, layout[old], write_gpg))
+            if read_move(storage, records[-1], read_gpg)["blobs"] != layout[old]:
+                raise BackupError(f"media move record {records[-1]} does not read back as written")
+        pause_at("prune:repack-recorded")
+    except BaseException:
+        with shielded():
+            for name in [*records, new]:
+                with suppress(Exception):
+                    storage.delete(name)
+        raise
+    stats.new.append(new)
+    stats.stored += result.size
+    stats.moved_bytes += len(buffer)
+    for number, old in enumerate(batch):
+        storage.delete(old)
+        stats.repacked.append(old)
+        stats.freed += table[old].get("size") or 0
+        if number == 0:
+            pause_at("prune:repack-deleted")
 
 
 # --- restoring -----------------------------------------------------------------------------------------
@@ -893,6 +1230,7 @@ def stage_index(media, storage, index: MediaIndex, packs: dict[str, dict], gpg: 
         unknown = index.packs() - set(packs)
         if unknown:
             raise RestoreError(f"the media index needs pack {sorted(unknown)[0]}, which its manifest does not name")
+        index, packs = follow_moves(storage, index, packs, gpg)  # packs repacked since the set was written
         wanted: list[FileEntry] = []
         checked: set[str] = set()
         if live_root is not None:

@@ -10,7 +10,10 @@ staged), ``restore:loading:<alias>`` (PostgreSQL: the staging database made and 
 nothing loaded yet), ``restore:in-place-dump:<alias>`` (a restore in place: the live tables found free by
 MariaDB's lock probe, their safety dump not started), ``restore:swap-renaming:<alias>`` (MariaDB's swap:
 the live and staged triggers, routines, events and views dropped, the tables unlocked, the ``RENAME TABLE`` not
-run yet); several steps may be named, separated by commas.
+run yet), ``prune:sets-deleted`` (the sets retention drops are deleted, no pack yet),
+``prune:repack-written``, ``prune:repack-verified``, ``prune:repack-recorded`` and ``prune:repack-deleted`` (a
+repack's new pack written; read back; its move records written; the first old pack deleted:
+docs/incremental.md); several steps may be named, separated by commas.
 Without the variable :func:`pause_at` only reads the environment.
 """
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -19,10 +20,11 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, export_public, gpg_agents
+from reference import differences, file_stats
 from test_remote_storage import point_at, s3_server, sftp_server, workdir  # noqa: F401 - fixtures
 
 from backup_app.errors import RestoreError
-from backup_app.incremental import INDEX_FORMAT, PACK_FOLDER, parse_index
+from backup_app.incremental import INDEX_FORMAT, PACK_FOLDER, REPACK_FOLDER, parse_index
 
 PRUNE = (
     "from backup_app.actions import prune; from backup_app.sets import Retention; "
@@ -77,7 +79,7 @@ def stored(folder: Path) -> dict[str, int]:
 
 def packs_on_disk(site) -> set[str]:
     folder = site.backups / PACK_FOLDER
-    return {f"{PACK_FOLDER}/{p.name}" for p in folder.iterdir()} if folder.is_dir() else set()
+    return {f"{PACK_FOLDER}/{p.name}" for p in folder.iterdir() if p.is_file()} if folder.is_dir() else set()
 
 
 def manifests(site, folder: Path | None = None) -> list[dict]:
@@ -543,6 +545,90 @@ def test_prune_leaves_every_pack_when_a_manifest_cannot_be_read(site):
     assert packs_on_disk(site) == packs
 
 
+def repacked_on_disk(site) -> set[str]:
+    folder = site.backups / REPACK_FOLDER
+    return {f"{REPACK_FOLDER}/{p.name}" for p in folder.iterdir()} if folder.is_dir() else set()
+
+
+def churned(site) -> dict[str, dict]:
+    """Three sets: photos replaced in each, so that the first pack is mostly blobs only the first set needs.
+    Returns each set's media state, by set name."""
+    write_media(site.media, small=40, big=4, big_mb=1)  # one pack: notes and four photos
+    states = {}
+    for round in range(3):
+        if round:
+            for i in range(3):  # three of the four photos replaced
+                (site.media / "photos" / f"p{i}.jpg").write_bytes(os.urandom(1024 * 1024 + round))
+        site.invoke("backup", "--skip-db")
+        states[site.sets()[0]["name"]] = file_stats(site.media)
+    return states
+
+
+#: Restore every complete set, one after the other, into the emptied media folder, in one process (a
+#: process per set cost most of the kill test's time); prints each set's reference.file_stats of the media.
+RESTORE_EACH = """
+import json, shutil, sys
+from pathlib import Path
+from django.conf import settings
+sys.path.insert(0, "tests")
+from reference import file_stats
+from backup_app.actions import restore
+from backup_app.sets import list_sets
+from backup_app.storage import backup_storage
+media = Path(settings.MEDIA_ROOT)
+found = {}
+for bset in [s for s in list_sets(backup_storage()) if s.complete]:
+    for path in media.iterdir():
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    restore.run(restore.RestoreOptions(media_file=bset.media_file.name, skip_db=True, safety=False))
+    found[bset.name] = file_stats(media)
+print(json.dumps(found))
+"""
+
+
+def restores_exactly(site, states: dict[str, dict]) -> None:
+    """Every complete set restores into an emptied media folder to what it backed up (reference.file_stats:
+    every file's bytes, mode, owner, mtime, every folder's mode)."""
+    found = json.loads(site.manage("shell", "--no-imports", "-c", RESTORE_EACH).stdout.splitlines()[-1])
+    assert found, "no complete set"
+    for name, stats in found.items():
+        assert stats == states[name], (name, differences(states[name], stats))
+
+
+def test_a_pack_mostly_of_pruned_blobs_is_repacked_and_every_kept_set_restores_exactly(site):
+    states = churned(site)
+    [first_pack] = manifests(site)[-1]["media"]["packs"]
+    before = sum(stored(site.backups).values())
+    keep_two = {"INVENTREE_BACKUP_KEEP": "2"}
+
+    planned = json.loads(site.manage("backup_create", "--dry-run", "--clean", "--json", extra_env=keep_two).stdout)
+    assert planned["repacked"]["packs"] == [first_pack]  # a quarter of it is still needed
+    assert sum(stored(site.backups).values()) == before  # the dry run wrote and deleted nothing
+
+    result = site.invoke("backup", "--skip-db", "--clean", extra_env=keep_two)  # the first set goes
+    assert "Repacked 1 media packs into 1" in result.stderr, result.stderr
+    assert first_pack not in packs_on_disk(site)
+    [new_pack] = [p for p in repacked_on_disk(site) if ".pack" in p]
+    [record] = [p for p in repacked_on_disk(site) if ".moves" in p]
+    assert sum(stored(site.backups).values()) < before  # the pack shrank by the photos only the first set had
+    kept = [s["name"] for s in site.sets()]
+    states[kept[0]] = file_stats(site.media)
+    restores_exactly(site, states)  # the set written before the repack finds its blobs through the record
+    assert "blobs match" in site.invoke("verify", "--read-data", "--set", kept[-1]).stdout
+
+    # The next backup reads nothing again and names the new pack, not the old one.
+    site.invoke("backup", "--skip-db")
+    newest = manifests(site)[0]["media"]
+    assert newest["read_bytes"] == 0 and newest["new_packs"] == 0
+    assert new_pack in newest["packs"] and first_pack not in newest["packs"]
+    # Once no set needs the old pack's name, its move record goes; the new pack stays.
+    site.invoke("backup", "--skip-db", "--clean", extra_env={"INVENTREE_BACKUP_KEEP": "1"})
+    assert repacked_on_disk(site) == {new_pack}
+    states[site.sets()[0]["name"]] = file_stats(site.media)
+    restores_exactly(site, states)
+    assert record not in repacked_on_disk(site)
+
+
 # --- killed runs ----------------------------------------------------------------------------------------
 
 
@@ -653,8 +739,81 @@ def test_a_prune_killed_half_way_leaves_every_kept_set_restorable_exactly(site, 
         empty(site.media)
         site.invoke("restore", "--skip-db", "--media-file", index)
         assert media_state(site.media) == states[entry["name"]], entry["name"]
-    prune(site, keep=1)
-    assert packs_on_disk(site) == set().union(*(m["media"]["packs"] for m in manifests(site)))
+    prune(site, keep=1)  # which also repacks the first pack: most of it only the deleted sets needed
+    assert packs_on_disk(site) | repacked_on_disk(site) == needed_on_disk(site)
+
+
+REPACK_STEPS = [
+    "prune:sets-deleted",  # the old sets deleted, no pack yet
+    "prune:repack-written",  # the new pack written, not read back
+    "prune:repack-verified",  # ... read back, no move record yet
+    "prune:repack-recorded",  # ... its move records written and read back, the old pack still there
+    "prune:repack-deleted",  # ... the old pack deleted, the prune not finished
+]
+
+
+def needed_on_disk(site) -> set[str]:
+    """What the complete and incomplete sets' manifests need, worked out here from the files: each pack a
+    manifest names if it is there, else its move record and the pack that record moves it into."""
+    on_disk = packs_on_disk(site) | repacked_on_disk(site)
+    by_id = {name.rsplit("/", 1)[-1].split(".", 1)[0]: name for name in on_disk if ".moves" not in name}
+    needed = set()
+    for manifest in site.backups.glob("*.manifest.metadata"):
+        for pack in json.loads(manifest.read_text())["media"]["packs"]:
+            ident = pack.rsplit("/", 1)[-1].split(".", 1)[0]
+            while ident not in by_id:
+                [record] = [n for n in on_disk if n.rsplit("/", 1)[-1].startswith(f"{ident}-to-")]
+                needed.add(record)
+                ident = record.rsplit("/", 1)[-1].split("-to-")[1].split(".", 1)[0]
+            needed.add(by_id[ident])
+    return needed
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_prune_killed_at_each_step_of_a_repack_leaves_every_kept_set_restorable_and_no_orphan(site, signum):
+    states = churned(site)
+    saved = site.root / "saved"
+    shutil.copytree(site.backups, saved / "backup")
+    for step in REPACK_STEPS:
+        shutil.rmtree(site.backups)
+        shutil.copytree(saved / "backup", site.backups)
+        resume = site.root / f"resume-{step.replace(':', '-')}"
+        killed = subprocess.Popen(
+            [sys.executable, "manage.py", "backup_create", "--skip-db", "--clean"],
+            cwd=ROOT,
+            env={
+                **site.env,
+                "INVENTREE_BACKUP_KEEP": "2",
+                "BACKUP_APP_PAUSE_AT": step,
+                "BACKUP_APP_RESUME_FILE": str(resume),
+            },
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        said = []
+        for line in killed.stderr:
+            said.append(line)
+            if line.strip() == f"paused at {step}":
+                break
+        assert said and said[-1].strip() == f"paused at {step}", "".join(said)
+        states[site.sets()[0]["name"]] = file_stats(site.media)  # the set the killed run wrote
+        if signum == signal.SIGKILL:
+            os.killpg(killed.pid, signal.SIGKILL)
+        else:
+            os.kill(killed.pid, signal.SIGTERM)  # as docker stop sends it
+        rest = killed.stderr.read()
+        assert killed.wait(timeout=120) == 128 + signum or signum == signal.SIGKILL, (step, rest)
+        if signum == signal.SIGTERM:  # a handled signal: the move under way is undone, not left to the next prune
+            assert not [n for n in repacked_on_disk(site) if ".moves" in n] or step == "prune:repack-deleted", step
+        restores_exactly(site, states)
+        assert packs_on_disk(site) | repacked_on_disk(site) >= needed_on_disk(site), step
+
+        site.manage("shell", "--no-imports", "-c", PRUNE.format(keep=3))  # the next prune: no set goes
+        assert packs_on_disk(site) | repacked_on_disk(site) == needed_on_disk(site), step  # no orphan
+        restores_exactly(site, states)
 
 
 # --- a crafted index is refused before anything is written -------------------------------------------------

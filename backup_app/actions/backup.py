@@ -31,7 +31,7 @@ from ..history import note_manifest, record_run
 from ..incremental import (
     IncrementalStats,
     Previous,
-    list_packs,
+    list_store,
     parse_index,
     recall_index,
     remember_index,
@@ -197,6 +197,7 @@ class BackupPlan:
     checks: list[dict]  # id, level, message of every backup_app check found
     deleted: list[str] = field(default_factory=list)  # with --clean: the files retention would delete
     clean: bool = False
+    repacked: dict | None = None  # with --clean: the media packs it would repack (packs, needed, bytes)
 
     @property
     def ok(self) -> bool:
@@ -219,6 +220,12 @@ class BackupPlan:
             out.append(f"  --clean would delete {len(self.deleted)} files: " + ", ".join(self.deleted))
         elif self.clean:
             out.append("  --clean would delete nothing")
+        if self.repacked and self.repacked["packs"]:
+            r = self.repacked
+            out.append(
+                f"  --clean would repack {len(r['packs'])} media packs ({size_text(r['needed'])} of "
+                f"{size_text(r['bytes'])} still needed): " + ", ".join(r["packs"])
+            )
         out.append("  checks pass" if self.ok else "  the backup would be refused: fix the errors above")
         return out
 
@@ -236,12 +243,14 @@ class BackupPlan:
             "media": self.media,
             "checks": self.checks,
             "deleted": self.deleted,
+            "repacked": self.repacked,
         }
 
 
 def plan(options: BackupOptions | None = None) -> BackupPlan:
     """What :func:`run` with ``options`` would write, where, with which connector and compression, what
-    ``--clean`` would delete, and what the checks say.  Reads the storage's listing; writes nothing."""
+    ``--clean`` would delete (and repack: it reads the media index of every incremental set it keeps), and what
+    the checks say.  Reads the storage's listing; writes nothing."""
     options = options or BackupOptions()
     if options.skip_db and options.skip_media:
         raise BackupError("--skip-db and --skip-media together leave nothing to back up")
@@ -282,6 +291,7 @@ def plan(options: BackupOptions | None = None) -> BackupPlan:
         names = list(iter_media(source))
         media = {"files": len(names), "bytes": media_size(source)}
     deleted: list[str] = []
+    repacked = None
     if options.clean:
         new = BackupSet(name=stamp, created=timezone.now(), status="complete")
         deleted = doomed(
@@ -296,7 +306,11 @@ def plan(options: BackupOptions | None = None) -> BackupPlan:
         after = [s for s in sets if naming.manifest_name(s.name) not in gone]
         base = _base_set(sets, options.encrypt) if media is not None and mode == "incremental" else None
         after += [base] if base is not None else []
-        deleted += prune.packs_to_delete(list_packs(storage), sets, after)
+        listing = list_store(storage)
+        gpg = prune._decryption()
+        deleted += prune.packs_to_delete(storage, listing, sets, after, gpg=gpg)
+        repack = prune.plan_repack(storage, after, gpg, listing)
+        repacked = {"packs": sorted(repack.packs), "needed": repack.needed_bytes, "bytes": repack.total_bytes}
     return BackupPlan(
         storage=describe(storage),
         set_name=stamp,
@@ -308,6 +322,7 @@ def plan(options: BackupOptions | None = None) -> BackupPlan:
         checks=checks,
         deleted=deleted,
         clean=options.clean,
+        repacked=repacked,
     )
 
 

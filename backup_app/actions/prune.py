@@ -11,11 +11,28 @@ from dataclasses import dataclass, field
 
 from ..engines import SiteLock, site_lock
 from ..errors import BackupAppError, BackupError
-from ..incremental import list_packs
+from ..incremental import (
+    CHUNK_SIZE,
+    Listing,
+    RepackStats,
+    follow_moves,
+    list_store,
+    move_target_id,
+    pack_id,
+    parse_index,
+    read_move,
+    repack,
+)
+from ..pipeline import GpgSpec
 from ..progress import NO_PROGRESS, Progress
 from ..secrets import redact
 from ..sets import BackupSet, Naming, Retention, doomed, held_back, list_sets, list_sizes, writer_gone
 from ..storage import backup_storage
+from ..testing import pause_at
+from .common import read_checked
+
+#: A pack is repacked when less than this share of its bytes is still needed by the sets left.
+REPACK_BELOW = 0.5
 
 
 @dataclass
@@ -28,6 +45,7 @@ class PruneOptions:
 @dataclass
 class PruneResult:
     deleted: list[str] = field(default_factory=list)
+    repacked: RepackStats | None = None
 
 
 def prune(
@@ -55,7 +73,10 @@ def prune(
     names = doomed(sets, retention, include_legacy=include_legacy, protect=protect)
     for name in names:
         storage.delete(name)
-    names += unreferenced_packs(storage, sets, progress)
+    pause_at("prune:sets-deleted")
+    gpg = _decryption()
+    names += unreferenced_packs(storage, sets, progress, gpg)
+    repacked = repack_sparse(storage, progress, gpg)
     aborted = abort_uploads(storage, sets, progress)
     if aborted:
         progress.step(f"Aborted {len(aborted)} unfinished uploads of killed or cut-off backups: " + ", ".join(aborted))
@@ -65,7 +86,7 @@ def prune(
         progress.step(f"Nothing to remove (keeping {retention.keep} sets)")
     for name, why in held_back(sets, protect):
         progress.step(f"Kept set {name}, which is not complete: {why}; check it and delete its files by hand")
-    return PruneResult(deleted=names)
+    return PruneResult(deleted=names, repacked=repacked)
 
 
 def abort_uploads(storage, sets: list[BackupSet], progress: Progress = NO_PROGRESS) -> list[str]:
@@ -83,34 +104,195 @@ def abort_uploads(storage, sets: list[BackupSet], progress: Progress = NO_PROGRE
         return []
 
 
-def unreferenced_packs(storage, before: list[BackupSet], progress: Progress = NO_PROGRESS) -> list[str]:
-    """Delete the media packs no manifest in ``storage`` names (the caller holds the site lock); returns them.
+def unreferenced_packs(
+    storage, before: list[BackupSet], progress: Progress = NO_PROGRESS, gpg: GpgSpec | None = None
+) -> list[str]:
+    """Delete the media packs and move records no manifest needs (the caller holds the site lock); returns them.
 
-    Every set with a readable manifest keeps its packs, complete or not.  If any manifest cannot be read,
-    now or in ``before`` (the sets as they were when pruning began), nothing is deleted (its set might need
-    any pack): pruning says so and leaves the packs.
+    Every set with a readable manifest keeps its packs, complete or not, and the packs its repacked ones moved
+    into.  If any manifest cannot be read, now or in ``before`` (the sets as they were when pruning began),
+    nothing is deleted (its set might need any pack): pruning says so and leaves the packs.
     """
-    packs = list_packs(storage)
-    if not packs:
+    listing = list_store(storage)
+    if not listing.packs and not listing.records:
         return []
-    gone = packs_to_delete(packs, before, list_sets(storage), progress)
+    gone = packs_to_delete(storage, listing, before, list_sets(storage), progress, gpg)
     for name in gone:
         storage.delete(name)
     return gone
 
 
-def packs_to_delete(packs, before: list[BackupSet], after: list[BackupSet], progress: Progress = NO_PROGRESS):
-    """The packs of ``packs`` (names) that no set of ``after`` names; none if a manifest of ``before`` or
-    ``after`` cannot be read (said through ``progress``).  Deletes nothing: pruning and its dry run share it."""
+def packs_to_delete(
+    storage,
+    listing: Listing,
+    before: list[BackupSet],
+    after: list[BackupSet],
+    progress: Progress = NO_PROGRESS,
+    gpg: GpgSpec | None = None,
+) -> list[str]:
+    """The packs and move records of ``listing`` that no set of ``after`` needs; none if a manifest of
+    ``before`` or ``after`` cannot be read (said through ``progress``).  Deletes nothing: pruning and its dry
+    run share it.
+
+    A set needs the packs its manifest names and, for each of them that was repacked, the move record and the
+    pack it moved into (and so on).  An old pack that is still there beside its move record is a repack
+    stopped before its last step: if the record reads back and the new pack is there, the old pack is no longer
+    needed (deleting it finishes the repack); otherwise the record is.
+    """
+    if _unreadable(before, after, progress):
+        return []
+    present = {pack_id(name): name for name in listing.packs}
+    needed: set[str] = set()
+    frontier = [pack_id(pack) for bset in after for pack in bset.packs]
+    seen: set[str] = set()
+    while frontier:
+        ident = frontier.pop()
+        if ident in seen:
+            continue
+        seen.add(ident)
+        record = listing.moves.get(ident)
+        name = present.get(ident)
+        if record is None:
+            if name is not None:
+                needed.add(name)
+            continue
+        if name is not None and not _finished_move(storage, record, present, gpg):
+            needed.add(name)  # the move did not get that far: its record goes, the old pack stays
+            continue
+        needed.add(record)
+        frontier.append(move_target_id(record))
+    return [name for name in [*listing.packs, *listing.records] if name not in needed]
+
+
+def _finished_move(storage, record: str, present: dict[str, str], gpg: GpgSpec | None) -> bool:
+    """Whether the move ``record`` got as far as its record: the new pack is there and the record reads back."""
+    if move_target_id(record) not in present:
+        return False
+    try:
+        read_move(storage, record, gpg)
+    except Exception:
+        return False
+    return True
+
+
+def _unreadable(before: list[BackupSet], after: list[BackupSet], progress: Progress) -> bool:
     for bset in [*before, *after]:
         unreadable = [p for p in bset.problems if p.startswith("manifest ")]
         if bset.unreadable or bset.status == "unreadable":
             unreadable = unreadable or [f"manifest of set {bset.name} cannot be read"]
         if unreadable:
             progress.step(f"Media packs left alone: {unreadable[0]}")
-            return []
-    needed = {pack for bset in after for pack in bset.packs}
-    return [name for name in packs if name not in needed]
+            return True
+    return False
+
+
+def _decryption() -> GpgSpec | None:
+    try:
+        return GpgSpec.for_decryption()
+    except Exception:
+        return None
+
+
+@dataclass
+class RepackPlan:
+    """The packs a prune would repack: each with the blobs still needed (offset, length, SHA-256)."""
+
+    packs: dict[str, list[tuple[int, int, str]]] = field(default_factory=dict)
+    table: dict[str, dict] = field(default_factory=dict)  # stored size, SHA-256 (and bytes) of every pack known
+    needed_bytes: int = 0  # blob bytes of ``packs`` still needed
+    total_bytes: int = 0  # all the bytes of ``packs``
+    reason: str | None = None  # why some or all packs cannot be considered
+
+
+def plan_repack(storage, sets: list[BackupSet], gpg: GpgSpec | None, listing: Listing | None = None) -> RepackPlan:
+    """The packs of which less than :data:`REPACK_BELOW` of the bytes is still needed by ``sets``.
+
+    Reads the media index of every incremental set (and the move records of packs it needs that were
+    repacked).  A set whose index cannot be read here (an encrypted one without the secret key) keeps every
+    pack it names whole; a set whose manifest cannot be read stops all repacking.  Writes nothing.
+    """
+    plan = RepackPlan()
+    listing = listing if listing is not None else list_store(storage)
+    if _unreadable(sets, [], NO_PROGRESS):
+        plan.reason = "a manifest cannot be read"
+        return plan
+    needed: dict[str, set[tuple[int, int, str]]] = {}
+    frozen: set[str] = set()
+    for bset in sets:
+        packs = bset.packs
+        if not packs:
+            continue
+        for name, info in packs.items():
+            if "bytes" in info or name not in plan.table:
+                plan.table[name] = info
+        try:
+            if bset.media_file is None:
+                raise BackupError(f"set {bset.name} has no media index")
+            with read_checked(storage, bset.media_file, gpg or GpgSpec()) as stream:
+                index = parse_index(stream, packs)
+            index, table = follow_moves(storage, index, packs, gpg)
+        except Exception as err:
+            frozen |= set(packs)
+            plan.reason = plan.reason or f"the media index of set {bset.name} cannot be read ({redact(err)})"
+            continue
+        for name, info in table.items():
+            plan.table.setdefault(name, info)
+        for entry in index.files:
+            for sha, pack, offset, length in entry.chunks:
+                needed.setdefault(pack, set()).add((offset, length, sha))
+    # A pack a frozen set names may have moved: what it moved into is frozen too (its needed blobs unknown).
+    present = {pack_id(name): name for name in listing.packs}
+    idents = [pack_id(p) for p in frozen]
+    while idents:
+        record = listing.moves.get(idents.pop())
+        if record is not None and move_target_id(record) in present:
+            frozen.add(present[move_target_id(record)])
+            idents.append(move_target_id(record))
+    for pack, blobs in sorted(needed.items()):
+        if pack not in listing.packs or pack in frozen or pack_id(pack) in listing.moves:
+            continue  # gone, kept whole, or a repack of it was stopped half way (the next prune finishes it)
+        if any(length > CHUNK_SIZE for _o, length, _s in blobs):
+            continue
+        used = sum(length for _o, length, _s in blobs)
+        info = plan.table.get(pack) or {}
+        total = info.get("bytes") or max(offset + length for offset, length, _s in blobs)
+        if used < REPACK_BELOW * total:
+            plan.packs[pack] = sorted(blobs)
+            plan.needed_bytes += used
+            plan.total_bytes += total
+    return plan
+
+
+def repack_sparse(storage, progress: Progress = NO_PROGRESS, gpg: GpgSpec | None = None) -> RepackStats | None:
+    """Repack the packs the sets left need less than :data:`REPACK_BELOW` of (the caller holds the site lock).
+
+    Says what was done, or on one line why it was not; a failed repack leaves every pack as it was and does not
+    fail the prune.  A signal stops it the same way (and is raised again).
+    """
+    try:
+        listing = list_store(storage)
+        if not listing.packs:
+            return None
+        plan = plan_repack(storage, list_sets(storage), gpg, listing)
+        if plan.reason:
+            progress.step(f"Media packs kept whole where needed: {plan.reason}")
+        if not plan.packs:
+            return None
+        encrypted = any(name.endswith(".gpg") for name in plan.packs)
+        write_gpg = GpgSpec.for_encryption() if encrypted else None  # the new packs: to the same recipient
+        done = repack(storage, plan.packs, plan.table, read_gpg=gpg, write_gpg=write_gpg)
+    except Exception as err:
+        progress.step(f"Media packs not repacked: {redact(err)}; every pack is kept as it was")
+        return None
+    progress.step(
+        f"Repacked {len(done.repacked)} media packs into {len(done.new)}: {_mib(done.moved_bytes)} still needed "
+        f"moved, {_mib(done.freed - done.stored)} freed"
+    )
+    return done
+
+
+def _mib(n: int) -> str:
+    return f"{n / 1024 / 1024:.1f} MiB"
 
 
 def confirm_complete(storage, name: str):
