@@ -701,6 +701,84 @@ def test_a_stock_databases_dump_restores_into_the_site_and_not_before_the_swap(m
     assert mysql_site.snapshot_db() == backed_up_rows
 
 
+@pytest.fixture
+def other_mysql_database():
+    """A name for another site's database (``prod``), made on the server only when the test asks (dropped after)."""
+    from conftest import _my_connect, unique_name
+
+    name = unique_name("prod15")
+    made = []
+
+    def make() -> None:
+        conn = _my_connect()
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE DATABASE `{name}`")
+        conn.close()
+        made.append(name)
+
+    yield name, make
+    conn = _my_connect()
+    with conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+    conn.close()
+
+
+def site_with_log_trigger(site, database: str) -> None:
+    """A log table and a trigger on demo_part writing to it through ``database``.log15."""
+    site.sql("CREATE TABLE log15 (part int)")
+    site.sql(
+        f"CREATE TRIGGER log15 AFTER INSERT ON demo_part FOR EACH ROW INSERT INTO `{database}`.log15 VALUES (NEW.id)"
+    )
+
+
+@pytest.mark.parametrize("exists", [False, True], ids=["prod-absent", "prod-present"])
+def test_a_stock_databases_dump_of_a_database_of_another_name_moves_into_the_site(
+    mysql_site, other_mysql_database, exists
+):
+    # The same dump whether or not the server has `prod`: before, it was refused where `prod` existed and, where
+    # not, its trigger went on writing to `prod` (or to nothing).
+    prod, make = other_mysql_database
+    live = mysql_site.env["INVENTREE_DB_NAME"]
+    mysql_site.manage("demo_data")
+    site_with_log_trigger(mysql_site, live)
+    dump = stock_databases_dump(mysql_site).replace(f"`{live}`".encode(), f"`{prod}`".encode())
+    assert f"`{prod}`.log15".encode() in dump and f"USE `{prod}`".encode() in dump
+    rows = mysql_site.snapshot_db()
+    mysql_site.sql("DELETE FROM log15")
+    if exists:
+        make()
+    file = elsewhere(mysql_site, "InvenTree-db-2001-01-01-000000.sql", dump)
+
+    mysql_site.invoke("restore", "--db-file", str(file), "--skip-media")
+
+    assert mysql_site.snapshot_db() == rows
+    mysql_site.sql(
+        "INSERT INTO demo_part (name, description, quantity, created, attachment) VALUES ('n', '', 1, now(), '')"
+    )
+    assert len(mysql_site.snapshot_db()["log15"]) == len(rows["log15"]) + 1  # the trigger writes to the site
+
+
+@pytest.mark.parametrize("exists", [False, True], ids=["other-absent", "other-present"])
+def test_a_dump_whose_trigger_writes_another_database_is_refused_whether_or_not_it_is_here(
+    mysql_site, other_mysql_database, exists
+):
+    other, make = other_mysql_database
+    mysql_site.manage("demo_data")
+    site_with_log_trigger(mysql_site, other)
+    dump = stock_databases_dump(mysql_site)
+    mysql_site.sql("DROP TRIGGER log15")
+    before, databases = mysql_site.snapshot_db(), my_databases(mysql_site)
+    if exists:
+        make()
+    file = elsewhere(mysql_site, "InvenTree-db-2001-01-01-000000.sql", dump)
+
+    result = mysql_site.invoke("restore", "--db-file", str(file), "--skip-media", check=False)
+
+    assert_refused(result, file.name, f"names another database ({other}.)", "nothing was changed")
+    assert mysql_site.snapshot_db() == before
+    assert my_databases(mysql_site) == databases
+
+
 def test_a_stock_databases_dump_cut_half_way_leaves_the_live_database_as_it_was(mysql_site):
     mysql_site.manage("demo_data")
     dump = stock_databases_dump(mysql_site)

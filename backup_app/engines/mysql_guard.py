@@ -13,8 +13,9 @@ Refused, wherever they stand (inside routine and trigger bodies and ``/*! ... */
 - client commands: a backslash outside a quoted string, ``source``/``system``/``connect``... statements, a
   ``DELIMITER`` other than ``;``, ``;;``, ``$$``, ``|`` (what could make the client and the guard read the
   dump differently);
-- other databases: ``USE``, ``CREATE``/``DROP``/``ALTER DATABASE``, any ``name.`` that names a database of
-  the server other than the target (``information_schema`` aside, which cannot be written);
+- other databases: ``USE``, ``CREATE``/``DROP``/``ALTER DATABASE``, any ``name.`` other than the target's
+  that is no table or alias of its statement (``NEW.``/``OLD.`` in a trigger aside), whether or not the
+  server has a database of that name (``information_schema`` aside, which cannot be written);
 - the server and its accounts: ``GRANT``, ``REVOKE``, users, roles and passwords, ``SET GLOBAL``, plugins and
   ``SONAME`` libraries, replication, ``FLUSH``/``RESET``/``PURGE``/``KILL``/``SHUTDOWN``/``BINLOG``/``BACKUP``;
 - files and other servers: ``LOAD DATA``/``LOAD XML``/``LOAD_FILE``, ``INTO OUTFILE``/``DUMPFILE``,
@@ -24,7 +25,8 @@ Refused, wherever they stand (inside routine and trigger bodies and ``/*! ... */
   ``ANSI_QUOTES`` or a mode that implies them, a client character set whose characters can hide a quote
   (big5, cp932, gbk, sjis, gb18030), either set from anything but a literal or a copy saved from the server.
 
-Names of the site's own database (``own``: the live one a staging load stands in for) in a trigger, view,
+Names of the site's own database (``own``: the live one a staging load stands in for), or of the one database
+a ``--databases`` dump names (a site's dump moved to a database of another name), in a trigger, view,
 routine or event (``CREATE ... TRIGGER`` and the rest of its body) are made the target's name as they pass,
 so that nothing the dump defines reaches the live database while it loads; the swap gives the objects the
 site's name back (:func:`~.mysql.renamed`).  Anywhere else such a name refuses the dump like any other
@@ -279,8 +281,8 @@ class _Refused(Exception):
 class StatementGuard(io.RawIOBase):
     """A readable stream of the statements of the dump ``raw`` that stay in database ``target``.
 
-    ``databases`` are the names of the server's databases (as the restoring user sees them): a name of one
-    of them other than ``target`` is a statement on another database.
+    ``databases`` are the names of the server's databases (as the restoring user sees them); since a dump's
+    ``other.`` is refused whether or not the server has ``other``, they are not needed any more.
     """
 
     def __init__(self, raw: BinaryIO, *, target: str, databases: set[str], sql_mode: str = "", own: str = ""):
@@ -292,7 +294,10 @@ class StatementGuard(io.RawIOBase):
         self._mode = _modes(sql_mode)  # as the server reads the dump now (the client's session starts global)
         self._saved_modes: dict[str, frozenset[str]] = {}  # @x = @@sql_mode copies
         self._next_mode: frozenset[str] | None = None  # set by the statement being checked
-        self._others = {d.lower() for d in databases} - {target.lower(), "information_schema"}
+        #: Names before a ``.`` that stay in the target: itself, and information_schema (which cannot be written).
+        #: Any other that is no table or alias of its statement names another database, whether or not the
+        #: server has one of that name now (so ``databases`` no longer decides anything).
+        self._mine = {target.lower(), "information_schema"}
         self._buf = bytearray()
         self._pos = 0  # scan position in _buf
         self._start = 0  # start of the current statement in _buf
@@ -573,10 +578,13 @@ class StatementGuard(io.RawIOBase):
                         self._check_charset(tokens[i + (2 if value == "CHARACTER" else 1) :])
             if kind in ("w", "q") and after == ("p", ".") and (i == 0 or tokens[i - 1] not in (("p", "."), ("p", "@"))):
                 name = str(value).lower()
-                if name in self._others and not _alias_column(tokens, words, i):
-                    if not (defines and name == self._own):
+                if name not in self._mine and not _alias_column(tokens, words, i):
+                    if defines and name in (self._own, (self._source or "").lower()) and name:
+                        self._renames.append(i)  # the dump's own database, by the site's name or the dump's
+                    elif not (defines and kind == "w" and value in ("NEW", "OLD")):
+                        # Whether or not the server has that database now: a name that is no alias of the
+                        # statement is a database's (a trigger or routine would reach it once it exists).
                         raise _Refused(f"names another database ({name}.)")
-                    self._renames.append(i)
             if kind == "p" and value == "@" and i + 1 < len(tokens) and self._user_variable(tokens, i + 1):
                 self._note_user_variable(tokens, i)
         return False
