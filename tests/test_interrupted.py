@@ -1014,3 +1014,39 @@ def test_a_failed_restore_test_shows_its_own_error_first_when_its_scratch_cannot
     assert f"the scratch copy (database {scratch}) was not removed" in problems[1], out
     assert "cannot drop a template database" in problems[1], out
     assert "is not currently accepting connections" in err.splitlines()[-1], err
+
+
+def test_a_superuser_site_restore_in_place_killed_after_its_load_leaves_nothing_the_next_restore_keeps(
+    postgres_site,
+):
+    # Issue 15: the throwaway role owns what it loaded until the owners are given back; killed in between, the
+    # next restore hands that on, drops the restore's schema in the live database and the role.
+    from conftest import _pg_connect
+
+    postgres_site.env["INVENTREE_BACKUP_CONNECTOR_OPTIONS"] = json.dumps({"SCHEMAS": ["public"]})
+    live = postgres_site.env["INVENTREE_DB_NAME"]
+    postgres_site.manage("demo_data")
+    postgres_site.invoke("backup", "--skip-media")
+    backed_up = postgres_site.snapshot_db()
+    postgres_site.sql("DELETE FROM demo_part WHERE id % 2 = 0")
+    step = "restore:in-place-loaded:default"
+    held = Held(postgres_site, step, "backup_restore", "--noinput", "--skip-media").paused(step)
+    (role,) = restore_roles_of(held.proc.pid)
+    held.signal(signal.SIGKILL)
+    held.finish()
+
+    result = postgres_site.invoke("restore", "--skip-media")
+
+    assert f"Removed {role}" in result.stderr, result.stderr
+    assert restore_roles_of(held.proc.pid) == []
+    with _pg_connect(live) as conn:
+        assert (
+            conn.execute("SELECT nspname FROM pg_namespace WHERE starts_with(nspname, 'bk_restore_')").fetchall() == []
+        )
+        owners = conn.execute(
+            "SELECT DISTINCT pg_get_userbyid(relowner) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = 'public' UNION SELECT pg_get_userbyid(nspowner) FROM pg_namespace"
+            " WHERE nspname = 'public'"
+        ).fetchall()
+    assert sorted(owners) == [("pg_database_owner",), ("postgres",)]
+    assert postgres_site.snapshot_db() == backed_up

@@ -928,6 +928,7 @@ class PostgresEngine(ServerEngine):
             except BaseException:
                 self._abandon_in_place(login.user, login.user)  # the schema is named as the role
                 raise
+        pause_at(f"restore:in-place-loaded:{self.alias}")
         try:  # the load is committed: from here on, a failure leaves it in place (the safety dump undoes it)
             with self._admin(self.name, options=STAGING_OPTIONS) as conn:
                 give_back(conn, login.user, site, held)
