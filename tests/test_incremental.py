@@ -550,7 +550,7 @@ def repacked_on_disk(site) -> set[str]:
     return {f"{REPACK_FOLDER}/{p.name}" for p in folder.iterdir()} if folder.is_dir() else set()
 
 
-def churned(site) -> dict[str, dict]:
+def churned(site, *backup_args: str) -> dict[str, dict]:
     """Three sets: photos replaced in each, so that the first pack is mostly blobs only the first set needs.
     Returns each set's media state, by set name."""
     write_media(site.media, small=40, big=4, big_mb=1)  # one pack: notes and four photos
@@ -559,7 +559,7 @@ def churned(site) -> dict[str, dict]:
         if round:
             for i in range(3):  # three of the four photos replaced
                 (site.media / "photos" / f"p{i}.jpg").write_bytes(os.urandom(1024 * 1024 + round))
-        site.invoke("backup", "--skip-db")
+        site.invoke("backup", "--skip-db", *backup_args)
         states[site.sets()[0]["name"]] = file_stats(site.media)
     return states
 
@@ -741,6 +741,34 @@ def test_a_prune_killed_half_way_leaves_every_kept_set_restorable_exactly(site, 
         assert media_state(site.media) == states[entry["name"]], entry["name"]
     prune(site, keep=1)  # which also repacks the first pack: most of it only the deleted sets needed
     assert packs_on_disk(site) | repacked_on_disk(site) == needed_on_disk(site)
+
+
+def test_encrypted_packs_are_repacked_encrypted_and_a_host_without_the_secret_key_keeps_them_whole(
+    site, gpg_home, tmp_path
+):
+    public_only = tmp_path / "public-only"
+    export_public(gpg_home, public_only)
+    site.env.update({"INVENTREE_BACKUP_GPG_RECIPIENT": gpg_home.email, "INVENTREE_BACKUP_GPG_HOME": str(public_only)})
+    states = churned(site, "--encrypt")
+    [first_pack] = manifests(site)[-1]["media"]["packs"]
+    keep_two = {"INVENTREE_BACKUP_KEEP": "2"}
+
+    # A host that can only encrypt cannot read the indexes: every pack is kept whole, on one line.
+    result = site.invoke("backup", "--skip-db", "--encrypt", "--clean", extra_env=keep_two)
+    assert "Media packs kept whole where needed: the media index of set" in result.stderr, result.stderr
+    assert first_pack in packs_on_disk(site) and not repacked_on_disk(site)
+
+    # With the secret key the next prune repacks, into an encrypted pack and an encrypted move record.
+    secret = {**keep_two, "INVENTREE_BACKUP_GPG_HOME": str(gpg_home.path)}
+    result = site.invoke("backup", "--skip-db", "--encrypt", "--clean", extra_env=secret)
+    assert "Repacked 1 media packs into 1" in result.stderr, result.stderr
+    assert first_pack not in packs_on_disk(site)
+    assert repacked_on_disk(site) and all(name.endswith(".gz.gpg") for name in repacked_on_disk(site))
+    for entry in site.sets():
+        states.setdefault(entry["name"], file_stats(site.media))
+    site.env["INVENTREE_BACKUP_GPG_HOME"] = str(gpg_home.path)
+    restores_exactly(site, states)
+    assert gpg_agents(public_only) == []
 
 
 REPACK_STEPS = [
