@@ -149,6 +149,26 @@ def test_pg_dumps_own_restrict_key_cannot_lift_ours(postgres_site, tmp_path):
     assert not ran.exists()
 
 
+@pytest.mark.parametrize("schemas", [None, ["public"]], ids=["swap", "in-place"])
+def test_a_plain_inserts_dump_keeps_a_line_that_reads_like_a_key_line(postgres_site, schemas):
+    """A row whose text holds lines ``\\restrict abc`` / ``\\unrestrict abc`` (in a ``--inserts`` dump: inside a
+    multi-line string, data to psql) comes back whole; before, the filter took them out (restore exit 0)."""
+    with_options(postgres_site, CONNECTOR=PLAIN, DUMP_SUFFIX="--inserts", **({"SCHEMAS": schemas} if schemas else {}))
+    postgres_site.manage("demo_data")
+    text = "first line\n\\restrict abc\n\\unrestrict abc\nlast line"
+    postgres_site.sql(f"UPDATE demo_part SET description = '{text}' WHERE id = (SELECT min(id) FROM demo_part)")
+    postgres_site.invoke("backup")
+    name = next(f["name"] for f in newest(postgres_site)["files"] if f["kind"] == "db")
+    assert "\n\\restrict abc\n" in gzip.decompress((postgres_site.backups / name).read_bytes()).decode()
+    before = postgres_site.snapshot_db()
+    postgres_site.sql("UPDATE demo_part SET description = 'changed'")
+
+    postgres_site.invoke("restore")
+
+    assert postgres_site.snapshot_db() == before
+    assert postgres_site.query("SELECT description FROM demo_part ORDER BY id LIMIT 1") == [[text]]
+
+
 # --------------------------------------------------------------------------- SINGLE_TRANSACTION, DROP, prefixes
 
 

@@ -8,10 +8,13 @@ random pieces, in two pieces cut at every byte and one byte at a time, beside th
 (``pg_filters_before.py``, as it was at ``6e805b8``), and must give the same bytes, the same held statements
 and the same refusal.
 
-The one reading the old ``RestrictedSql`` gave no single answer for: a line starting with a backslash and
-longer than 256 bytes was judged whole when it came in one read, passed unjudged when the read ended inside
-it.  It now always passes unjudged (as the old one did when read one byte at a time, the reference here); no
-such line is one it takes out (``\\restrict KEY`` with a 240-character key), and passing a line is what
+Two readings of the old ``RestrictedSql`` change on purpose.  It took out every line ``\\restrict K`` (and then
+``\\unrestrict K``) wherever it was, also inside a string literal or COPY data, where psql reads it as data: a
+row lost that line on restore.  Now only pg_dump's own two lines are taken out, found by where pg_dump puts them
+(:func:`by_position`, the reference here; the old one is compared wherever it took out no other line).  And a
+line starting with a backslash and longer than 256 bytes was judged whole when it came in one read, passed
+unjudged when the read ended inside it; it now always passes unjudged (as the old one did when read one byte at a
+time); no such line is one it takes out (``\\restrict KEY`` with a 240-character key), and passing a line is what
 ``\\restrict`` then refuses.
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import io
 import random
+import re
 
 import django
 import pytest
@@ -87,16 +91,55 @@ def every_byte(data: bytes) -> list[int]:
     return list(range(1, len(data)))
 
 
+KEY_LINE = re.compile(rb"\\(restrict|unrestrict) ([A-Za-z0-9]+)\r?\n?")
+NOT_BLANK = re.compile(rb"[^ \t\r\n]")
+
+
+def lines_of(data: bytes) -> list[bytes]:
+    return re.findall(rb"[^\n]*\n|[^\n]+", data)
+
+
+def judged(line: bytes) -> bool:
+    """A line starting with a backslash is judged when it ends within 256 bytes."""
+    return len(line) <= (257 if line.endswith(b"\n") else 256)
+
+
+def by_position(data: bytes) -> tuple[bytes, int]:
+    """What ``RestrictedSql`` passes, line by line on the whole input, and how many lines it takes out: the first
+    line starting with a backslash, when it is ``\\restrict K`` and only comment and blank lines come before it;
+    then ``\\unrestrict K`` (the same K) when it is the last line that is not blank."""
+    lines, key, first = lines_of(data), None, None
+    for i, line in enumerate(lines):
+        if line.startswith(b"\\"):
+            match = KEY_LINE.fullmatch(line) if judged(line) else None
+            if match and match.group(1) == b"restrict":
+                key, first = match.group(2), i
+            break
+        if not (line.startswith(b"--") or not NOT_BLANK.search(line)):
+            break
+    if key is None:
+        return data, 0
+    out = lines[:first] + lines[first + 1 :]
+    last = max((i for i, line in enumerate(out) if NOT_BLANK.search(line)), default=-1)
+    match = KEY_LINE.fullmatch(out[last]) if last >= first and judged(out[last]) else None
+    if match and match.groups() == (b"unrestrict", key):
+        return b"".join(out[:last] + out[last + 1 :]), 2
+    return b"".join(out), 1
+
+
 def reference(kind: str, data: bytes):
-    """What the old filters give: ``HeldStatements`` in one read; ``RestrictedSql`` one byte a read (its one
-    reading of a backslash line past 256 bytes that no read boundary changes), after ``HeldStatements`` for
-    ``both``."""
+    """What the filters give: ``RestrictedSql`` by :func:`by_position` (and as the old one read one byte a read,
+    its one reading of a backslash line past 256 bytes that no read boundary changes, wherever the old one took
+    out no other line than those); ``HeldStatements`` as the old one in one read; ``both``: one, then the other."""
     if kind == "restricted":
-        return run(BEFORE[kind], data, every_byte(data))
+        passed, taken = by_position(data)
+        if taken == sum(1 for line in lines_of(data) if judged(line) and KEY_LINE.fullmatch(line)):
+            assert run(BEFORE[kind], data, every_byte(data))[0] == passed
+        return passed, run(NEW[kind], b"")[1], None
     passed, kept, refusal = run(BEFORE["held"], data)
     if kind == "held" or refusal is not None:
         return passed, kept, refusal
-    return run(BEFORE["restricted"], passed, every_byte(passed))[0], kept, None
+    return by_position(passed)[0], kept, None
 
 
 #: Pieces of plain dumps: meta-commands, COPY and its end, quotes, dollar quotes, comments, held statements,
@@ -182,8 +225,29 @@ def test_a_backslash_line_about_the_longest_judged_is_read_as_before_wherever_it
 def test_a_long_backslash_line_read_whole_is_passed_unjudged():
     """The one change: before, a 300-byte ``\\restrict`` line came out or not by where the read ended."""
     line = b"\\restrict " + b"k" * 290 + b"\n"
-    data = b"SELECT 1;\n" + line + b"SELECT 2;\n"
-    assert run(BEFORE["restricted"], data)[0] == b"SELECT 1;\nSELECT 2;\n"
+    data = b"-- where pg_dump's key line is\n" + line + b"SELECT 2;\n"
+    assert run(BEFORE["restricted"], data)[0] == b"-- where pg_dump's key line is\nSELECT 2;\n"
     assert run(BEFORE["restricted"], data, every_byte(data))[0] == data
     for cuts in ([], [12], every_byte(data)):
         assert run(NEW["restricted"], data, cuts)[0] == data
+
+
+def test_a_key_line_inside_a_string_or_copy_data_passes_as_data():
+    """Only pg_dump's own key lines come out: the same lines in a multi-line string of a ``--inserts`` dump or in
+    COPY data are data (the old filter took them out: the row lost them on restore)."""
+    head = b"--\n-- PostgreSQL database dump\n--\n\n\\restrict Ab12\n\nSET x = 1;\n"
+    body = (
+        b"INSERT INTO public.t VALUES (1, 'first\n\\restrict Ab12\n\\unrestrict Ab12\n\\restrict Zz\nlast');\n"
+        b"COPY public.t (id, v) FROM stdin;\n\\restrict Zz\n\\unrestrict Ab12\n\\.\n"
+    )
+    data = head + body + b"\\unrestrict Ab12\n\n"
+    want = b"--\n-- PostgreSQL database dump\n--\n\n\nSET x = 1;\n" + body + b"\n"
+    assert run(BEFORE["restricted"], data)[0] != want
+    for cuts in ([], every_byte(data), *([cut] for cut in every_byte(data))):
+        assert run(NEW["restricted"], data, cuts)[0] == want, cuts
+    # not the last line that is not blank: it passes (psql refuses it at the top level: the restore fails)
+    assert run(NEW["restricted"], data + b"SELECT 1;\n")[0] == want[:-1] + b"\\unrestrict Ab12\n\nSELECT 1;\n"
+    # a backslash line before pg_dump's key line: that one is not taken out either
+    assert run(NEW["restricted"], b"\\x\n" + data)[0].startswith(
+        b"\\x\n--\n-- PostgreSQL database dump\n--\n\n\\restrict Ab12\n"
+    )

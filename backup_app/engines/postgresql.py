@@ -292,34 +292,108 @@ class RestrictedSql(FilteredReader):
     """A plain SQL dump for ``psql``, which runs any meta-command it meets (``\\! cmd`` is a shell command).
 
     It starts with ``\\restrict KEY`` (psql 15.14 and later), KEY random to this run: from there psql refuses
-    every meta-command but ``\\unrestrict KEY``, which no file can know.  pg_dump writes its own
-    ``\\restrict K`` at the top and ``\\unrestrict K`` at the end: those lines are left out (they would be
-    refused); every other byte passes unchanged, in bounded memory.
+    every meta-command but ``\\unrestrict KEY``, which no file can know (``own_key=False``: no such line, the
+    caller puts it first).  pg_dump writes its own ``\\restrict K`` at the top and ``\\unrestrict K`` at the
+    end: those two lines are left out (they would be refused), found by where they are: ``\\restrict K`` only
+    as the first line starting with a backslash when nothing but comment and blank lines come before it,
+    ``\\unrestrict K`` (the same K) only as the last line that is not blank.  Any other such line passes: inside
+    a string literal (a ``--inserts`` dump's text holding that line) it is data; at the top level psql refuses
+    it and the restore fails.  Every other byte passes unchanged, in bounded memory.
     """
 
-    _LINE = re.compile(rb"\\(restrict|unrestrict) ([A-Za-z0-9]+)\r?\n?")
+    _KEY = re.compile(rb"\\restrict ([A-Za-z0-9]+)\r?\n?")
     _LONGEST = 256  # a line starting with a backslash is judged when it ends within this many bytes
+    _HEAD_MOST = 1 << 16  # pg_dump's key line comes after four comment and blank lines: looked for this far
+    _TAIL_MOST = 1 << 12  # its ``\unrestrict`` line is followed by one blank line: held back with this many
     _BACKSLASH_LINE = re.compile(rb"\n\\")  # (a regular expression finds it faster than bytes.find)
+    _NOT_BLANK = re.compile(rb"[^ \t\r\n]")
 
-    def __init__(self, stream):
-        super().__init__(stream, b"\\restrict " + secrets.token_hex(24).encode() + b"\n")
-        self._keys: set[bytes] = set()
+    @staticmethod
+    def key_line() -> bytes:
+        return b"\\restrict " + secrets.token_hex(24).encode() + b"\n"
+
+    def __init__(self, stream, own_key: bool = True):
+        super().__init__(stream, self.key_line() if own_key else b"")
+        self._head: bytearray | None = bytearray()  # the start of the dump, until pg_dump's key line is found
+        self._unrestrict = None  # matches pg_dump's ``\unrestrict K`` line, once its ``\restrict K`` was found
         self._held = b""  # the start of a line beginning with a backslash, not yet judged
+        self._tail = b""  # pg_dump's ``\unrestrict K`` line and the blank bytes after it, while nothing else came
+        self._tail_line = 0  # the length of that line in it
         self._line_start = True
 
+    def _end_head(self, final: bool) -> None:
+        """Find pg_dump's ``\\restrict K``: the first line starting with a backslash, when only comment and blank
+        lines come before it.  Until that is decided, what was read is kept in ``_head``."""
+        head, pos = bytes(self._head), 0
+        while True:
+            nl = head.find(b"\n", pos)
+            end = len(head) if nl < 0 else nl + 1
+            line = head[pos:end]
+            if line.startswith(b"\\"):
+                if nl < 0 and not final and len(line) <= self._LONGEST:
+                    return  # judged once whole
+                whole = len(line) <= (self._LONGEST + 1 if nl >= 0 else self._LONGEST)
+                match = self._KEY.fullmatch(line) if whole else None
+                if match:
+                    self._unrestrict = re.compile(re.escape(b"\\unrestrict " + match.group(1)) + rb"\r?\n?")
+                self._out += head[:pos]
+                rest = head[end:] if match else head[pos:]
+                break
+            if pos > self._HEAD_MOST:
+                pass
+            elif nl >= 0 and (line.startswith(b"--") or not self._NOT_BLANK.search(line)):
+                pos = end
+                continue
+            elif nl < 0 and not final and (line[:2] in (b"--", b"-") or not self._NOT_BLANK.search(line)):
+                if len(head) <= self._HEAD_MOST:
+                    return  # may still be a comment or blank line
+            self._out += head[:pos]  # a line that is neither: pg_dump's key line is not there
+            rest = head[pos:]
+            break
+        self._head = None
+        if rest:
+            self._feed_body(rest)
+
     def _judge(self, line: bytes) -> bytes:
-        match = self._LINE.fullmatch(line)
-        if match is None:
-            return line
-        if match.group(1) == b"restrict":
-            self._keys.add(match.group(2))
+        if self._unrestrict is not None and self._unrestrict.fullmatch(line):
+            self._tail, self._tail_line = line, len(line)  # left out if only blank lines come after it
             return b""
-        return b"" if match.group(2) in self._keys else line
+        return line
+
+    def _after_tail(self, data: bytes, pos: int) -> int | None:
+        """With pg_dump's ``\\unrestrict`` line held: where ``data`` has something else than blanks from ``pos``
+        (the line then passes on), None when it has not (held with it)."""
+        match = self._NOT_BLANK.search(data, pos)
+        if match is None:
+            self._tail += data[pos:]
+            if len(self._tail) > self._TAIL_MOST:
+                self._out += self._tail
+                self._tail = b""
+            return None
+        self._out += self._tail
+        self._out += data[pos : match.start()]
+        self._tail = b""
+        return match.start()
 
     def _feed(self, data: bytes) -> None:
+        if self._head is None:
+            self._feed_body(data)
+        else:
+            self._head += data
+            self._end_head(final=False)
+
+    def _feed_body(self, data: bytes) -> None:
         """Every other line passes as a block: only a line starting with a backslash is looked at (found by
         ``\\n\\\\``), judged whole when it ends within :attr:`_LONGEST` bytes, else passed on as it came."""
         out, longest = self._out, self._LONGEST
+        if self._tail:
+            pos = self._after_tail(data, 0)
+            if pos is None:
+                self._line_start = data.endswith(b"\n")
+                return
+            if pos:
+                self._line_start = data[pos - 1] == 0x0A
+                data = data[pos:]
         if self._held:
             data, self._held = self._held + data, b""
             pos = 0
@@ -341,6 +415,11 @@ class RestrictedSql(FilteredReader):
             if nl >= 0:
                 out += self._judge(data[pos : nl + 1])
                 pos = nl + 1
+                if self._tail:
+                    pos = self._after_tail(data, pos)
+                    if pos is None:
+                        self._line_start = data.endswith(b"\n")
+                        return
             elif n - pos <= longest:
                 self._held = data[pos:]
                 return
@@ -352,7 +431,7 @@ class RestrictedSql(FilteredReader):
                     return
                 out += data[pos : nl + 1]
                 pos = nl + 1
-            if pos < n and data[pos] == 0x5C:  # the next line starts with a backslash too
+            if pos < n and data[pos] == 0x5C and data[pos - 1] == 0x0A:  # the next line starts with a backslash too
                 continue
             match = self._BACKSLASH_LINE.search(data, pos)
             if match is None:
@@ -363,9 +442,14 @@ class RestrictedSql(FilteredReader):
             pos = match.start() + 1
 
     def _finish(self) -> None:
+        if self._head is not None:
+            self._end_head(final=True)
         if self._held:
             self._out += self._judge(self._held)
             self._held = b""
+        if self._tail:  # pg_dump's ``\unrestrict K``, then only blank lines: it is left out, they pass
+            self._out += self._tail[self._tail_line :]
+            self._tail = b""
 
 
 @dataclass
@@ -1059,9 +1143,10 @@ class PostgresEngine(ServerEngine):
                 check_roles(admin, held, login.site)
             return lent.call("end_load", lent.end)
 
-        body = Appended(HeldStatements(stream, held, make_schema=lent.make_schema), end)
+        # pg_dump's own key lines are found where it puts them, before the load's own first and last calls
+        body = Appended(HeldStatements(RestrictedSql(stream, own_key=False), held, make_schema=lent.make_schema), end)
         with missing_roles_named():
-            tools.run_from(tool, RestrictedSql(PrefixedReader(lent.call("begin_load", lent.begin), body)))
+            tools.run_from(tool, PrefixedReader(RestrictedSql.key_line() + lent.call("begin_load", lent.begin), body))
 
     def _return_lent(self, conn, schema: str) -> None:
         """``public`` back to the owner it had (what the dump said of its grants stays), and the restore's schema
