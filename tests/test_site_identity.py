@@ -121,6 +121,31 @@ def test_another_sites_clean_leaves_a_backup_being_written_alone(two_sites):
     assert [s["status"] for s in b.sets() if s["site"].endswith("b.sqlite3")] == ["complete"]
 
 
+def test_another_sites_clean_leaves_the_packs_of_an_incremental_backup_being_written_alone(two_sites):
+    # The packs of an incremental backup are uploaded before its manifest, which alone names them: another
+    # site's prune (its own lock) took them for packs no manifest needs and deleted them; b then said
+    # "complete" and its set could not be restored.
+    from test_interrupted import Held
+
+    a, b = two_sites
+    for site in (a, b):
+        site.env["INVENTREE_BACKUP_MEDIA_MODE"] = "incremental"
+    (b.media / "big.bin").write_bytes(bytes(range(256)) * 4096)
+    held = Held(b, "backup:media-written", "backup_create", "--skip-db").paused("backup:media-written")
+
+    result = a.manage("backup_create", "--skip-db", "--clean", extra_env={"INVENTREE_BACKUP_KEEP": "1"})
+    held.go_on()
+    code, err = held.finish()
+
+    assert code == 0, err
+    (b.media / "big.bin").unlink()
+    (b.media / "whose.txt").write_text("changed on b")
+    b.manage("backup_restore", "--noinput", "--skip-db")
+    assert (b.media / "whose.txt").read_text() == "site b"
+    assert (b.media / "big.bin").read_bytes() == bytes(range(256)) * 4096
+    assert "Media packs left alone: set " in result.stderr and "is being written" in result.stderr, result.stderr
+
+
 def test_a_configured_site_id_is_the_same_site_whatever_its_database(tmp_path):
     shared = tmp_path / "shared-backups"
     old = sqlite_site_named(tmp_path / "old", "old.sqlite3", shared)

@@ -139,7 +139,7 @@ def packs_to_delete(
     stopped before its last step: if the record reads back and the new pack is there, the old pack is no longer
     needed (deleting it finishes the repack); otherwise the record is.
     """
-    if _unreadable(before, after, progress):
+    if _unreadable(before, after, progress) or _being_written(before, after, progress):
         return []
     present = {pack_id(name): name for name in listing.packs}
     needed: set[str] = set()
@@ -182,6 +182,23 @@ def _unreadable(before: list[BackupSet], after: list[BackupSet], progress: Progr
             unreadable = unreadable or [f"manifest of set {bset.name} cannot be read"]
         if unreadable:
             progress.step(f"Media packs left alone: {unreadable[0]}")
+            return True
+    return False
+
+
+def _being_written(before: list[BackupSet], after: list[BackupSet], progress: Progress) -> bool:
+    """Whether a set (of any site sharing the storage) is being written: an incremental backup uploads its packs
+    before its manifest, which alone names them, so no pack is unreferenced for sure until it ends."""
+    for bset in [*after, *before]:
+        if bset.status != "incomplete" or bset.manifest is not None or writer_gone(bset):
+            continue
+        if any(f.kind == "pending" for f in bset.extra):
+            writer = bset.writer or {}
+            who = f" (pid {writer['pid']} on {writer.get('host', '?')})" if writer.get("pid") else ""
+            progress.step(
+                f"Media packs left alone: set {bset.name} is being written{who}, and the packs it has stored are "
+                "named by no manifest yet; a later prune removes those no set needs"
+            )
             return True
     return False
 
