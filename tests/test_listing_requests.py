@@ -103,6 +103,48 @@ def test_listing_300_sets_is_one_list_per_1000_names_and_one_manifest_read_per_s
     assert len(reads) == SETS  # one per manifest
 
 
+def _put_unsigned(s3_server, keys: list[str]) -> None:  # noqa: F811
+    """Empty objects ``keys`` put into the same moto server by plain HTTP, as fast as it takes them: its
+    authentication is off for exactly that many requests (``/moto-api/reset-auth``), each is checked, and it is
+    on again after."""
+    import http.client
+    import urllib.request
+
+    url = s3_server.configure("x")[0]["endpoint_url"]
+    endpoint = urlsplit(url)
+
+    def reset_auth(count: int) -> None:
+        request = urllib.request.Request(
+            f"{url}/moto-api/reset-auth", data=str(count).encode(), method="POST",
+            headers={"Content-Type": "text/plain"},
+        )  # fmt: skip
+        urllib.request.urlopen(request, timeout=10).read()
+
+    def put(part: list[str]) -> None:
+        conn = http.client.HTTPConnection(endpoint.hostname, endpoint.port, timeout=30)
+        for key in part:
+            conn.request("PUT", f"/{BUCKET}/{key}", body=b"", headers={"Content-Length": "0"})
+            response = conn.getresponse()
+            response.read()
+            assert response.status == 200, (key, response.status)
+        conn.close()
+
+    reset_auth(len(keys))
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(put, [keys[i::4] for i in range(4)]))
+    finally:
+        reset_auth(0)
+    # Authentication is on again: an unsigned request is refused (moto answers 403, or 500 without a signature
+    # at all) and puts nothing.
+    conn = http.client.HTTPConnection(endpoint.hostname, endpoint.port, timeout=30)
+    conn.request("PUT", f"/{BUCKET}/{keys[0]}.unsigned", body=b"", headers={"Content-Length": "0"})
+    assert conn.getresponse().status in (403, 500)
+    conn.close()
+    listed = _admin_client(s3_server).list_objects_v2(Bucket=BUCKET, Prefix=f"{keys[0]}.unsigned")
+    assert listed["KeyCount"] == 0
+
+
 #: Objects put in the pack folder: more than one page of a listing.
 EXTRA_PACKS = 1_000
 
@@ -126,15 +168,8 @@ def test_listing_incremental_sets_costs_the_same_however_many_packs_the_store_ho
         return _requests_since(log, offset, prefix)
 
     before = listbackups()
-    client = _admin_client(s3_server)
-    with ThreadPoolExecutor(8) as pool:  # packs no set names (as a killed backup leaves them until the next prune)
-        list(
-            pool.map(
-                lambda i: client.put_object(Bucket=BUCKET, Key=f"{prefix}/{PACK_FOLDER}/{i:064x}.pack.gz", Body=b""),
-                range(EXTRA_PACKS),
-            )
-        )
-
+    # packs no set names (as a killed backup leaves them until the next prune)
+    _put_unsigned(s3_server, [f"{prefix}/{PACK_FOLDER}/{i:064x}.pack.gz" for i in range(EXTRA_PACKS)])
     after = listbackups()
     offset = log.stat().st_size
     sqlite_site.manage("backup_create", "--quiet", "--skip-db")
