@@ -1,7 +1,8 @@
 """``python -m bench.pg_filters DUMP [--before]``: MB/s of the plain-dump filters of a PostgreSQL restore.
 
 Reads the plain SQL file ``DUMP`` through ``RestrictedSql`` (psql meta-commands), ``HeldStatements`` (owner and
-default-privilege statements) and both stacked as a superuser site's restore stacks them, ``read(128 KiB)`` as
+default-privilege statements) and both stacked as a superuser site's restore stacks them, and (not with
+``--before``) guarded as a load in place reads them (a statement ending its transaction refused), ``read(128 KiB)`` as
 ``tools.run_from`` reads, and prints the MB/s of process CPU time (best of ``--repeat``).  ``--before``: the
 implementation they replaced (``tests/pg_filters_before.py``).  See docs/performance.md.
 """
@@ -42,6 +43,9 @@ def main(argv=None) -> int:
         "HeldStatements": lambda fh, held: held_statements(fh, held),
         "both": lambda fh, held: restricted(held_statements(fh, held)),
     }
+    if not args.before:  # a load in place: its own COMMIT refused (a site whose role is no superuser; both)
+        filters["guarded"] = lambda fh, held: restricted(held_statements(fh, None, guard=True))
+        filters["both guarded"] = lambda fh, held: restricted(held_statements(fh, held, guard=True))
     size = os.path.getsize(args.dump)
     for name, make in filters.items():
         best = None

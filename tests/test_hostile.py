@@ -1148,21 +1148,49 @@ def test_an_in_place_restore_of_a_superuser_site_runs_the_dump_with_no_superuser
     assert pg_leftover_schemas(live) == set()
 
 
-@pytest.mark.parametrize("end", ["COMMIT;", "ROLLBACK;", "COMMIT; BEGIN;"])
-def test_a_plain_dump_ending_the_in_place_transaction_itself_changes_nothing(postgres_site, end):
-    # The drops and the load commit together or not at all: a dump's own COMMIT must not commit the drops alone.
+ENDS = [
+    "COMMIT;",
+    "ROLLBACK;",
+    "COMMIT; BEGIN;",
+    "END;",
+    "ABORT;",
+    "COMMIT AND CHAIN;",
+    "/* c */ commit;",
+    "SELECT 1; COMMIT;",
+    "PREPARE TRANSACTION 'x';",
+]
+
+
+@pytest.mark.parametrize(
+    "site,end",
+    [("postgres_site", end) for end in ENDS[:3]] + [("pg_password_site", end) for end in ENDS],
+)
+def test_a_plain_dump_ending_the_in_place_transaction_itself_changes_nothing(request, site, end):
+    # The drops and the load commit together or not at all: a dump's own COMMIT must not commit the drops alone,
+    # whether the site's role is a superuser (loaded as a throwaway role) or not (loaded as itself).
+    postgres_site = request.getfixturevalue(site)
     postgres_site.env["INVENTREE_BACKUP_CONNECTOR_OPTIONS"] = json.dumps(
         {"SCHEMAS": ["public"], "CONNECTOR": "dbbackup.db.postgresql.PgDumpConnector"}
     )
     postgres_site.manage("demo_data")
     live = postgres_site.env["INVENTREE_DB_NAME"]
     before = postgres_site.snapshot_db()
-    sql = PLAIN_HEAD + f"{end}\nCREATE TABLE public.victim (id int);\n"
+    # A COMMIT inside a string, a function body, a comment or COPY data is data: only the last line is refused.
+    sql = PLAIN_HEAD + (
+        "CREATE TABLE public.victim (id int, t text);\n"
+        "CREATE FUNCTION public.f() RETURNS int LANGUAGE plpgsql AS $$ BEGIN COMMIT; RETURN 1; END $$;\n"
+        "/* COMMIT; */ -- COMMIT;\n"
+        "INSERT INTO public.victim VALUES (1, ';\nCOMMIT;');\n"
+        "COPY public.victim (id, t) FROM stdin;\n2\tx\n3\tCOMMIT;\n\\.\n"
+        f"{end}\nCREATE TABLE public.after (id int);\n"
+    )
     file = elsewhere(postgres_site, "InvenTree-db-2001-01-01-000000.psql.gz", gz(sql.encode()))
+    line_no = sql.count("\n", 0, sql.index(f"{end}\nCREATE TABLE public.after")) + 1
 
     result = postgres_site.invoke("restore", "--db-file", str(file), "--skip-media", check=False)
 
-    assert_refused(result, file.name)
+    line = assert_refused(result, file.name)
+    assert f"line {line_no} of the dump holds " in line and "nothing was changed" in line, line
     assert postgres_site.snapshot_db() == before
     assert stale_restore_roles() == set()
     assert pg_leftover_schemas(live) == set()

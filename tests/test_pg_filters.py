@@ -251,3 +251,78 @@ def test_a_key_line_inside_a_string_or_copy_data_passes_as_data():
     assert run(NEW["restricted"], b"\\x\n" + data)[0].startswith(
         b"\\x\n--\n-- PostgreSQL database dump\n--\n\n\\restrict Ab12\n"
     )
+
+
+# --- a load in place: a statement ending its one transaction is refused ----------------------------------------
+
+
+def guarded(data: bytes, cuts=()) -> tuple[bytes | None, str | None]:
+    passed, _kept, refusal = run(lambda stream, held: HeldStatements(stream, None, guard=True), data, cuts)
+    return passed, refusal
+
+
+def test_a_guarded_plain_dump_passes_whole_wherever_it_is_cut():
+    for cuts in [(), *([n] for n in every_byte(DUMP))]:
+        assert guarded(DUMP, cuts) == (DUMP, None)
+
+
+#: Not statements of their own: data, names, bodies, comments (line 2 of each is the one to look at).
+PASSED = [
+    b"SELECT 'x;\nCOMMIT;';\n",
+    b"SELECT $q$ ;\nCOMMIT; $q$;\n",
+    b'SELECT 1 AS "x;\nCOMMIT;";\n',
+    b"/* ; /* ; */\nCOMMIT; */ SELECT 1;\n",
+    b"SELECT 1; -- ; COMMIT;\nSELECT 2;\n",
+    b"COPY public.t (a) FROM stdin;\nCOMMIT;\n\\.\\.\n'\n\\.\nSELECT 1;\n",
+    b"CREATE TABLE commits (endless int);\nSELECT ended, committed FROM commits;\n",
+    b"SELECT E'x';\nSELECT 'C:\\dir';\n",
+]
+
+
+@pytest.mark.parametrize("data", PASSED)
+def test_a_commit_that_is_data_passes_a_guarded_load(data):
+    for cuts in [(), *([n] for n in every_byte(data))]:
+        assert guarded(data, cuts) == (data, None)
+
+
+#: Each refused, on line 2 (what psql would run as a statement of its own, or could read otherwise).
+REFUSED = [
+    b"SELECT 1;\nCOMMIT;\n",
+    b"SELECT 1;\n  end;\n",
+    b"SELECT 1;\nSELECT 2; ROLLBACK;\n",
+    b"SELECT 1;\n/* x */ Abort;\n",
+    b"SELECT 1;\n-- x\n",  # (line 3 below)
+    b"SELECT 1;\nSELECT 1 \\; COMMIT;\n",
+    b"SELECT 1;\nBEGIN;\n",
+    b"SELECT 1;\nSTART TRANSACTION;\n",
+    b"SELECT 1;\nPREPARE TRANSACTION 'x';\n",
+    b"SELECT 1;\nSAVEPOINT s;\n",
+    b"SELECT 1;\nRELEASE s;\n",
+    b"SELECT 1;\nSELECT abc$x$; COMMIT; $x$;\n",  # abc$x$ is one name to psql, no dollar quote
+    b"SELECT 1;\nSELECT E'\\''; COMMIT; '';\n",  # E'\'' is one quote to psql
+    b"SELECT 1;\nSELECT 'a\\'; COMMIT; --';\n",  # standard_conforming_strings off: the same
+    b"SELECT 1;\nCOPY t FROM stdin; COPY u FROM stdin;\n1\n\\.\n'\n\\.\nCOMMIT;\n",
+    b"SELECT 1;\nCOPY t\nFROM stdin;\n'\n\\.\nCOMMIT;\n",
+    b"SELECT 1;\nSELECT 1; COPY t FROM stdin;\n'\n\\.\nCOMMIT;\n",
+    b"\\restrict K\nCOMMIT;\n",  # after a meta-command line (pg_dump's key line, taken out), a statement
+    b"SELECT 1;\n\\; COMMIT;\n",
+]
+
+
+@pytest.mark.parametrize("data", REFUSED)
+def test_a_statement_ending_the_load_s_transaction_is_refused_wherever_it_is_cut(data):
+    if data.endswith(b"-- x\n"):
+        data += b"COMMIT;\n"
+        line = 3
+    else:
+        line = 2
+    for cuts in [(), *([n] for n in every_byte(data))]:
+        passed, refusal = guarded(data, cuts)
+        assert passed is None, (data, cuts)
+        assert refusal.startswith(f"line {line} of the dump holds "), refusal
+        assert refusal.endswith("nothing was changed"), refusal
+
+
+def test_a_copy_end_psql_would_not_read_as_one_is_refused():
+    data = b"COPY public.t (a) FROM stdin;\n1\n\\.\r\r\n'\n\\.\nCOMMIT;\n"
+    assert guarded(data)[1].startswith("line 3 of the dump holds an end of COPY data")

@@ -1002,7 +1002,7 @@ class PostgresEngine(ServerEngine):
                     )
                     self._load_custom_confined(stream, login, lent, listing, no_owner)
                 else:
-                    self._load_plain_confined(stream, login, lent, held, no_owner)
+                    self._load_plain_confined(stream, login, lent, held, no_owner, guard=not undo)
                 with self._admin(self.name, options=STAGING_OPTIONS) as conn:
                     ended = conn.execute(
                         sql_text(f"SELECT EXISTS (SELECT 1 FROM \"{lent.schema}\".state WHERE step = 'end')")
@@ -1127,7 +1127,9 @@ class PostgresEngine(ServerEngine):
                 through=lambda out: BeforeLastCommit(out, end),
             )
 
-    def _load_plain_confined(self, stream: BinaryIO, login: Confined, lent: Lent, held: Held, no_owner) -> None:
+    def _load_plain_confined(
+        self, stream: BinaryIO, login: Confined, lent: Lent, held: Held, no_owner, *, guard: bool
+    ) -> None:
         c = self.connector
         restore_cmd = c.restore_cmd if self.plain else PgDumpConnector.restore_cmd
         args = ["--no-psqlrc", "--quiet", "--output=/dev/null", "--set", "ON_ERROR_STOP=on", "--single-transaction"]
@@ -1144,7 +1146,9 @@ class PostgresEngine(ServerEngine):
             return lent.call("end_load", lent.end)
 
         # pg_dump's own key lines are found where it puts them, before the load's own first and last calls
-        body = Appended(HeldStatements(RestrictedSql(stream, own_key=False), held, make_schema=lent.make_schema), end)
+        body = Appended(
+            HeldStatements(RestrictedSql(stream, own_key=False), held, make_schema=lent.make_schema, guard=guard), end
+        )
         with missing_roles_named():
             tools.run_from(tool, PrefixedReader(RestrictedSql.key_line() + lent.call("begin_load", lent.begin), body))
 
@@ -1283,6 +1287,8 @@ class PostgresEngine(ServerEngine):
         drop = undo or c.drop
         if not head.startswith(MAGIC):
             drops = "".join(f"{statement};\n" for statement in self._drops()) if drop else ""
+            if self.single_transaction and not undo:  # its own COMMIT would commit the drops alone
+                stream = HeldStatements(stream, None, guard=True)
             self._restore_plain(self.name, PrefixedReader(drops.encode(), stream))
             return
         if not drop:  # the connector asks not to drop anything: load over what is there

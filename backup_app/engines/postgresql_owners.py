@@ -333,6 +333,12 @@ class HeldStatements(FilteredReader):
     A statement is taken only where pg_dump writes one: a whole line at the start of a statement, outside
     strings, quoted names, dollar quotes, comments and ``COPY ... FROM stdin`` data, so a row or a function
     body holding such text passes unchanged.  Nothing taken runs as it is written (:func:`give_back`).
+
+    ``held=None``: nothing is taken.  ``guard`` (a load in place, in one transaction with its drops): a statement
+    that ends or splits that transaction (``COMMIT``, ``END``, ``ROLLBACK``, ``ABORT``, ``BEGIN``, ``START``,
+    ``PREPARE``, ``SAVEPOINT``, ``RELEASE``) raises before it is passed on, as does anything psql could read
+    otherwise than this scan does: a quote after a backslash in a string (``standard_conforming_strings``
+    decides), a ``COPY`` that is not one whole line of its own, a ``\\.`` line with more than its line end.
     """
 
     _LONGEST = 8192
@@ -341,10 +347,20 @@ class HeldStatements(FilteredReader):
     _TOKENS = re.compile(rb"'|\"|\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$|--|/\*|;")
     #: Text between them that makes a statement begin (a lone ``$``, ``/`` or ``-`` and spaces do not).
     _WORD = re.compile(rb"[^\s'\"$;/-]")
+    #: The first word of a statement a guarded load refuses (see the class).
+    _CONTROL = re.compile(
+        rb"(?:COMMIT|END|ROLLBACK|ABORT|BEGIN|START|PREPARE|SAVEPOINT|RELEASE|COPY)(?![A-Za-z0-9_$\x80-\xff])",
+        re.IGNORECASE,
+    )
+    _NAME_BYTE = re.compile(rb"[A-Za-z0-9_$\x80-\xff]")  # a $ after one is part of a name to psql (a$b$)
+    _COPY_LINE = re.compile(rb"COPY [^;]* FROM stdin;\r?\n?")
 
-    def __init__(self, stream, held: Held, make_schema=None):
+    def __init__(self, stream, held: Held | None, make_schema=None, guard: bool = False):
         super().__init__(stream)
         self.held = held
+        self.guard = guard
+        self._first = guard  # no word of this statement seen yet, comments skipped (guard only)
+        self.lines = 0  # lines read so far
         #: ``name -> statement``: what a whole-line ``CREATE SCHEMA name;`` becomes (a load in place, where the
         #: throwaway role may not create schemas: a function of this restore makes them for it); there a
         #: ``DROP SCHEMA IF EXISTS public;`` (of ``--clean`` with ``-n public``) is left out, public being kept.
@@ -363,18 +379,32 @@ class HeldStatements(FilteredReader):
             if state is None:
                 match = self._TOKENS.search(line, pos)
                 end = n if match is None else match.start()
-                if self._start and self._WORD.search(line, pos, end):
-                    self._start = False
+                if self._start or self._first:
+                    word = self._WORD.search(line, pos, end)
+                    if word is not None:
+                        self._start = False
+                        if self._first:
+                            self._first = False
+                            self._check(line, word.start())
                 if match is None:
                     return
                 token, pos = match.group(), match.end()
                 if token == b"--":
                     return
                 if token == b";":
-                    self._start = True
+                    self._start, self._first = True, self.guard
                     continue
                 self._start = False
-                if token in (b"'", b'"') or token.startswith(b"$"):
+                if token != b"/*":
+                    self._first = False
+                if (
+                    self.guard
+                    and token.startswith(b"$")
+                    and match.start() > 0
+                    and self._NAME_BYTE.match(line, match.start() - 1)
+                ):
+                    pos = match.start() + 1  # part of a name, as psql reads it
+                elif token in (b"'", b'"') or token.startswith(b"$"):
                     self._state = token
                 elif token == b"/*":
                     self._state, self._depth = b"/*", 1
@@ -394,19 +424,42 @@ class HeldStatements(FilteredReader):
                 end = line.find(state, pos)
                 if end < 0:
                     return
+                if self.guard and state == b"'" and line[end - 1 : end] == b"\\":
+                    self._refuse("a quote after a backslash in a string, which psql may read either way")
                 if state in (b"'", b'"') and line[end + 1 : end + 2] == state:
                     pos = end + 2  # a doubled quote
                     continue
                 pos = end + len(state)
                 self._state = None
 
+    def _check(self, line: bytes, at: int) -> None:
+        """A guarded load: refuse the statement whose first word starts at ``line[at]`` if it is one of those."""
+        match = self._CONTROL.match(line, at)
+        if match is None:
+            return
+        word = match.group().decode().upper()
+        if word != "COPY":
+            self._refuse(f"a {word} of its own, which would end the restore's one transaction")
+        elif at or not self._COPY_LINE.fullmatch(line) or line.count(b";") != 1:
+            self._refuse("a COPY that is not one whole line of its own")
+
+    def _refuse(self, what: str) -> None:
+        raise RestoreError(
+            f"line {self.lines} of the dump holds {what}; a plain dump restored in place may hold no "
+            "transaction control; nothing was changed"
+        )
+
     def _line(self, line: bytes) -> None:
+        self.lines += 1
         if self._copy:
-            if line.rstrip(b"\r\n") == b"\\.":
+            bare = line.rstrip(b"\r\n")
+            if bare == b"\\.":
+                if self.guard and line not in (b"\\.\n", b"\\.\r\n", b"\\."):
+                    self._refuse("an end of COPY data psql would not read as one")
                 self._copy = False
             self._out += line
             return
-        if self._start and self._state is None and len(line) <= self._LONGEST:
+        if self.held is not None and self._start and self._state is None and len(line) <= self._LONGEST:
             if line.startswith((b"ALTER ", b"COMMENT ON EXTENSION ", b"DROP EXTENSION IF EXISTS ")):
                 text = line.decode("utf-8", errors="replace")
                 if self.held.take(text):
@@ -417,6 +470,9 @@ class HeldStatements(FilteredReader):
                 if match := SCHEMA_CREATE.fullmatch(line.decode("utf-8", errors="replace")):
                     self._out += self.make_schema(unquote(match.group(1)))
                     return
+        if self._first and self._state is None and line.startswith(b"\\") and b";" not in line:
+            self._out += line  # a psql meta-command (RestrictedSql's to judge): no statement starts there
+            return
         was_start = self._start and self._state is None
         self._scan(line)
         self._out += line
@@ -433,10 +489,12 @@ class HeldStatements(FilteredReader):
                 if end < 0:
                     last = data.rfind(b"\n", pos) + 1
                     if last > pos:
+                        self.lines += data.count(b"\n", pos, last)
                         self._out += memoryview(data)[pos:last]
                         pos = last
                     self._buf = data[pos:]
                     return
+                self.lines += data.count(b"\n", pos, end + 1)
                 self._out += memoryview(data)[pos : end + 1]
                 pos = end + 1
             nl = data.find(b"\n", pos)
