@@ -1225,7 +1225,9 @@ class PostgresEngine(ServerEngine):
             admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(ident))
 
     def cleanup(self) -> list[str]:
-        """What a killed restore left: staging databases, spool folders, and its throwaway role."""
+        """What a killed restore left: staging databases, spool folders, and its throwaway role.  A throwaway role
+        of a gone process that still holds something in another database (another site's restore, killed) is
+        left to that site's next restore: only there can what it made be cleared or given back."""
         gone = super().cleanup()
         with self._admin() as admin:
             rows = admin.execute(
@@ -1233,10 +1235,25 @@ class PostgresEngine(ServerEngine):
             ).fetchall()
         for (role,) in rows:
             pid = role[len(RESTRICTED_PREFIX) :].split("_", 1)[0]
-            if pid.isdigit() and not process_exists(int(pid)):
+            if not pid.isdigit() or process_exists(int(pid)):
+                continue
+            with self._admin() as admin:  # roles are the server's: one that holds another database's is not ours
+                elsewhere = admin.execute(
+                    "SELECT d.datname FROM pg_shdepend s JOIN pg_database d ON d.oid = s.dbid "
+                    "WHERE s.refclassid = 'pg_authid'::regclass AND s.refobjid = to_regrole(%(r)s) "
+                    "AND d.datname <> %(db)s UNION SELECT datname FROM pg_database "
+                    "WHERE datdba = to_regrole(%(r)s) AND datname <> %(db)s",
+                    {"r": f'"{role}"', "db": self.name},
+                ).fetchall()
+            if elsewhere:
+                continue  # that site's next restore clears it in its own database, then drops it
+            try:
                 self._clear_in_place(role)
                 self._retire(role, None)
-                gone.append(role)
+            except Exception as err:  # noqa: BLE001 - a leftover must not stop this restore; the next one looks again
+                logger.warning("could not remove the throwaway role %s left behind (%s)", role, redact(err))
+                continue
+            gone.append(role)
         return gone
 
     def _clear_in_place(self, role: str) -> None:
