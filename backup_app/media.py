@@ -43,7 +43,7 @@ from .ownership import Ownership, chown, folder_owner, umask
 from .pipeline import incompressible
 from .streams import CHUNK, ChangedWhileRead, EndedEarly, copy_exact, copy_unless_same, file_system_of, room_left
 from .testing import pause_at
-from .tools import process_exists
+from .tools import owner_tag, scratch_gone
 
 #: Folder name prefix of restore staging areas inside MEDIA_ROOT; never archived.
 STAGING_PREFIX = ".backup-restore-"
@@ -785,8 +785,9 @@ def stage_archive(
 
 def staging_folder(root: Path | None) -> Path:
     """A new staging folder in ``root`` (MEDIA_ROOT; None: the temp folder), named after this process
-    (``.backup-restore-<pid>-<random>``) so that :func:`remove_stale_staging` leaves it while it runs."""
-    return Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=root))
+    (``.backup-restore-<pid>-<host+boot tag>-<random>``) so that :func:`remove_stale_staging` leaves it while it
+    runs, and a host beside this one (another container over the same volume) leaves it always."""
+    return Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-{owner_tag()}-", dir=root))
 
 
 def remove_stale_staging(storage) -> list[str]:
@@ -794,9 +795,8 @@ def remove_stale_staging(storage) -> list[str]:
     root = _local_path(storage, "")
     gone = []
     for folder in root.glob(f"{STAGING_PREFIX}*") if root is not None and root.is_dir() else ():
-        pid = folder.name[len(STAGING_PREFIX) :].split("-", 1)[0]
-        if pid.isdigit() and process_exists(int(pid)):
-            continue
+        if not scratch_gone(folder.name[len(STAGING_PREFIX) :], "-"):
+            continue  # still at work, or another host's
         shutil.rmtree(folder, ignore_errors=True)
         gone.append(folder.name)
     return gone

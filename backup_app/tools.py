@@ -12,7 +12,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import socket
 import subprocess
 import tempfile
@@ -102,6 +104,38 @@ def owner_gone(found: dict | None) -> bool | None:
         return True
     start = found.get("start")
     return start is not None and start_ticks(found["pid"]) not in (None, start)
+
+
+#: A scratch name's owner (:func:`owner_tag`): ``h``, 4 hex of the host name, 3 hex of the boot id.
+OWNER_TAG = re.compile(r"h[0-9a-f]{7}")
+
+
+def owner_tag() -> str:
+    """Which host and boot this process runs on, short enough for a PostgreSQL name (8 characters).
+
+    Scratch names carry it after their pid (``..._<pid>_<tag>_...``): containers over one database or one data
+    volume have PID namespaces of their own, so a pid alone cannot tell a running run of another host from a dead
+    one of this host (:func:`scratch_gone`)."""
+    host = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:4]
+    return f"h{host}{hashlib.sha256(boot_id().encode()).hexdigest()[:3]}"
+
+
+def scratch_gone(rest: str, sep: str) -> bool:
+    """Whether the run that made a scratch name has ended; ``rest`` is the name after its prefix
+    (``<pid><sep><tag><sep>...``, or ``<pid><sep>...`` as earlier versions named it).
+
+    Another host's name (another tag's host part): False, its own host cleans it.  This host's from an older
+    boot: True.  This host and boot, or a name without a tag: whether the pid is gone from this machine."""
+    parts = rest.split(sep)
+    if not parts[0].isdigit():
+        return False
+    if len(parts) > 1 and OWNER_TAG.fullmatch(parts[1]):
+        mine = owner_tag()
+        if parts[1][:5] != mine[:5]:
+            return False
+        if parts[1] != mine and boot_id():
+            return True
+    return not process_exists(int(parts[0]))
 
 
 class SecretPipe:

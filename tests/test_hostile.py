@@ -918,10 +918,11 @@ def pg_custom_dump(body: str, *extra: str) -> bytes:
 
 
 def stale_restore_roles() -> set[str]:
-    """Throwaway restore roles whose process is gone (left behind)."""
-    from backup_app.tools import process_exists
+    """Throwaway restore roles of this host whose process is gone (left behind); another host's (tagged so by
+    test_interrupted's cleanup test) are not this host's to judge."""
+    from backup_app.tools import scratch_gone
 
-    return {r for r in pg_roles("bk_restore_") if not process_exists(int(r.split("_")[2]))}
+    return {r for r in pg_roles("bk_restore_") if scratch_gone(r[len("bk_restore_") :], "_")}
 
 
 EVIL_ROLE = f"evil15_{os.getpid()}"

@@ -945,6 +945,87 @@ def test_a_restore_removes_a_dead_runs_scratch_but_not_a_running_verifys(request
     assert scratch_of(site, verify.proc.pid) == []  # the verify removed its own when it was done
 
 
+def make_scratch(site, name: str) -> None:
+    """A scratch database (or, for SQLite, file ``name`` beside the database file) as a run would leave it."""
+    engine = site.env["INVENTREE_DB_ENGINE"]
+    if engine == "sqlite3":
+        (site.root / name).write_bytes(b"SQLite format 3\0")
+    elif engine == "postgresql":
+        from conftest import _pg_connect
+
+        with _pg_connect() as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    else:
+        from conftest import _my_connect
+
+        conn = _my_connect()
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE DATABASE `{name}`")
+        conn.close()
+
+
+def scratch_names(site) -> list[str]:
+    if site.env["INVENTREE_DB_ENGINE"] == "sqlite3":
+        return sorted(p.name for p in site.root.glob(".db.sqlite3.restore-*"))
+    return [name for name in side_databases(site) if "_restore_" in name]
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgres", "mysql"])
+def test_cleanup_leaves_another_hosts_scratch_and_removes_this_hosts_dead_or_older_boots(request, engine):
+    """Containers over one database server and one data volume (InvenTree's web server and worker) have PID
+    namespaces of their own: a pid that does not exist here may be a running restore of the other container.  The
+    names carry the owner's host+boot tag; cleanup removes this host's dead runs' (and an older boot's, whatever its
+    pid), never another host's."""
+    from backup_app.tools import owner_tag
+
+    site = request.getfixturevalue(f"{engine}_site")
+    server_prepare(site)
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    dead, live = ended.pid, os.getpid()
+    mine = owner_tag()
+    other_host = "h" + format(int(mine[1:5], 16) ^ 0xFFFF, "04x") + mine[5:]
+    older_boot = mine[:5] + format(int(mine[5:], 16) ^ 0xFFF, "03x")
+    prefix = ""
+    if engine == "sqlite":
+        name = lambda pid, tag: f".db.sqlite3.restore-{pid}-{tag}-x"  # noqa: E731
+    else:
+        prefix = site.env["INVENTREE_DB_NAME"][:30]
+        name = lambda pid, tag: f"{prefix}_restore_{pid}_{tag}_1"  # noqa: E731
+    old = f".db.sqlite3.restore-{dead}-x" if engine == "sqlite" else f"{prefix}_restore_{dead}_1"  # no tag: pid only
+    gone = [name(dead, mine), name(live, older_boot), old]
+    kept = [name(dead, other_host), name(live, mine)]
+    for scratch in gone + kept:
+        make_scratch(site, scratch)
+    media = [f".backup-restore-{dead}-{mine}-x", f".backup-restore-{dead}-{other_host}-x"]
+    for folder in media:
+        (site.media / folder).mkdir()
+    result = site.manage("backup_restore", "--noinput", "--skip-media")
+    assert scratch_names(site) == sorted(kept), result.stderr
+    for scratch in gone:
+        assert f"Removed {scratch}, left behind by an interrupted restore" in result.stderr
+    assert sorted(p.name for p in site.media.glob(".backup-restore-*")) == [media[1]]
+    assert f"Removed {media[0]}, left in the media folder by an interrupted restore" in result.stderr
+    if engine != "postgres":
+        return
+    # The throwaway roles are server-wide.  Made just before the cleanup, then looked at: another checkout's runs on
+    # a shared test server (an earlier version, pid-only) would drop both.
+    from conftest import _pg_connect
+
+    roles = [f"bk_restore_{dead}_{mine}_abcd", f"bk_restore_{dead}_{other_host}_abcd"]
+    with _pg_connect() as conn:
+        for role in roles:
+            conn.execute(f'CREATE ROLE "{role}" LOGIN')
+    try:
+        code = "from backup_app.engines import engine_for; print(engine_for('default').cleanup())"
+        removed = site.manage("shell", "-c", code).stdout
+        assert roles[0] in removed and roles[1] not in removed, removed
+    finally:
+        with _pg_connect() as conn:
+            for role in roles:
+                conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
 def restore_roles_of(pid: int) -> list[str]:
     """The throwaway PostgreSQL roles (``bk_restore_<pid>_...``) the run ``pid`` made and has not dropped."""
     from conftest import _pg_connect

@@ -52,7 +52,7 @@ from ..errors import BackupError, RestoreError
 from ..secrets import redact
 from ..streams import CHUNK, FilteredReader, PrefixedReader
 from ..testing import pause_at
-from ..tools import process_exists
+from ..tools import owner_tag, scratch_gone
 from .base import SiteLock, holder, lock_key, locked, released, words
 from .postgresql_owners import (
     EXTENSION_CREATE,
@@ -75,7 +75,8 @@ MAGIC = b"PGDMP"
 PLAIN_MAGIC = b"--\n-- PostgreSQL database dump"
 #: The table of contents of a dump is read from at most this much of its start.
 TOC_MAX = 256 * 1024 * 1024
-#: Throwaway roles that load a dump (:meth:`PostgresEngine.restricted_role`): ``bk_restore_<pid>_<random>``.
+#: Throwaway roles that load a dump (:meth:`PostgresEngine.restricted_role`): ``bk_restore_<pid>_<tag>_<random>``
+#: (:func:`~backup_app.tools.owner_tag`).
 RESTRICTED_PREFIX = "bk_restore_"
 MISSING = "install the PostgreSQL client tools"
 #: Our own sessions on a staging database: whatever its settings (a dump's ALTER DATABASE ... SET), writes
@@ -875,7 +876,7 @@ class PostgresEngine(ServerEngine):
 
     @contextmanager
     def restricted_role(self, database: str) -> Iterator[Confined | None]:
-        """For a ``with`` block: a new login role (``bk_restore_<pid>_<random>``, random password, valid one day)
+        """For a ``with`` block: a new login role (``bk_restore_<pid>_<tag>_<random>``, random password, valid one day)
         that is no superuser, cannot create roles or databases, and owns ``database``; yields its
         :class:`Confined` login.  Afterwards everything it owns there goes to the site's role and the role is
         dropped.  Yields None (load as the site's role) when that role is no superuser.
@@ -923,11 +924,11 @@ class PostgresEngine(ServerEngine):
                 )
 
     def _new_role(self, site: str) -> Confined:
-        """A new throwaway login role (``bk_restore_<pid>_<random>``) that is no superuser, cannot create roles or
+        """A new throwaway login role (``bk_restore_<pid>_<tag>_<random>``) that is no superuser, cannot create roles or
         databases, with a random password that reaches the server only as a SCRAM-SHA-256 verifier."""
         from psycopg import sql
 
-        role = f"{RESTRICTED_PREFIX}{os.getpid()}_{secrets.token_hex(4)}"
+        role = f"{RESTRICTED_PREFIX}{os.getpid()}_{owner_tag()}_{secrets.token_hex(4)}"
         password = secrets.token_urlsafe(24)
         with self._admin() as admin:
             verifier = admin.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256").decode()
@@ -1234,9 +1235,8 @@ class PostgresEngine(ServerEngine):
                 "SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s)", (RESTRICTED_PREFIX,)
             ).fetchall()
         for (role,) in rows:
-            pid = role[len(RESTRICTED_PREFIX) :].split("_", 1)[0]
-            if not pid.isdigit() or process_exists(int(pid)):
-                continue
+            if not scratch_gone(role[len(RESTRICTED_PREFIX) :], "_"):
+                continue  # still at work, or another host's (roles are the server's: its own host cleans it)
             with self._admin() as admin:  # roles are the server's: one that holds another database's is not ours
                 elsewhere = admin.execute(
                     "SELECT d.datname FROM pg_shdepend s JOIN pg_database d ON d.oid = s.dbid "

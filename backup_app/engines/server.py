@@ -30,7 +30,7 @@ from ..secrets import redact
 from ..settings import app_settings
 from ..streams import RoomGuard, spool
 from ..testing import pause_at
-from ..tools import process_exists
+from ..tools import owner_tag, scratch_gone
 from .base import Engine, Staged, Strategy
 
 if TYPE_CHECKING:
@@ -80,7 +80,15 @@ def spool_folder() -> Path:
     (same disk, same protection), never in ``$TMPDIR``; named after this process for :func:`remove_stale_spools`."""
     root = app_settings.safety_dir
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return Path(tempfile.mkdtemp(prefix=f"{SPOOL_PREFIX}{os.getpid()}-", dir=root))
+    return Path(tempfile.mkdtemp(prefix=f"{SPOOL_PREFIX}{os.getpid()}-{owner_tag()}-", dir=root))
+
+
+def _base36(number: int) -> str:
+    digits = ""
+    while number:
+        number, digit = divmod(number, 36)
+        digits = "0123456789abcdefghijklmnopqrstuvwxyz"[digit] + digits
+    return digits or "0"
 
 
 def remove_stale_spools() -> list[str]:
@@ -88,9 +96,8 @@ def remove_stale_spools() -> list[str]:
     root = app_settings.safety_dir
     gone = []
     for folder in root.glob(f"{SPOOL_PREFIX}*") if root.is_dir() else ():
-        pid = folder.name[len(SPOOL_PREFIX) :].split("-", 1)[0]
-        if not pid.isdigit() or process_exists(int(pid)):
-            continue  # not ours, or that run is still going (a verify beside a restore)
+        if not scratch_gone(folder.name[len(SPOOL_PREFIX) :], "-"):
+            continue  # not ours, that run is still going (a verify beside a restore), or another host's
         shutil.rmtree(folder, ignore_errors=True)
         gone.append(folder.name)
     return gone
@@ -241,9 +248,10 @@ class ServerEngine(Engine):
         return self.settings["NAME"]
 
     def side_name(self, purpose: str, safety_name: str = "") -> str:
-        """``<name>_restore_<pid>_<time>`` for a staged restore, ``<name>_safety_<stamp>`` for a kept database."""
+        """``<name>_restore_<pid>_<host+boot tag>_<time, base 36>`` for a staged restore (at most 62 characters),
+        ``<name>_safety_<stamp>`` for a kept database."""
         if purpose == "restore":
-            return f"{self.name[:30]}_restore_{os.getpid()}_{int(time.time())}"
+            return f"{self.name[:30]}_restore_{os.getpid()}_{owner_tag()}_{_base36(int(time.time()))}"
         return f"{self.name[:30]}_safety_{safety_name.replace('-', '')[-20:]}"
 
     def connection_args(self) -> dict[str, str]:
@@ -262,13 +270,13 @@ class ServerEngine(Engine):
             return in_place.stage(stream)
 
     def cleanup(self) -> list[str]:
-        """Drop the staging databases of restores (and verifies) whose process is gone; a running one's stay."""
+        """Drop the staging databases of restores (and verifies) whose process is gone; a running one's stay, and
+        so do another host's (:func:`~backup_app.tools.scratch_gone`: a container beside this one)."""
         prefix = f"{self.name[:30]}_restore_"
         names = []
         for name in self.side_databases(prefix):
-            pid = name[len(prefix) :].split("_", 1)[0]
-            if pid.isdigit() and process_exists(int(pid)):
-                continue  # a verify beside this restore, still at work
+            if not scratch_gone(name[len(prefix) :], "_"):
+                continue  # a verify beside this restore, still at work, or a run of another host
             self.drop_database(name)
             names.append(name)
         return names + remove_stale_spools()

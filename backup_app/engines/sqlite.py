@@ -20,7 +20,7 @@ from ..errors import BackupError, RestoreError
 from ..ownership import Ownership, give_to_folder, take_over
 from ..streams import RoomGuard, copy, file_system_of, pump
 from ..testing import pause_at
-from ..tools import process_exists
+from ..tools import owner_tag, scratch_gone
 from .base import Engine, SiteLock, Staged, Strategy, holder, locked, released
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ class FileSwap(Strategy):
     def stage(self, stream: BinaryIO) -> StagedFile:
         path = self.engine.path
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.restore-{os.getpid()}-", dir=path.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.restore-{os.getpid()}-{owner_tag()}-", dir=path.parent)
         try:
             with open(fd, "wb") as fh:
                 copy(RoomGuard(stream, path.parent), fh)
@@ -122,7 +122,7 @@ class FileSwap(Strategy):
                     os.remove(f"{path}{suffix}")
             return
         kept = folder / entry["file"]
-        tmp = Path(path.parent / f".{path.name}.rollback-{os.getpid()}")
+        tmp = Path(path.parent / f".{path.name}.rollback-{os.getpid()}-{owner_tag()}")
         tmp.unlink(missing_ok=True)
         shutil.copyfile(kept, tmp)  # a copy: the kept file stays whole until the record goes (an undo may rerun)
         # The file as it was: owner, group and mode recorded at the swap (a hard link has them too).
@@ -204,14 +204,14 @@ class SqliteEngine(Engine):
         return 0 if file_system_of(safety_folder)[0] == file_system_of(self.path)[0] else size
 
     def cleanup(self) -> list[str]:
-        """Remove staged and rollback files of runs whose process is gone (``.<db>.restore-<pid>-...``)."""
+        """Remove staged and rollback files of runs whose process is gone (``.<db>.restore-<pid>-<tag>-...``);
+        another host's stay (:func:`~backup_app.tools.scratch_gone`)."""
         path = self.path
         gone = []
         for pattern in (f".{path.name}.restore-*", f".{path.name}.rollback-*"):
             for stale in path.parent.glob(pattern):
-                pid = stale.name.rsplit(".", 1)[-1].split("-")[1]
-                if pid.isdigit() and process_exists(int(pid)):
-                    continue  # a verify or restore still at work
+                if not scratch_gone(stale.name.rsplit(".", 1)[-1].split("-", 1)[1], "-"):
+                    continue  # a verify or restore still at work, or one of another host
                 stale.unlink(missing_ok=True)
                 gone.append(stale.name)
         return gone
