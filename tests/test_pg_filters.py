@@ -10,8 +10,9 @@ and the same refusal.
 
 Two readings of the old ``RestrictedSql`` change on purpose.  It took out every line ``\\restrict K`` (and then
 ``\\unrestrict K``) wherever it was, also inside a string literal or COPY data, where psql reads it as data: a
-row lost that line on restore.  Now only pg_dump's own two lines are taken out, found by where pg_dump puts them
-(:func:`by_position`, the reference here; the old one is compared wherever it took out no other line).  And a
+row lost that line on restore.  Now only pg_dump's own lines are taken out: its ``\\restrict K`` found by where
+pg_dump puts it, then every line ``\\unrestrict K`` with that same random key (:func:`by_key`, the reference
+here; the old one is compared wherever it took out no other line).  And a
 line starting with a backslash and longer than 256 bytes was judged whole when it came in one read, passed
 unjudged when the read ended inside it; it now always passes unjudged (as the old one did when read one byte at a
 time); no such line is one it takes out (``\\restrict KEY`` with a 240-character key), and passing a line is what
@@ -104,10 +105,10 @@ def judged(line: bytes) -> bool:
     return len(line) <= (257 if line.endswith(b"\n") else 256)
 
 
-def by_position(data: bytes) -> tuple[bytes, int]:
+def by_key(data: bytes) -> tuple[bytes, int]:
     """What ``RestrictedSql`` passes, line by line on the whole input, and how many lines it takes out: the first
     line starting with a backslash, when it is ``\\restrict K`` and only comment and blank lines come before it;
-    then ``\\unrestrict K`` (the same K) when it is the last line that is not blank."""
+    then every line after it that is ``\\unrestrict K`` (the same K), wherever it is."""
     lines, key, first = lines_of(data), None, None
     for i, line in enumerate(lines):
         if line.startswith(b"\\"):
@@ -119,27 +120,27 @@ def by_position(data: bytes) -> tuple[bytes, int]:
             break
     if key is None:
         return data, 0
-    out = lines[:first] + lines[first + 1 :]
-    last = max((i for i, line in enumerate(out) if NOT_BLANK.search(line)), default=-1)
-    match = KEY_LINE.fullmatch(out[last]) if last >= first and judged(out[last]) else None
-    if match and match.groups() == (b"unrestrict", key):
-        return b"".join(out[:last] + out[last + 1 :]), 2
-    return b"".join(out), 1
+    out = lines[:first]
+    for line in lines[first + 1 :]:
+        match = KEY_LINE.fullmatch(line) if judged(line) else None
+        if not (match and match.groups() == (b"unrestrict", key)):
+            out.append(line)
+    return b"".join(out), len(lines) - len(out)
 
 
 def reference(kind: str, data: bytes):
-    """What the filters give: ``RestrictedSql`` by :func:`by_position` (and as the old one read one byte a read,
+    """What the filters give: ``RestrictedSql`` by :func:`by_key` (and as the old one read one byte a read,
     its one reading of a backslash line past 256 bytes that no read boundary changes, wherever the old one took
     out no other line than those); ``HeldStatements`` as the old one in one read; ``both``: one, then the other."""
     if kind == "restricted":
-        passed, taken = by_position(data)
+        passed, taken = by_key(data)
         if taken == sum(1 for line in lines_of(data) if judged(line) and KEY_LINE.fullmatch(line)):
             assert run(BEFORE[kind], data, every_byte(data))[0] == passed
         return passed, run(NEW[kind], b"")[1], None
     passed, kept, refusal = run(BEFORE["held"], data)
     if kind == "held" or refusal is not None:
         return passed, kept, refusal
-    return by_position(passed)[0], kept, None
+    return by_key(passed)[0], kept, None
 
 
 #: Pieces of plain dumps: meta-commands, COPY and its end, quotes, dollar quotes, comments, held statements,
@@ -233,20 +234,24 @@ def test_a_long_backslash_line_read_whole_is_passed_unjudged():
 
 
 def test_a_key_line_inside_a_string_or_copy_data_passes_as_data():
-    """Only pg_dump's own key lines come out: the same lines in a multi-line string of a ``--inserts`` dump or in
-    COPY data are data (the old filter took them out: the row lost them on restore)."""
+    """Only pg_dump's own key lines come out: lines of another key (and its ``\\restrict K`` after the top) in a
+    multi-line string of a ``--inserts`` dump or in COPY data are data (the old filter took them out: the row lost
+    them on restore).  ``\\unrestrict K`` with pg_dump's own random key comes out wherever it is, also with SQL
+    after it (an edited dump): no data holds that key by chance."""
     head = b"--\n-- PostgreSQL database dump\n--\n\n\\restrict Ab12\n\nSET x = 1;\n"
     body = (
-        b"INSERT INTO public.t VALUES (1, 'first\n\\restrict Ab12\n\\unrestrict Ab12\n\\restrict Zz\nlast');\n"
-        b"COPY public.t (id, v) FROM stdin;\n\\restrict Zz\n\\unrestrict Ab12\n\\.\n"
+        b"INSERT INTO public.t VALUES (1, 'first\n\\restrict Ab12\n\\unrestrict Zz\n\\restrict Zz\nlast');\n"
+        b"COPY public.t (id, v) FROM stdin;\n\\restrict Zz\n\\unrestrict Ab123\n\\unrestrict Ab1\n\\.\n"
     )
     data = head + body + b"\\unrestrict Ab12\n\n"
     want = b"--\n-- PostgreSQL database dump\n--\n\n\nSET x = 1;\n" + body + b"\n"
     assert run(BEFORE["restricted"], data)[0] != want
     for cuts in ([], every_byte(data), *([cut] for cut in every_byte(data))):
         assert run(NEW["restricted"], data, cuts)[0] == want, cuts
-    # not the last line that is not blank: it passes (psql refuses it at the top level: the restore fails)
-    assert run(NEW["restricted"], data + b"SELECT 1;\n")[0] == want[:-1] + b"\\unrestrict Ab12\n\nSELECT 1;\n"
+    # not the last line that is not blank: taken out all the same, what follows it passes
+    after = data + b"SELECT 1;\n\\unrestrict Ab12\r\n"
+    for cuts in ([], every_byte(after), *([cut] for cut in every_byte(after))):
+        assert run(NEW["restricted"], after, cuts)[0] == want + b"SELECT 1;\n", cuts
     # a backslash line before pg_dump's key line: that one is not taken out either
     assert run(NEW["restricted"], b"\\x\n" + data)[0].startswith(
         b"\\x\n--\n-- PostgreSQL database dump\n--\n\n\\restrict Ab12\n"

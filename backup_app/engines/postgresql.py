@@ -295,17 +295,18 @@ class RestrictedSql(FilteredReader):
     It starts with ``\\restrict KEY`` (psql 15.14 and later), KEY random to this run: from there psql refuses
     every meta-command but ``\\unrestrict KEY``, which no file can know (``own_key=False``: no such line, the
     caller puts it first).  pg_dump writes its own ``\\restrict K`` at the top and ``\\unrestrict K`` at the
-    end: those two lines are left out (they would be refused), found by where they are: ``\\restrict K`` only
-    as the first line starting with a backslash when nothing but comment and blank lines come before it,
-    ``\\unrestrict K`` (the same K) only as the last line that is not blank.  Any other such line passes: inside
-    a string literal (a ``--inserts`` dump's text holding that line) it is data; at the top level psql refuses
-    it and the restore fails.  Every other byte passes unchanged, in bounded memory.
+    end: those lines are left out (they would be refused).  ``\\restrict K`` is found by where it is: the first
+    line starting with a backslash when nothing but comment and blank lines come before it; ``\\unrestrict K``
+    by its key: any line that is exactly ``\\unrestrict`` with that same K, wherever it stands (K is pg_dump's
+    random key, so no data line holds it by chance; SQL after it, as an edited dump has, still runs).  Any
+    other such line (another key) passes: inside a string literal (a ``--inserts`` dump's text holding that
+    line) it is data; at the top level psql refuses it and the restore fails.  Every other byte passes
+    unchanged, in bounded memory.
     """
 
     _KEY = re.compile(rb"\\restrict ([A-Za-z0-9]+)\r?\n?")
     _LONGEST = 256  # a line starting with a backslash is judged when it ends within this many bytes
     _HEAD_MOST = 1 << 16  # pg_dump's key line comes after four comment and blank lines: looked for this far
-    _TAIL_MOST = 1 << 12  # its ``\unrestrict`` line is followed by one blank line: held back with this many
     _BACKSLASH_LINE = re.compile(rb"\n\\")  # (a regular expression finds it faster than bytes.find)
     _NOT_BLANK = re.compile(rb"[^ \t\r\n]")
 
@@ -318,8 +319,6 @@ class RestrictedSql(FilteredReader):
         self._head: bytearray | None = bytearray()  # the start of the dump, until pg_dump's key line is found
         self._unrestrict = None  # matches pg_dump's ``\unrestrict K`` line, once its ``\restrict K`` was found
         self._held = b""  # the start of a line beginning with a backslash, not yet judged
-        self._tail = b""  # pg_dump's ``\unrestrict K`` line and the blank bytes after it, while nothing else came
-        self._tail_line = 0  # the length of that line in it
         self._line_start = True
 
     def _end_head(self, final: bool) -> None:
@@ -357,24 +356,8 @@ class RestrictedSql(FilteredReader):
 
     def _judge(self, line: bytes) -> bytes:
         if self._unrestrict is not None and self._unrestrict.fullmatch(line):
-            self._tail, self._tail_line = line, len(line)  # left out if only blank lines come after it
-            return b""
+            return b""  # pg_dump's own ``\unrestrict K``, wherever it stands
         return line
-
-    def _after_tail(self, data: bytes, pos: int) -> int | None:
-        """With pg_dump's ``\\unrestrict`` line held: where ``data`` has something else than blanks from ``pos``
-        (the line then passes on), None when it has not (held with it)."""
-        match = self._NOT_BLANK.search(data, pos)
-        if match is None:
-            self._tail += data[pos:]
-            if len(self._tail) > self._TAIL_MOST:
-                self._out += self._tail
-                self._tail = b""
-            return None
-        self._out += self._tail
-        self._out += data[pos : match.start()]
-        self._tail = b""
-        return match.start()
 
     def _feed(self, data: bytes) -> None:
         if self._head is None:
@@ -387,14 +370,6 @@ class RestrictedSql(FilteredReader):
         """Every other line passes as a block: only a line starting with a backslash is looked at (found by
         ``\\n\\\\``), judged whole when it ends within :attr:`_LONGEST` bytes, else passed on as it came."""
         out, longest = self._out, self._LONGEST
-        if self._tail:
-            pos = self._after_tail(data, 0)
-            if pos is None:
-                self._line_start = data.endswith(b"\n")
-                return
-            if pos:
-                self._line_start = data[pos - 1] == 0x0A
-                data = data[pos:]
         if self._held:
             data, self._held = self._held + data, b""
             pos = 0
@@ -416,11 +391,6 @@ class RestrictedSql(FilteredReader):
             if nl >= 0:
                 out += self._judge(data[pos : nl + 1])
                 pos = nl + 1
-                if self._tail:
-                    pos = self._after_tail(data, pos)
-                    if pos is None:
-                        self._line_start = data.endswith(b"\n")
-                        return
             elif n - pos <= longest:
                 self._held = data[pos:]
                 return
@@ -448,9 +418,6 @@ class RestrictedSql(FilteredReader):
         if self._held:
             self._out += self._judge(self._held)
             self._held = b""
-        if self._tail:  # pg_dump's ``\unrestrict K``, then only blank lines: it is left out, they pass
-            self._out += self._tail[self._tail_line :]
-            self._tail = b""
 
 
 @dataclass
@@ -671,9 +638,13 @@ class PostgresEngine(ServerEngine):
         with missing_roles_named():
             tools.run_from(tool, stream)
 
-    def _restore_plain(self, database: str, stream: BinaryIO, login: Confined | None = None) -> None:
+    def _restore_plain(
+        self, database: str, stream: BinaryIO, login: Confined | None = None, *, before: bytes = b""
+    ) -> None:
         """A plain SQL dump through ``psql``, its meta-commands refused (:class:`RestrictedSql`); ``login``: as
-        the throwaway role, what it may not run taken out (:class:`HeldStatements`) into ``login.held``."""
+        the throwaway role, what it may not run taken out (:class:`HeldStatements`) into ``login.held``;
+        ``before``: SQL run ahead of the dump, after the key line (pg_dump's own key lines are still found where
+        pg_dump puts them)."""
         c = self.connector
         restore_cmd = c.restore_cmd if self.plain else PgDumpConnector.restore_cmd
         args = ["--no-psqlrc", "--quiet", "--output=/dev/null", "--set", "ON_ERROR_STOP=on"]
@@ -697,7 +668,8 @@ class PostgresEngine(ServerEngine):
         if login:
             stream = HeldStatements(stream, login.held)
         with missing_roles_named():
-            tools.run_from(tool, RestrictedSql(stream))
+            body = RestrictedSql(stream, own_key=False)
+            tools.run_from(tool, PrefixedReader(RestrictedSql.key_line() + before, body))
 
     def _enable_postgis(self, database: str) -> None:
         """``CREATE EXTENSION IF NOT EXISTS postgis`` in ``database`` as the connector's ``ADMIN_USER``
@@ -1306,7 +1278,7 @@ class PostgresEngine(ServerEngine):
             drops = "".join(f"{statement};\n" for statement in self._drops()) if drop else ""
             if self.single_transaction and not undo:  # its own COMMIT would commit the drops alone
                 stream = HeldStatements(stream, None, guard=True)
-            self._restore_plain(self.name, PrefixedReader(drops.encode(), stream))
+            self._restore_plain(self.name, stream, before=drops.encode())
             return
         if not drop:  # the connector asks not to drop anything: load over what is there
             self._restore(self.name, stream, clean=False)
