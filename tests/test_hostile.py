@@ -1133,6 +1133,10 @@ def test_an_in_place_restore_of_a_superuser_site_runs_the_dump_with_no_superuser
     if dump_format == "custom":
         file = elsewhere(postgres_site, "InvenTree-db-2001-01-01-000000.psql.bin", pg_custom_dump(statement))
     else:
+        if statement.startswith("COPY"):
+            # A bare COPY that is not pg_dump's own 'COPY … FROM stdin;' is refused by the in-place statement
+            # guard (d956580) before psql runs it; run through EXECUTE it reaches the load and the role's rights.
+            statement = f"DO $do$BEGIN EXECUTE $q${statement.rstrip(';')}$q$; END$do$;"
         sql = PLAIN_HEAD + "CREATE TABLE public.victim (id int);\n" + statement + "\nSELECT 1;\n"
         file = elsewhere(postgres_site, "InvenTree-db-2001-01-01-000000.psql.gz", gz(sql.encode()))
 
