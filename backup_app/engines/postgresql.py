@@ -557,6 +557,15 @@ class PostgresEngine(ServerEngine):
         env = self.tool_env({**(env or {}), **pg_env})
         return tools.Tool(argv, name=cmd, env=env, error=error, missing_hint=MISSING)
 
+    def _script_tool(self, restore_cmd: str, args: list[str]) -> tools.Tool:
+        """``prefix pg_restore args suffix`` with no database: it reads an archive and writes its TOC or its SQL
+        script (fed to ``psql``), in the connector's restore environment."""
+        c = self.connector
+        argv = [*words(c.restore_prefix), restore_cmd, *args, *words(c.restore_suffix)]
+        return tools.Tool(
+            argv, name=restore_cmd, env=self.tool_env(c.restore_env), error=RestoreError, missing_hint=MISSING
+        )
+
     def stage(self, stream: BinaryIO):
         """With the connector's ``SCHEMAS`` the dump holds those schemas only: swapping it in for the whole
         database would drop every other schema.  It is loaded in place instead (:class:`InPlace`), which drops
@@ -807,12 +816,7 @@ class PostgresEngine(ServerEngine):
         owner``) and the bytes read from ``stream`` for them (the archive starts with its TOC)."""
         c = self.connector
         restore_cmd = PgDumpBinaryConnector.restore_cmd if self.plain else c.restore_cmd  # not psql's --list
-        argv = [*words(c.restore_prefix), restore_cmd, "--list", *words(c.restore_suffix)]
-        running = tools.start(
-            tools.Tool(
-                argv, name=restore_cmd, env=self.tool_env(c.restore_env), error=RestoreError, missing_hint=MISSING
-            )
-        )
+        running = tools.start(self._script_tool(restore_cmd, ["--list"]))
         out: list[bytes] = []
         reader = threading.Thread(target=lambda: out.append(running.stdout.read()), daemon=True)
         reader.start()
@@ -1080,13 +1084,7 @@ class PostgresEngine(ServerEngine):
         args.append(f"--use-list={listing}")
         for schema in c.schemas or []:
             args += ["-n", schema]
-        script = tools.Tool(
-            [*words(c.restore_prefix), c.restore_cmd, *args, *words(c.restore_suffix)],
-            name=c.restore_cmd,
-            env=self.tool_env(c.restore_env),
-            error=RestoreError,
-            missing_hint=MISSING,
-        )
+        script = self._script_tool(c.restore_cmd, args)
         psql = ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"]
         loader = self._tool("psql", None, None, self.name, psql, c.restore_env, RestoreError, login.settings())
         end = lent.call("end_load", lent.end)
@@ -1290,13 +1288,7 @@ class PostgresEngine(ServerEngine):
             args += ["--no-owner", "--no-privileges"]
         for schema in c.schemas or []:
             args += ["-n", schema]
-        script = tools.Tool(
-            [*words(c.restore_prefix), c.restore_cmd, *args, *words(c.restore_suffix)],
-            name=c.restore_cmd,
-            env=self.tool_env(c.restore_env),
-            error=RestoreError,
-            missing_hint=MISSING,
-        )
+        script = self._script_tool(c.restore_cmd, args)
         psql = ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"]
         loader = self._tool("psql", None, None, self.name, psql, c.restore_env, RestoreError)
         # The drops go right after the script's BEGIN: one transaction, committed by the script's last line.
