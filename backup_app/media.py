@@ -802,8 +802,14 @@ def remove_stale_staging(storage) -> list[str]:
     return gone
 
 
-def abandon_archive(staged: StagedArchive) -> None:
-    shutil.rmtree(staged.folder, ignore_errors=True)
+def abandon_archive(staged: StagedArchive, *, strict: bool = False) -> None:
+    """Remove the staging folder; ``strict``: an OSError of the removal is raised (a restore reports what is
+    left), else what cannot be removed stays for :func:`remove_stale_staging`."""
+    if not strict:
+        shutil.rmtree(staged.folder, ignore_errors=True)
+        return
+    with suppress(FileNotFoundError):
+        shutil.rmtree(staged.folder)
 
 
 def _put_folders(

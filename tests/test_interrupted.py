@@ -1097,6 +1097,42 @@ def test_a_failed_restore_test_shows_its_own_error_first_when_its_scratch_cannot
     assert "is not currently accepting connections" in err.splitlines()[-1], err
 
 
+def test_a_staging_database_that_cannot_be_dropped_is_named_after_the_error_and_the_next_restore_removes_it(
+    postgres_site,
+):
+    """A restore stopped after staging (SIGTERM) whose staging database will not drop: the interruption is still
+    the line's cause, the database left is named on that line with why and what removes it, and it goes once
+    the cause has gone."""
+    from conftest import _pg_connect
+
+    server_prepare(postgres_site)
+    old = db_rows(postgres_site)
+    held = Held(postgres_site, "restore:staged", "backup_restore", "--noinput", "--skip-media")
+    (staging,) = scratch_of(postgres_site, held.paused("restore:staged").proc.pid)
+    try:
+        with _pg_connect() as admin:
+            admin.execute(f'ALTER DATABASE "{staging}" WITH IS_TEMPLATE true')  # its drop fails
+        held.signal(signal.SIGTERM)
+        code, err = held.finish()
+    finally:
+        with _pg_connect() as admin:
+            admin.execute(f'ALTER DATABASE "{staging}" WITH IS_TEMPLATE false')
+    last = err.strip().splitlines()[-1]
+
+    assert code == 128 + signal.SIGTERM, err
+    assert "interrupted by SIGTERM; the restore was undone (nothing had been changed)" in last, err
+    assert f"the staging database {staging} was not removed (" in last, err
+    assert "cannot drop a template database" in last, err
+    assert "the next `python manage.py backup_restore` removes it" in last, err
+    assert db_rows(postgres_site) == old
+    assert scratch_of(postgres_site, held.proc.pid) == [staging]
+
+    result = postgres_site.manage("backup_restore", "--noinput", "--skip-media")
+
+    assert f"Removed {staging}, left behind by an interrupted restore" in result.stderr
+    assert [name for name in side_databases(postgres_site) if "_restore_" in name] == []
+
+
 def test_a_superuser_site_restore_in_place_killed_after_its_load_leaves_nothing_the_next_restore_keeps(
     postgres_site,
 ):

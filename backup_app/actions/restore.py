@@ -605,13 +605,25 @@ def check_metadata(storage, plan: Plan, allow_newer: bool) -> list[str]:
     return notes
 
 
-def _abandon(staged_dbs: list[tuple[Engine, Staged]], staged_media: StagedArchive | None) -> None:
-    """Throw away everything staged and not swapped in."""
+def _abandon(staged_dbs: list[tuple[Engine, Staged]], staged_media: StagedArchive | None) -> str:
+    """Throw away everything staged and not swapped in.  What cannot be removed never hides the error that
+    stopped the restore: it is returned as the end of that error's line (``''`` when everything went), naming
+    each thing left and what removes it (the next restore's cleanup, as for a killed run's)."""
+    left = []
     for engine, staged in staged_dbs:
-        with suppress(Exception):
+        try:
             engine.abandon(staged)
+        except Exception as err:  # noqa: BLE001 - reported on the error that stopped the restore
+            left.append(f"the staging {staged.describe()} was not removed ({redact(err)})")
     if staged_media is not None:
-        abandon_archive(staged_media)
+        try:
+            abandon_archive(staged_media, strict=True)
+        except OSError as err:
+            left.append(f"the staging folder {staged_media.folder} was not removed ({err.strerror or err})")
+    if not left:
+        return ""
+    it = "it" if len(left) == 1 else "them"
+    return f"; {'; '.join(left)}: the next {hints.command('restore')} removes {it} once the cause is gone"
 
 
 def _stage(storage, plan: Plan, engines: dict[str, Engine], opts: RestoreOptions, gpg: GpgSpec, progress: Progress):
@@ -692,14 +704,14 @@ def _stage(storage, plan: Plan, engines: dict[str, Engine], opts: RestoreOptions
     except BaseException as err:
         if media_job is not None:
             with suppress(BaseException):
-                abandon_archive(media_job.result())
-        _abandon(staged_dbs, staged_media)
+                staged_media = media_job.result()
+        left = _abandon(staged_dbs, staged_media)
         if isinstance(err, RestoreError):
-            raise RestoreError(f"{err}; nothing was changed") from None
+            raise RestoreError(f"{err}; nothing was changed{left}") from None
         if isinstance(err, Exception):
-            raise RestoreError(f"{redact(err)}; nothing was changed") from None
+            raise RestoreError(f"{redact(err)}; nothing was changed{left}") from None
         if isinstance(err, Interrupted):
-            raise interrupted_error(err, "nothing was changed") from None
+            raise interrupted_error(err, f"nothing was changed{left}") from None
         raise
     finally:
         pool.shutdown(wait=True)
@@ -917,10 +929,12 @@ def restore(storage, opts: RestoreOptions, progress: Progress, confirm: Confirm 
             say(f"  {note}")
         check_room(swap_needs(staged_dbs, staged_media, opts.mirror))
     except BaseException as err:
-        _abandon(staged_dbs, staged_media)
+        left = _abandon(staged_dbs, staged_media)
         rollback.discard(safety)
         if isinstance(err, Exception):
-            raise RestoreError(f"{redact(err)}; nothing was changed") from None
+            raise RestoreError(f"{redact(err)}; nothing was changed{left}") from None
+        if isinstance(err, Interrupted):
+            raise interrupted_error(err, f"nothing was changed{left}") from None
         raise
     try:
         pause_at("restore:staged")
@@ -954,22 +968,23 @@ def restore(storage, opts: RestoreOptions, progress: Progress, confirm: Confirm 
     except BaseException as err:
         # A second SIGTERM or SIGINT waits until the old state is back.
         with shielded():
-            _abandon(staged_dbs, staged_media)
+            left = _abandon(staged_dbs, staged_media)
             message = redact(err) if isinstance(err, Exception | Interrupted) else "interrupted"
             # Its own put-back already waited for what holds it: the next command finishes it from the record.
             if isinstance(err, PutBackPending):
-                raise RestoreError(f"{message}: {finish_later(safety)}") from None
+                raise RestoreError(f"{message}: {finish_later(safety)}{left}") from None
             try:
                 undone = rollback.undo(safety)
             except Exception as undo_err:
                 raise RestoreError(
                     f"{message}; putting the old state back ALSO failed ({redact(undo_err)}): {finish_later(safety)}"
+                    f"{left}"
                 ) from None
             rollback.discard(safety)
         what = " and ".join(undone) + " put back as they were" if undone else "nothing had been changed"
         if isinstance(err, Interrupted):
-            raise interrupted_error(err, f"the restore was undone ({what})") from None
-        raise RestoreError(f"{message}; the restore was undone ({what})") from None
+            raise interrupted_error(err, f"the restore was undone ({what}){left}") from None
+        raise RestoreError(f"{message}; the restore was undone ({what}){left}") from None
     safety.mark("done")
     for item in plan.databases:
         hooks.send_post_restore(item.alias, item.file.name, engines[item.alias].connector, storage)

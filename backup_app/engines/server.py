@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, ClassVar
 
@@ -66,9 +67,14 @@ class SpooledDump(Staged):
     def describe(self) -> str:
         return f"spooled dump {self.path}"
 
-    def remove(self) -> None:
-        """Remove the dump and its private folder."""
-        shutil.rmtree(Path(self.path).parent, ignore_errors=True)
+    def remove(self, *, strict: bool = False) -> None:
+        """Remove the dump and its private folder (``strict``: an OSError is raised, for the caller to report;
+        what is left is a spool folder :func:`remove_stale_spools` removes once this run is gone)."""
+        if not strict:
+            shutil.rmtree(Path(self.path).parent, ignore_errors=True)
+            return
+        with suppress(FileNotFoundError):
+            shutil.rmtree(Path(self.path).parent)
 
 
 #: Folders of the safety folder that hold an incoming dump during a restore in place: ``.spool-<pid>-<random>``.
@@ -222,7 +228,7 @@ class InPlace(Strategy):
         return entry
 
     def abandon(self, staged: SpooledDump) -> None:
-        staged.remove()
+        staged.remove(strict=True)
 
     def count_tables(self, staged: SpooledDump) -> int:
         raise RestoreError(f"counting tables needs the right to create a database on the {self.engine.server} server")
