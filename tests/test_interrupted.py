@@ -524,11 +524,20 @@ def test_server_database_sigterm_during_its_dump_removes_the_partial_set_and_end
 
 
 def test_sigint_half_way_through_the_media_undoes_the_restore(changed_site):
-    # Ctrl-C on a terminal: the same undo as SIGTERM, exit 130, the line says "interrupted" alone.
+    # Ctrl-C on a terminal: the same undo as SIGTERM, exit 130, the line says "interrupted" alone.  A first Ctrl-C
+    # alone cannot tell whether this app's handler is installed (Python's KeyboardInterrupt takes the same undo
+    # path), so Ctrl-C is pressed again each time the undo is half way: the media swap's own undo (which the
+    # restore's undo runs again whole), then the restore's undo, which only the handler keeps going (without it a
+    # KeyboardInterrupt stops it half way and the site is left half old).
     old = state(changed_site)
+    held = Held(changed_site, "restore:media-half,rollback:media-half", "backup_restore", "--noinput")
+    held.paused("restore:media-half")
 
-    held = Held(changed_site, "restore:media-half", "backup_restore", "--noinput").paused("restore:media-half")
     held.signal(signal.SIGINT)
+    for _undo in ("the media swap's", "the restore's"):
+        held.paused("rollback:media-half")
+        held.signal(signal.SIGINT)
+    held.go_on()
     code, err = held.finish()
 
     assert code == 128 + signal.SIGINT, err

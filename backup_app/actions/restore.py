@@ -30,7 +30,7 @@ from .. import hints
 from ..engines import Engine, Staged, engine_for, site_lock
 from ..errors import PutBackPending, RestoreError
 from ..history import record_run
-from ..interrupts import Interrupted, shielded
+from ..interrupts import Interrupted, shielded, take_pending
 from ..media import (
     StagedArchive,
     abandon_archive,
@@ -981,6 +981,9 @@ def restore(storage, opts: RestoreOptions, progress: Progress, confirm: Confirm 
                     f"{left}"
                 ) from None
             rollback.discard(safety)
+            # A signal noted during the undo is not raised at the block's end: it would replace the line below
+            # (what stopped the restore, and that it was undone) with a bare "interrupted".
+            take_pending()
         what = " and ".join(undone) + " put back as they were" if undone else "nothing had been changed"
         if isinstance(err, Interrupted):
             raise interrupted_error(err, f"the restore was undone ({what}){left}") from None
