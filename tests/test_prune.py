@@ -97,3 +97,29 @@ def test_pruning_is_refused_while_a_backup_runs_and_its_files_stay(sqlite_site):
     assert refused.returncode != 0
     assert "another backup or restore is running" in refused.stderr
     assert [s["status"] for s in site.sets()] == ["complete", "complete"]
+
+
+def test_a_clean_that_cannot_delete_a_local_file_stops_with_one_line_naming_it_and_the_fix(sqlite_site):
+    site = sqlite_site
+    (site.media / "doc.txt").write_text("data")
+    site.invoke("backup", "--quiet")
+    [old] = site.sets()
+    names = sorted(f["name"] for f in old["files"])
+    archive = site.backups / next(f["name"] for f in old["files"] if f["kind"] == "media")  # deleted last
+    # Root may delete in any folder: an immutable file is one even root cannot delete.
+    if subprocess.run(["chattr", "+i", str(archive)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not possible on this file system (or without CAP_LINUX_IMMUTABLE)")
+    try:
+        result = site.invoke("backup", "--clean", "--quiet", check=False, extra_env={"INVENTREE_BACKUP_KEEP": "1"})
+    finally:
+        subprocess.run(["chattr", "-i", str(archive)], check=True)
+
+    assert result.returncode != 0
+    [line] = [line for line in result.stderr.splitlines() if line.strip()]
+    removed = len(names) - 1  # the manifest first, then the dump and its sidecar
+    assert f"--clean removed {removed} files, then stopped (set {old['name']} is left incomplete: {removed} of " in line
+    assert f"cannot delete {archive.name} (Operation not permitted)" in line, line
+    assert f"the right to delete files in {site.backups}" in line, line
+    assert "Traceback" not in result.output
+    assert [s["complete"] for s in site.sets()] == [True, False]
+    assert archive.exists()

@@ -50,6 +50,14 @@ S3_BACKUP_POLICY = {
         },
     ],
 }
+#: The documented policy without s3:DeleteObject: a user that may write backups but not delete them.
+S3_KEEPER_POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [
+        S3_BACKUP_POLICY["Statement"][0],
+        {"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject"], "Resource": f"arn:aws:s3:::{BUCKET}/*"},
+    ],
+}
 S3_READ_ONLY_POLICY = {
     "Version": "2012-10-17",
     "Statement": [
@@ -179,7 +187,8 @@ make_server("127.0.0.1", int(sys.argv[1]), app, threaded=True).serve_forever()
 
 @pytest.fixture(scope="session")
 def s3_server(workdir) -> Iterator[Remote]:
-    """moto in server mode; IAM enforced after set-up: users backup (the documented policy), reader, admin."""
+    """moto in server mode; IAM enforced after set-up: users backup (the documented policy), keeper (no
+    delete), reader, admin."""
     try:
         import boto3
         import moto.server  # noqa: F401
@@ -199,7 +208,13 @@ def s3_server(workdir) -> Iterator[Remote]:
     s3.create_bucket(Bucket=BUCKET)
     keys = {}
     admin_policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
-    for user, policy in (("backup", S3_BACKUP_POLICY), ("reader", S3_READ_ONLY_POLICY), ("admin", admin_policy)):
+    users = (
+        ("backup", S3_BACKUP_POLICY),
+        ("keeper", S3_KEEPER_POLICY),
+        ("reader", S3_READ_ONLY_POLICY),
+        ("admin", admin_policy),
+    )
+    for user, policy in users:
         iam.create_user(UserName=user)
         iam.put_user_policy(UserName=user, PolicyName="backup", PolicyDocument=json.dumps(policy))
         key = iam.create_access_key(UserName=user)["AccessKey"]
@@ -339,7 +354,8 @@ FTPServer(("127.0.0.1", port), FTPHandler).serve_forever()
 
 @pytest.fixture(scope="session")
 def ftp_server(workdir) -> Iterator[Remote]:
-    """pyftpdlib: user ``backup`` may do everything in its home, ``reader`` only list and read."""
+    """pyftpdlib: user ``backup`` may do everything in its home, ``keeper`` all but delete, ``reader`` only list
+    and read."""
     try:
         import pyftpdlib  # noqa: F401
     except ImportError as err:
@@ -347,7 +363,11 @@ def ftp_server(workdir) -> Iterator[Remote]:
     home = workdir / "ftp"
     home.mkdir()
     port = free_port()
-    users = [("backup", "ftp-secret-pw", str(home), "elradfmw"), ("reader", "reader-pw", str(home), "elr")]
+    users = [
+        ("backup", "ftp-secret-pw", str(home), "elradfmw"),
+        ("keeper", "keeper-pw", str(home), "elrafmw"),
+        ("reader", "reader-pw", str(home), "elr"),
+    ]
     server = start_server(
         "pyftpdlib FTP server", [sys.executable, "-c", FTP_SERVER, json.dumps([port, users])], port, workdir
     )
@@ -664,6 +684,57 @@ def test_sigterm_during_an_s3_upload_aborts_it(sqlite_site, s3_server):
     assert "interrupted by SIGTERM" in err
     assert client.list_multipart_uploads(Bucket=BUCKET, Prefix=prefix + "/").get("Uploads", []) == []
     assert s3_server.names(prefix) == []
+
+
+@pytest.mark.parametrize("backend", ["s3", "sftp", "ftp"])
+def test_a_clean_that_may_not_delete_an_old_set_stops_with_one_line_naming_it_and_the_set_stays(
+    request, sqlite_site, backend
+):
+    remote = request.getfixturevalue(f"{backend}_server")
+    target = failing_site(sqlite_site, remote)
+    site = target.site
+    site.invoke("backup", "--quiet")
+    [old] = site.sets()
+    if backend == "sftp":
+        if os.geteuid() != 0:
+            pytest.skip("needs root: the SSH login is then another user (nobody), whose rights apply")
+        # The old set's files become root's in a sticky folder: the SSH user writes new files, deletes only its own.
+        folder = remote.home / target.prefix
+        for path in folder.iterdir():
+            os.chown(path, 0, 0)
+            path.chmod(0o644)
+        os.chown(folder, 0, 0)
+        folder.chmod(0o1777)
+    else:
+        point_at(site, remote, target.prefix, user="keeper")  # may write and read, not delete
+
+    result = site.invoke("backup", "--clean", "--quiet", check=False, extra_env={"INVENTREE_BACKUP_KEEP": "1"})
+
+    line = one_line_error(result)
+    manifest = next(f["name"] for f in old["files"] if f["kind"] == "manifest")
+    assert f"delete {manifest}" in line, line  # the first file the prune deletes: the old set's manifest
+    assert "delete" in line.rsplit("; ", 1)[-1].lower(), line  # and what to fix: the account's delete right
+    assert "--clean removed 0 files" in line and "is complete" in line, line
+    sets = site.sets()
+    assert [s["complete"] for s in sets] == [True, True]
+    assert {f["name"] for f in old["files"]} <= set(target.names())
+
+
+def test_ftp_with_allow_overwrite_a_clean_deletes_the_old_set(sqlite_site, ftp_server):
+    # FTPStorage.exists() answers False whenever allow_overwrite is on, and its delete() deletes only what
+    # exists() finds.
+    target = failing_site(sqlite_site, ftp_server)
+    site = target.site
+    options = json.loads(site.env["INVENTREE_BACKUP_OPTIONS"])
+    site.env["INVENTREE_BACKUP_OPTIONS"] = json.dumps({**options, "allow_overwrite": True})
+    site.invoke("backup", "--quiet")
+    [old] = site.sets()
+
+    site.invoke("backup", "--clean", "--quiet", extra_env={"INVENTREE_BACKUP_KEEP": "1"})
+
+    [new] = site.sets()
+    assert new["name"] != old["name"]
+    assert set(target.names()) == {f["name"] for f in new["files"]}
 
 
 def test_s3_wrong_secret_key(sqlite_site, s3_server):

@@ -70,12 +70,11 @@ def prune(
         protect.add(new_set)
     else:
         sets = list_sets(storage)
-    names = doomed(sets, retention, include_legacy=include_legacy, protect=protect)
-    for name in names:
-        storage.delete(name)
+    names: list[str] = []
+    delete_files(storage, doomed(sets, retention, include_legacy=include_legacy, protect=protect), names, sets, new_set)
     pause_at("prune:sets-deleted")
     gpg = _decryption()
-    names += unreferenced_packs(storage, sets, progress, gpg)
+    unreferenced_packs(storage, sets, progress, gpg, done=names, new_set=new_set)
     repacked = repack_sparse(storage, progress, gpg)
     aborted = abort_uploads(storage, sets, progress)
     if aborted:
@@ -87,6 +86,43 @@ def prune(
     for name, why in held_back(sets, protect):
         progress.step(f"Kept set {name}, which is not complete: {why}; check it and delete its files by hand")
     return PruneResult(deleted=names, repacked=repacked)
+
+
+def delete_files(storage, names: list[str], done: list[str], sets: list[BackupSet], new_set: str | None = None) -> None:
+    """Delete ``names`` in order, each added to ``done`` once deleted; the first that cannot be deleted stops
+    the prune with a BackupError whose one line says what was removed, the file and what to fix.
+
+    A delete the storage refuses is never taken for done: every backend here raises for it (the adapters of
+    SFTP and FTP do not let their classes' silent ``delete`` pass it, docs/storage/index.md).
+    """
+    for name in names:
+        try:
+            storage.delete(name)
+        except Exception as err:
+            raise BackupError(_stopped(storage, name, err, done, sets, new_set)) from err
+        done.append(name)
+
+
+def _stopped(storage, name: str, err: Exception, done: list[str], sets: list[BackupSet], new_set: str | None) -> str:
+    head = f"set {new_set} is complete; " if new_set else ""
+    if isinstance(err, BackupAppError):
+        why = redact(err)
+    elif isinstance(err, OSError):
+        folder = getattr(storage, "location", "") or "the backup folder"
+        why = (
+            f"cannot delete {name} ({err.strerror or err}); the user running the backup needs the right to delete "
+            f"files in {folder} (and the file must not be immutable: lsattr)"
+        )
+    else:
+        why = f"cannot delete {name} ({type(err).__name__}: {redact(err)})"
+    owner = next((s.name for s in sets if name in s.all_names()), None)
+    gone = [n for n in done if owner is not None and any(n in s.all_names() for s in sets if s.name == owner)]
+    left = (
+        f" (set {owner} is left incomplete: {len(gone)} of its files were removed; delete the others by hand)"
+        if gone
+        else ""
+    )
+    return f"{head}--clean removed {len(done)} files, then stopped{left}: {why}"
 
 
 def abort_uploads(storage, sets: list[BackupSet], progress: Progress = NO_PROGRESS) -> list[str]:
@@ -105,9 +141,15 @@ def abort_uploads(storage, sets: list[BackupSet], progress: Progress = NO_PROGRE
 
 
 def unreferenced_packs(
-    storage, before: list[BackupSet], progress: Progress = NO_PROGRESS, gpg: GpgSpec | None = None
+    storage,
+    before: list[BackupSet],
+    progress: Progress = NO_PROGRESS,
+    gpg: GpgSpec | None = None,
+    done: list[str] | None = None,
+    new_set: str | None = None,
 ) -> list[str]:
-    """Delete the media packs and move records no manifest needs (the caller holds the site lock); returns them.
+    """Delete the media packs and move records no manifest needs (the caller holds the site lock); returns them,
+    and adds each to ``done`` once deleted (the prune's count, for the line that says where it stopped).
 
     Every set with a readable manifest keeps its packs, complete or not, and the packs its repacked ones moved
     into.  If any manifest cannot be read, now or in ``before`` (the sets as they were when pruning began),
@@ -117,8 +159,8 @@ def unreferenced_packs(
     if not listing.packs and not listing.records:
         return []
     gone = packs_to_delete(storage, listing, before, list_sets(storage), progress, gpg)
-    for name in gone:
-        storage.delete(name)
+    done = [] if done is None else done
+    delete_files(storage, gone, done, before, new_set)
     return gone
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ftplib
 import io
+import posixpath
 from contextlib import suppress
 from typing import BinaryIO
 
@@ -92,6 +93,29 @@ class FTPAdapter(Adapter):
     def reset(self, backend) -> None:
         self.close(backend)
         backend._connection = None
+
+    def exists(self, backend, name: str) -> bool:
+        """Whether the server lists ``name`` in its folder.  FTPStorage.exists answers False whenever
+        allow_overwrite is on, and for a 4xx answer (a busy server) too."""
+        folder, base = posixpath.split(name)
+        try:
+            listed = backend._connection.nlst(folder) if folder else backend._connection.nlst()
+        except ftplib.error_perm as err:
+            if str(err).startswith("550"):  # no such folder
+                return False
+            raise
+        return name in listed or base in listed
+
+    def delete(self, backend, name: str) -> None:
+        """DELE ``name`` whatever allow_overwrite says (FTPStorage.delete deletes only what its exists() finds:
+        with allow_overwrite, nothing, and a prune said it removed sets that were still there).  A 550 answer
+        is a file already gone only when the server no longer lists it; otherwise the refusal stands."""
+        try:
+            backend._connection.delete(name)
+        except ftplib.error_perm as err:
+            if str(err).startswith("550") and not self.exists(backend, name):
+                return
+            raise
 
     def read_bytes(self, backend, name: str) -> bytes:
         """A small file over a connection that is open: the backend's own (its listing's), else one logged in

@@ -104,6 +104,15 @@ class SFTPAdapter(Adapter):
             pass
         backend._sftp = None  # the next use of backend.sftp connects again
 
+    def delete(self, backend, name: str) -> None:
+        """Remove ``name``; only a file that is not there counts as deleted.  SFTPStorage.delete passes over
+        every OSError (a refused remove, a connection that timed out) as if the file were gone, so a prune said
+        it removed sets that were still there."""
+        try:
+            backend.sftp.remove(backend._remote_path(name))
+        except FileNotFoundError:
+            pass
+
     def describe(self, backend) -> str:
         params = backend.params or {}
         user = f"{params['username']}@" if params.get("username") else ""
