@@ -62,6 +62,7 @@ from .pipeline import SUFFIX, GpgSpec, ReadResult, StoredFile, incompressible, o
 from .secrets import redact
 from .sets import INDEX_BASE, split_extension
 from .storage import RemoteStorage
+from .testing import pause_at
 
 #: Folder of the backup storage holding the packs (not listed with the sets: listing stays one request).
 PACK_FOLDER = "media-packs"
@@ -948,6 +949,70 @@ def read_pack(
         )
 
 
+#: How many times one read follows a pack that a prune repacked while it ran (a repack of the new pack too).
+FOLLOW_TRIES = 3
+
+
+def read_pack_followed(
+    storage,
+    pack: str,
+    info: dict,
+    extents: list[tuple[int, int, str]],
+    gpg: GpgSpec | None,
+    consume: Callable[[int, memoryview], None],
+) -> None:
+    """:func:`read_pack`, and if ``pack`` is repacked while it is read, the rest of its blobs from where they are now.
+
+    A verify, export or restore lists the packs it needs once (:func:`follow_moves`) and then reads them one by
+    one, under no lock a prune of another site (or, for a verify or an export, of this one) must wait for.  A
+    repacking prune deletes the old pack only once the new pack and the move record are written and read back:
+    so when reading ``pack`` fails and a fresh listing no longer has it, its move record is there, and the
+    blobs not given to ``consume`` yet are read from the pack it moved into (each still checked against its
+    SHA-256, that pack against the record's size and SHA-256).  ``consume`` is always given offsets in
+    ``pack``.  Any other failure (the pack still there, no record, an error of ``consume``) is raised as it is.
+    """
+    done: set[int] = set()  # offsets in ``pack`` of the blobs consumed
+    where = {offset: offset for offset, _length, _sha in extents}  # offset in the pack being read -> in ``pack``
+    failed: list[BaseException] = []
+
+    def take(offset: int, blob: memoryview) -> None:
+        try:
+            consume(where[offset], blob)
+        except BaseException as err:
+            failed.append(err)
+            raise
+        done.add(where[offset])
+
+    current, current_info, todo = pack, info, list(extents)
+    for attempt in range(FOLLOW_TRIES + 1):
+        try:
+            read_pack(storage, current, current_info, todo, gpg, take)
+            return
+        except Exception:
+            if failed or attempt == FOLLOW_TRIES:
+                raise
+            try:
+                listing = list_store(storage)
+                move = None if current in listing.packs else find_moves(storage, {current}, gpg, listing).get(current)
+            except Exception:
+                move = None
+            if move is None:
+                raise
+        moved, rest = {}, []
+        for offset, length, sha in todo:
+            if where[offset] in done:
+                continue
+            at = move.offsets.get(offset)
+            if at is None or at[1] != length:
+                raise RestoreError(
+                    f"media pack {current} was repacked into {move.target} without blob {sha[:12]}; "
+                    "the media data is damaged"
+                )
+            moved[at[0]] = where[offset]
+            rest.append((at[0], length, sha))
+        current, current_info, todo, where = move.target, move.info, rest, moved
+
+
 def _pack_plan(index: MediaIndex, wanted: set[str] | None = None) -> dict[str, list[tuple[int, int, str]]]:
     """pack -> its blobs that ``index`` (the files in ``wanted``, or all) needs, in the order packs are first used."""
     plan: dict[str, set[tuple[int, int, str]]] = {}
@@ -962,32 +1027,48 @@ def _pack_plan(index: MediaIndex, wanted: set[str] | None = None) -> dict[str, l
 def check_packs(storage, packs: dict[str, dict], index: MediaIndex, gpg: GpgSpec | None, *, read_data: bool) -> str:
     """Verify the packs a set needs: present with their sizes, or with ``read_data`` every blob read and hashed.
 
-    Returns a line of what was checked; RestoreError names the first pack that is missing or damaged.
+    Returns a line of what was checked; RestoreError names the first pack that is missing or damaged.  A pack
+    that a prune repacks meanwhile is followed (:func:`read_pack_followed`; without ``read_data``, the packs
+    are located again when one is gone, up to :data:`FOLLOW_TRIES` times).
     """
     unknown = index.packs() - set(packs)
     if unknown:
         raise RestoreError(f"the media index needs pack {sorted(unknown)[0]}, which its manifest does not name")
-    index, packs = follow_moves(storage, index, packs, gpg)
-    needed = index.packs()
+    located, table = follow_moves(storage, index, packs, gpg)
+    pause_at("media:packs-located")
     if not read_data:
-        listed = list_packs(storage, needed)
-        for pack in sorted(needed):
-            if pack not in listed:
-                raise RestoreError(f"media pack {pack} is missing from the backup storage")
+        for attempt in range(FOLLOW_TRIES + 1):
             try:
-                size = listed[pack] if listed[pack] is not None else storage.size(pack)
-            except FileNotFoundError:
-                raise RestoreError(f"media pack {pack} is missing from the backup storage") from None
-            except Exception as err:
-                raise RestoreError(f"media pack {pack} cannot be read: {redact(err)}") from None
-            if size != packs[pack].get("size"):
-                raise RestoreError(f"media pack {pack} is {size} bytes but the manifest says {packs[pack].get('size')}")
-        return f"{len(needed)} packs present with their sizes"
+                return _check_present(storage, located.packs(), table)
+            except RestoreError:
+                if attempt == FOLLOW_TRIES:
+                    raise
+                again, again_table = follow_moves(storage, index, packs, gpg)
+                if again.packs() == located.packs():
+                    raise  # nothing moved since: the pack is missing
+                located, table = again, again_table
     blobs = 0
-    for pack, extents in _pack_plan(index).items():
-        read_pack(storage, pack, packs[pack], extents, gpg, lambda _o, _b: None)
+    plan = _pack_plan(located)
+    for pack, extents in plan.items():
+        read_pack_followed(storage, pack, table[pack], extents, gpg, lambda _o, _b: None)
         blobs += len(extents)
-    return f"{len(needed)} packs read, {blobs} blobs match their SHA-256"
+    return f"{len(plan)} packs read, {blobs} blobs match their SHA-256"
+
+
+def _check_present(storage, needed: set[str], packs: dict[str, dict]) -> str:
+    listed = list_packs(storage, needed)
+    for pack in sorted(needed):
+        if pack not in listed:
+            raise RestoreError(f"media pack {pack} is missing from the backup storage")
+        try:
+            size = listed[pack] if listed[pack] is not None else storage.size(pack)
+        except FileNotFoundError:
+            raise RestoreError(f"media pack {pack} is missing from the backup storage") from None
+        except Exception as err:
+            raise RestoreError(f"media pack {pack} cannot be read: {redact(err)}") from None
+        if size != packs[pack].get("size"):
+            raise RestoreError(f"media pack {pack} is {size} bytes but the manifest says {packs[pack].get('size')}")
+    return f"{len(needed)} packs present with their sizes"
 
 
 # --- repacking -----------------------------------------------------------------------------------------
@@ -1046,7 +1127,6 @@ def repack(
 def _repack_into(storage, batch, todo, table, suffix, read_gpg, write_gpg, stats: RepackStats) -> None:
     """Repack the old packs ``batch`` into one new pack (see :func:`repack`)."""
     from .interrupts import shielded
-    from .testing import pause_at
 
     compression = next((kind for kind, ending in SUFFIX.items() if ending and suffix.startswith(ending)), "none")
     buffer = bytearray()
@@ -1202,7 +1282,7 @@ def _rebuild(staged: StagedArchive, wanted: list[FileEntry], index, storage, pac
                 for number, position in targets[(pack, offset)]:
                     files.write(number, position, blob)
 
-            read_pack(storage, pack, packs[pack], extents, gpg, consume)
+            read_pack_followed(storage, pack, packs[pack], extents, gpg, consume)
     finally:
         files.close()
     for number, entry in enumerate(wanted):
@@ -1231,6 +1311,7 @@ def stage_index(media, storage, index: MediaIndex, packs: dict[str, dict], gpg: 
         if unknown:
             raise RestoreError(f"the media index needs pack {sorted(unknown)[0]}, which its manifest does not name")
         index, packs = follow_moves(storage, index, packs, gpg)  # packs repacked since the set was written
+        pause_at("media:packs-located")
         wanted: list[FileEntry] = []
         checked: set[str] = set()
         if live_root is not None:

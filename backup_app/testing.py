@@ -13,7 +13,8 @@ the live and staged triggers, routines, events and views dropped, the tables unl
 run yet), ``prune:sets-deleted`` (the sets retention drops are deleted, no pack yet),
 ``prune:repack-written``, ``prune:repack-verified``, ``prune:repack-recorded`` and ``prune:repack-deleted`` (a
 repack's new pack written; read back; its move records written; the first old pack deleted:
-docs/incremental.md); several steps may be named, separated by commas.
+docs/incremental.md), ``media:packs-located`` (a verify, restore or export of an incremental set has listed
+the packs its index needs, none read yet); several steps may be named, separated by commas.
 Without the variable :func:`pause_at` only reads the environment.
 """
 

@@ -1,0 +1,110 @@
+"""Readers and prunes beside a prune that repacks (docs/incremental.md, "Repacking").
+
+A verify or an export takes no site lock, and a restore takes only its own site's: a prune (of this site, or of
+another site sharing the storage) may repack a pack such a reader has listed and not read yet.  Each reader is
+held with ``BACKUP_APP_PAUSE_AT=media:packs-located`` (its packs listed, none read), a real prune repacks the
+oldest pack and deletes it, then the reader goes on and must end as it would have alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import tarfile
+
+import pytest
+from reference import file_stats
+from test_incremental import (
+    PRUNE,
+    churned,
+    empty,
+    incremental,
+    manifests,
+    packs_on_disk,
+)
+from test_interrupted import Held
+
+HERE = "media:packs-located"
+
+
+@pytest.fixture
+def site(sqlite_site):
+    return incremental(sqlite_site)
+
+
+def repack(site, first_pack: str, env: dict | None = None) -> None:
+    """Prune to the two newest sets: the oldest goes, and the first pack (a quarter of it still needed) is
+    repacked and deleted."""
+    result = site.manage("shell", "--no-imports", "-c", PRUNE.format(keep=2), extra_env=env or {})
+    assert first_pack not in packs_on_disk(site), result.stderr
+
+
+def first_pack(site) -> str:
+    [pack] = manifests(site)[-1]["media"]["packs"]
+    return pack
+
+
+def untimed(report: str) -> str:
+    return re.sub(r" read in [0-9.]+ s ", " read in T s ", report)
+
+
+def resumed(held: Held) -> tuple[int, str, str]:
+    held.go_on()
+    code, stderr = held.finish()
+    return code, held.proc.stdout.read(), stderr
+
+
+@pytest.mark.parametrize("read_data", [True, False], ids=["read-data", "quick"])
+def test_a_verify_whose_pack_a_prune_repacks_after_it_listed_it_follows_the_move_record(site, read_data):
+    churned(site)
+    pack = first_pack(site)
+    kept = site.sets()[1]["name"]  # the older of the two sets the prune keeps: it needs the first pack
+    args = ["backup_verify", "--set", kept, *(["--read-data"] if read_data else [])]
+    held = Held(site, HERE, *args).paused(HERE)
+
+    repack(site, pack)
+    code, stdout, stderr = resumed(held)
+
+    assert code == 0, stderr
+    # The same report as a verify run after the prune, but for the time it took.
+    assert untimed(stdout) == untimed(site.manage(*args).stdout), stdout
+
+
+def test_an_export_whose_pack_a_prune_repacks_after_it_listed_it_writes_every_file(site, tmp_path):
+    states = churned(site)
+    pack = first_pack(site)
+    kept = site.sets()[1]["name"]
+    output = tmp_path / "media.tar"
+    held = Held(site, HERE, "backup_export", "--set", kept, "--output", str(output)).paused(HERE)
+
+    repack(site, pack)
+    code, _stdout, stderr = resumed(held)
+
+    assert code == 0, stderr
+    with tarfile.open(output) as tar:
+        found = {m.name: hashlib.sha256(tar.extractfile(m).read()).hexdigest() for m in tar if m.isfile()}
+    assert found == {name: e["sha256"] for name, e in states[kept].items() if e["kind"] == "file"}
+
+
+def test_a_restore_whose_pack_another_sites_prune_repacks_after_it_listed_it_restores_exactly(site):
+    """The restore holds this site's lock; a site sharing the storage holds a lock of its own and prunes."""
+    states = churned(site)
+    pack = first_pack(site)
+    newest, oldest = site.sets()[0]["name"], site.sets()[-1]["name"]
+    site.manage("shell", "--no-imports", "-c", f"from backup_app.actions import delete; delete.run({oldest!r})")
+    empty(site.media)
+    held = Held(site, HERE, "backup_restore", "--noinput", "--skip-db").paused(HERE)
+
+    repack(site, pack, other_site(site))
+    code, _stdout, stderr = resumed(held)
+
+    assert code == 0, stderr
+    assert file_stats(site.media) == states[newest]
+
+
+def other_site(site) -> dict:
+    """The environment of a second site whose backups share this site's storage: its own database (so a site
+    lock of its own) and its own site id."""
+    shutil.copyfile(site.root / "db.sqlite3", site.root / "other.sqlite3")
+    return {"INVENTREE_DB_NAME": str(site.root / "other.sqlite3"), "INVENTREE_BACKUP_SITE_ID": "other-site"}
