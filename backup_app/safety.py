@@ -33,12 +33,20 @@ class SafetyRecord:
     def __init__(self, folder: Path, data: dict):
         self.folder = folder
         self.data = data
+        #: The folders above ``folder`` that :meth:`create` made (the safety folder itself, when it was not
+        #: there), deepest first: a restore that is refused or undone removes them again when they are empty.
+        self.made: list[Path] = []
 
     @classmethod
     def create(cls, root: Path, restoring: str | None) -> SafetyRecord:
         now = timezone.localtime()
         name = now.strftime("%Y-%m-%d-%H%M%S-%f")
         folder = root / name
+        made = []
+        above = root
+        while not os.path.lexists(above) and above != above.parent:
+            made.append(above)
+            above = above.parent
         folder.mkdir(parents=True, mode=0o700)
         record = cls(
             folder,
@@ -52,6 +60,7 @@ class SafetyRecord:
                 "owner": owner(),
             },
         )
+        record.made = made
         record.save()
         return record
 

@@ -399,46 +399,70 @@ def any_site(request) -> Site:
     return request.getfixturevalue(f"{request.param}_site")
 
 
-@pytest.fixture
-def pg_password_site(tmp_path, postgres_database):
+def _pg_role_site(tmp_path, database: str):
     """A PostgreSQL site whose role logs in with DB_PASSWORD and owns its database, but may not create one."""
     role = f"bk_{uuid.uuid4().hex[:8]}"
     with _pg_connect() as conn:
         conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{DB_PASSWORD}'")
-        conn.execute(f'ALTER DATABASE "{postgres_database}" OWNER TO {role}')
-    site = server_site(tmp_path / "site", "postgresql", postgres_database, role, DB_PASSWORD)
-    site.sql(
-        "INSERT INTO demo_part (name, description, quantity, created, attachment) "
-        "SELECT 'p', repeat(md5(g::text), 200), g, now(), '' FROM generate_series(1, 20000) g"
-    )
-    yield site
-    with _pg_connect() as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{postgres_database}" WITH (FORCE)')
-        conn.execute(f"DROP ROLE IF EXISTS {role}")
+        conn.execute(f'ALTER DATABASE "{database}" OWNER TO {role}')
+    try:
+        yield server_site(tmp_path / "site", "postgresql", database, role, DB_PASSWORD)
+    finally:
+        with _pg_connect() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            conn.execute(f"DROP ROLE IF EXISTS {role}")
 
 
 @pytest.fixture
-def mysql_password_site(tmp_path, mysql_database):
+def pg_password_site(tmp_path, postgres_database):
+    """A PostgreSQL site whose role logs in with DB_PASSWORD and owns its database, but may not create one."""
+    for site in _pg_role_site(tmp_path, postgres_database):
+        site.sql(
+            "INSERT INTO demo_part (name, description, quantity, created, attachment) "
+            "SELECT 'p', repeat(md5(g::text), 200), g, now(), '' FROM generate_series(1, 20000) g"
+        )
+        yield site
+
+
+def _mysql_user_site(tmp_path, database: str):
     """A MariaDB site whose user logs in with DB_PASSWORD and has rights on its own database only."""
     user = f"bk_{uuid.uuid4().hex[:8]}"
     conn = _my_connect()
     with conn.cursor() as cur:
         cur.execute(f"CREATE USER '{user}'@'%' IDENTIFIED BY '{DB_PASSWORD}'")
         cur.execute(f"CREATE USER '{user}'@'localhost' IDENTIFIED BY '{DB_PASSWORD}'")
-        cur.execute(f"GRANT ALL ON `{mysql_database}`.* TO '{user}'@'%'")
-        cur.execute(f"GRANT ALL ON `{mysql_database}`.* TO '{user}'@'localhost'")
+        cur.execute(f"GRANT ALL ON `{database}`.* TO '{user}'@'%'")
+        cur.execute(f"GRANT ALL ON `{database}`.* TO '{user}'@'localhost'")
     conn.close()
-    site = server_site(tmp_path / "site", "mysql", mysql_database, user, DB_PASSWORD)
-    site.sql(
-        "INSERT INTO demo_part (name, description, quantity, created, attachment) "
-        "SELECT 'p', REPEAT(MD5(seq), 200), seq, NOW(), '' FROM seq_1_to_20000"
-    )
-    yield site
-    conn = _my_connect()
-    with conn.cursor() as cur:
-        cur.execute(f"DROP USER IF EXISTS '{user}'@'%'")
-        cur.execute(f"DROP USER IF EXISTS '{user}'@'localhost'")
-    conn.close()
+    try:
+        yield server_site(tmp_path / "site", "mysql", database, user, DB_PASSWORD)
+    finally:
+        conn = _my_connect()
+        with conn.cursor() as cur:
+            cur.execute(f"DROP USER IF EXISTS '{user}'@'%'")
+            cur.execute(f"DROP USER IF EXISTS '{user}'@'localhost'")
+        conn.close()
+
+
+@pytest.fixture
+def mysql_password_site(tmp_path, mysql_database):
+    """A MariaDB site whose user logs in with DB_PASSWORD and has rights on its own database only."""
+    for site in _mysql_user_site(tmp_path, mysql_database):
+        site.sql(
+            "INSERT INTO demo_part (name, description, quantity, created, attachment) "
+            "SELECT 'p', REPEAT(MD5(seq), 200), seq, NOW(), '' FROM seq_1_to_20000"
+        )
+        yield site
+
+
+@pytest.fixture(params=["postgres", "mysql"])
+def in_place_site(request, tmp_path):
+    """A PostgreSQL or MariaDB site that may not create a database, so that its restores are in place; with the
+    demo's few rows only (:func:`pg_password_site` and :func:`mysql_password_site` add 20,000 wide ones)."""
+    if request.param == "postgres":
+        yield from _pg_role_site(tmp_path, request.getfixturevalue("postgres_database"))
+    else:
+        yield from _mysql_user_site(tmp_path, request.getfixturevalue("mysql_database"))
 
 
 @dataclass

@@ -144,6 +144,11 @@ def discard(record: SafetyRecord) -> None:
         except Exception:
             continue  # a database that is gone already; the folder goes anyway
     shutil.rmtree(record.folder, ignore_errors=True)
+    for folder in record.made:  # the safety folder this record's restore made, unless something else is in it now
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 def expire(days: int) -> list[str]:
