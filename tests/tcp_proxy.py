@@ -6,6 +6,10 @@ over one connection never has more than one open; one that reads in parallel has
 the server is held ``delay`` seconds, as over a real network, so that reads that overlap do overlap here too.
 The first ``drop`` connections are closed as soon as they are accepted, before a byte is passed on (a server
 restarting, a NAT or firewall cutting the connection): ``dropped`` counts them.
+With ``stall_after=N``, once N bytes in all have gone from clients to the server, nothing more is passed on
+either way, on any connection, old or new, until :meth:`close` (an endpoint that hangs mid-upload and stays
+hung): each connection stays open and nothing is read from it, so a client's writes block once the
+socket buffers are full.  ``stalled`` is set when that happens.
 """
 
 from __future__ import annotations
@@ -17,8 +21,14 @@ from contextlib import suppress
 
 
 class CountingProxy:
-    def __init__(self, port: int, upstream: tuple[str, int], delay: float = 0.02, drop: int = 0):
+    def __init__(
+        self, port: int, upstream: tuple[str, int], delay: float = 0.02, drop: int = 0, stall_after: int | None = None
+    ):
         self.upstream = upstream
+        self.stall_after = stall_after
+        self.sent = 0  # bytes passed from clients to the server
+        self.stalled = threading.Event()
+        self._released = threading.Event()
         self.delay = delay
         self.drop = drop
         self.dropped = 0
@@ -38,6 +48,7 @@ class CountingProxy:
 
     def close(self) -> None:
         self._closed = True
+        self._released.set()
         with suppress(OSError):
             self._listener.close()
 
@@ -63,14 +74,33 @@ class CountingProxy:
                 self.peak = max(self.peak, self.open_now)
             ends = [client, server]
             done = threading.Event()
-            threading.Thread(target=self._pipe, args=(client, server, 0, ends, done), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(client, server, 0, ends, done, True), daemon=True).start()
             threading.Thread(target=self._pipe, args=(server, client, self.delay, ends, done), daemon=True).start()
 
-    def _pipe(self, source, sink, delay: float, ends: list, done: threading.Event) -> None:
+    def _hold(self, upstream: bool, size: int) -> bool:
+        """Whether this piece is held for good (``stall_after`` reached); counts what goes to the server."""
+        if self.stall_after is None:
+            return False
+        with self._lock:
+            if upstream and not self.stalled.is_set():
+                if self.sent + size <= self.stall_after:
+                    self.sent += size
+                    return False
+                self.stalled.set()
+        if not self.stalled.is_set():
+            return False
+        self._released.wait()
+        return True
+
+    def _pipe(self, source, sink, delay: float, ends: list, done: threading.Event, upstream: bool = False) -> None:
         try:
             while True:
+                if self.stalled.is_set() and self._hold(upstream, 0):
+                    break
                 data = source.recv(65536)
                 if not data:
+                    break
+                if self._hold(upstream, len(data)):
                     break
                 if delay:
                     time.sleep(delay)

@@ -16,7 +16,14 @@ django.setup()
 
 import pytest  # noqa: E402
 from django.test import override_settings  # noqa: E402
-from test_remote_storage import azure_server, ftp_server, gcs_server, sftp_server, workdir  # noqa: E402, F401
+from test_remote_storage import (  # noqa: E402, F401
+    azure_server,
+    ftp_server,
+    gcs_server,
+    s3_server,
+    sftp_server,
+    workdir,
+)
 
 from backup_app import notify  # noqa: E402
 from backup_app.notify import notify_failure  # noqa: E402
@@ -330,3 +337,54 @@ def test_a_listing_of_a_silent_gcs_or_azure_endpoint_retries_visibly_and_gives_u
         f"{listing} prefix=site"
     ] * 3
     assert seconds < 60, seconds  # 3 silent seconds, 2 pauses of 1 s, and the command's start
+
+
+# --- S3: an endpoint that hangs in the middle of an upload ----------------------------------------
+
+
+def test_an_s3_endpoint_that_stalls_mid_upload_fails_the_backup_within_its_timeouts_and_no_set_is_complete(
+    request, sqlite_site
+):
+    import os
+    import time
+
+    from conftest import free_port
+    from tcp_proxy import CountingProxy
+    from test_listing_requests import _through_proxy
+    from test_remote_storage import BUCKET, point_at, s3_client
+
+    s3 = request.getfixturevalue("s3_server")
+    prefix = f"stall-{uuid.uuid4().hex[:10]}"
+    proxy_port = free_port()
+    upstream = _through_proxy(sqlite_site, "s3", s3, prefix, proxy_port)
+    # Two 8 MiB parts of a multipart upload; the endpoint hangs 10 MiB in, and stays hung.
+    proxy = CountingProxy(proxy_port, upstream, delay=0, stall_after=10 * 1024 * 1024)
+    request.addfinalizer(proxy.close)
+    (sqlite_site.media / "big.bin").write_bytes(os.urandom(16 * 1024 * 1024))
+    sqlite_site.env.update({"INVENTREE_BACKUP_STORAGE_TIMEOUT": "1", "INVENTREE_BACKUP_STORAGE_RETRIES": "1"})
+
+    started = time.monotonic()
+    result = sqlite_site.manage("backup_create", "--quiet", check=False, timeout=120)
+    seconds = time.monotonic() - started
+
+    assert proxy.stalled.is_set()
+    assert result.returncode != 0 and "Traceback" not in result.output
+    *retries, last = [line for line in result.stderr.splitlines() if line.strip()]
+    # Only the parts that were being sent are tried again; once they failed for good, the abort of the upload
+    # and the clean-up of the set are tried once each (before: each retried, about 4 minutes each by default).
+    assert retries and all(": UploadPart failed (" in r and r.endswith("; retrying (1/1)") for r in retries), retries
+    assert last.startswith("CommandError: writing InvenTree-media-"), last
+    assert "the S3 endpoint did not answer within 1 s, 2 tries" in last, last
+    assert "the storage did not answer, so what set " in last and "stays marked unfinished" in last, last
+    assert seconds < 60, seconds  # 1 s x (2 tries + abort + 2 checks), 1 s pause, two starts of Django
+    # Straight to the server: no manifest, so no set is complete; the next --clean leaves only its own set.
+    names = s3.names(prefix)
+    assert not [n for n in names if n.endswith(".manifest.metadata")], names
+    point_at(sqlite_site, s3, prefix)
+    assert not [s for s in sqlite_site.sets() if s["complete"]]
+    sqlite_site.manage("backup_create", "--clean", "--quiet", "--skip-media")
+    [done] = sqlite_site.sets()
+    assert done["complete"]
+    assert set(s3.names(prefix)) == {f["name"] for f in done["files"]}
+    client = s3_client(s3, prefix)
+    assert client.list_multipart_uploads(Bucket=BUCKET, Prefix=prefix + "/").get("Uploads", []) == []

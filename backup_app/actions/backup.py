@@ -646,6 +646,9 @@ def write_set(storage, what: SetContents, progress: Progress = NO_PROGRESS) -> d
         # only when all the others are gone: a set left half-deleted still reads as unfinished.
         left = []
         for name in dict.fromkeys([*written, *([media_name] if media_name else []), naming.manifest_name(stamp)]):
+            if left and getattr(storage, "unresponsive", False):
+                left.append(name)  # it did not answer the last request either: not one more wait per file
+                continue
             try:
                 if storage.exists(name):
                     storage.delete(name)
@@ -654,12 +657,13 @@ def write_set(storage, what: SetContents, progress: Progress = NO_PROGRESS) -> d
         if not left:
             with suppress(Exception):
                 storage.delete(pending)
-        tail = (
-            "the partial set was removed"
-            if not left
-            else f"could not remove {', '.join(left)}: "
-            + (f"the set stays marked unfinished and the next {hints.command('backup', '--clean')} removes it")
-        )
+        unfinished = f"the set stays marked unfinished and the next {hints.command('backup', '--clean')} removes it"
+        if not left:
+            tail = "the partial set was removed"
+        elif getattr(storage, "unresponsive", False):
+            tail = f"the storage did not answer, so what set {stamp} wrote is left: {unfinished}"
+        else:
+            tail = f"could not remove {', '.join(left)}: {unfinished}"
         if isinstance(err, Interrupted):
             error = BackupError(f"backup {err}; {tail}")
             error.exit_status = err.exit_status

@@ -100,6 +100,11 @@ class RemoteStorage:
     def description(self) -> str:
         return self.adapter.describe(self.backend)
 
+    @property
+    def unresponsive(self) -> bool:
+        """A request failed for good because the storage did not answer (:attr:`Adapter.unresponsive`)."""
+        return self.adapter.unresponsive
+
     def _explanation(self, err: BaseException, action: str, name: str) -> RemoteStorageError | None:
         message = self.adapter.explain(self.backend, err, action, name)
         return None if message is None else RemoteStorageError(f"{self.description}: {message}")
@@ -129,6 +134,8 @@ class RemoteStorage:
         only when it failed before it began (while connecting).
         """
         retries = app_settings.storage_retries if self.adapter.retries_here and self.retrying else 0
+        if self.adapter.unresponsive:
+            retries = 0  # it gave up answering once: one try each (the failed run's clean-up)
         for attempt in itertools.count(1):
             begun = False
             try:
@@ -141,6 +148,8 @@ class RemoteStorage:
                 if attempt > retries or not (replayable or not begun) or not self.adapter.transient(err):
                     if attempt > 1:
                         err.backup_app_tries = attempt  # the explanation says how many tries it took
+                    if self.retrying and self.adapter.unanswered(err):  # (a listing's extra connection: read again)
+                        self.adapter.unresponsive = True
                     problem = self._explanation(err, action, name)
                     if problem is None:
                         raise
@@ -309,6 +318,15 @@ class Adapter:
     retries_here = False
     #: Defaults of the backend's ``object_parameters`` option (metadata of every stored object), or None.
     object_parameters: dict | None = None
+    #: Set once a request failed for good because the storage did not answer (a time-out, a connection it
+    #: dropped or refused, after the retries): every later request is tried once (the SDKs' retries too), and
+    #: a failed run's clean-up stops at its first such failure, instead of waiting the whole retry time again
+    #: for each file of the set (with the defaults, about 4 minutes each).
+    unresponsive = False
+
+    def unanswered(self, err: BaseException) -> bool:
+        """``err`` is the storage not answering (time-out, unreachable, connection dropped), not a refusal."""
+        return unreachable(err) is not None or dropped(err)
 
     def prepare(self, options: dict) -> dict:
         """Options as given in ``backup_options`` -> keyword arguments of the class.

@@ -7,7 +7,7 @@ from typing import BinaryIO
 
 from ..settings import app_settings
 from ..streams import RangedReader, buffered
-from .base import OPTIONS_HINT, READ_CHUNK, Adapter, first_line
+from .base import OPTIONS_HINT, READ_CHUNK, Adapter, first_line, unreachable
 
 logger = logging.getLogger("backup_app")
 
@@ -94,8 +94,14 @@ class S3Adapter(Adapter):
         retries = app_settings.storage_retries
 
         def note(attempts=None, response=None, caught_exception=None, operation=None, **kwargs):
+            if caught_exception is not None and self.unresponsive:
+                raise caught_exception  # the endpoint stopped answering before: no retry (see Adapter.unresponsive)
             if not attempts or attempts > retries:
-                return None  # the last try: its failure is the error
+                # The last try: its failure is the error.  An endpoint that did not answer it either is taken for
+                # gone: what follows (s3transfer's abort of the upload, the run's clean-up) is tried once.
+                if caught_exception is not None and self.unanswered(caught_exception):
+                    self.unresponsive = True
+                return None
             status = (response[1] or {}).get("ResponseMetadata", {}).get("HTTPStatusCode") if response else None
             if caught_exception is not None:
                 why = first_line(caught_exception)
@@ -195,6 +201,7 @@ class S3Adapter(Adapter):
     def explain(self, backend, err: BaseException, action: str, name: str) -> str | None:
         from botocore.exceptions import (
             ClientError,
+            ConnectionClosedError,
             ConnectTimeoutError,
             EndpointConnectionError,
             NoCredentialsError,
@@ -202,11 +209,19 @@ class S3Adapter(Adapter):
             ReadTimeoutError,
         )
 
-        if isinstance(err, ReadTimeoutError):
+        # An upload whose endpoint stops reading: the send times out, which botocore reports as the
+        # connection closed ("Connection was closed before we received a valid response").
+        stalled = isinstance(err, ConnectionClosedError) and unreachable(err) == "timed out"
+        if isinstance(err, ReadTimeoutError) or stalled:
             return (
                 f"the S3 endpoint did not answer within {app_settings.storage_timeout} s, "
                 f"{app_settings.storage_retries + 1} tries ({first_line(err)}); check endpoint_url in {OPTIONS_HINT} "
                 f"and the network, or raise {app_settings.env_name('backup_storage_timeout')}"
+            )
+        if isinstance(err, ConnectionClosedError):
+            return (
+                f"the S3 endpoint closed the connection ({first_line(err)}), {app_settings.storage_retries + 1} "
+                f"tries; check endpoint_url in {OPTIONS_HINT} and the network"
             )
         if isinstance(err, EndpointConnectionError | ConnectTimeoutError):
             return (
