@@ -411,11 +411,13 @@ def write_media(
     cancel: threading.Event | None = None,
     on_bytes: Callable[[int], None] | None = None,
     on_file: Callable[[int], None] | None = None,
+    index_copy=None,
 ) -> tuple[StoredFile, IncrementalStats]:
     """Store the new blobs of ``media`` in packs and the set's media index as ``index_name``.
 
     For progress, ``on_bytes`` is told the bytes of each file as they are read (all of an unchanged file's at
-    once), ``on_file`` each file's size once it is done.
+    once), ``on_file`` each file's size once it is done; ``index_copy`` is written the index's stored bytes
+    (:meth:`StoredIndexes.start`).
 
     ``previous`` is reused: a file with the size and mtime it had there is not read (with its mode and owner
     too, its line is copied as it is); a blob it already has is not stored again.  Only packs that are still
@@ -499,7 +501,7 @@ def write_media(
             for start in range(0, len(lines), 4096):
                 out.write(b"".join(line + b"\n" for line in lines[start : start + 4096]))
 
-        stored = store_stream(storage, index_name, produce, compression=compression, gpg=gpg)
+        stored = store_stream(storage, index_name, produce, compression=compression, gpg=gpg, copy=index_copy)
     except BaseException:
         writer.discard()
         raise
@@ -685,6 +687,158 @@ def recall_index(folder: Path, where: str, set_name: str, index_sha256: str, pac
     if len(lines) != head.get("files"):
         return None
     return Previous(lines, packs)
+
+
+# --- local copies of the stored indexes (remote storages) --------------------------------------------------
+#
+# Every prune reads the index of every set it keeps (which blobs are still needed): on a remote storage, a
+# download each, every night, of files that never change.  An index is written once, and its manifest holds
+# its stored size and SHA-256; so a copy of its stored bytes, named after that SHA-256 and hashed again before
+# every use, is as good as the storage's own.  The copy is of the bytes as they are stored: an encrypted index
+# stays encrypted (reading it still needs the secret key), nothing decrypted is written.  The backup keeps the
+# index it uploads (a copy written as it streams out), a prune downloads one it has no good copy of once, and
+# every prune deletes the copies of indexes no set in the storage has any more.
+
+
+def _running(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except OSError:
+        return True  # another user's
+    return True
+
+
+class _Copy:
+    """A local file being written beside an upload: it never raises (a full disk loses the copy, not the run)."""
+
+    def __init__(self, path: Path, fh: BinaryIO):
+        self.path, self.fh, self.broken = path, fh, False
+
+    def write(self, data) -> None:
+        if not self.broken:
+            try:
+                self.fh.write(data)
+            except OSError:
+                self.broken = True
+
+    def close(self) -> None:
+        with suppress(OSError):
+            self.fh.close()
+
+
+class _LocalFile:
+    """The storage methods reading a stored file needs, over its checked local copy (messages keep its name)."""
+
+    def __init__(self, name: str, path: Path):
+        self.name, self.path = name, path
+
+    def open(self, name: str, mode: str = "rb") -> BinaryIO:
+        if name != self.name:
+            raise FileNotFoundError(name)
+        return open(self.path, "rb")  # noqa: SIM115 - the caller closes it
+
+    def size(self, name: str) -> int:
+        return self.path.stat().st_size
+
+
+class StoredIndexes:
+    """Local copies of a remote storage's media indexes, by their stored SHA-256 (see the note above).
+
+    ``root`` is a private folder of the host (``backup_safety_dir/.media-index``); each storage (``where``)
+    has a folder of its own in it, 0700, each copy 0600.  ``fill=False`` reads the copies there and adds none
+    (a dry run).  Nothing here ever fails the caller: without a usable copy the storage is read.
+    """
+
+    def __init__(self, root: Path, where: str, *, fill: bool = True):
+        self.root = root
+        self.folder = root / f"{hashlib.sha256(where.encode()).hexdigest()[:16]}.stored"
+        self.fill = fill
+
+    def checked(self, sha256: str, size: int | None) -> Path | None:
+        """The copy of the index of that SHA-256 (and stored size), hashed now; a damaged copy is deleted."""
+        path = self.folder / sha256
+        try:
+            with open(path, "rb") as fh:
+                digest = hashlib.file_digest(fh, "sha256").hexdigest()
+                length = os.fstat(fh.fileno()).st_size
+        except OSError:
+            return None
+        if digest == sha256 and (size is None or length == size):
+            return path
+        with suppress(OSError):
+            path.unlink()
+        return None
+
+    def start(self) -> _Copy | None:
+        """A new private file in the storage's folder, for a copy (None where it cannot be made)."""
+        if not self.fill:
+            return None
+        try:
+            for folder in (self.root, self.folder):
+                folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+                os.chmod(folder, 0o700)
+            fd, name = tempfile.mkstemp(dir=self.folder, prefix=f".{os.getpid()}-")  # 0600
+        except OSError:
+            return None
+        return _Copy(Path(name), os.fdopen(fd, "wb"))
+
+    def keep(self, copy: _Copy | None, sha256: str, size: int) -> Path | None:
+        """Name the finished ``copy`` after ``sha256`` if it has exactly those bytes; else delete it."""
+        if copy is None:
+            return None
+        copy.close()
+        if not copy.broken:
+            with suppress(OSError):
+                os.replace(copy.path, self.folder / sha256)
+                path = self.checked(sha256, size)
+                if path is not None:
+                    return path
+        self.drop(copy)
+        return None
+
+    def drop(self, copy: _Copy | None) -> None:
+        if copy is not None:
+            copy.close()
+            with suppress(OSError):
+                copy.path.unlink()
+
+    def fetch(self, storage, name: str, sha256: str, size: int | None) -> Path | None:
+        """Download the stored bytes of ``name`` once into a copy (checked as :meth:`checked` does)."""
+        copy = self.start()
+        if copy is None:
+            return None
+        try:
+            with storage.open(name, "rb") as src:
+                shutil.copyfileobj(src, copy, 1024 * 1024)
+        except Exception:
+            self.drop(copy)
+            return None
+        return self.keep(copy, sha256, size)
+
+    def source(self, storage, f):
+        """Where to read the stored index ``f`` (a :class:`~backup_app.sets.BackupFile`) from: its checked local
+        copy, made now if there is none (one download); else the storage itself."""
+        if not f.sha256:
+            return storage
+        path = self.checked(f.sha256, f.size) or self.fetch(storage, f.name, f.sha256, f.size)
+        return _LocalFile(f.name, path) if path is not None else storage
+
+    def keep_only(self, sha256s: set[str]) -> None:
+        """Delete every copy but those of ``sha256s`` (the indexes of the sets in the storage), and the partial
+        copies of processes that are gone."""
+        try:
+            names = os.listdir(self.folder)
+        except OSError:
+            return
+        for name in names:
+            if name in sha256s:
+                continue
+            if name.startswith(".") and _running(name[1:].split("-", 1)[0]):
+                continue  # a copy its writer is still making
+            with suppress(OSError):
+                os.unlink(self.folder / name)
 
 
 def _list_folder(storage, folder: str) -> dict[str, int | None]:

@@ -434,11 +434,13 @@ def store_stream(
     *,
     compression: str = "none",
     gpg: GpgSpec | None = None,
+    copy=None,
 ) -> StoredFile:
     """Run ``produce(writable)`` and store what it writes under ``name``, streaming.
 
     The bytes go through ``compression`` and, when ``gpg`` names a recipient,
-    python-gnupg's ``encrypt_file``; size and SHA-256 are of the stored bytes.  If anything
+    python-gnupg's ``encrypt_file``; size and SHA-256 are of the stored bytes (``copy``, when given, is
+    written every stored byte too: see :class:`~backup_app.incremental.StoredIndexes`).  If anything
     fails, the partly written file is deleted and :class:`BackupError` raised.
     """
     if storage.exists(name):
@@ -475,7 +477,7 @@ def store_stream(
 
     thread = threading.Thread(target=run_producer, name=f"backup-producer:{name}", daemon=True)
     thread.start()
-    reader = HashingReader(source)
+    reader = HashingReader(source, copy=copy)
     stored_name = None
     storage_error: BaseException | None = None
     try:

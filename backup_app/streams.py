@@ -89,14 +89,16 @@ class CountingWriter(io.RawIOBase):
 class HashingReader(io.RawIOBase):
     """Readable wrapper that counts and hashes (SHA-256) every byte read through it.
 
-    ``on_read``, when given, is told the size of every chunk (for progress).
+    ``on_read``, when given, is told the size of every chunk (for progress); ``copy``, when given, is written
+    every chunk (a local copy of what is stored; it must not raise).
     """
 
-    def __init__(self, raw: BinaryIO, on_read: Callable[[int], None] | None = None):
+    def __init__(self, raw: BinaryIO, on_read: Callable[[int], None] | None = None, copy=None):
         self._raw = raw
         self.size = 0
         self._hash = hashlib.sha256()
         self._on_read = on_read
+        self._copy = copy
 
     def readable(self) -> bool:
         return True
@@ -112,6 +114,8 @@ class HashingReader(io.RawIOBase):
             self._on_read(n)
         self.size += n
         self._hash.update(data)
+        if self._copy is not None:
+            self._copy.write(data)
         return n
 
     def read(self, size: int = -1) -> bytes:
@@ -129,6 +133,8 @@ class HashingReader(io.RawIOBase):
             self._on_read(len(data))
         self.size += len(data)
         self._hash.update(data)
+        if self._copy is not None:
+            self._copy.write(data)
         return data
 
     def drain(self) -> None:

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, export_public, gpg_agents
 from reference import differences, file_stats
-from test_remote_storage import point_at, s3_server, sftp_server, workdir  # noqa: F401 - fixtures
+from test_listing_requests import _admin_client, _requests_since
+from test_remote_storage import BUCKET, point_at, s3_server, sftp_server, workdir  # noqa: F401 - fixtures
 
 from backup_app.errors import RestoreError
 from backup_app.incremental import INDEX_FORMAT, PACK_FOLDER, REPACK_FOLDER, parse_index
@@ -543,6 +544,78 @@ def test_prune_leaves_every_pack_when_a_manifest_cannot_be_read(site):
     prune(site, keep=1)
 
     assert packs_on_disk(site) == packs
+
+
+# --- the prune's local copies of the stored indexes (remote storages) -----------------------------------
+
+
+def stored_indexes(site) -> dict[str, Path]:
+    """The prune's local copies of stored media indexes (``backup_safety_dir/.media-index/<storage>.stored/``),
+    by the SHA-256 each is named after."""
+    found = {}
+    for folder in (site.root / "safety" / ".media-index").glob("*.stored"):
+        found.update({p.name: p for p in folder.iterdir()})
+    return found
+
+
+def index_requests(site, log: Path, prefix: str, keep: int) -> list[tuple[str, str]]:
+    """The reads (HEAD, GET) of one prune (keeping ``keep`` sets) of a media index, from moto's request log."""
+    offset = log.stat().st_size
+    prune(site, keep=keep)
+    return [r for r in _requests_since(log, offset, prefix) if ".mediaindex" in r[1] and r[0] in ("HEAD", "GET")]
+
+
+def test_a_prune_on_s3_downloads_no_media_index_it_has_a_checked_copy_of(sqlite_site, s3_server, workdir):  # noqa: F811
+    # Issue 20: every prune reads every kept set's index; before, on S3 a HEAD, a HEAD and a GET each, every night.
+    site = incremental(sqlite_site)
+    prefix = f"i20-cache-{uuid.uuid4().hex[:8]}"
+    point_at(site, s3_server, prefix)
+    log = workdir / "moto S3 server.log"
+    write_media(site.media, small=10, big=1, big_mb=0.1)
+    for i in range(2):
+        (site.media / "photos" / "p0.jpg").write_bytes(os.urandom(50_000 + i))
+        site.manage("backup_create", "--skip-db", "--quiet")
+
+    kept = index_requests(site, log, prefix, keep=2)
+    shutil.rmtree(site.root / "safety" / ".media-index")  # a new host, or the folder deleted
+    downloads = index_requests(site, log, prefix, keep=2)
+    print(f"prune of 2 sets: {len(kept)} index requests with the copies, {len(downloads)} without: {downloads}")
+    assert kept == []  # each backup kept the index it uploaded
+    assert [m for m, _p in downloads].count("GET") == 2 and len(downloads) <= 4, downloads  # each read once
+    assert index_requests(site, log, prefix, keep=1) == []  # ... and kept
+
+    [newest] = [s for s in site.sets() if s["complete"]]
+    [index] = [f for f in newest["files"] if f["kind"] == "media"]
+    assert list(stored_indexes(site)) == [index["sha256"]]  # pruned with the sets
+    [copy] = stored_indexes(site).values()
+    remote = _admin_client(s3_server).get_object(Bucket=BUCKET, Key=f"{prefix}/{index['name']}")["Body"].read()
+    assert copy.read_bytes() == remote  # the stored bytes, as they are
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o600 and stat.S_IMODE(copy.parent.stat().st_mode) == 0o700
+
+
+def test_a_damaged_local_copy_of_an_encrypted_index_is_not_used_and_is_read_again(
+    sqlite_site,
+    s3_server,  # noqa: F811
+    workdir,  # noqa: F811
+    gpg_home,
+):
+    site = incremental(sqlite_site)
+    prefix = f"i20-cache-{uuid.uuid4().hex[:8]}"
+    point_at(site, s3_server, prefix)
+    site.env.update({"INVENTREE_BACKUP_GPG_RECIPIENT": gpg_home.email, "INVENTREE_BACKUP_GPG_HOME": str(gpg_home.path)})
+    write_media(site.media, small=10, big=1, big_mb=0.1)
+    site.manage("backup_create", "--skip-db", "--encrypt", "--quiet")
+    [copy] = stored_indexes(site).values()
+    stored = copy.read_bytes()
+    assert stored[0] & 0x80  # an OpenPGP packet: kept encrypted, never decrypted
+    damaged = bytearray(stored)
+    damaged[len(damaged) // 2] ^= 0xFF
+    copy.write_bytes(bytes(damaged))
+
+    downloads = index_requests(site, log=workdir / "moto S3 server.log", prefix=prefix, keep=1)
+
+    assert [m for m, _p in downloads].count("GET") == 1, downloads
+    assert copy.read_bytes() == stored
 
 
 def repacked_on_disk(site) -> set[str]:

@@ -64,7 +64,7 @@ from ..streams import CountingWriter
 from ..testing import pause_at
 from ..tools import owner
 from . import hooks, prune, rollback
-from .common import read_checked
+from .common import index_copies, media_index_folder, read_checked
 
 logger = logging.getLogger("backup_app")
 
@@ -309,7 +309,7 @@ def plan(options: BackupOptions | None = None) -> BackupPlan:
         listing = list_store(storage)
         gpg = prune._decryption()
         deleted += prune.packs_to_delete(storage, listing, sets, after, gpg=gpg)
-        repack = prune.plan_repack(storage, after, gpg, listing)
+        repack = prune.plan_repack(storage, after, gpg, listing, copies=index_copies(storage, fill=False))
         repacked = {"packs": sorted(repack.packs), "needed": repack.needed_bytes, "bytes": repack.total_bytes}
     return BackupPlan(
         storage=describe(storage),
@@ -491,6 +491,8 @@ def write_set(storage, what: SetContents, progress: Progress = NO_PROGRESS) -> d
                 t0 = time.monotonic()
                 live = progress.live
                 progress.start(media_name, label="media files", total=media_size(media_storage()) if live else None)
+                copies = index_copies(storage)  # a remote storage: the next prunes read this copy, not the storage
+                copy = copies.start() if copies is not None else None
                 try:
                     stored, done = write_media(
                         storage,
@@ -503,9 +505,16 @@ def write_set(storage, what: SetContents, progress: Progress = NO_PROGRESS) -> d
                         # On a terminal the bar moves with the bytes read (an unchanged file's all at once).
                         on_bytes=(lambda n: progress.advance(media_name, n)) if live else None,
                         on_file=(lambda size: progress.advance(media_name, 0, files=1)) if live else None,
+                        index_copy=copy,
                     )
+                except BaseException:
+                    if copies is not None:
+                        copies.drop(copy)
+                    raise
                 finally:
                     progress.finish(media_name)
+                if copies is not None:
+                    copies.keep(copy, stored.sha256, stored.size)
                 incremental.append(done)
                 return stored, time.monotonic() - t0
 
@@ -734,7 +743,7 @@ def _base_set(sets: list[BackupSet], encrypt: bool) -> BackupSet | None:
 
 def _index_cache():
     """Where the plain copy of the last media index is kept: a private folder of ``backup_safety_dir``."""
-    return app_settings.safety_dir / ".media-index"
+    return media_index_folder()
 
 
 def _entry(stored, kind: str, what: SetContents, database: str | None = None) -> dict:

@@ -4,14 +4,33 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import RestoreError
 from ..pipeline import GpgSpec, ReadResult, open_stream
 from ..sets import BackupFile
+from ..settings import app_settings
+from ..storage import RemoteStorage, describe
 
 #: Content a media archive may have after its end (tar pads to a record of 10 KiB; GNU tar -b up to 10 MiB).
 TAIL_MAX = 16 * 1024 * 1024
+
+
+def media_index_folder() -> Path:
+    """The host's private folder for media indexes: the plain copy of the last one a backup wrote (per storage)
+    and the copies of a remote storage's stored indexes (:class:`~backup_app.incremental.StoredIndexes`)."""
+    return app_settings.safety_dir / ".media-index"
+
+
+def index_copies(storage, *, fill: bool = True):
+    """The local copies of ``storage``'s stored media indexes (a :class:`~backup_app.incremental.StoredIndexes`);
+    None for a local folder (read as cheaply)."""
+    if not isinstance(storage, RemoteStorage):
+        return None
+    from ..incremental import StoredIndexes  # imported where incremental media are used
+
+    return StoredIndexes(media_index_folder(), describe(storage), fill=fill)
 
 
 @contextmanager

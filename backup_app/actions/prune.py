@@ -15,12 +15,13 @@ from ..incremental import (
     CHUNK_SIZE,
     Listing,
     RepackStats,
-    follow_moves,
+    find_moves,
     list_store,
     move_target_id,
     pack_id,
     parse_index,
     read_move,
+    relocated,
     repack,
 )
 from ..pipeline import GpgSpec
@@ -29,7 +30,7 @@ from ..secrets import redact
 from ..sets import BackupSet, Naming, Retention, doomed, held_back, list_sets, list_sizes, writer_gone
 from ..storage import backup_storage
 from ..testing import pause_at
-from .common import read_checked
+from .common import index_copies, read_checked
 
 #: A pack is repacked when less than this share of its bytes is still needed by the sets left.
 REPACK_BELOW = 0.5
@@ -263,12 +264,15 @@ class RepackPlan:
     reason: str | None = None  # why some or all packs cannot be considered
 
 
-def plan_repack(storage, sets: list[BackupSet], gpg: GpgSpec | None, listing: Listing | None = None) -> RepackPlan:
+def plan_repack(
+    storage, sets: list[BackupSet], gpg: GpgSpec | None, listing: Listing | None = None, *, copies=None
+) -> RepackPlan:
     """The packs of which less than :data:`REPACK_BELOW` of the bytes is still needed by ``sets``.
 
     Reads the media index of every incremental set (and the move records of packs it needs that were
-    repacked).  A set whose index cannot be read here (an encrypted one without the secret key) keeps every
-    pack it names whole; a set whose manifest cannot be read stops all repacking.  Writes nothing.
+    repacked), from its checked local copy where ``copies`` (:func:`~.common.index_copies`) has or gets one.
+    A set whose index cannot be read here (an encrypted one without the secret key) keeps every pack it
+    names whole; a set whose manifest cannot be read stops all repacking.  Writes nothing to the storage.
     """
     plan = RepackPlan()
     listing = listing if listing is not None else list_store(storage)
@@ -287,9 +291,10 @@ def plan_repack(storage, sets: list[BackupSet], gpg: GpgSpec | None, listing: Li
         try:
             if bset.media_file is None:
                 raise BackupError(f"set {bset.name} has no media index")
-            with read_checked(storage, bset.media_file, gpg or GpgSpec()) as stream:
+            source = copies.source(storage, bset.media_file) if copies is not None else storage
+            with read_checked(source, bset.media_file, gpg or GpgSpec()) as stream:
                 index = parse_index(stream, packs)
-            index, table = follow_moves(storage, index, packs, gpg)
+            index, table = relocated(index, packs, find_moves(storage, index.packs(), gpg, listing))  # no listing
         except Exception as err:
             frozen |= set(packs)
             plan.reason = plan.reason or f"the media index of set {bset.name} cannot be read ({redact(err)})"
@@ -328,11 +333,17 @@ def repack_sparse(storage, progress: Progress = NO_PROGRESS, gpg: GpgSpec | None
     Says what was done, or on one line why it was not; a failed repack leaves every pack as it was and does not
     fail the prune.  A signal stops it the same way (and is raised again).
     """
+    copies = index_copies(storage)
     try:
         listing = list_store(storage)
         if not listing.packs:
+            if copies is not None:
+                copies.keep_only(set())  # no incremental set is left
             return None
-        plan = plan_repack(storage, list_sets(storage), gpg, listing)
+        sets = list_sets(storage)
+        plan = plan_repack(storage, sets, gpg, listing, copies=copies)
+        if copies is not None:  # the copies of indexes no set has any more go with their sets
+            copies.keep_only({b.media_file.sha256 for b in sets if b.packs and b.media_file and b.media_file.sha256})
         if plan.reason:
             progress.step(f"Media packs kept whole where needed: {plan.reason}")
         if not plan.packs:
