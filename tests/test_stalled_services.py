@@ -6,6 +6,7 @@ accepts and stays silent.
 
 from __future__ import annotations
 
+import io
 import logging
 import socket
 import uuid
@@ -388,3 +389,39 @@ def test_an_s3_endpoint_that_stalls_mid_upload_fails_the_backup_within_its_timeo
     assert set(s3.names(prefix)) == {f["name"] for f in done["files"]}
     client = s3_client(s3, prefix)
     assert client.list_multipart_uploads(Bucket=BUCKET, Prefix=prefix + "/").get("Uploads", []) == []
+
+
+# --- Google Cloud Storage: a file's modified time, with the time-out and retries of every request -----------
+
+
+def _gcs_storage(monkeypatch, endpoint: str):
+    from backup_app.storage import build_storage
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", endpoint)
+    monkeypatch.setenv("DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA", "true")
+    return build_storage("storages.backends.gcloud.GoogleCloudStorage", {"bucket_name": "backups", "project_id": "t"})
+
+
+def test_the_modified_time_of_a_file_on_a_silent_gcs_endpoint_retries_visibly_and_gives_up_with_one_line(
+    silent_server, monkeypatch, caplog
+):
+    from backup_app.storage.base import RemoteStorageError
+
+    with override_settings(BACKUP_APP={"STORAGE_TIMEOUT": 1, "STORAGE_RETRIES": 2}):
+        storage = _gcs_storage(monkeypatch, f"http://127.0.0.1:{silent_server.port}")
+        with caplog.at_level(logging.WARNING, logger="backup_app"), pytest.raises(RemoteStorageError) as raised:
+            storage.get_modified_time("InvenTree-db-2020-01-01-000000.sqlite3")
+
+    retries = [r.getMessage() for r in caplog.records if "retrying (" in r.getMessage()]
+    assert [r.rsplit("; ", 1)[-1] for r in retries] == ["retrying (1/2)", "retrying (2/2)"], retries
+    assert "read InvenTree-db-2020-01-01-000000.sqlite3 failed" in retries[0]
+    assert "Google Cloud Storage did not answer within 1 s, 3 tries" in str(raised.value)
+
+
+def test_the_modified_time_of_a_file_on_gcs_is_the_objects_update_time(request, monkeypatch):
+    gcs = request.getfixturevalue("gcs_server")
+    storage = _gcs_storage(monkeypatch, gcs.extra_env["STORAGE_EMULATOR_HOST"])
+    name = f"mtime-{uuid.uuid4().hex[:10]}/InvenTree-db-2020-01-01-000000.sqlite3"
+    storage.save(name, io.BytesIO(b"dump"))
+
+    assert storage.get_modified_time(name) == storage.backend.bucket.get_blob(name).updated

@@ -81,7 +81,8 @@ class RemoteStorage:
     """A remote backend with streaming save/open and errors that say what to do.
 
     Offers the storage methods the app uses (``save``, ``open``, ``exists``,
-    ``delete``, ``listdir``, ``size``); anything else goes to the backend.
+    ``delete``, ``listdir``, ``size``, ``get_modified_time``), each with the retries and one-line errors of
+    :meth:`_run`; anything else goes to the backend.
     """
 
     def __init__(self, backend, adapter: Adapter, factory: Callable[[], object] | None = None):
@@ -176,6 +177,9 @@ class RemoteStorage:
 
     def size(self, name: str) -> int:
         return self._run("read", name, lambda: self.adapter.size(self.backend, name))
+
+    def get_modified_time(self, name: str):
+        return self._run("read", name, lambda: self.adapter.get_modified_time(self.backend, name))
 
     def list_sizes(self, path: str) -> dict[str, int | None]:
         """The files directly in ``path`` with their sizes where the listing gives them (else None)."""
@@ -359,6 +363,9 @@ class Adapter:
 
     def size(self, backend, name: str) -> int:
         return backend.size(name)
+
+    def get_modified_time(self, backend, name: str):
+        return backend.get_modified_time(name)
 
     def transient(self, err: BaseException) -> bool:
         """``err`` may pass if the request is made again (only asked when :attr:`retries_here`)."""
