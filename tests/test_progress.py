@@ -60,6 +60,50 @@ def test_backup_without_a_terminal_prints_plain_lines_and_one_summary(sqlite_sit
     ), summary
 
 
+# Prints the lines of argv[1] (JSON) as a command's steps without a terminal, then on stdout whether rich was
+# imported for them and what rich's Console prints for the same lines.
+STEPS = """\
+import io, json, sys
+import django
+django.setup()
+from backup_app.management.commands._base import BackupCommand
+command = BackupCommand()  # with the attributes its execute() sets, no terminal:
+command.quiet, command.live, command._console, command._bars = False, False, None, None
+lines = json.loads(sys.argv[1])
+for line in lines:
+    command.step(line)
+sys.stderr.flush()
+imported = "rich" in sys.modules
+from rich.console import Console
+shown = io.StringIO()
+console = Console(file=shown, highlight=False, soft_wrap=True)
+for line in lines:
+    console.print(line, markup=False)
+print(json.dumps({"rich": imported, "rich_prints": shown.getvalue()}))
+"""
+
+
+def steps_without_a_terminal(site, lines: list[str]) -> tuple[str, dict]:
+    result = site.run(sys.executable, "-c", STEPS, json.dumps(lines))
+    return result.stderr, json.loads(result.stdout)
+
+
+def test_step_lines_without_a_terminal_are_what_rich_prints_and_plain_ones_need_no_rich(sqlite_site):
+    plain = [
+        "Backing up to FileSystemStorage(/srv/backup)",
+        "  media: 27,543 files (27,268 unchanged, not read), 26.9 MiB read, 2 new packs of 27.1 MiB, in 0.9 s",
+        "Removed 3 old files: a [b] c, [bold]x[/bold] " + "z" * 200,
+        "",
+    ]
+    shown, seen = steps_without_a_terminal(sqlite_site, plain)
+    assert (shown, seen["rich"]) == (seen["rich_prints"], False)
+
+    others = ["a\ttab", "an emoji code :smile: in a name", "a bell\a, a return\r", "caf\u00e9 12:30:45", *plain]
+    shown, seen = steps_without_a_terminal(sqlite_site, others)
+    assert shown == seen["rich_prints"]
+    assert shown.splitlines()[:2] == ["a       tab", "an emoji code \U0001f604 in a name"]
+
+
 def test_quiet_backup_prints_nothing(sqlite_site):
     result = sqlite_site.manage("backup_create", "--quiet")
 

@@ -124,6 +124,13 @@ def _interrupted(err: BaseException) -> bool:
     return False
 
 
+def _plain_line(message: str) -> bool:
+    """A line that rich's Console (soft wrap, no markup, no highlighting) writes unchanged, then a newline:
+    printable ASCII (no tab to expand, no control code to strip) and at most one ``:`` (an emoji code such as
+    ``:smile:`` needs two)."""
+    return message.isascii() and message.isprintable() and message.count(":") < 2
+
+
 def _is_terminal(stream) -> bool:
     try:
         return stream is not None and stream.isatty()
@@ -275,8 +282,15 @@ class BackupCommand(BaseCommand):
     # --- the Progress of the action (backup_app.progress) --------------------------------------------
 
     def step(self, message: str) -> None:
-        if not self.quiet:
-            self.console.print(message, markup=False)
+        if self.quiet:
+            return
+        if not self.live and sys.stderr is not None and _plain_line(message):
+            # Without a terminal, rich's Console prints such a line as it is, so rich is not imported for it
+            # (about 25 ms of CPU, most of it rich.console's imports: 2 % of a backup that changed little).
+            sys.stderr.write(message + "\n")
+            sys.stderr.flush()
+            return
+        self.console.print(message, markup=False)
 
     def start(self, name: str, *, label: str = "", total: int | None = None) -> None:
         """On a terminal, a bar for ``name``: bytes, rate, time left (with a total), media files counted."""
