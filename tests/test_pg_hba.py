@@ -121,3 +121,42 @@ def test_where_only_the_sites_role_may_log_in_the_restore_names_the_pg_hba_line_
     assert "could not log in" in line and "host all all 127.0.0.1/32 scram-sha-256" in line, result.stderr
     assert "nothing was changed" in line, line
     assert site.snapshot_db() == before
+
+
+def test_where_socket_logins_are_by_peer_the_restore_names_the_local_line_and_changes_nothing(tmp_path, scram_cluster):
+    import psycopg
+
+    port, _hba = scram_cluster
+    user = pwd.getpwuid(os.geteuid()).pw_name  # peer: the role of the OS user the site runs as
+    name = "peer" + uuid.uuid4().hex[:8]
+    with psycopg.connect(
+        host="127.0.0.1", port=port, user="postgres", password=PASSWORD, dbname="postgres", autocommit=True
+    ) as conn:
+        socket = conn.execute("SHOW unix_socket_directories").fetchone()[0]
+        hba_file = Path(conn.execute("SHOW hba_file").fetchone()[0])
+        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [user]).fetchone():
+            conn.execute(f'CREATE ROLE "{user}" LOGIN SUPERUSER')
+        conn.execute(f'CREATE DATABASE {name} OWNER "{user}"')
+        hba_file.write_text("local all all peer\nhost all postgres 127.0.0.1/32 scram-sha-256\n")
+        conn.execute("SELECT pg_reload_conf()")
+    site = make_site(
+        tmp_path / "site",
+        INVENTREE_DB_ENGINE="postgresql",
+        INVENTREE_DB_NAME=name,
+        INVENTREE_DB_HOST=socket,
+        INVENTREE_DB_PORT=str(port),
+        INVENTREE_DB_USER=user,
+    )
+    site.manage("migrate", "--noinput", "-v0")
+    site.manage("demo_data")
+    site.invoke("backup", "--skip-media")
+    site.sql("DELETE FROM demo_part WHERE id % 2 = 0")
+    before = site.snapshot_db()
+
+    result = site.invoke("restore", "--skip-media", check=False)
+
+    line = [x for x in result.stderr.splitlines() if x.strip()][-1]
+    assert result.returncode != 0
+    assert "Peer authentication failed" in line and f"'local all {user} peer'" in line, line
+    assert "'local all all scram-sha-256'" in line and "nothing was changed" in line, line
+    assert site.snapshot_db() == before

@@ -928,11 +928,30 @@ class PostgresEngine(ServerEngine):
             args = {**self.connection_args(), **login.args()}
             psycopg.connect(dbname=database, connect_timeout=10, **args).close()
         except psycopg.OperationalError as err:
+            text = redact(str(err).strip().splitlines()[0])
+            host = self.connection_args().get("host", "")
+            if not host or host.startswith("/") or host.startswith("@"):  # a Unix socket: 'local' lines apply
+                role = self.connection_args().get("user") or "SITE_ROLE"
+                where = (
+                    "pg_hba.conf lets socket logins in by peer (the OS user's name must be the role's), which a "
+                    "throwaway role never passes: "
+                    if "peer authentication" in text.lower()
+                    else "where pg_hba.conf lets only the site's role in, "
+                )
+                fix = (
+                    f"let the site's role in by peer and every other role with a password over the socket (e.g. "
+                    f"'local all {role} peer' then 'local all all scram-sha-256'), or give the site a role that is "
+                    "no superuser"
+                )
+            else:
+                where = "where pg_hba.conf lets only the site's role in, "
+                fix = (
+                    "let every role log in with a password from the site's host (e.g. 'host all all 127.0.0.1/32 "
+                    "scram-sha-256'), or give the site a role that is no superuser"
+                )
             raise RestoreError(
                 f"the throwaway role {login.user} that loads dumps of a superuser site could not log in as the site "
-                f"does ({redact(str(err).strip().splitlines()[0])}): where pg_hba.conf lets only the site's role "
-                "in, let every role log in with a password from the site's host (e.g. 'host all all "
-                "127.0.0.1/32 scram-sha-256'), or give the site a role that is no superuser"
+                f"does ({text}): {where}{fix}"
             ) from None
 
     # --- a superuser site's restore in place ----------------------------------------------------
