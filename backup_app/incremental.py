@@ -60,9 +60,10 @@ from .media import (
 )
 from .pipeline import SUFFIX, GpgSpec, ReadResult, StoredFile, incompressible, open_stream, store_stream
 from .secrets import redact
-from .sets import INDEX_BASE, split_extension
+from .sets import INDEX_BASE, read_bytes, split_extension, write_json
 from .storage import RemoteStorage
 from .testing import pause_at
+from .tools import owner, owner_gone
 
 #: Folder of the backup storage holding the packs (not listed with the sets: listing stays one request).
 PACK_FOLDER = "media-packs"
@@ -889,6 +890,21 @@ REPACK_FOLDER = f"{PACK_FOLDER}/repacked"
 MOVES_FORMAT = "backup_app/media-moves/1"
 #: A move record's name: ``<old pack's id>-to-<new pack's id>.moves[.gz|.zst][.gpg]``.
 _MOVE_NAME = re.compile(r"([0-9a-f]{32})-to-([0-9a-f]{32})\.moves(\.[a-z.]+)?$")
+#: A repack under way: ``<new pack's id>.repacking``, plain JSON (the old packs, the new one, and who repacks:
+#: host, pid, boot id, start), written before the new pack and deleted once the old packs are.  Another
+#: prune (another site's, under a lock of its own) leaves the new pack, its records and its old packs alone
+#: while that writer may still run: before its move records the new pack is named by nothing.
+_MARKER_NAME = re.compile(r"([0-9a-f]{32})\.repacking$")
+REPACKING_FORMAT = "backup_app/media-repacking/1"
+
+
+def marker_name(new: str) -> str:
+    return f"{REPACK_FOLDER}/{pack_id(new)}.repacking"
+
+
+def move_source_id(record: str) -> str:
+    """The id of the pack a move record moves (from its name)."""
+    return _MOVE_NAME.match(record.rsplit("/", 1)[-1]).group(1)
 
 
 def pack_id(pack: str) -> str:
@@ -908,20 +924,45 @@ class Listing:
     packs: dict[str, int | None] = field(default_factory=dict)
     moves: dict[str, str] = field(default_factory=dict)  # id of a moved pack -> its move record
     records: dict[str, int | None] = field(default_factory=dict)  # every move record -> its size
+    markers: dict[str, str] = field(default_factory=dict)  # id of a new pack -> its repack's marker
     repacked: bool = False  # REPACK_FOLDER listed too
 
     def add_repacked(self, storage) -> None:
-        """List :data:`REPACK_FOLDER` too: the packs repacking wrote and the move records."""
+        """List :data:`REPACK_FOLDER` too: the packs repacking wrote, the move records, the repacks' markers.
+
+        Two records of one pack (two sites' prunes that repacked it at once): ``moves`` gives one whose new pack
+        is there."""
         if self.repacked:
             return
         self.repacked = True
-        for name, size in _list_folder(storage, REPACK_FOLDER).items():
-            moved = _MOVE_NAME.match(name.rsplit("/", 1)[-1])
-            if moved is None:
+        for name, size in sorted(_list_folder(storage, REPACK_FOLDER).items()):
+            leaf = name.rsplit("/", 1)[-1]
+            moved, marker = _MOVE_NAME.match(leaf), _MARKER_NAME.match(leaf)
+            if marker is not None:
+                self.markers[marker.group(1)] = name
+            elif moved is None:
                 self.packs[name] = size
             else:
-                self.moves[moved.group(1)] = name
                 self.records[name] = size
+        there = {pack_id(name) for name in self.packs}
+        for name in self.records:
+            old, new = move_source_id(name), move_target_id(name)
+            if old not in self.moves or (new in there and move_target_id(self.moves[old]) not in there):
+                self.moves[old] = name
+
+    def repacking(self, storage) -> dict[str, dict]:
+        """The repacks under way whose writer may still run (a process of this host that is gone is not; one of
+        another host, or a marker that does not read, may be): new pack's id -> its marker's data."""
+        live = {}
+        for ident, name in self.markers.items():
+            try:
+                data = json.loads(read_bytes(storage, name))
+            except Exception:
+                data = None
+            data = data if isinstance(data, dict) else {}
+            if owner_gone(data) is not True:
+                live[ident] = data
+        return live
 
 
 @dataclass
@@ -1296,6 +1337,7 @@ def _repack_into(storage, batch, todo, table, suffix, read_gpg, write_gpg, stats
 
         read_pack(storage, old, table[old], todo[old], read_gpg, consume)
     new = f"{REPACK_FOLDER}/{uuid.uuid4().hex}.pack{suffix}"
+    marker = marker_name(new)
     view = memoryview(buffer)
 
     def produce(out) -> None:
@@ -1307,9 +1349,10 @@ def _repack_into(storage, batch, todo, table, suffix, read_gpg, write_gpg, stats
             else:
                 out.write(blob)
 
-    result = store_stream(storage, new, produce, compression=compression, gpg=write_gpg)
     records: list[str] = []
+    write_json(storage, marker, {"format": REPACKING_FORMAT, "from": batch, "to": new, **owner()})
     try:
+        result = store_stream(storage, new, produce, compression=compression, gpg=write_gpg)
         pause_at("prune:repack-written")
         info = {"size": result.size, "sha256": result.sha256, "bytes": len(buffer)}
         read_pack(storage, new, info, extents, read_gpg, lambda _o, _b: None)  # it reads back, every blob
@@ -1321,19 +1364,23 @@ def _repack_into(storage, batch, todo, table, suffix, read_gpg, write_gpg, stats
         pause_at("prune:repack-recorded")
     except BaseException:
         with shielded():
-            for name in [*records, new]:
+            for name in [*records, new, marker]:  # the marker last: until then, the new pack is this run's
                 with suppress(Exception):
                     storage.delete(name)
         raise
     stats.new.append(new)
     stats.stored += result.size
     stats.moved_bytes += len(buffer)
-    for number, old in enumerate(batch):
-        storage.delete(old)
-        stats.repacked.append(old)
-        stats.freed += table[old].get("size") or 0
-        if number == 0:
-            pause_at("prune:repack-deleted")
+    try:
+        for number, old in enumerate(batch):
+            storage.delete(old)
+            stats.repacked.append(old)
+            stats.freed += table[old].get("size") or 0
+            if number == 0:
+                pause_at("prune:repack-deleted")
+    finally:
+        with shielded(), suppress(Exception):  # the records name the new pack now
+            storage.delete(marker)
 
 
 # --- restoring -----------------------------------------------------------------------------------------

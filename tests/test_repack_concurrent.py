@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
+import socket
 import tarfile
 
 import pytest
@@ -21,7 +22,11 @@ from test_incremental import (
     empty,
     incremental,
     manifests,
+    needed_on_disk,
     packs_on_disk,
+    prune,
+    repacked_on_disk,
+    restores_exactly,
 )
 from test_interrupted import Held
 
@@ -108,3 +113,60 @@ def other_site(site) -> dict:
     lock of its own) and its own site id."""
     shutil.copyfile(site.root / "db.sqlite3", site.root / "other.sqlite3")
     return {"INVENTREE_DB_NAME": str(site.root / "other.sqlite3"), "INVENTREE_BACKUP_SITE_ID": "other-site"}
+
+
+#: A prune that prints what it says (its progress steps), one line each.
+PRUNE_SAYING = """
+from backup_app.actions import prune
+from backup_app.progress import NoProgress
+from backup_app.sets import Retention
+class Say(NoProgress):
+    def step(self, message):
+        print(message)
+prune.run(prune.PruneOptions(retention=Retention(keep=2)), Say())
+"""
+
+
+def test_another_sites_prune_leaves_alone_the_new_pack_of_a_repack_under_way(site):
+    """Site A's prune has written and read back its new pack, no move record yet; site B's prune (its own lock)
+    must not take that pack for one a killed prune left, or A's move would point at a deleted pack."""
+    states = churned(site)
+    pack = first_pack(site)
+    step = "prune:repack-verified"
+    held = Held(site, step, "shell", "--no-imports", "-c", PRUNE.format(keep=2)).paused(step)
+    [new] = [n for n in repacked_on_disk(site) if ".pack" in n]
+
+    result = site.manage("shell", "--no-imports", "-c", PRUNE_SAYING, extra_env=other_site(site))
+    assert new in repacked_on_disk(site), result.stdout
+    said = [line for line in result.stdout.splitlines() if "under way" in line]
+    marker = new.split(".", 1)[0] + ".repacking"
+    assert said == [
+        f"Media packs left alone: a repack by pid {held.proc.pid} on {socket.gethostname()} is under way ({marker}); "
+        "a later prune finishes or removes it"
+    ], result.stdout
+    code, _stdout, stderr = resumed(held)
+
+    assert code == 0, stderr
+    assert pack not in packs_on_disk(site)
+    restores_exactly(site, states)
+    prune(site, keep=2)  # once A's prune ended, the next one leaves exactly what the sets need
+    assert packs_on_disk(site) | repacked_on_disk(site) == needed_on_disk(site)
+
+
+def test_of_two_move_records_of_one_pack_readers_follow_the_one_whose_new_pack_is_there(tmp_path):
+    """Two sites' prunes that repacked one pack at once leave two records of it; a later prune keeps one and
+    deletes the other's new pack (packs before records): meanwhile a reader must take the record left whole."""
+    from django.core.files.storage import FileSystemStorage
+
+    from backup_app.incremental import REPACK_FOLDER, list_store
+
+    old, there, gone = "a" * 32, "1" * 32, "f" * 32  # the whole one sorts first, the broken one last
+    folder = tmp_path / REPACK_FOLDER
+    folder.mkdir(parents=True)
+    (folder / f"{there}.pack.gz").write_bytes(b"blobs")
+    for new in (there, gone):
+        (folder / f"{old}-to-{new}.moves.gz").write_bytes(b"record")
+
+    listing = list_store(FileSystemStorage(location=str(tmp_path)))
+
+    assert listing.moves == {old: f"{REPACK_FOLDER}/{old}-to-{there}.moves.gz"}

@@ -13,10 +13,12 @@ from ..engines import SiteLock, site_lock
 from ..errors import BackupAppError, BackupError
 from ..incremental import (
     CHUNK_SIZE,
+    REPACK_FOLDER,
     Listing,
     RepackStats,
     find_moves,
     list_store,
+    move_source_id,
     move_target_id,
     pack_id,
     parse_index,
@@ -30,6 +32,7 @@ from ..secrets import redact
 from ..sets import BackupSet, Naming, Retention, doomed, held_back, list_sets, list_sizes, writer_gone
 from ..storage import backup_storage
 from ..testing import pause_at
+from ..tools import owner_gone
 from .common import index_copies, read_checked
 
 #: A pack is repacked when less than this share of its bytes is still needed by the sets left.
@@ -204,7 +207,50 @@ def packs_to_delete(
             continue
         needed.add(record)
         frontier.append(move_target_id(record))
-    return [name for name in [*listing.packs, *listing.records] if name not in needed]
+    _under_way(storage, listing, needed, progress)
+    gone = [name for name in [*listing.packs, *listing.records, *listing.markers.values()] if name not in needed]
+    return _unnamed_on_second_look(storage, listing, gone)
+
+
+def _unnamed_on_second_look(storage, listing: Listing, gone: list[str]) -> list[str]:
+    """``gone`` less the new packs of :data:`REPACK_FOLDER` that ``listing`` saw with no record and no marker but
+    that a second listing names (a record into them, or a marker).  A repack writes its records before it
+    deletes its marker: a listing may miss both only while it runs across those two steps, and the second
+    one, begun after it, then sees the record.  (A new pack with a marker is judged by its marker.)"""
+    leftovers = {
+        name
+        for name in gone
+        if name in listing.packs and name.startswith(f"{REPACK_FOLDER}/") and pack_id(name) not in listing.markers
+    }
+    if not leftovers:
+        return gone
+    again = Listing()
+    again.add_repacked(storage)
+    named = {move_target_id(record) for record in again.records} | set(again.markers)
+    return [name for name in gone if name not in leftovers or pack_id(name) not in named]
+
+
+def _under_way(storage, listing: Listing, needed: set[str], progress: Progress) -> None:
+    """Add to ``needed`` what the repacks under way need (their markers, new packs, records and old packs): a
+    prune of another site sharing the storage, under a lock of its own, may be between writing its new pack
+    and writing its records, when nothing names the new pack yet.  A marker whose writer is gone goes."""
+    live = listing.repacking(storage) if listing.markers else {}
+    present = {pack_id(name): name for name in listing.packs}
+    for ident, data in sorted(live.items()):
+        kept = {listing.markers[ident], *([present[ident]] if ident in present else [])}
+        kept |= {r for r in listing.records if move_target_id(r) == ident}
+        kept |= {present[move_source_id(r)] for r in kept & set(listing.records) if move_source_id(r) in present}
+        kept |= {p for p in data.get("from") or [] if isinstance(p, str) and p in listing.packs}
+        if kept - needed:
+            marker = listing.markers[ident]
+            who = f"pid {data['pid']} on {data.get('host', '?')}" if data.get("pid") else "a writer that may still run"
+            fix = (
+                "a later prune finishes or removes it"
+                if owner_gone(data) is False
+                else f"if no prune runs there now, delete {marker} by hand"
+            )
+            progress.step(f"Media packs left alone: a repack by {who} is under way ({marker}); {fix}")
+        needed |= kept
 
 
 def _finished_move(storage, record: str, present: dict[str, str], gpg: GpgSpec | None) -> bool:
@@ -276,6 +322,7 @@ def plan_repack(
     """
     plan = RepackPlan()
     listing = listing if listing is not None else list_store(storage)
+    busy = {p for data in listing.repacking(storage).values() for p in data.get("from") or []}  # another prune's
     if _unreadable(sets, [], NO_PROGRESS):
         plan.reason = "a manifest cannot be read"
         return plan
@@ -313,8 +360,8 @@ def plan_repack(
             frozen.add(present[move_target_id(record)])
             idents.append(move_target_id(record))
     for pack, blobs in sorted(needed.items()):
-        if pack not in listing.packs or pack in frozen or pack_id(pack) in listing.moves:
-            continue  # gone, kept whole, or a repack of it was stopped half way (the next prune finishes it)
+        if pack not in listing.packs or pack in frozen or pack_id(pack) in listing.moves or pack in busy:
+            continue  # gone, kept whole, a repack of it stopped half way (the next prune finishes it) or under way
         if any(length > CHUNK_SIZE for _o, length, _s in blobs):
             continue
         used = sum(length for _o, length, _s in blobs)
