@@ -9,10 +9,12 @@ oldest pack and deletes it, then the reader goes on and must end as it would hav
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shutil
 import socket
 import tarfile
+import uuid
 
 import pytest
 from reference import file_stats
@@ -29,6 +31,7 @@ from test_incremental import (
     restores_exactly,
 )
 from test_interrupted import Held
+from test_remote_storage import point_at, s3_server, sftp_server, workdir  # noqa: F401 - fixtures
 
 HERE = "media:packs-located"
 
@@ -73,6 +76,34 @@ def test_a_verify_whose_pack_a_prune_repacks_after_it_listed_it_follows_the_move
 
     assert code == 0, stderr
     # The same report as a verify run after the prune, but for the time it took.
+    assert untimed(stdout) == untimed(site.manage(*args).stdout), stdout
+
+
+#: The packs and move records in the backup storage, whatever it is.
+STORED = (
+    "import json; from backup_app.incremental import list_store; from backup_app.storage import backup_storage; "
+    "listing = list_store(backup_storage()); print(json.dumps([sorted(listing.packs), sorted(listing.records)]))"
+)
+
+
+@pytest.mark.parametrize("backend", ["s3", "sftp"])
+def test_on_a_remote_storage_a_verify_read_data_follows_a_pack_a_prune_repacks_after_it_listed_it(
+    sqlite_site, request, backend
+):
+    site = incremental(sqlite_site)
+    point_at(site, request.getfixturevalue(f"{backend}_server"), f"lock-{backend}-{uuid.uuid4().hex[:8]}")
+    churned(site)
+    kept = site.sets()[1]["name"]
+    args = ["backup_verify", "--set", kept, "--read-data"]
+    [before, _records] = json.loads(site.manage("shell", "--no-imports", "-c", STORED).stdout)
+    held = Held(site, HERE, *args).paused(HERE)
+
+    site.manage("shell", "--no-imports", "-c", PRUNE.format(keep=2))
+    [after, records] = json.loads(site.manage("shell", "--no-imports", "-c", STORED).stdout)
+    assert records and set(before) - set(after), (before, after)  # a pack was repacked and deleted
+    code, stdout, stderr = resumed(held)
+
+    assert code == 0, stderr
     assert untimed(stdout) == untimed(site.manage(*args).stdout), stdout
 
 
