@@ -171,7 +171,8 @@ def _module_fixture_groups(items) -> dict:
             keys_of[item] = keys
             for key in keys[1:]:
                 parent[find(key)] = find(keys[0])
-    return {item: "{}::{}[{}]".format(*find(keys[0])) for item, keys in keys_of.items()}
+    # No "]" at the end: pytest-xdist takes a node id's last "@" for a group only after its last "]".
+    return {item: "{}::{}({})".format(*find(keys[0])) for item, keys in keys_of.items()}
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -182,8 +183,11 @@ def pytest_collection_modifyitems(session, config, items):
     ``--dist loadgroup``).  A group runs on one worker from start to end, so the groups (the longest units)
     are put first and the single tests fill in around them, instead of one group starting last and
     running alone while the other worker idles.
+
+    Collection runs in the workers, where pytest-xdist has set ``dist`` to ``no`` and ``loadgroup`` to whether
+    the run's ``--dist`` is ``loadgroup`` (``xdist.remote``): that is the option read here.
     """
-    if not config.pluginmanager.hasplugin("xdist") or config.getoption("dist", "no") == "no":
+    if not config.pluginmanager.hasplugin("xdist") or not config.getoption("loadgroup", False):
         return
     groups = _module_fixture_groups(items)
     for item, group in groups.items():
