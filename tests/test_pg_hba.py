@@ -2,9 +2,10 @@
 
 The shared server of the tests trusts every loopback login, so the throwaway role that loads a superuser site's
 dump (a SCRAM verifier computed client-side, the password handed to the tools in their environment) is never
-asked for its password there.  Each test here starts a throwaway PostgreSQL 15 cluster of its own (initdb and
-pg_ctl of /usr/lib/postgresql/15/bin, run as the ``postgres`` user, on a free port, removed afterwards) with
-``scram-sha-256`` for every TCP login, or for the site's role only.
+asked for its password there.  The tests here share a throwaway PostgreSQL 15 cluster of their own (initdb and
+pg_ctl of /usr/lib/postgresql/15/bin, run as the ``postgres`` user, on a free port, removed after the module),
+each with a database of its own, with ``scram-sha-256`` for every TCP login, or for the site's role only (each
+test starts from the first pg_hba.conf).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import REQUIRE, free_port, make_site
+from conftest import REQUIRE, free_port, make_site, unique_name
 
 BIN = Path("/usr/lib/postgresql/15/bin")
 PASSWORD = "Scram-" + uuid.uuid4().hex[:12]
@@ -28,10 +29,10 @@ def as_postgres(*argv: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(["runuser", "-u", "postgres", "--", *argv], check=True, capture_output=True, **kwargs)
 
 
-@pytest.fixture
-def scram_cluster():
+@pytest.fixture(scope="module")
+def scram_server():
     """``(port, hba)``: a running PostgreSQL 15 cluster whose superuser ``postgres`` logs in over TCP with
-    PASSWORD by SCRAM; ``hba(lines)`` rewrites its pg_hba.conf and reloads it."""
+    PASSWORD by SCRAM; ``hba(lines)`` rewrites its pg_hba.conf (``None``: the one initdb wrote) and reloads it."""
     missing = [tool for tool in ("initdb", "pg_ctl") if not (BIN / tool).exists()]
     if missing or shutil.which("runuser") is None:
         why = f"PostgreSQL 15 server binaries ({', '.join(missing) or 'runuser'}) are not installed"
@@ -59,8 +60,11 @@ def scram_cluster():
     options = f"-p {port} -k {socket} -c listen_addresses=127.0.0.1 -c fsync=off"
     as_postgres(str(BIN / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start")
 
-    def hba(lines: list[str]) -> None:
-        (data / "pg_hba.conf").write_text("local all all trust\n" + "".join(f"{line}\n" for line in lines))
+    first = (data / "pg_hba.conf").read_text()
+
+    def hba(lines: list[str] | None) -> None:
+        text = first if lines is None else "local all all trust\n" + "".join(f"{line}\n" for line in lines)
+        (data / "pg_hba.conf").write_text(text)
         as_postgres(str(BIN / "pg_ctl"), "-D", str(data), "reload")
 
     try:
@@ -70,17 +74,27 @@ def scram_cluster():
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture
+def scram_cluster(scram_server):
+    """The module's cluster, with the pg_hba.conf initdb wrote, put back after the test."""
+    port, hba = scram_server
+    yield port, hba
+    hba(None)
+
+
 def scram_site(root: Path, port: int):
+    """A demo site with demo data in a new database of the cluster on ``port``."""
     import psycopg
 
+    name = unique_name("site15")
     with psycopg.connect(
         host="127.0.0.1", port=port, user="postgres", password=PASSWORD, dbname="postgres", autocommit=True
     ) as conn:
-        conn.execute("CREATE DATABASE site15")
+        conn.execute(f"CREATE DATABASE {name}")
     site = make_site(
         root,
         INVENTREE_DB_ENGINE="postgresql",
-        INVENTREE_DB_NAME="site15",
+        INVENTREE_DB_NAME=name,
         INVENTREE_DB_HOST="127.0.0.1",
         INVENTREE_DB_PORT=str(port),
         INVENTREE_DB_USER="postgres",
