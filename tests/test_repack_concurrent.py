@@ -31,7 +31,7 @@ from test_incremental import (
     restores_exactly,
 )
 from test_interrupted import Held
-from test_remote_storage import point_at, s3_server, sftp_server, workdir  # noqa: F401 - fixtures
+from test_remote_storage import point_at, s3_server, workdir  # noqa: F401 - fixtures
 
 HERE = "media:packs-located"
 
@@ -86,12 +86,10 @@ STORED = (
 )
 
 
-@pytest.mark.parametrize("backend", ["s3", "sftp"])
-def test_on_a_remote_storage_a_verify_read_data_follows_a_pack_a_prune_repacks_after_it_listed_it(
-    sqlite_site, request, backend
-):
+def test_on_s3_a_verify_read_data_follows_a_pack_a_prune_repacks_after_it_listed_it(sqlite_site, s3_server):  # noqa: F811
+    """A remote store (moto's S3 server): listings, reads and deletes through the S3 API, sizes from the listing."""
     site = incremental(sqlite_site)
-    point_at(site, request.getfixturevalue(f"{backend}_server"), f"lock-{backend}-{uuid.uuid4().hex[:8]}")
+    point_at(site, s3_server, f"lock-s3-{uuid.uuid4().hex[:8]}")
     churned(site)
     kept = site.sets()[1]["name"]
     args = ["backup_verify", "--set", kept, "--read-data"]
