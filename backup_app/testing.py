@@ -8,9 +8,11 @@ ends the wait as it would end any other.  Steps: ``backup:db-dumped:<alias>``, `
 ``rollback:media-half``, ``verify:staged:<alias>`` (a ``verify --restore-test`` with its scratch database
 staged), ``restore:loading:<alias>`` (PostgreSQL: the staging database made and given to the throwaway role,
 nothing loaded yet), ``restore:in-place-dump:<alias>`` (a restore in place: the live tables found free by
-MariaDB's lock probe, their safety dump not started), ``restore:swap-renaming:<alias>`` (MariaDB's swap:
-the live and staged triggers, routines, events and views dropped, the tables unlocked, the ``RENAME TABLE`` not
-run yet), ``prune:sets-deleted`` (the sets retention drops are deleted, no pack yet),
+MariaDB's lock probe, their safety dump not started), ``restore:in-place-kept:<alias>`` (a restore in
+place: the live database's safety dump written and recorded, the load over it not begun),
+``restore:swap-renaming:<alias>`` (MariaDB's swap: the live and staged triggers, routines, events and
+views dropped, the tables unlocked, the ``RENAME TABLE`` not run yet), ``prune:sets-deleted`` (the sets
+retention drops are deleted, no pack yet),
 ``prune:repack-written``, ``prune:repack-verified``, ``prune:repack-recorded`` and ``prune:repack-deleted`` (a
 repack's new pack written; read back; its move records written; the first old pack deleted:
 docs/incremental.md), ``media:packs-located`` (a verify, restore or export of an incremental set has listed

@@ -470,6 +470,64 @@ def test_server_database_sigterm_at_the_swap_undoes_it(request, engine, step):
     assert side_databases(site) == []  # the staging database too
 
 
+#: The steps of a restore in place (a site that may not create a database), in order: the incoming dump spooled;
+#: the live tables found free, not dumped yet; the live database dumped and recorded, nothing loaded; loaded.
+IN_PLACE_STEPS = [
+    "restore:staged",
+    "restore:in-place-dump:default",
+    "restore:in-place-kept:default",
+    "restore:db-swapped:default",
+]
+
+
+def sigterm_at_each_step(site, steps: list[str]) -> None:
+    """Back ``site`` up, change it, then SIGTERM a restore in place at each of ``steps`` in turn: exit 143, the
+    live database exactly as before (put back from the dump the restore kept, once it had one), nothing left
+    behind (spool, safety record or folder, temp files, databases or roles on the server); then the next restore
+    has nothing to clean up and restores exactly."""
+    from test_refusals import everything, same, watch_temp
+
+    watch_temp(site)
+    site.manage("demo_data")
+    site.manage("backup_create", "--skip-media")
+    backed_up = db_rows(site)
+    site.sql("DELETE FROM demo_part WHERE quantity > 20")
+    old = everything(site)
+    assert old["rows"] != backed_up
+
+    for step in steps:
+        held = Held(site, step, "backup_restore", "--noinput", "--skip-media").paused(step)
+        held.signal(signal.SIGTERM)
+        held.go_on()  # the undo loads the kept dump the same way: it passes the same step, and must not wait there
+        code, err = held.finish(timeout=120)
+        held.resume.unlink()
+
+        assert code == 128 + signal.SIGTERM, err
+        changed = step not in ("restore:staged", "restore:in-place-dump:default")
+        undone = "database 'default' put back as they were" if changed else "nothing had been changed"
+        assert f"interrupted by SIGTERM; the restore was undone ({undone})" in err, (step, err)
+        now = everything(site)
+        assert sorted(set(now["paths"]) ^ set(old["paths"])) == [], step
+        assert same(now, old), (step, now["server"], err)
+
+    result = site.manage("backup_restore", "--noinput", "--skip-media")
+
+    assert "left behind" not in result.stderr and "Found restore" not in result.stderr, result.stderr
+    assert db_rows(site) == backed_up
+
+
+def test_sigterm_at_each_step_of_a_restore_in_place_leaves_the_live_database_as_it_was(in_place_site):
+    sigterm_at_each_step(in_place_site, IN_PLACE_STEPS)
+
+
+def test_sigterm_at_each_step_of_a_superuser_sites_restore_in_place_leaves_it_as_it_was(postgres_site):
+    # A superuser site restores in place with SCHEMAS; its load runs as a throwaway role that owns what it
+    # loaded until the owners are given back (restore:in-place-loaded: committed, not given back yet).
+    postgres_site.env["INVENTREE_BACKUP_CONNECTOR_OPTIONS"] = json.dumps({"SCHEMAS": ["public"]})
+    steps = ["restore:in-place-kept:default", "restore:in-place-loaded:default", "restore:db-swapped:default"]
+    sigterm_at_each_step(postgres_site, steps)
+
+
 def group_members(pgid: int) -> list[str]:
     """Command lines of the processes still in process group ``pgid``."""
     found = []

@@ -1008,16 +1008,31 @@ class PostgresEngine(ServerEngine):
             except BaseException:
                 self._abandon_in_place(login.user, login.user)  # the schema is named as the role
                 raise
-        pause_at(f"restore:in-place-loaded:{self.alias}")
         try:  # the load is committed: from here on, a failure leaves it in place (the safety dump undoes it)
+            pause_at(f"restore:in-place-loaded:{self.alias}")
             with self._admin(self.name, options=STAGING_OPTIONS) as conn:
                 give_back(conn, login.user, site, held)
                 self._return_lent(conn, lent.schema)
             self._retire(login.user, self.name)
-        except Exception as err:
+        except BaseException as err:
+            # The role must not outlive this run, whatever stopped it here (SIGTERM too): what it owns goes to the
+            # superuser, its schema and it are dropped, as the next restore's cleanup does for a killed run.
+            self._clear_committed(login.user)
+            if not isinstance(err, Exception):
+                raise
             error = RestoreError(f"giving back owners after the load failed ({redact(err)})")
             error.committed = True
             raise error from None
+
+    def _clear_committed(self, role: str) -> None:
+        """After a committed load in place whose owners were not given back: clear ``role`` from the live database
+        and drop it (:meth:`_clear_in_place`; the restore's undo then loads the safety dump).  Never raises: what
+        could not be removed is one warning line (a later restore's :meth:`cleanup` removes it)."""
+        try:
+            self._clear_in_place(role)
+            self._retire(role, None)
+        except Exception as err:  # noqa: BLE001 - the error that stopped the restore is the one shown
+            logger.warning("could not remove the throwaway role %s (%s); a later restore removes it", role, redact(err))
 
     def _lend(self, login: Confined, drops: list[str], schemas: list[str]) -> Lent:
         """In the live database, as the superuser, one transaction: the schema of this restore (named as the

@@ -213,6 +213,7 @@ class InPlace(Strategy):
             engine.dump(fh, compressed=False)
         entry = {"kind": self.kinds[0], "file": kept.name}
         safety.add_database(engine.alias, entry)
+        pause_at(f"restore:in-place-kept:{engine.alias}")  # the live database dumped and recorded, nothing loaded
         try:
             with open(staged.path, "rb") as fh:
                 engine.replace(fh)
