@@ -209,6 +209,7 @@ class Key:
     help: str = ""
     secret: bool = False
     minimum: int | None = None
+    maximum: int | None = None
     choices: tuple[str, ...] = ()
 
 
@@ -290,6 +291,15 @@ BACKUP_KEYS: tuple[Key, ...] = (
         "archive",
         choices=MEDIA_MODES,
         help="Media in each set: archive (a full tar, read by stock mediarestore) or incremental (deduplicated).",
+    ),
+    Key(
+        "backup_media_repack_percent",
+        "BACKUP_MEDIA_REPACK_PERCENT",
+        50,
+        kind="int",
+        minimum=0,
+        maximum=100,
+        help="Incremental media: a prune repacks a pack of which less than this percent is still needed (0: never).",
     ),
     Key(
         "backup_keep",
@@ -573,6 +583,8 @@ def coerce(key: Key, raw: Any, where: str) -> Any:
             raise ConfigError(f"{where}: {_value(key, raw)} is not a whole number; use e.g. {key.default}") from None
         if key.minimum is not None and value < key.minimum:
             raise ConfigError(f"{where}: {value} is too small; use a number of at least {key.minimum}")
+        if key.maximum is not None and value > key.maximum:
+            raise ConfigError(f"{where}: {value} is too large; use a number of at most {key.maximum}")
         return value
     if key.kind == "dict":
         if from_env:
@@ -1029,6 +1041,7 @@ def _apply(namespace, config, prefix, config_file, default_dir, default_safety_d
         "BACKUP_APP": {
             "COMPRESSION": config["backup_compression"],
             "MEDIA_MODE": config["backup_media_mode"],
+            "MEDIA_REPACK_PERCENT": config["backup_media_repack_percent"],
             "KEEP": config["backup_keep"],
             "KEEP_DAILY": config["backup_keep_daily"],
             "KEEP_WEEKLY": config["backup_keep_weekly"],

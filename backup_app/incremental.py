@@ -1280,6 +1280,13 @@ class RepackStats:
     stored: int = 0  # stored bytes of the new packs
 
 
+def pack_kind(pack: str) -> str:
+    """A pack's compression and encryption, as the suffix of its name (``.gz.gpg``): packs of one kind only are
+    repacked together."""
+    _base, compression, encrypted = split_extension(pack.rsplit("/", 1)[-1])
+    return SUFFIX[compression or "none"] + (".gpg" if encrypted else "")
+
+
 def repack(
     storage,
     todo: dict[str, list[tuple[int, int, str]]],
@@ -1302,8 +1309,7 @@ def repack(
     stats = RepackStats()
     kinds: dict[str, list[str]] = {}
     for pack in sorted(todo):
-        _base, compression, encrypted = split_extension(pack.rsplit("/", 1)[-1])
-        kinds.setdefault(SUFFIX[compression or "none"] + (".gpg" if encrypted else ""), []).append(pack)
+        kinds.setdefault(pack_kind(pack), []).append(pack)
     for suffix, packs in kinds.items():
         batch: list[str] = []
         planned = 0

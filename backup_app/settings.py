@@ -204,6 +204,11 @@ class AppSettings:
         return self._app("MEDIA_MODE", "backup_media_mode")
 
     @property
+    def media_repack_percent(self) -> int:
+        """Incremental media: a prune repacks a pack of which less than this percent is still needed (0: never)."""
+        return self._app("MEDIA_REPACK_PERCENT", "backup_media_repack_percent")
+
+    @property
     def gpg_recipient(self) -> str | None:
         return self._dbbackup("GPG_RECIPIENT", KEY_DEFAULTS["backup_gpg_recipient"])
 

@@ -27,6 +27,11 @@ def _stored(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
+def _objects(folder: Path) -> int:
+    """Files in the backup folder: the objects a remote store would hold (packs, move records, set files)."""
+    return sum(1 for p in folder.rglob("*") if p.is_file())
+
+
 def _new_file(media: Path, rng: random.Random, number: int) -> None:
     photo = rng.random() < 0.1
     size = rng.randint(512 * 1024, 2 * 1024 * 1024) if photo else rng.randint(8 * 1024, 64 * 1024)
@@ -106,8 +111,14 @@ def main() -> None:
             INVENTREE_BACKUP_MEDIA_MODE="incremental",
         )
         repacked = next((line.strip() for line in said.splitlines() if line.strip().startswith("Repacked")), "")
-        rows.append({"night": night + 1, "stored": _stored(incremental), "repacked": repacked})
-        print(f"night {night + 1:2}: stored {rows[-1]['stored'] / 2**20:7.1f} MiB  {repacked}", flush=True)
+        rows.append(
+            {"night": night + 1, "stored": _stored(incremental), "objects": _objects(incremental), "repacked": repacked}
+        )
+        print(
+            f"night {night + 1:2}: stored {rows[-1]['stored'] / 2**20:7.1f} MiB in {rows[-1]['objects']:4} objects  "
+            f"{repacked}",
+            flush=True,
+        )
     result = {
         "source": args.source,
         "files": args.files,
@@ -122,7 +133,8 @@ def main() -> None:
     (root / "result.json").write_text(json.dumps(result, indent=1))
     print(
         f"media {media_bytes / 2**20:.1f} MiB, one archive set {archive_bytes / 2**20:.1f} MiB; after "
-        f"{args.nights} nights (keep {args.keep}): {rows[-1]['stored'] / 2**20:.1f} MiB = {result['ratio']:.2f}x"
+        f"{args.nights} nights (keep {args.keep}): {rows[-1]['stored'] / 2**20:.1f} MiB = {result['ratio']:.2f}x, "
+        f"{rows[-1]['objects']} objects"
     )
 
 

@@ -200,6 +200,7 @@ def test_seed_defaults_cover_every_seed_row():
 ADDED_ROWS = [
     ("backup_compression", "zstd", "zstd", "COMPRESSION", "zstd"),
     ("backup_media_mode", "incremental", "incremental", "MEDIA_MODE", "incremental"),
+    ("backup_media_repack_percent", "20", 20, "MEDIA_REPACK_PERCENT", 20),
     ("backup_keep", "3", 3, "KEEP", 3),
     ("backup_keep_daily", "7", 7, "KEEP_DAILY", 7),
     ("backup_keep_weekly", "4", 4, "KEEP_WEEKLY", 4),
@@ -559,6 +560,13 @@ def test_integer_below_minimum_is_an_error(tmp_path, key, value, minimum):
     with pytest.raises(ConfigError) as err:
         load(tmp_path, {env_name(key): value})
     one_line_error(err.value, env_name(key), f"at least {minimum}")
+
+
+@pytest.mark.parametrize(("value", "fix"), [("101", "at most 100"), ("-1", "at least 0"), ("half", "whole number")])
+def test_a_repack_percent_outside_0_to_100_is_an_error(tmp_path, value, fix):
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, {env_name("backup_media_repack_percent"): value})
+    one_line_error(err.value, env_name("backup_media_repack_percent"), fix)
 
 
 def test_yaml_boolean_for_a_number_is_an_error(tmp_path):

@@ -483,7 +483,7 @@ def test_prune_keeps_every_pack_a_kept_set_needs_and_deletes_the_rest(site):
     only_older = set().union(*(m["media"]["packs"] for m in older)) - set(newest["media"]["packs"])
     assert len(only_older) == 1  # the first version of the photo
 
-    prune(site, keep=1)
+    prune(site, keep=1, extra_env={"INVENTREE_BACKUP_MEDIA_REPACK_PERCENT": "0"})  # deleting only, no repack
 
     assert packs_on_disk(site) == set(newest["media"]["packs"])
     empty(site.media)
@@ -631,7 +631,9 @@ def churned(site, *backup_args: str) -> dict[str, dict]:
     for round in range(3):
         if round:
             for i in range(3):  # three of the four photos replaced
-                (site.media / "photos" / f"p{i}.jpg").write_bytes(os.urandom(1024 * 1024 + round))
+                # 400 KiB: the packs of the three (small: below a quarter of the 16 MiB target) and what the first
+                # pack keeps add up to less than that quarter, so a prune keeping 2 sets repacks the first alone.
+                (site.media / "photos" / f"p{i}.jpg").write_bytes(os.urandom(400 * 1024 + round))
         site.invoke("backup", "--skip-db", *backup_args)
         states[site.sets()[0]["name"]] = file_stats(site.media)
     return states
@@ -676,6 +678,9 @@ def test_a_pack_mostly_of_pruned_blobs_is_repacked_and_every_kept_set_restores_e
 
     planned = json.loads(site.manage("backup_create", "--dry-run", "--clean", "--json", extra_env=keep_two).stdout)
     assert planned["repacked"]["packs"] == [first_pack]  # a quarter of it is still needed
+    below = {**keep_two, "INVENTREE_BACKUP_MEDIA_REPACK_PERCENT": "20"}
+    planned = json.loads(site.manage("backup_create", "--dry-run", "--clean", "--json", extra_env=below).stdout)
+    assert planned["repacked"]["packs"] == []  # backup_media_repack_percent: not less than 20 % is needed
     assert sum(stored(site.backups).values()) == before  # the dry run wrote and deleted nothing
 
     result = site.invoke("backup", "--skip-db", "--clean", extra_env=keep_two)  # the first set goes
@@ -873,6 +878,15 @@ def needed_on_disk(site) -> set[str]:
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_a_prune_killed_at_each_step_of_a_repack_leaves_every_kept_set_restorable_and_no_orphan(site, signum):
     states = churned(site)
+    (site.media / "photos" / "new.jpg").write_bytes(os.urandom(3 * 1024 * 1024))  # a small pack of its own
+    site.invoke("backup", "--skip-db")
+    states[site.sets()[0]["name"]] = file_stats(site.media)
+    # Keeping 2 sets, the repack moves what the first pack keeps and merges the two small packs the kept sets need.
+    [first_pack, _gone, *small] = dict.fromkeys(p for m in reversed(manifests(site)) for p in m["media"]["packs"])
+    planned = json.loads(
+        site.manage("backup_create", "--dry-run", "--clean", "--json", extra_env={"INVENTREE_BACKUP_KEEP": "2"}).stdout
+    )
+    assert planned["repacked"]["packs"] == sorted([first_pack, *small]) and len(small) == 2, planned["repacked"]
     saved = site.root / "saved"
     shutil.copytree(site.backups, saved / "backup")
     for step in REPACK_STEPS:

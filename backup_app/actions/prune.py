@@ -13,6 +13,7 @@ from ..engines import SiteLock, site_lock
 from ..errors import BackupAppError, BackupError
 from ..incremental import (
     CHUNK_SIZE,
+    PACK_TARGET,
     REPACK_FOLDER,
     Listing,
     RepackStats,
@@ -21,6 +22,7 @@ from ..incremental import (
     move_source_id,
     move_target_id,
     pack_id,
+    pack_kind,
     parse_index,
     read_move,
     relocated,
@@ -30,13 +32,16 @@ from ..pipeline import GpgSpec
 from ..progress import NO_PROGRESS, Progress
 from ..secrets import redact
 from ..sets import BackupSet, Naming, Retention, doomed, held_back, list_sets, list_sizes, writer_gone
+from ..settings import app_settings
 from ..storage import backup_storage
 from ..testing import pause_at
 from ..tools import owner_gone
 from .common import index_copies, read_checked
 
-#: A pack is repacked when less than this share of its bytes is still needed by the sets left.
-REPACK_BELOW = 0.5
+#: A pack holding less than this many bytes of blobs is *small* (a nightly backup's last pack, typically): small
+#: packs of one kind are merged once, with what the sparse packs of that kind keep, they fill at least this much,
+#: so that the merged pack is not small again and merging moves a blob once.
+SMALL_PACK = PACK_TARGET // 4
 
 
 @dataclass
@@ -305,6 +310,7 @@ class RepackPlan:
 
     packs: dict[str, list[tuple[int, int, str]]] = field(default_factory=dict)
     table: dict[str, dict] = field(default_factory=dict)  # stored size, SHA-256 (and bytes) of every pack known
+    merged: list[str] = field(default_factory=list)  # those of ``packs`` repacked as small, not as sparse
     needed_bytes: int = 0  # blob bytes of ``packs`` still needed
     total_bytes: int = 0  # all the bytes of ``packs``
     reason: str | None = None  # why some or all packs cannot be considered
@@ -313,7 +319,8 @@ class RepackPlan:
 def plan_repack(
     storage, sets: list[BackupSet], gpg: GpgSpec | None, listing: Listing | None = None, *, copies=None
 ) -> RepackPlan:
-    """The packs of which less than :data:`REPACK_BELOW` of the bytes is still needed by ``sets``.
+    """The packs of which less than ``backup_media_repack_percent`` of the bytes is still needed by ``sets``
+    (*sparse*), and the small packs to merge (:data:`SMALL_PACK`); none with that setting at 0.
 
     Reads the media index of every incremental set (and the move records of packs it needs that were
     repacked), from its checked local copy where ``copies`` (:func:`~.common.index_copies`) has or gets one.
@@ -359,6 +366,11 @@ def plan_repack(
         if record is not None and move_target_id(record) in present:
             frozen.add(present[move_target_id(record)])
             idents.append(move_target_id(record))
+    percent = app_settings.media_repack_percent
+    if not percent:
+        return plan
+    small: dict[str, list[tuple[str, int, int]]] = {}  # kind -> small packs: (pack, bytes needed, bytes)
+    moving: dict[str, int] = {}  # kind -> bytes the sparse packs of that kind keep
     for pack, blobs in sorted(needed.items()):
         if pack not in listing.packs or pack in frozen or pack_id(pack) in listing.moves or pack in busy:
             continue  # gone, kept whole, a repack of it stopped half way (the next prune finishes it) or under way
@@ -367,15 +379,28 @@ def plan_repack(
         used = sum(length for _o, length, _s in blobs)
         info = plan.table.get(pack) or {}
         total = info.get("bytes") or max(offset + length for offset, length, _s in blobs)
-        if used < REPACK_BELOW * total:
+        kind = pack_kind(pack)
+        if used * 100 < percent * total:
             plan.packs[pack] = sorted(blobs)
             plan.needed_bytes += used
             plan.total_bytes += total
+            moving[kind] = moving.get(kind, 0) + used
+        elif total < SMALL_PACK:
+            small.setdefault(kind, []).append((pack, used, total))
+    for kind, packs in small.items():
+        merged = moving.get(kind, 0) + sum(used for _p, used, _t in packs)
+        if merged >= SMALL_PACK and len(packs) + (kind in moving) >= 2:
+            for pack, used, total in packs:
+                plan.packs[pack] = sorted(needed[pack])
+                plan.needed_bytes += used
+                plan.total_bytes += total
+                plan.merged.append(pack)
     return plan
 
 
 def repack_sparse(storage, progress: Progress = NO_PROGRESS, gpg: GpgSpec | None = None) -> RepackStats | None:
-    """Repack the packs the sets left need less than :data:`REPACK_BELOW` of (the caller holds the site lock).
+    """Repack the packs the sets left need little of, and merge small ones (:func:`plan_repack`; the caller holds
+    the site lock).
 
     Says what was done, or on one line why it was not; a failed repack leaves every pack as it was and does not
     fail the prune.  A signal stops it the same way (and is raised again).
@@ -402,8 +427,9 @@ def repack_sparse(storage, progress: Progress = NO_PROGRESS, gpg: GpgSpec | None
         progress.step(f"Media packs not repacked: {redact(err)}; every pack is kept as it was")
         return None
     progress.step(
-        f"Repacked {len(done.repacked)} media packs into {len(done.new)}: {_mib(done.moved_bytes)} still needed "
-        f"moved, {_mib(done.freed - done.stored)} freed"
+        f"Repacked {len(done.repacked)} media packs into {len(done.new)}"
+        + (f" ({len(plan.merged)} of them small ones merged)" if plan.merged else "")
+        + f": {_mib(done.moved_bytes)} still needed moved, {_mib(done.freed - done.stored)} freed"
     )
     return done
 
