@@ -28,9 +28,9 @@ from backup_app.tasks import find_project
 
 TASKS_PY = "from backup_app.tasks import *  # noqa: F403\n"
 
-# A manage.py that appends one JSON line per run to $RECORD: its arguments, folder, interpreter, terminals and
-# settings module; it prints to both streams, reads stdin when $READ_STDIN is set, and exits 3 (after one line
-# on stderr) when its command is $FAIL.
+# A manage.py that appends one JSON line per run to $RECORD: its arguments, folder, interpreter, terminals,
+# settings module and process id; it prints to both streams, reads stdin when $READ_STDIN is set, and exits 3
+# (after one line on stderr) when its command is $FAIL.
 RECORDING_MANAGE_PY = """\
 import json, os, sys
 
@@ -42,6 +42,7 @@ record = {
     "stdout_tty": sys.stdout.isatty(),
     "settings": os.environ.get("DJANGO_SETTINGS_MODULE"),
     "invoked": os.environ.get("BACKUP_APP_INVOKED"),
+    "pid": os.getpid(),
 }
 if os.environ.get("READ_STDIN"):
     record["stdin"] = sys.stdin.read()
@@ -277,6 +278,56 @@ def test_exit_status_is_the_commands(project):
 
     assert result.returncode == 3
     assert "backup_list failed" in result.stderr
+
+
+def test_backup_without_a_terminal_runs_in_invokes_own_process(project):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "backup"], cwd=project.root, env=project.env(), stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    out, err = proc.communicate(timeout=60)
+
+    assert proc.returncode == 0, err
+    [run] = project.runs()
+    assert run["pid"] == proc.pid
+    assert (run["argv"], run["cwd"], run["stdin_tty"], run["invoked"]) == (
+        ["manage.py", "backup_create"],
+        str(project.root.resolve()),
+        False,
+        "1",
+    )
+    assert (out, err) == ("out of backup_create\n", "err of backup_create\n")
+
+
+def test_a_backup_run_in_invokes_process_exits_with_the_commands_status(project):
+    result = project.invoke("backup", FAIL="backup_create")
+
+    assert result.returncode == 3
+    assert result.stderr == "err of backup_create\nbackup_create failed\n"
+
+
+def test_a_command_after_the_backup_in_the_same_invoke_run_gets_a_process_of_its_own(project):
+    below = project.root / "a"
+    below.mkdir()
+    read_end, write_end = os.pipe()  # stdin open for the whole run: each command must still read its end at once
+    try:
+        result = project.invoke("backup", "listbackups", cwd=below, stdin=read_end, READ_STDIN="1")
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+    assert result.returncode == 0, result.stderr
+    first, second = project.runs()
+    assert first["argv"] == ["manage.py", "backup_create"] and second["argv"] == ["manage.py", "backup_list"]
+    assert second["pid"] != first["pid"]
+    for run in (first, second):  # the second finds what the first found: folder, stdin, environment
+        assert (run["cwd"], run["stdin_tty"], run["stdin"], run["invoked"], run["settings"]) == (
+            str(project.root.resolve()),
+            False,
+            "",
+            "1",
+            None,
+        )
 
 
 def test_relative_path_is_taken_from_the_folder_invoke_runs_in(project):
