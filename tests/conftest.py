@@ -552,6 +552,13 @@ def pg_password_site(tmp_path, postgres_database):
         yield site
 
 
+@pytest.fixture
+def pg_role_site(tmp_path, postgres_database):
+    """:func:`pg_password_site` without its 20,000 wide rows: for a test whose restore is refused or undone
+    before any row moves, or that looks at the database's properties, not at its rows."""
+    yield from _pg_role_site(tmp_path, postgres_database)
+
+
 def _mysql_user_site(tmp_path, database: str):
     """A MariaDB site whose user logs in with DB_PASSWORD and has rights on its own database only."""
     user = f"bk_{uuid.uuid4().hex[:8]}"

@@ -1168,7 +1168,7 @@ ENDS = [
 
 @pytest.mark.parametrize(
     "site,end",
-    [("postgres_site", end) for end in ENDS[:3]] + [("pg_password_site", end) for end in ENDS],
+    [("postgres_site", end) for end in ENDS[:3]] + [("pg_role_site", end) for end in ENDS],
 )
 def test_a_plain_dump_ending_the_in_place_transaction_itself_changes_nothing(request, site, end):
     # The drops and the load commit together or not at all: a dump's own COMMIT must not commit the drops alone,
@@ -1389,7 +1389,7 @@ END $$;
 
 @pytest.mark.parametrize("superuser", [True, False], ids=["superuser-site", "site-role"])
 def test_what_a_dump_gives_the_staging_database_itself_does_not_reach_the_site(request, superuser):
-    site = request.getfixturevalue("postgres_site" if superuser else "pg_password_site")
+    site = request.getfixturevalue("postgres_site" if superuser else "pg_role_site")
     site.env["INVENTREE_BACKUP_CONNECTOR_OPTIONS"] = json.dumps({"CONNECTOR": "dbbackup.db.postgresql.PgDumpConnector"})
     live = site.env["INVENTREE_DB_NAME"]
     site.invoke("backup", "--skip-media")
