@@ -865,6 +865,32 @@ def test_a_restore_whose_safety_copy_of_media_files_cannot_fit_is_refused_before
     assert f"the safety copy of 1 media file ({needed:,} bytes, copied from another file system)" in what
 
 
+@pytest.mark.parametrize("in_place_site", ["postgres"], indirect=True)
+def test_a_restore_in_place_whose_spool_cannot_fit_in_the_safety_folder_is_refused_before_anything_is_written(
+    in_place_site, small_disk
+):
+    from test_refusals import everything, same, watch_temp
+
+    site = in_place_site
+    watch_temp(site)
+    site.env["INVENTREE_BACKUP_SAFETY_DIR"] = str(small_disk / "safety")
+    site.manage("demo_data")
+    site.manage("backup_create", "--skip-media")
+    size = manifest_of(site)[1]["databases"][0]["source_bytes"]
+    site.sql("DELETE FROM demo_part WHERE quantity > 20")
+    fill(small_disk, size // 2 + room_margin(shutil.disk_usage(small_disk).total))
+    before = everything(site)
+    result = site.manage("backup_restore", "--noinput", "--skip-media", check=False)
+
+    assert result.returncode != 0
+    found = ROOM_LINE.search(result.stderr.strip().splitlines()[-1])
+    assert found, result.stderr
+    assert found.group(1) == str(small_disk) and int(found.group(4).replace(",", "")) == size
+    assert f"the spooled dump of database 'default' ({size:,} bytes: it is restored in place)" in found.group(5)
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
+    assert same(everything(site), before)
+
+
 def test_a_restore_whose_staging_needs_add_up_on_one_file_system_is_refused_before_anything_is_written(
     tmp_path, small_disk, migrated_sqlite
 ):

@@ -753,13 +753,24 @@ def _safety_fix() -> str:
 
 def staging_needs(plan: Plan, engines: dict[str, Engine]) -> list[Need]:
     """What the restore of ``plan`` surely writes before its swap, known from the manifest: each SQLite dump's
-    decompressed bytes beside its live file (``source_bytes``; sets without it are bounded while they stage),
+    decompressed bytes beside its live file (``source_bytes``; sets without it are bounded while they stage), the
+    same bytes spooled into the safety folder for a database surely restored in place,
     the media files (the manifest's bytes less those of the live files, which may be left as they are: at least
     that much), and the safety copy of each live database that cannot be kept by a link."""
     needs = []
     safety = safety_root()
     for item in plan.databases:
         engine = engines[item.alias]
+        if item.source_bytes and engine.spools_in_place():
+            needs.append(
+                Need(
+                    safety,
+                    item.source_bytes,
+                    f"the spooled dump of database '{item.alias}' ({item.source_bytes:,} bytes: it is restored in "
+                    "place)",
+                    _safety_fix(),
+                )
+            )
         folder = engine.staging_folder()
         if folder is not None and item.source_bytes:
             needs.append(

@@ -149,6 +149,12 @@ class Engine:
         the dump goes elsewhere (a database server)."""
         return None
 
+    def spools_in_place(self) -> bool:
+        """Whether a restore of this database surely spools the incoming dump (its decompressed bytes) into the
+        safety folder and loads it in place (no right to make a side database): a restore weighs that spool
+        before it starts."""
+        return False
+
     def safety_bytes(self, safety_folder: Path) -> int:
         """Bytes :meth:`commit` surely writes into ``safety_folder`` to keep the live database (0: it keeps it
         elsewhere, or at no cost)."""

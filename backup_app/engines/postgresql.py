@@ -845,6 +845,14 @@ class PostgresEngine(ServerEngine):
         lines = (out[0] if out else b"").decode(errors="replace").splitlines()
         return bytes(head), [line for line in lines if line and not line.startswith(";")]
 
+    def spools_in_place(self) -> bool:
+        """With ``SCHEMAS``, or a site role that may not create databases (and is no superuser)."""
+        if self.connector.schemas:
+            return True
+        with self._admin() as admin:
+            row = admin.execute("SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+        return row is not None and not row[0]
+
     def _site_role(self) -> tuple[str, bool]:
         """The site's role and whether it is a superuser."""
         with self._admin() as admin:
