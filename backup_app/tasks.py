@@ -14,6 +14,7 @@ Each task is a thin wrapper around one ``manage.py`` command; the work lives in
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import io
 import os
@@ -193,6 +194,10 @@ def manage(c, command: str, *, alone: bool = False, **kwargs):
     return result
 
 
+#: Objects made (less those freed) between two runs of the collector while :func:`_run_here` runs (Python's
+#: default: 700).
+STARTUP_GC_THRESHOLD = 100_000
+
 #: A command already ran in this process (:func:`_run_here`): any later one gets a process of its own.
 _ran_here: list[str] = []
 
@@ -232,6 +237,11 @@ def _run_here(project: Path, command: str) -> None:
     main.__file__ = str(script)  # absolute, as Python gives a script; sys.argv[0] stays "manage.py"
     caller = sys.modules["__main__"]
     sys.modules["__main__"] = main
+    # While manage.py imports and sets Django up, every few hundred new objects made the collector walk the
+    # young ones and, once, every object loaded so far (0.06 s of CPU): it runs after 100,000 instead, until
+    # the command ends (the command freezes the loaded site when it starts, BackupCommand.run_from_argv).
+    thresholds = gc.get_threshold()
+    gc.set_threshold(STARTUP_GC_THRESHOLD, *thresholds[1:])
     try:
         with io.open_code(str(script)) as fh:
             code = compile(fh.read(), str(script), "exec")
@@ -240,6 +250,7 @@ def _run_here(project: Path, command: str) -> None:
     except SystemExit as end:
         status = end.code
     finally:
+        gc.set_threshold(*thresholds)
         sys.modules["__main__"] = caller
         sys.argv, sys.path[:] = saved[0], saved[1]
         os.chdir(saved[2])

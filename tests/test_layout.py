@@ -142,6 +142,8 @@ def test_process_wide_memory_settings_only_at_the_command_line_entry():
         if word in text
     ]
     assert offenders == []
+    # ... and the collector's thresholds only where invoke runs a command in its own process (its start-up).
+    assert [name for name, text in source_files_except("backup_app.tasks") if "gc.set_threshold" in text] == []
 
 
 def test_no_private_python_isal_api():
