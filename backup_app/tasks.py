@@ -249,6 +249,11 @@ def _run_here(project: Path, command: str) -> None:
         status = 0
     except SystemExit as end:
         status = end.code
+    except KeyboardInterrupt:
+        # Ctrl-C before the command's own handler is in place (manage.py's imports, Django's set-up): one line
+        # and 128 + SIGINT, as the command says outside its steps; invoke itself would exit 1 without a word.
+        print("Interrupted (Ctrl-C).", file=sys.stderr)
+        status = 130
     finally:
         gc.set_threshold(*thresholds)
         sys.modules["__main__"] = caller

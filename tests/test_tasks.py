@@ -30,7 +30,7 @@ TASKS_PY = "from backup_app.tasks import *  # noqa: F403\n"
 
 # A manage.py that appends one JSON line per run to $RECORD: its arguments, folder, interpreter, terminals,
 # settings module and process id; it prints to both streams, reads stdin when $READ_STDIN is set, and exits 3
-# (after one line on stderr) when its command is $FAIL.
+# (after one line on stderr) when its command is $FAIL, and raises KeyboardInterrupt when it is $INTERRUPT.
 RECORDING_MANAGE_PY = """\
 import json, os, sys
 
@@ -53,6 +53,8 @@ print("err of", sys.argv[1], file=sys.stderr)
 if os.environ.get("FAIL") == sys.argv[1]:
     print(sys.argv[1], "failed", file=sys.stderr)
     sys.exit(3)
+if os.environ.get("INTERRUPT") == sys.argv[1]:  # Ctrl-C before the command's own handler is in place
+    raise KeyboardInterrupt
 """
 
 
@@ -304,6 +306,13 @@ def test_a_backup_run_in_invokes_process_exits_with_the_commands_status(project)
 
     assert result.returncode == 3
     assert result.stderr == "err of backup_create\nbackup_create failed\n"
+
+
+def test_ctrl_c_before_the_commands_handler_in_invokes_process_exits_130_with_one_line(project):
+    result = project.invoke("backup", INTERRUPT="backup_create")
+
+    assert result.returncode == 130
+    assert result.stderr == "err of backup_create\nInterrupted (Ctrl-C).\n"
 
 
 def test_a_command_after_the_backup_in_the_same_invoke_run_gets_a_process_of_its_own(project):
