@@ -170,7 +170,7 @@ def manage(c, command: str, *, alone: bool = False, **kwargs):
     """
     project = find_project()
     check_settings_module(project)
-    if alone and not kwargs and not interactive() and _can_run_here():
+    if alone and not kwargs and not interactive() and _can_run_here(c):
         return _run_here(project, command)
     c.config.runners.local = _Local
     if interactive():
@@ -202,9 +202,11 @@ STARTUP_GC_THRESHOLD = 100_000
 _ran_here: list[str] = []
 
 
-def _can_run_here() -> bool:
-    """No command ran in this process yet and no Django site is set up in it (a ``tasks.py`` may set one up)."""
-    if _ran_here:
+def _can_run_here(c) -> bool:
+    """No command ran in this process yet, no Django site is set up in it (a ``tasks.py`` may set one up), and
+    invoke would run the command line as it is: not ``--dry`` (only shown) or ``--echo`` (shown first), and no
+    ``c.prefix()`` of a caller's task in front of it."""
+    if _ran_here or c.config.run.dry or c.config.run.echo or c.command_prefixes:
         return False
     registry = sys.modules.get("django.apps.registry")
     return registry is None or not registry.apps.ready

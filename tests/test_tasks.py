@@ -308,6 +308,14 @@ def test_a_backup_run_in_invokes_process_exits_with_the_commands_status(project)
     assert result.stderr == "err of backup_create\nbackup_create failed\n"
 
 
+def test_invoke_dry_shows_the_backups_command_line_and_runs_nothing(project):
+    result = project.invoke("--dry", "backup")
+
+    assert result.returncode == 0, result.stderr
+    assert project.runs() == []
+    assert f"{sys.executable} manage.py backup_create" in result.stdout
+
+
 def test_ctrl_c_before_the_commands_handler_in_invokes_process_exits_130_with_one_line(project):
     result = project.invoke("backup", INTERRUPT="backup_create")
 
