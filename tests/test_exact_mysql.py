@@ -179,15 +179,17 @@ def open_transaction(database: str, table: str = "demo_part"):
     return reader, ident
 
 
-def waiting(statement: str, timeout: float = 60) -> None:
-    """Return once a connection waits for a metadata lock running a statement starting with ``statement``."""
+def waiting(user: str, statement: str, timeout: float = 60) -> None:
+    """Return once a connection of ``user`` (the site's: not another test's, whose put-back may wait too) waits
+    for a metadata lock running a statement starting with ``statement``."""
     conn = _my_connect()
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
             with conn.cursor() as cur:
                 cur.execute(
-                    "SELECT STATE, INFO FROM information_schema.PROCESSLIST WHERE INFO LIKE %s", [statement + "%"]
+                    "SELECT STATE, INFO FROM information_schema.PROCESSLIST WHERE USER = %s AND INFO LIKE %s",
+                    [user, statement + "%"],
                 )
                 if any("metadata lock" in (s or "") for s, _ in cur.fetchall()):
                     return
@@ -272,7 +274,7 @@ def test_a_transaction_begun_before_the_rename_is_waited_out_by_the_put_back(sit
     reader, ident = open_transaction(site.database)
     try:
         run.go_on()
-        waiting("CREATE")  # the RENAME gave up; putting a trigger back waits for the same table
+        waiting(site.user, "CREATE")  # the RENAME gave up; putting a trigger back waits for the same table
     finally:
         reader.rollback()
         reader.close()
