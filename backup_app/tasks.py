@@ -203,10 +203,13 @@ _ran_here: list[str] = []
 
 
 def _can_run_here(c) -> bool:
-    """No command ran in this process yet, no Django site is set up in it (a ``tasks.py`` may set one up), and
-    invoke would run the command line as it is: not ``--dry`` (only shown) or ``--echo`` (shown first), and no
-    ``c.prefix()`` of a caller's task in front of it."""
+    """No command ran in this process yet, no Django settings are loaded or site set up in it (a ``tasks.py`` may
+    do either), and invoke would run the command line as it is: not ``--dry`` (only shown) or ``--echo`` (shown
+    first), and no ``c.prefix()`` of a caller's task in front of it."""
     if _ran_here or c.config.run.dry or c.config.run.echo or c.command_prefixes:
+        return False
+    conf = sys.modules.get("django.conf")  # settings a tasks.py loaded (or set up): manage.py would run with those
+    if conf is not None and conf.settings.configured:
         return False
     registry = sys.modules.get("django.apps.registry")
     return registry is None or not registry.apps.ready

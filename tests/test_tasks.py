@@ -308,6 +308,20 @@ def test_a_backup_run_in_invokes_process_exits_with_the_commands_status(project)
     assert result.stderr == "err of backup_create\nbackup_create failed\n"
 
 
+def test_a_backup_after_a_tasks_py_that_loaded_settings_gets_a_process_of_its_own(project):
+    # Settings read at import (not set up): in invoke's process manage.py would run with those, not its own.
+    (project.root / "tasks.py").write_text(TASKS_PY + "from django.conf import settings\nsettings.configure()\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "backup"], cwd=project.root, env=project.env(), stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    _out, err = proc.communicate(timeout=60)
+
+    assert proc.returncode == 0, err
+    [run] = project.runs()
+    assert run["pid"] != proc.pid
+
+
 def test_invoke_dry_shows_the_backups_command_line_and_runs_nothing(project):
     result = project.invoke("--dry", "backup")
 
