@@ -208,6 +208,8 @@ def _can_run_here(c) -> bool:
     first), and no ``c.prefix()`` of a caller's task in front of it."""
     if _ran_here or c.config.run.dry or c.config.run.echo or c.command_prefixes:
         return False
+    if sys.stdin is None:  # started with fd 0 closed (``<&-``): a process of its own gets a stdin at its end
+        return False
     conf = sys.modules.get("django.conf")  # settings a tasks.py loaded (or set up): manage.py would run with those
     if conf is not None and conf.settings.configured:
         return False

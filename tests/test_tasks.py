@@ -322,6 +322,18 @@ def test_a_backup_after_a_tasks_py_that_loaded_settings_gets_a_process_of_its_ow
     assert run["pid"] != proc.pid
 
 
+def test_a_backup_with_stdin_closed_gets_a_process_of_its_own_with_stdin_at_its_end(project):
+    # fd 0 closed (``<&-``): Python gives invoke no sys.stdin; the command must still find one at its end.
+    result = subprocess.run(
+        [sys.executable, "-m", "invoke", "backup"], cwd=project.root, env=project.env(READ_STDIN="1"),
+        preexec_fn=lambda: os.close(0), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    [run] = project.runs()
+    assert (run["stdin_tty"], run["stdin"]) == (False, "")
+
+
 def test_invoke_dry_shows_the_backups_command_line_and_runs_nothing(project):
     result = project.invoke("--dry", "backup")
 
