@@ -69,6 +69,22 @@ def test_a_backup_whose_output_is_gone_completes_and_exits_141(sqlite_site):
         assert db.execute("SELECT kind, outcome FROM backup_app_backuprun").fetchall() == [("manual", "success")]
 
 
+@pytest.mark.parametrize("program", [("manage.py", "backup_create"), ("-m", "invoke", "backup")], ids=" ".join)
+def test_a_backup_started_with_stdout_closed_completes_and_exits_141(sqlite_site, program):
+    # ``>&-``: Python gives the run no sys.stdout at all (invoke backup runs the command in invoke's process).
+    (sqlite_site.media / "a.txt").write_text("a")
+
+    result = subprocess.run(
+        [sys.executable, *program, "--json"], cwd=ROOT, env=sqlite_site.env, stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, preexec_fn=lambda: os.close(1), timeout=300,
+    )  # fmt: skip
+
+    assert result.returncode == 141, result.stderr.decode()
+    assert "Traceback" not in result.stderr.decode()
+    [entry] = sqlite_site.sets()
+    assert entry["complete"]
+
+
 def test_a_restore_whose_output_is_gone_completes_and_exits_141(sqlite_site):
     (sqlite_site.media / "a.txt").write_text("backed up")
     sqlite_site.manage("backup_create", "--quiet")

@@ -96,9 +96,14 @@ class ReaderGuard:
 
     @classmethod
     def install(cls) -> None:
-        """Guard the process's stdout and stderr (once)."""
+        """Guard the process's stdout and stderr (once).  One closed before the start (``>&-``: Python gives
+        None) is a reader already gone: the report goes to /dev/null, the work goes on."""
         for name in ("stdout", "stderr"):
             stream = getattr(sys, name)
+            if stream is None:
+                with suppress(OSError):
+                    stream = open(os.devnull, "w")  # noqa: SIM115 - the stream of the whole run
+                    cls.gone = True
             if stream is not None and not isinstance(stream, cls):
                 setattr(sys, name, cls(stream))
 
