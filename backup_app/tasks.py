@@ -30,7 +30,7 @@ from typing import ClassVar
 
 from invoke import task
 from invoke.exceptions import Exit, UnexpectedExit
-from invoke.runners import Local
+from invoke.runners import Local, Result
 
 __all__ = [
     "backup",
@@ -276,7 +276,9 @@ def _run_here(project: Path, command: str) -> None:
     if not isinstance(status, int):  # sys.exit("message"): the message on stderr, status 1, as Python does
         print(status, file=sys.stderr)
         status = 1
-    raise Exit(code=status)
+    # What c.run raises for a failed command (a caller's task may handle it, as update does for its backup);
+    # nothing is hidden, so invoke prints no more than the command did.
+    raise UnexpectedExit(Result(command=f"{MANAGE_PY} {command}", exited=status))
 
 
 def _quiet_gone_streams() -> None:

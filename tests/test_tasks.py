@@ -334,6 +334,22 @@ def test_a_backup_with_stdin_closed_gets_a_process_of_its_own_with_stdin_at_its_
     assert (run["stdin_tty"], run["stdin"]) == (False, "")
 
 
+def test_a_failed_backup_called_from_a_projects_own_task_raises_unexpected_exit_as_before(project):
+    # A caller's task that handles a failed backup (as invoke update does for its own) still gets invoke's
+    # UnexpectedExit with the command's status, though the backup ran in invoke's process.
+    (project.root / "tasks.py").write_text(
+        TASKS_PY
+        + "from invoke import task\nfrom invoke.exceptions import UnexpectedExit\n\n\n@task\ndef nightly(c):\n"
+        + "    try:\n        backup(c)\n    except UnexpectedExit as err:\n"
+        + "        print('backup failed with', err.result.exited)\n"
+    )
+
+    result = project.invoke("nightly", FAIL="backup_create")
+
+    assert result.returncode == 0, result.stderr
+    assert "backup failed with 3" in result.stdout
+
+
 def test_invoke_dry_shows_the_backups_command_line_and_runs_nothing(project):
     result = project.invoke("--dry", "backup")
 
