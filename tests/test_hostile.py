@@ -917,12 +917,24 @@ def pg_custom_dump(body: str, *extra: str) -> bytes:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def stale_restore_roles() -> set[str]:
-    """Throwaway restore roles of this host whose process is gone (left behind); another host's (tagged so by
-    test_interrupted's cleanup test) are not this host's to judge."""
+def stale_restore_roles(settle: float = 120.0) -> set[str]:
+    """Throwaway restore roles of this host whose process is gone (left behind) and that stay so; another host's
+    (tagged so by test_interrupted's cleanup test) are not this host's to judge.
+
+    The roles are server-wide and the other xdist worker's tests make such roles on purpose for a few seconds
+    (test_interrupted's cleanup tests create dead-pid roles, a killed restore's role lives until that test's next
+    command), so one seen here is looked at again until it has been gone or ``settle`` seconds pass: a role this
+    test's restore left behind stays, and is returned; another test's is dropped by that test within seconds."""
+    import time
+
     from backup_app.tools import scratch_gone
 
-    return {r for r in pg_roles("bk_restore_") if scratch_gone(r[len("bk_restore_") :], "_")}
+    deadline = time.monotonic() + settle
+    while True:
+        stale = {r for r in pg_roles("bk_restore_") if scratch_gone(r[len("bk_restore_") :], "_")}
+        if not stale or time.monotonic() > deadline:
+            return stale
+        time.sleep(0.5)
 
 
 EVIL_ROLE = f"evil15_{os.getpid()}"
