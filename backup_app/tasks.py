@@ -30,6 +30,7 @@ from typing import ClassVar
 
 from invoke import task
 from invoke.exceptions import Exit, UnexpectedExit
+from invoke.executor import Executor
 from invoke.runners import Local, Result
 
 __all__ = [
@@ -62,6 +63,15 @@ class _Local(Local):
     gone_streams: ClassVar[list] = []
     #: A task of several commands (``update``) ends with 141 itself, after its last step, not after the first.
     steps_left = False
+    #: A run of several tasks (``invoke backup listbackups``) ends with 141 after its last task (:class:`_Run`).
+    tasks_left = False
+    #: A command run in this process (:func:`_run_here`) or one started with a stream closed lost its report.
+    reader_gone = False
+
+    @classmethod
+    def gone(cls) -> bool:
+        """Some of this run's report was lost: a reader went away, or a stream was closed at the start."""
+        return bool(cls.gone_streams) or cls.reader_gone
 
     def write_our_output(self, stream, string):
         if any(stream is gone for gone in _Local.gone_streams):
@@ -89,6 +99,51 @@ class _Local(Local):
         if self._previous_term is not None:
             signal.signal(signal.SIGTERM, self._previous_term)
             self._previous_term = None
+
+
+def _end_if_gone() -> None:
+    """Exit 141 (as a piped command ended by SIGPIPE) when some of the report was lost, unless a later step or
+    task of this run still runs: that one ends the run so."""
+    if _Local.gone() and not _Local.steps_left and not _Local.tasks_left:
+        raise Exit(code=141)
+
+
+class _Run(Executor):
+    """invoke's executor, for a run of several tasks: a task whose reader went away does not end the run (the
+    next task still does its work, into /dev/null); the run exits 141 after the last one.  A failure still
+    ends the run with its own status."""
+
+    def execute(self, *args, **kwargs):
+        _Local.tasks_left = True
+        try:
+            results = super().execute(*args, **kwargs)
+        finally:
+            _Local.tasks_left = False
+        _end_if_gone()
+        return results
+
+
+def _use_run_executor() -> None:
+    """Make ``invoke`` (and ``python -m invoke``) run its tasks with :class:`_Run`, unless the project chose
+    another executor (then a reader gone ends the run with the task it happened in)."""
+    with suppress(ImportError, AttributeError):
+        from invoke.main import program
+
+        if program.executor_class is Executor:
+            program.executor_class = _Run
+
+
+_use_run_executor()
+
+
+def _closed_streams() -> None:
+    """A stream closed before the start (``>&-``: Python gives None) is a reader already gone: /dev/null
+    stands in for it (invoke and the command write to it), and the run ends with 141."""
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:
+            with suppress(OSError):
+                setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115 - the stream of the whole run
+                _Local.reader_gone = True
 
 
 def find_project(start: str | os.PathLike | None = None) -> Path:
@@ -170,6 +225,7 @@ def manage(c, command: str, *, alone: bool = False, **kwargs):
     """
     project = find_project()
     check_settings_module(project)
+    _closed_streams()
     if alone and not kwargs and not interactive() and _can_run_here(c):
         return _run_here(project, command)
     c.config.runners.local = _Local
@@ -187,16 +243,19 @@ def manage(c, command: str, *, alone: bool = False, **kwargs):
             result = c.run(f"{shlex.quote(sys.executable)} {MANAGE_PY} {command}", **kwargs)
     finally:
         _quiet_gone_streams()
-    if _Local.gone_streams and not result.failed and not _Local.steps_left:
+    if not result.failed:
         # A success whose reader went away ends as a piped command would (128 + SIGPIPE); a failure (invoke's
         # UnexpectedExit above, or a result under warn) keeps its own status.
-        raise Exit(code=141)
+        _end_if_gone()
     return result
 
 
 #: Objects made (less those freed) between two runs of the collector while :func:`_run_here` runs (Python's
 #: default: 700).
 STARTUP_GC_THRESHOLD = 100_000
+
+#: The status of a ``manage.py`` command whose reader went away (128 + SIGPIPE; the commands' READER_GONE).
+READER_GONE = 141
 
 #: A command already ran in this process (:func:`_run_here`): any later one gets a process of its own.
 _ran_here: list[str] = []
@@ -228,6 +287,7 @@ def _run_here(project: Path, command: str) -> None:
     """
     _ran_here.append(command)
     saved = (sys.argv[:], sys.path[:], os.getcwd(), dict(os.environ))
+    streams = (sys.stdout, sys.stderr)  # the command wraps them (ReaderGuard): a later task gets them back
     try:
         stdin = os.dup(0)
     except OSError:  # no stdin at all
@@ -263,6 +323,7 @@ def _run_here(project: Path, command: str) -> None:
         status = 130
     finally:
         gc.set_threshold(*thresholds)
+        sys.stdout, sys.stderr = streams
         sys.modules["__main__"] = caller
         sys.argv, sys.path[:] = saved[0], saved[1]
         os.chdir(saved[2])
@@ -272,6 +333,11 @@ def _run_here(project: Path, command: str) -> None:
             os.dup2(stdin, 0)
             os.close(stdin)
     if status is None or status == 0:
+        _end_if_gone()
+        return
+    if status == READER_GONE:  # done, its report lost (its guard pointed the stream at /dev/null)
+        _Local.reader_gone = True
+        _end_if_gone()
         return
     if not isinstance(status, int):  # sys.exit("message"): the message on stderr, status 1, as Python does
         print(status, file=sys.stderr)
@@ -508,8 +574,7 @@ def update(
             static(c)
     finally:
         _Local.steps_left = False
-    if _Local.gone_streams:
-        raise Exit(code=141)
+    _end_if_gone()
 
 
 @task

@@ -105,6 +105,57 @@ def test_invoke_backup_config_into_head_ends_quietly(sqlite_site):
     assert "Traceback" not in result.stderr.decode() and "Broken" not in result.stderr.decode(), result.stderr
 
 
+def run_invoke_with_stdout_closed(site, *args: str) -> subprocess.CompletedProcess:
+    """``invoke ARGS >&-``: Python gives the run no sys.stdout at all."""
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args], cwd=ROOT, env=site.env, stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, preexec_fn=lambda: os.close(1), timeout=300,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("closed", ["reader gone", "stdout closed"])
+@pytest.mark.parametrize(
+    "tasks",
+    [
+        ("backup",),
+        ("listbackups",),
+        ("backup-config",),
+        ("verify",),
+        ("backup", "listbackups"),
+        ("backup", "--quiet", "listbackups"),
+        ("listbackups", "backup"),
+        ("listbackups", "backup-config"),
+    ],
+    ids=" ".join,
+)
+def test_every_task_and_every_run_of_several_into_a_closed_output_runs_each_and_exits_141(sqlite_site, tasks, closed):
+    # Each task of the run does its work (a backup among them makes its set, even after a task whose output was
+    # lost), and the run ends as a piped command whose reader went away: 141, no traceback.
+    (sqlite_site.media / "a.txt").write_text("a")
+    sqlite_site.manage("backup_create", "--quiet")
+    if closed == "reader gone":
+        result = run_into_a_closed_pipe(sqlite_site, *tasks, program=("-m", "invoke"))
+    else:
+        result = run_invoke_with_stdout_closed(sqlite_site, *tasks)
+
+    assert result.returncode == 141, result.stderr.decode()
+    assert "Traceback" not in result.stderr.decode() and "Broken" not in result.stderr.decode(), result.stderr
+    sets = sqlite_site.sets()
+    assert len(sets) == 1 + tasks.count("backup") and all(entry["complete"] for entry in sets)
+
+
+def test_a_task_after_one_whose_reader_went_away_still_runs(sqlite_site):
+    # The backup's report meets the closed pipe first (the backup runs in invoke's process): the run goes on to
+    # the next task (before, it ended with the backup, 141, and collected nothing).
+    (sqlite_site.media / "a.txt").write_text("a")
+
+    result = run_into_a_closed_pipe(sqlite_site, "backup", "update", "--skip-backup", program=("-m", "invoke"))
+
+    assert result.returncode == 141, result.stderr.decode()
+    assert len(sqlite_site.sets()) == 1
+    assert any(sqlite_site.root.rglob("admin/css/base.css")), "collectstatic did not run"
+
+
 def test_invoke_restore_that_fails_into_a_closed_pipe_keeps_its_status_and_its_error_line(sqlite_site):
     # stdout's reader is gone, stderr is not: the failure is a failure (not 141, which scripts take for SIGPIPE)
     # and its one line still reaches stderr.
