@@ -425,3 +425,55 @@ def test_the_modified_time_of_a_file_on_gcs_is_the_objects_update_time(request, 
     storage.save(name, io.BytesIO(b"dump"))
 
     assert storage.get_modified_time(name) == storage.backend.bucket.get_blob(name).updated
+
+
+# --- every other remote backend: a storage that hangs in the middle of an upload -----------------------
+
+
+@pytest.mark.parametrize("backend", ["gcs", "azure", "sftp"])  # FTP: its data connections do not pass the proxy
+def test_a_storage_that_stalls_mid_upload_fails_the_backup_within_its_timeouts_and_no_set_is_complete(
+    request, sqlite_site, backend
+):
+    import os
+    import time
+
+    from conftest import free_port
+    from tcp_proxy import CountingProxy
+    from test_listing_requests import _through_proxy
+    from test_remote_storage import point_at
+
+    remote = request.getfixturevalue(f"{backend}_server")
+    prefix = f"stall-{uuid.uuid4().hex[:10]}"
+    proxy_port = free_port()
+    upstream = _through_proxy(sqlite_site, backend, remote, prefix, proxy_port)
+    proxy = CountingProxy(proxy_port, upstream, delay=0, stall_after=6 * 1024 * 1024)
+    request.addfinalizer(proxy.close)
+    (sqlite_site.media / "big.bin").write_bytes(os.urandom(12 * 1024 * 1024))
+    sqlite_site.env.update({"INVENTREE_BACKUP_STORAGE_TIMEOUT": "1", "INVENTREE_BACKUP_STORAGE_RETRIES": "1"})
+    sqlite_site.env["DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA"] = "true"
+
+    started = time.monotonic()
+    result = sqlite_site.manage("backup_create", "--quiet", check=False, timeout=300)
+    seconds = time.monotonic() - started
+    print(f"{backend}: failed after {seconds:.1f} s\n{result.stderr}")
+
+    assert proxy.stalled.is_set()
+    assert result.returncode != 0 and "Traceback" not in result.output
+    *retries, last = [line for line in result.stderr.splitlines() if line.strip()]
+    assert all(r.endswith("; retrying (1/1)") for r in retries), retries
+    assert last.startswith("CommandError: writing InvenTree-"), last
+    assert "did not answer within 1 s" in last, last
+    assert "the storage did not answer, so what set " in last and "stays marked unfinished" in last, last
+    assert seconds < 30, seconds
+    proxy.close()  # the held connections close (the GCS emulator serves one request at a time)
+    # Straight to the server: no manifest, so no set is complete; the next --clean leaves only its own set.
+    names = remote.names(prefix)
+    assert not [n for n in names if n.endswith(".manifest.metadata")], names
+    point_at(sqlite_site, remote, prefix)
+    if backend == "gcs":
+        sqlite_site.env["STORAGE_EMULATOR_HOST"] = remote.extra_env["STORAGE_EMULATOR_HOST"]
+    assert not [s for s in sqlite_site.sets() if s["complete"]]
+    sqlite_site.manage("backup_create", "--clean", "--quiet", "--skip-media")
+    [done] = sqlite_site.sets()
+    assert done["complete"]
+    assert set(remote.names(prefix)) == {f["name"] for f in done["files"]}

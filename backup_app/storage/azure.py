@@ -7,15 +7,28 @@ from typing import BinaryIO
 
 from ..settings import app_settings
 from ..streams import CallbackReader, buffered
-from .base import OPTIONS_HINT, Adapter, first_line, pause_before_retry, say_retry, storage_deadline, tries_said
+from .base import (
+    OPTIONS_HINT,
+    Adapter,
+    first_line,
+    pause_before_retry,
+    say_retry,
+    storage_deadline,
+    tries_said,
+    unreachable,
+)
 
 
-def said_retry_policy(retries: int, **given):
+def said_retry_policy(retries: int, adapter: Adapter | None = None, **given):
     """The Azure SDK's own retry policy (azure-storage-blob's ``ExponentialRetry``: what it deems transient,
     a body rewound for each try) with backup_storage_retries retries, the pauses of
     :func:`~backup_app.storage.base.pause_before_retry` (the SDK's: 15 s, then 18, 24 …), an overall deadline
     per request (:func:`~backup_app.storage.base.storage_deadline`; the SDK's policy has none) and each retry
-    said on a line.  ``given``: the ``retry_*`` keys of ``client_options``, which win."""
+    said on a line.  ``given``: the ``retry_*`` keys of ``client_options``, which win.
+
+    Once a request failed for good because the storage did not answer (:attr:`Adapter.unresponsive` of
+    ``adapter``), every later one is tried once: the rest of the upload, its clean-up and the failed run's
+    (before, each got its full retries: with the defaults about 4 minutes per file of the set)."""
     from azure.storage.blob import ExponentialRetry
 
     class SaidRetry(ExponentialRetry):
@@ -33,15 +46,24 @@ def said_retry_policy(retries: int, **given):
             if not super().increment(settings, request, response=response, error=error):
                 if error is not None:
                     error.backup_app_tries = settings["count"] + 1
+                    self.given_up(error)
                 return False
             attempt = settings["count"]  # the retry about to be made, from 1
-            if time.monotonic() + self.get_backoff_time(settings) >= settings["backup_app_deadline"]:
+            gone = adapter is not None and adapter.unresponsive
+            if gone or time.monotonic() + self.get_backoff_time(settings) >= settings["backup_app_deadline"]:
                 if error is not None:
                     error.backup_app_tries = attempt
+                    self.given_up(error)
                 return False
             why = first_line(error) if error is not None else f"HTTP {getattr(response, 'status_code', '?')}"
             say_retry(self.description, f"{request.method} {request.url.split('?')[0]}", why, attempt)
             return True
+
+        @staticmethod
+        def given_up(error: BaseException) -> None:
+            """A request that failed for good because the storage did not answer: later ones get one try."""
+            if adapter is not None and adapter.unanswered(error):
+                adapter.unresponsive = True
 
     keys = {"retry_total": retries, "retry_connect": retries, "retry_read": retries, "retry_status": retries}
     return SaidRetry(**{**keys, **given})
@@ -65,7 +87,7 @@ class AzureAdapter(Adapter):
         client.setdefault("read_timeout", app_settings.storage_timeout)
         if "retry_policy" not in client:
             given = {key: client.pop(key) for key in list(client) if key.startswith("retry_")}
-            client["retry_policy"] = said_retry_policy(app_settings.storage_retries, **given)
+            client["retry_policy"] = said_retry_policy(app_settings.storage_retries, self, **given)
         options["client_options"] = client
         return options
 
@@ -147,7 +169,10 @@ class AzureAdapter(Adapter):
                 f"access denied to {action} {name or 'the container'} ({code or 403}); the account or SAS needs "
                 "read, write, delete and list on the container (see docs/storage/azure.md)"
             )
-        if isinstance(err, aexc.ServiceRequestTimeoutError | aexc.ServiceResponseTimeoutError):
+        # An upload the server stopped reading times out in the send, which the SDK reports as the connection
+        # aborted (ServiceResponseError): the server did not answer either.
+        stalled = isinstance(err, aexc.ServiceResponseError) and unreachable(err) == "timed out"
+        if isinstance(err, aexc.ServiceRequestTimeoutError | aexc.ServiceResponseTimeoutError) or stalled:
             return (
                 f"the Azure endpoint did not answer within {app_settings.storage_timeout} s, {tries_said(err)} "
                 f"({first_line(err)}); check the account / "

@@ -269,32 +269,44 @@ class RemoteStorage:
             pass
 
 
+def causes(err: BaseException | None) -> Iterator[BaseException]:
+    """``err`` and what caused it: its ``__cause__`` / ``__context__`` chain, and the exceptions carried in
+    the arguments of each (urllib3 and requests wrap a socket's time-out so: ``ConnectionError(ProtocolError(
+    'Connection aborted.', TimeoutError('timed out')))``, which google-cloud-storage and the Azure SDK raise
+    for an upload the server stopped reading; the Azure SDK's own error keeps it in ``inner_exception``)."""
+    seen = set()
+    waiting = [err]
+    while waiting:
+        err = waiting.pop(0)
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        yield err
+        waiting.append(err.__cause__ or err.__context__)
+        waiting.append(getattr(err, "inner_exception", None))  # the Azure SDK's AzureError keeps it there
+        waiting.extend(arg for arg in getattr(err, "args", ()) if isinstance(arg, BaseException))
+
+
 def unreachable(err: BaseException) -> str | None:
     """The reason when ``err`` (or what caused it) is a network failure to reach the server."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, socket.gaierror):
-            return f"host name not found ({err.strerror})"
-        if isinstance(err, ConnectionRefusedError):
+    for cause in causes(err):
+        if isinstance(cause, socket.gaierror):
+            return f"host name not found ({cause.strerror})"
+        if isinstance(cause, ConnectionRefusedError):
             return "connection refused"
-        if isinstance(err, TimeoutError | socket.timeout):
+        if isinstance(cause, TimeoutError | socket.timeout):
             return "timed out"
-        if isinstance(err, OSError) and err.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNRESET):
-            return err.strerror
-        err = err.__cause__ or err.__context__
+        if isinstance(cause, OSError) and cause.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNRESET):
+            return cause.strerror
     return None
 
 
 def dropped(err: BaseException) -> bool:
     """``err`` (or what caused it) is the server closing or resetting a connection it had accepted."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, EOFError | ConnectionResetError | ConnectionAbortedError | BrokenPipeError):
-            return True
-        err = err.__cause__ or err.__context__
-    return False
+    return any(
+        isinstance(cause, EOFError | ConnectionResetError | ConnectionAbortedError | BrokenPipeError)
+        for cause in causes(err)
+    )
 
 
 def first_line(err: BaseException) -> str:

@@ -33,13 +33,18 @@ class SaidRetry:
     (each chunk of a resumable upload, each ranged read) with it, and each wrapped request counts its own
     retries.  google-api-core's Retry has no limit on tries, only a deadline: the ``on_error`` of each
     request ends it after the last retry, with the request's own error.
+
+    Once a request failed for good because the storage did not answer (:attr:`Adapter.unresponsive` of
+    ``adapter``), every later one is tried once: the rest of the upload, its clean-up and the failed run's
+    (before, each got its full retries: with the defaults about 4 minutes per file of the set).
     """
 
-    def __init__(self, description: str, what: str):
+    def __init__(self, description: str, what: str, adapter: Adapter | None = None):
         from google.cloud.storage.retry import DEFAULT_RETRY
 
         self.description = description
         self.what = what
+        self.adapter = adapter
         self.retries = app_settings.storage_retries
         self.base = DEFAULT_RETRY.with_delay(
             initial=1.0, maximum=float(min(app_settings.storage_timeout, MAX_PAUSE)), multiplier=2.0
@@ -52,8 +57,11 @@ class SaidRetry:
 
             def note(err: Exception) -> None:
                 attempt = next(attempts)
-                if attempt > self.retries:
+                gone = self.adapter is not None and self.adapter.unresponsive
+                if attempt > self.retries or gone:
                     err.backup_app_tries = attempt
+                    if self.adapter is not None and self.adapter.unanswered(err):
+                        self.adapter.unresponsive = True
                     raise err
                 say_retry(self.description, self.what, first_line(err), attempt)
 
@@ -87,7 +95,7 @@ class GCSAdapter(Adapter):
 
     def _waits(self, backend, what: str) -> dict:
         """The time-out and retry of a request, ``what`` in the line that says a retry ("read NAME")."""
-        return {"timeout": app_settings.storage_timeout, "retry": SaidRetry(self.describe(backend), what)}
+        return {"timeout": app_settings.storage_timeout, "retry": SaidRetry(self.describe(backend), what, self)}
 
     @staticmethod
     def _key(backend, name: str) -> str:
@@ -201,7 +209,10 @@ class GCSAdapter(Adapter):
                 f"access denied to {action} {name or 'the bucket'} ({first_line(err)}); the service account "
                 "needs storage.objects.list, get, create and delete on the bucket (see docs/storage/gcs.md)"
             )
-        if isinstance(err, gexc.RetryError) or isinstance(err, requests.exceptions.Timeout):
+        # A request the server stopped reading (an upload's chunk) times out in the send, which requests
+        # reports as the connection aborted: the server did not answer either.
+        stalled = isinstance(err, requests.exceptions.ConnectionError) and unreachable(err) == "timed out"
+        if isinstance(err, gexc.RetryError) or isinstance(err, requests.exceptions.Timeout) or stalled:
             tries = getattr(err, "backup_app_tries", None)
             within = f"{tries} tries" if tries else f"retried for {storage_deadline():.0f} s"
             cause = err.cause if isinstance(err, gexc.RetryError) and err.cause is not None else err
