@@ -926,6 +926,7 @@ class Listing:
     records: dict[str, int | None] = field(default_factory=dict)  # every move record -> its size
     markers: dict[str, str] = field(default_factory=dict)  # id of a new pack -> its repack's marker
     repacked: bool = False  # REPACK_FOLDER listed too
+    live: dict[str, dict] | None = None  # what repacking() found (its markers read once per listing)
 
     def add_repacked(self, storage) -> None:
         """List :data:`REPACK_FOLDER` too: the packs repacking wrote, the move records, the repacks' markers.
@@ -944,6 +945,10 @@ class Listing:
                 self.packs[name] = size
             else:
                 self.records[name] = size
+        self._index_moves()
+
+    def _index_moves(self) -> None:
+        self.moves = {}
         there = {pack_id(name) for name in self.packs}
         for name in self.records:
             old, new = move_source_id(name), move_target_id(name)
@@ -952,7 +957,10 @@ class Listing:
 
     def repacking(self, storage) -> dict[str, dict]:
         """The repacks under way whose writer may still run (a process of this host that is gone is not; one of
-        another host, or a marker that does not read, may be): new pack's id -> its marker's data."""
+        another host, or a marker that does not read, may be): new pack's id -> its marker's data.  The
+        markers are read once per listing (a later look is a new listing)."""
+        if self.live is not None:
+            return dict(self.live)
         live = {}
         for ident, name in self.markers.items():
             try:
@@ -962,7 +970,21 @@ class Listing:
             data = data if isinstance(data, dict) else {}
             if owner_gone(data) is not True:
                 live[ident] = data
-        return live
+        self.live = live
+        return dict(live)
+
+    def forget(self, names: Iterable[str]) -> None:
+        """Take ``names`` (packs, records, markers this run deleted) out of the listing."""
+        names = list(names)
+        for name in names:
+            self.packs.pop(name, None)
+            self.records.pop(name, None)
+        gone = set(names)
+        if self.repacked:
+            self._index_moves()
+        self.markers = {ident: marker for ident, marker in self.markers.items() if marker not in gone}
+        if self.live is not None:
+            self.live = {ident: data for ident, data in self.live.items() if ident in self.markers}
 
 
 @dataclass
@@ -1014,11 +1036,21 @@ def read_move(storage, record: str, gpg: GpgSpec | None) -> dict:
     return body
 
 
-def find_moves(storage, needed: set[str], gpg: GpgSpec | None, listing: Listing | None = None) -> dict[str, Move]:
+def find_moves(
+    storage,
+    needed: set[str],
+    gpg: GpgSpec | None,
+    listing: Listing | None = None,
+    read: dict[str, dict] | None = None,
+) -> dict[str, Move]:
     """For each pack of ``needed`` that is no longer in the storage but was repacked: where its blobs are now
     (a chain of moves followed).  A pack that is gone without a record is left out (the caller says it is
-    missing).  With no move record in the storage this is one listing and nothing read."""
+    missing).  With no move record in the storage this is one listing and nothing read.
+
+    ``read`` (record name -> its checked body) keeps the records read across calls: a prune that follows the
+    moves of every set's index reads each record once, not once per set."""
     listing = listing if listing is not None else list_store(storage)
+    read = {} if read is None else read
     found: dict[str, Move] = {}
     if not listing.moves:
         return found
@@ -1031,7 +1063,9 @@ def find_moves(storage, needed: set[str], gpg: GpgSpec | None, listing: Listing 
             if record is None:
                 break
             seen.add(current)
-            body = read_move(storage, record, gpg)
+            body = read.get(record)
+            if body is None:
+                body = read[record] = read_move(storage, record, gpg)
             step = {old: (new, length) for old, new, length in body["blobs"]}
             if offsets is None:
                 offsets = step

@@ -73,6 +73,10 @@ def prune(
     """
     if not lock.held:
         raise BackupAppError("pruning needs the site lock held: take it with engines.site_lock()")
+    # One listing of the packs, then one of the sets, for the whole prune (issue 20: the cost of listing a remote
+    # store must not grow with its objects).  The packs first: a pack this listing holds was stored after its
+    # set's pending marker, so the sets listed next show that set complete or still being written.
+    listing = list_store(storage)
     protect = set()
     if new_set is not None:
         sets = confirm_complete(storage, new_set)
@@ -83,8 +87,13 @@ def prune(
     delete_files(storage, doomed(sets, retention, include_legacy=include_legacy, protect=protect), names, sets, new_set)
     pause_at("prune:sets-deleted")
     gpg = _decryption()
-    unreferenced_packs(storage, sets, progress, gpg, done=names, new_set=new_set)
-    repacked = repack_sparse(storage, progress, gpg)
+    after = sets_left(sets, names)
+    moves: dict[str, dict] = {}  # the move records read by this prune, each read once
+    gone = unreferenced_packs(
+        storage, sets, progress, gpg, done=names, new_set=new_set, listing=listing, after=after, moves=moves
+    )
+    listing.forget(gone)
+    repacked = repack_sparse(storage, progress, gpg, listing=listing, sets=after, moves=moves)
     aborted = abort_uploads(storage, sets, progress)
     if aborted:
         progress.step(f"Aborted {len(aborted)} unfinished uploads of killed or cut-off backups: " + ", ".join(aborted))
@@ -95,6 +104,21 @@ def prune(
     for name, why in held_back(sets, protect):
         progress.step(f"Kept set {name}, which is not complete: {why}; check it and delete its files by hand")
     return PruneResult(deleted=names, repacked=repacked)
+
+
+def sets_left(sets: list[BackupSet], deleted: list[str]) -> list[BackupSet]:
+    """The sets of ``sets`` still in the storage once ``deleted`` are: those whose manifest (and, for a set
+    without one, some file) was not deleted.  What a listing after the deletes would show of them, without
+    that listing."""
+    gone = set(deleted)
+    left = []
+    for bset in sets:
+        names = bset.all_names()
+        manifest = next((f.name for f in bset.files if f.kind == "manifest"), None)
+        if (manifest is not None and manifest in gone) or (names and all(n in gone for n in names)):
+            continue
+        left.append(bset)
+    return left
 
 
 def delete_files(storage, names: list[str], done: list[str], sets: list[BackupSet], new_set: str | None = None) -> None:
@@ -156,6 +180,10 @@ def unreferenced_packs(
     gpg: GpgSpec | None = None,
     done: list[str] | None = None,
     new_set: str | None = None,
+    *,
+    listing: Listing | None = None,
+    after: list[BackupSet] | None = None,
+    moves: dict[str, dict] | None = None,
 ) -> list[str]:
     """Delete the media packs and move records no manifest needs (the caller holds the site lock); returns them,
     and adds each to ``done`` once deleted (the prune's count, for the line that says where it stopped).
@@ -163,11 +191,18 @@ def unreferenced_packs(
     Every set with a readable manifest keeps its packs, complete or not, and the packs its repacked ones moved
     into.  If any manifest cannot be read, now or in ``before`` (the sets as they were when pruning began),
     nothing is deleted (its set might need any pack): pruning says so and leaves the packs.
+
+    ``listing`` (of the packs) must have been made before ``before`` was listed, and ``after`` is ``before``
+    less the sets deleted since (:func:`sets_left`); without them both are listed here, the packs first.
+    ``moves`` keeps the move records read (:func:`packs_to_delete`).
     """
-    listing = list_store(storage)
+    if listing is None:
+        listing = list_store(storage)
+        after = None
     if not listing.packs and not listing.records:
         return []
-    gone = packs_to_delete(storage, listing, before, list_sets(storage), progress, gpg)
+    after = after if after is not None else list_sets(storage)
+    gone = packs_to_delete(storage, listing, before, after, progress, gpg, moves=moves)
     done = [] if done is None else done
     delete_files(storage, gone, done, before, new_set)
     return gone
@@ -180,6 +215,8 @@ def packs_to_delete(
     after: list[BackupSet],
     progress: Progress = NO_PROGRESS,
     gpg: GpgSpec | None = None,
+    *,
+    moves: dict[str, dict] | None = None,
 ) -> list[str]:
     """The packs and move records of ``listing`` that no set of ``after`` needs; none if a manifest of
     ``before`` or ``after`` cannot be read (said through ``progress``).  Deletes nothing: pruning and its dry
@@ -207,7 +244,7 @@ def packs_to_delete(
             if name is not None:
                 needed.add(name)
             continue
-        if name is not None and not _finished_move(storage, record, present, gpg):
+        if name is not None and not _finished_move(storage, record, present, gpg, moves):
             needed.add(name)  # the move did not get that far: its record goes, the old pack stays
             continue
         needed.add(record)
@@ -258,14 +295,21 @@ def _under_way(storage, listing: Listing, needed: set[str], progress: Progress) 
         needed |= kept
 
 
-def _finished_move(storage, record: str, present: dict[str, str], gpg: GpgSpec | None) -> bool:
-    """Whether the move ``record`` got as far as its record: the new pack is there and the record reads back."""
+def _finished_move(
+    storage, record: str, present: dict[str, str], gpg: GpgSpec | None, moves: dict[str, dict] | None = None
+) -> bool:
+    """Whether the move ``record`` got as far as its record: the new pack is there and the record reads back
+    (kept in ``moves``, the records read by this prune)."""
     if move_target_id(record) not in present:
         return False
+    if moves is not None and record in moves:
+        return True
     try:
-        read_move(storage, record, gpg)
+        body = read_move(storage, record, gpg)
     except Exception:
         return False
+    if moves is not None:
+        moves[record] = body
     return True
 
 
@@ -317,7 +361,13 @@ class RepackPlan:
 
 
 def plan_repack(
-    storage, sets: list[BackupSet], gpg: GpgSpec | None, listing: Listing | None = None, *, copies=None
+    storage,
+    sets: list[BackupSet],
+    gpg: GpgSpec | None,
+    listing: Listing | None = None,
+    *,
+    copies=None,
+    moves: dict[str, dict] | None = None,
 ) -> RepackPlan:
     """The packs of which less than ``backup_media_repack_percent`` of the bytes is still needed by ``sets``
     (*sparse*), and the small packs to merge (:data:`SMALL_PACK`); none with that setting at 0.
@@ -325,9 +375,15 @@ def plan_repack(
     Reads the media index of every incremental set (and the move records of packs it needs that were
     repacked), from its checked local copy where ``copies`` (:func:`~.common.index_copies`) has or gets one.
     A set whose index cannot be read here (an encrypted one without the secret key) keeps every pack it
-    names whole; a set whose manifest cannot be read stops all repacking.  Writes nothing to the storage.
+    names whole; a set whose manifest cannot be read stops all repacking.  Writes nothing to the storage, and
+    with that setting at 0 reads nothing either.  ``moves`` keeps the move records read: each is read once,
+    however many sets' indexes name the packs it moved.
     """
     plan = RepackPlan()
+    percent = app_settings.media_repack_percent
+    if not percent:
+        return plan
+    moves = {} if moves is None else moves
     listing = listing if listing is not None else list_store(storage)
     busy = {p for data in listing.repacking(storage).values() for p in data.get("from") or []}  # another prune's
     if _unreadable(sets, [], NO_PROGRESS):
@@ -348,7 +404,7 @@ def plan_repack(
             source = copies.source(storage, bset.media_file) if copies is not None else storage
             with read_checked(source, bset.media_file, gpg or GpgSpec()) as stream:
                 index = parse_index(stream, packs)
-            index, table = relocated(index, packs, find_moves(storage, index.packs(), gpg, listing))  # no listing
+            index, table = relocated(index, packs, find_moves(storage, index.packs(), gpg, listing, moves))
         except Exception as err:
             frozen |= set(packs)
             plan.reason = plan.reason or f"the media index of set {bset.name} cannot be read ({redact(err)})"
@@ -366,9 +422,6 @@ def plan_repack(
         if record is not None and move_target_id(record) in present:
             frozen.add(present[move_target_id(record)])
             idents.append(move_target_id(record))
-    percent = app_settings.media_repack_percent
-    if not percent:
-        return plan
     small: dict[str, list[tuple[str, int, int]]] = {}  # kind -> small packs: (pack, bytes needed, bytes)
     moving: dict[str, int] = {}  # kind -> bytes the sparse packs of that kind keep
     for pack, blobs in sorted(needed.items()):
@@ -398,22 +451,42 @@ def plan_repack(
     return plan
 
 
-def repack_sparse(storage, progress: Progress = NO_PROGRESS, gpg: GpgSpec | None = None) -> RepackStats | None:
+def repack_sparse(
+    storage,
+    progress: Progress = NO_PROGRESS,
+    gpg: GpgSpec | None = None,
+    *,
+    listing: Listing | None = None,
+    sets: list[BackupSet] | None = None,
+    moves: dict[str, dict] | None = None,
+) -> RepackStats | None:
     """Repack the packs the sets left need little of, and merge small ones (:func:`plan_repack`; the caller holds
     the site lock).
+
+    ``listing`` and ``sets``: the prune's own (packs listed before the sets, less what it deleted); without
+    them both are listed here.  With them, a plan that finds something to repack is made again from a new
+    listing of both (a repack reads and writes packs anyway): what it moves and deletes is judged on what the
+    storage holds then, as another site's repack or set may have begun meanwhile.  A plan that finds nothing
+    needs no second look.
 
     Says what was done, or on one line why it was not; a failed repack leaves every pack as it was and does not
     fail the prune.  A signal stops it the same way (and is raised again).
     """
     copies = index_copies(storage)
+    moves = {} if moves is None else moves
     try:
-        listing = list_store(storage)
+        fresh = listing is None or sets is None
+        listing = list_store(storage) if fresh else listing
         if not listing.packs:
             if copies is not None:
                 copies.keep_only(set())  # no incremental set is left
             return None
-        sets = list_sets(storage)
-        plan = plan_repack(storage, sets, gpg, listing, copies=copies)
+        sets = list_sets(storage) if fresh else sets
+        plan = plan_repack(storage, sets, gpg, listing, copies=copies, moves=moves)
+        if plan.packs and not fresh:
+            listing = list_store(storage)
+            sets = list_sets(storage)
+            plan = plan_repack(storage, sets, gpg, listing, copies=copies, moves=moves)
         if copies is not None:  # the copies of indexes no set has any more go with their sets
             copies.keep_only({b.media_file.sha256 for b in sets if b.packs and b.media_file and b.media_file.sha256})
         if plan.reason:
