@@ -23,7 +23,14 @@ from django.core.checks import Error, Tags, Warning, register
 from django.utils.module_loading import import_string
 
 from . import hints
-from .conf import FILESYSTEM_STORAGES, STORAGE_DIR_OPTION, ConfigError, NotAStorage, import_storage_class
+from .conf import (
+    APP_FIELDS,
+    FILESYSTEM_STORAGES,
+    STORAGE_DIR_OPTION,
+    ConfigError,
+    NotAStorage,
+    import_storage_class,
+)
 from .engines import engine_class, unsupported_connector
 from .sets import STAMP_SUFFIX_SEPARATOR
 from .settings import app_settings
@@ -384,6 +391,21 @@ def check_gpg(app_configs=None, **kwargs):
             )
         ]
     return []
+
+
+@register(TAG)
+def check_app_settings(app_configs=None, **kwargs):
+    """E023: a ``BACKUP_APP`` field set in the Django settings that its key's env/YAML value could not be
+    (:func:`~backup_app.conf.app_value`: type, range, choices); one error per field."""
+    return [
+        Error(
+            str(err),
+            hint=f"Fix BACKUP_APP[{field!r}] in the settings, or leave it out and set "
+            f"{app_settings.env_name(APP_FIELDS[field])} (or {APP_FIELDS[field]} in the config file).",
+            id="backup_app.E023",
+        )
+        for field, err in app_settings.app_field_errors()
+    ]
 
 
 @register(TAG)

@@ -39,6 +39,8 @@ from typing import Any
 import yaml
 from django.core.exceptions import ImproperlyConfigured
 
+from .errors import BackupAppError
+
 DEFAULT_PREFIX = "INVENTREE_"
 
 logger = logging.getLogger("backup_app")
@@ -465,6 +467,38 @@ BACKUP_KEYS: tuple[Key, ...] = (
     ),
 )
 
+_KEYS_BY_NAME: dict[str, Key] = {key.name: key for key in BACKUP_KEYS}
+
+#: The ``BACKUP_APP`` field each configuration key becomes as it is (``backup_keep`` -> ``BACKUP_APP["KEEP"]``).
+#: A project may also set these fields in its Django settings itself: :func:`app_value` checks them there as
+#: :func:`coerce` checks the key's environment variable or YAML value.
+APP_FIELDS: dict[str, str] = {
+    "COMPRESSION": "backup_compression",
+    "MEDIA_MODE": "backup_media_mode",
+    "MEDIA_REPACK_PERCENT": "backup_media_repack_percent",
+    "KEEP": "backup_keep",
+    "KEEP_DAILY": "backup_keep_daily",
+    "KEEP_WEEKLY": "backup_keep_weekly",
+    "KEEP_MONTHLY": "backup_keep_monthly",
+    "GPG_HOME": "backup_gpg_home",
+    "GPG_PASSPHRASE_FILE": "backup_gpg_passphrase_file",
+    "GPG_PASSPHRASE": "backup_gpg_passphrase",
+    "SAFETY": "backup_safety",
+    "SAFETY_DIR": "backup_safety_dir",
+    "SAFETY_DAYS": "backup_safety_days",
+    "SAFETY_WARN_PERCENT": "backup_safety_warn_percent",
+    "NOTIFY_URLS": "backup_notify_urls",
+    "NOTIFY_ON_SUCCESS": "backup_notify_on_success",
+    "PING_URL": "backup_ping_url",
+    "RESTORE_WARN_AGE_DAYS": "backup_restore_warn_age_days",
+    "DB_LOCK_TIMEOUT": "backup_db_lock_timeout",
+    "SITE_ID": "backup_site_id",
+    "STORAGE_TIMEOUT": "backup_storage_timeout",
+    "STORAGE_RETRIES": "backup_storage_retries",
+    "DIR": "backup_dir",
+    "EMAIL_PREFIX": "backup_email_prefix",
+}
+
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
 _FALSE = {"0", "false", "no", "off", "n", "f"}
 
@@ -633,6 +667,49 @@ def coerce(key: Key, raw: Any, where: str) -> Any:
     if key.choices and value not in key.choices:
         raise ConfigError(f"{where}: {_value(key, value)} is not one of {', '.join(key.choices)}; use one of them")
     return value
+
+
+class SettingError(ConfigError, BackupAppError):
+    """A ``BACKUP_APP`` field set in the Django settings that cannot be used (one line: the field and the fix)."""
+
+
+#: The Python type a ``BACKUP_APP`` field of each kind of key must have, and how to write one.
+_APP_TYPES: dict[str, tuple[tuple[type, ...], str, str]] = {
+    "bool": ((bool,), "a boolean", "write True or False"),
+    "int": ((int,), "a whole number", "write a number such as {default}"),
+    "dict": ((dict,), "a mapping", 'write a dict such as {{"key": "value"}}'),
+    "list": ((list,), "a list of names", 'write a list such as ["default"]'),
+    "path": ((str, os.PathLike), "a path", 'write the path as text, e.g. "/srv/backups"'),
+    "str": ((str,), "text", "write it as text"),
+}
+
+
+def app_value(field: str, value: Any) -> Any:
+    """``BACKUP_APP[field]`` as a project's settings give it, checked as the environment or YAML value of its key
+    is (:func:`coerce`: type, range, choices), and of the type the key's value has there: ``"false"`` is no
+    boolean here (it would read as true), ``"5"`` no number.  Raises :class:`SettingError` naming the field, the
+    value (never a secret one) and the fix.  A field of no key is returned as it is."""
+    name = APP_FIELDS.get(field)
+    if name is None:
+        return value
+    key = _KEYS_BY_NAME[name]
+    where = f'BACKUP_APP["{field}"]'
+    if value is None:
+        if key.default is None:
+            return None
+        raise SettingError(f"{where}: None is no value; {_example(key)}, or leave the field out for the default")
+    types, noun, _how = _APP_TYPES[key.kind]
+    if not isinstance(value, types) or (key.kind == "int" and isinstance(value, bool)):
+        raise SettingError(f"{where}: {_described(key, value)} is not {noun}; {_example(key)}")
+    try:
+        coerce(key, os.fspath(value) if key.kind == "path" else value, where)
+    except ConfigError as err:
+        raise SettingError(str(err)) from None
+    return value
+
+
+def _example(key: Key) -> str:
+    return _APP_TYPES[key.kind][2].format(default=key.default)
 
 
 def _yaml_lookup(data: Mapping, dotted: str) -> tuple[bool, Any]:
@@ -1039,34 +1116,14 @@ def _apply(namespace, config, prefix, config_file, default_dir, default_safety_d
         # InvenTree's restore validator reads this setting (INVE-E16); restore --restore-allow-newer-version sets it.
         "BACKUP_RESTORE_ALLOW_NEWER_VERSION": config["backup_restore_allow_newer_version"],
         "BACKUP_APP": {
-            "COMPRESSION": config["backup_compression"],
-            "MEDIA_MODE": config["backup_media_mode"],
-            "MEDIA_REPACK_PERCENT": config["backup_media_repack_percent"],
-            "KEEP": config["backup_keep"],
-            "KEEP_DAILY": config["backup_keep_daily"],
-            "KEEP_WEEKLY": config["backup_keep_weekly"],
-            "KEEP_MONTHLY": config["backup_keep_monthly"],
-            "GPG_HOME": config["backup_gpg_home"],
-            "GPG_PASSPHRASE_FILE": config["backup_gpg_passphrase_file"],
-            "GPG_PASSPHRASE": config["backup_gpg_passphrase"],
-            "SAFETY": config["backup_safety"],
+            **{field: config[key] for field, key in APP_FIELDS.items()},
             "SAFETY_DIR": str(
                 config["backup_safety_dir"] or default_safety_dir or safety_dir_beside(namespace.get("BASE_DIR", "."))
             ),
-            "SAFETY_DAYS": config["backup_safety_days"],
-            "SAFETY_WARN_PERCENT": config["backup_safety_warn_percent"],
             "NOTIFY_URLS": config["backup_notify_urls"] or [],
-            "NOTIFY_ON_SUCCESS": config["backup_notify_on_success"],
-            "PING_URL": config["backup_ping_url"],
-            "RESTORE_WARN_AGE_DAYS": config["backup_restore_warn_age_days"],
-            "DB_LOCK_TIMEOUT": config["backup_db_lock_timeout"],
-            "SITE_ID": config["backup_site_id"],
-            "STORAGE_TIMEOUT": config["backup_storage_timeout"],
-            "STORAGE_RETRIES": config["backup_storage_retries"],
             "DIR": str(backup_dir) if backup_dir is not None else None,
             "DIR_IS_DEFAULT": dir_used_default,
             "DIR_UNUSED": dir_unused,
-            "EMAIL_PREFIX": prefix_text,
             "ADMINS": admin_recipients(namespace.get("ADMINS", ()), namespace.get("BACKUP_ADMIN_EMAIL")),
         },
         "BACKUP_APP_CONFIG": config,

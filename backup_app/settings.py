@@ -20,7 +20,7 @@ from typing import Any
 
 from django.conf import settings
 
-from .conf import BACKUP_KEYS, Config, safety_dir_beside
+from .conf import APP_FIELDS, BACKUP_KEYS, Config, ConfigError, app_value, safety_dir_beside
 
 #: Default of every configuration key, by key name (``backup_keep`` -> 10).
 KEY_DEFAULTS: dict[str, Any] = {key.name: key.default for key in BACKUP_KEYS}
@@ -47,9 +47,24 @@ class AppSettings:
 
     @staticmethod
     def _app(field: str, key: str) -> Any:
-        """``BACKUP_APP[field]``, else the default of configuration key ``key``."""
+        """``BACKUP_APP[field]``, checked as the env/YAML value of key ``key`` is (:func:`~.conf.app_value`: a
+        project may set the field in its settings itself), else the default of that key."""
         app = getattr(settings, "BACKUP_APP", None) or {}
-        return app[field] if field in app else KEY_DEFAULTS[key]
+        return app_value(field, app[field]) if field in app else KEY_DEFAULTS[key]
+
+    @staticmethod
+    def app_field_errors() -> list[tuple[str, ConfigError]]:
+        """``(field, error)`` of each ``BACKUP_APP`` field set in the settings that its key would refuse
+        (:func:`~.conf.app_value`), for check E023."""
+        app = getattr(settings, "BACKUP_APP", None) or {}
+        found = []
+        for field in APP_FIELDS:
+            if field in app:
+                try:
+                    app_value(field, app[field])
+                except ConfigError as err:
+                    found.append((field, err))
+        return found
 
     @staticmethod
     def _dbbackup(name: str, default: Any) -> Any:
@@ -251,9 +266,9 @@ class AppSettings:
 
     @property
     def safety_dir(self) -> Path:
-        app = getattr(settings, "BACKUP_APP", None) or {}
-        if app.get("SAFETY_DIR"):
-            return Path(app["SAFETY_DIR"])
+        folder = self._app("SAFETY_DIR", "backup_safety_dir")
+        if folder:
+            return Path(folder)
         return safety_dir_beside(getattr(settings, "BASE_DIR", "."))
 
     @property

@@ -426,3 +426,60 @@ def test_each_check_id_belongs_to_one_check_function():
                 owners.setdefault(node.value, set()).add(func.name)
     shared = {check_id: names for check_id, names in owners.items() if len(names) > 1}
     assert owners and not shared, shared
+
+
+# --- E023: a BACKUP_APP field set in the settings themselves ------------------------------------------
+
+DIRECT_SETTING = """\
+from config.settings import *  # noqa: F403
+
+BACKUP_APP = {{**BACKUP_APP, {field!r}: {value}}}
+"""
+
+
+def direct_site(tmp_path: Path, field: str, value: str) -> Site:
+    """A demo site whose settings set ``BACKUP_APP[field]`` to the Python expression ``value`` after the loader."""
+    (tmp_path / "direct_settings.py").write_text(DIRECT_SETTING.format(field=field, value=value))
+    pythonpath = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH", "")) if p)
+    return make_site(tmp_path / "site", DJANGO_SETTINGS_MODULE="direct_settings", PYTHONPATH=pythonpath)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "said"),
+    [
+        ("MEDIA_REPACK_PERCENT", "150", "150 is too large; use a number of at most 100"),  # int range
+        ("KEEP", "'5'", "text '5' is not a whole number; write a number such as 10"),  # an int written as text
+        ("SAFETY", "'false'", "text 'false' is not a boolean; write True or False"),  # bool
+        ("COMPRESSION", "'lz4'", "'lz4' is not one of gzip, zstd, none; use one of them"),  # choice
+        ("SAFETY_DIR", "5", 'number 5 is not a path; write the path as text, e.g. "/srv/backups"'),  # path
+        ("GPG_PASSPHRASE", "['x']", "a list (secret, not shown) is not text"),  # a secret is not shown
+    ],
+)
+def test_a_backup_app_field_set_in_the_settings_is_refused_on_one_line_as_its_key_would_be(
+    tmp_path, field, value, said
+):
+    """manage.py check says E023 (a field read as Django starts, SAFETY_DIR, already stops it there)."""
+    result = check(direct_site(tmp_path, field, value))
+    assert result.returncode != 0, result.output
+    [line] = [line for line in result.stderr.splitlines() if f'BACKUP_APP["{field}"]: ' in line]
+    assert said in line, line
+    assert "(backup_app.E023)" in line or line.startswith("Configuration error: "), line
+
+
+def test_e023_is_quiet_for_direct_values_of_the_right_type(tmp_path):
+    site = direct_site(tmp_path, "SAFETY_DIR", f"__import__('pathlib').Path({str(tmp_path / 'safety')!r})")
+    result = check(site)
+    assert "backup_app.E023" not in reported(result), result.output
+
+
+def test_a_backup_with_a_bad_direct_backup_app_field_is_refused_on_one_line(tmp_path):
+    result = direct_site(tmp_path, "MEDIA_REPACK_PERCENT", "-1").manage("backup_create", "--skip-media", check=False)
+    assert result.returncode == 1, result.output
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            'CommandError: backup refused: backup_app.E023: BACKUP_APP["MEDIA_REPACK_PERCENT"]: -1 is too small; '
+            "use a number of at least 0"
+        )
+    ), result.output
