@@ -23,6 +23,7 @@ from contextlib import contextmanager
 
 from django.core.management.base import CommandError
 from django.db import DatabaseError, IntegrityError, connections, router
+from django.db.models import Q
 from django.utils import timezone
 
 from . import hints
@@ -30,7 +31,7 @@ from .errors import BackupAppError
 from .models import ERROR_LENGTH, BackupRun
 from .secrets import redact
 from .sets import manifest_size
-from .tools import process_exists, process_started
+from .tools import pid_namespace, process_exists, process_started
 
 logger = logging.getLogger("backup_app")
 
@@ -48,11 +49,20 @@ FIELDS = (
     "claim",
     "host",
     "pid",
+    "pid_ns",
 )
 
 
 class AlreadyRunning(BackupAppError):
     """Another queued backup holds the claim; this one did not start."""
+
+
+def same_pid_namespace() -> Q:
+    """The runs whose pid can be looked at here: of this PID namespace, or of no known one (earlier versions).
+
+    A run of another container with this host name is not (its pid means another process here); if it was
+    killed, the scheduler closes it once it is older than any run can be."""
+    return Q(pid_ns=pid_namespace()) | Q(pid_ns="")
 
 
 def close_dead_runs(*, quiet: bool = False) -> int:
@@ -69,7 +79,7 @@ def close_dead_runs(*, quiet: bool = False) -> int:
     try:
         rows = list(
             BackupRun.objects.using(_db())
-            .filter(outcome=BackupRun.RUNNING, host=host, pid__isnull=False)
+            .filter(same_pid_namespace(), outcome=BackupRun.RUNNING, host=host, pid__isnull=False)
             .exclude(pid=os.getpid())
         )
         for run in rows:
@@ -136,6 +146,7 @@ def start_run(kind: str, *, claim: str | None = None, requested_by: str = "") ->
         started=timezone.now(),
         host=socket.gethostname()[:255],
         pid=os.getpid(),
+        pid_ns=pid_namespace(),
     )
     try:
         _save(run)

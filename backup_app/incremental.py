@@ -63,7 +63,7 @@ from .secrets import redact
 from .sets import INDEX_BASE, read_bytes, split_extension, write_json
 from .storage import RemoteStorage
 from .testing import pause_at
-from .tools import owner, owner_gone
+from .tools import owner, owner_gone, owner_tag, scratch_gone
 
 #: Folder of the backup storage holding the packs (not listed with the sets: listing stays one request).
 PACK_FOLDER = "media-packs"
@@ -649,7 +649,7 @@ def remember_index(folder: Path, where: str, set_name: str, index_sha256: str, s
     with suppress(OSError):
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = _cache_path(folder, where)
-        partial = path.with_name(f".{path.name}.{os.getpid()}")
+        partial = path.with_name(f".{path.name}.{os.getpid()}-{owner_tag()}")
         try:
             blocks = _joined(stats.lines)
             digest = hashlib.sha256()
@@ -699,16 +699,6 @@ def recall_index(folder: Path, where: str, set_name: str, index_sha256: str, pac
 # stays encrypted (reading it still needs the secret key), nothing decrypted is written.  The backup keeps the
 # index it uploads (a copy written as it streams out), a prune downloads one it has no good copy of once, and
 # every prune deletes the copies of indexes no set in the storage has any more.
-
-
-def _running(pid: str) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except OSError:
-        return True  # another user's
-    return True
 
 
 class _Copy:
@@ -780,7 +770,7 @@ class StoredIndexes:
             for folder in (self.root, self.folder):
                 folder.mkdir(mode=0o700, parents=True, exist_ok=True)
                 os.chmod(folder, 0o700)
-            fd, name = tempfile.mkstemp(dir=self.folder, prefix=f".{os.getpid()}-")  # 0600
+            fd, name = tempfile.mkstemp(dir=self.folder, prefix=f".{os.getpid()}-{owner_tag()}-")  # 0600
         except OSError:
             return None
         return _Copy(Path(name), os.fdopen(fd, "wb"))
@@ -836,7 +826,7 @@ class StoredIndexes:
         for name in names:
             if name in sha256s:
                 continue
-            if name.startswith(".") and _running(name[1:].split("-", 1)[0]):
+            if name.startswith(".") and not scratch_gone(name[1:], "-"):
                 continue  # a copy its writer is still making
             with suppress(OSError):
                 os.unlink(self.folder / name)

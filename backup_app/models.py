@@ -128,6 +128,8 @@ class BackupRun(models.Model):
     # Where the run's process is: a running row whose process is gone is closed at the next check.
     host = models.CharField(max_length=255, blank=True, editable=False)
     pid = models.IntegerField(null=True, blank=True, editable=False)
+    # Its PID namespace (containers of one host name each have their own): "" where unknown or written earlier.
+    pid_ns = models.CharField(max_length=20, blank=True, default="", editable=False)
     # Set while a queued (scheduled or admin) backup runs; unique, so only one can hold it.
     claim = models.CharField(max_length=32, null=True, blank=True, unique=True, editable=False)
 

@@ -31,7 +31,7 @@ from .errors import BackupError, RestoreError
 from .secrets import redact
 from .settings import app_settings
 from .streams import CHUNK, ChunkedFile, HashingReader, ShieldedWriter
-from .tools import process_exists
+from .tools import owner_tag, scratch_gone
 
 #: Bytes of a file that :func:`incompressible` looks at.
 PROBE = 16 * 1024
@@ -189,14 +189,16 @@ def decompressor(kind: str | None, raw: BinaryIO):
     return raw
 
 
-#: Private GnuPG homes of decryptions are called ``bk-gpg-<pid>-<random>``.
+#: Private GnuPG homes of decryptions are called ``bk-gpg-<pid>-<owner tag>-<random>``
+#: (:func:`~backup_app.tools.owner_tag`: a ``/tmp`` shared by containers of one host name holds other pids too).
 PRIVATE_HOME_PREFIX = "bk-gpg-"
 #: The agent of a private home caches no passphrase, not even for a second.
 _AGENT_CONF = "default-cache-ttl 0\nmax-cache-ttl 0\nallow-loopback-pinentry\n"
 #: What a private home borrows from the real one (those that exist), as symbolic links: the keys, not the agent.
 _BORROWED = ("pubring.kbx", "pubring.gpg", "trustdb.gpg", "private-keys-v1.d", "secring.gpg")
-#: A gpg-agent socket path (``<home>/S.gpg-agent.browser``) must fit in 107 bytes.
-_BASE_MAX = 60
+#: A gpg-agent socket path (``<base>/bk-gpg-<pid>-<tag>-<random>/S.gpg-agent.browser``, at most 61 bytes after
+#: the base) must fit in 107 bytes.
+_BASE_MAX = 46
 
 
 def _private_base() -> Path:
@@ -215,12 +217,11 @@ def remove_stale_homes() -> list[Path]:
     """Stop and remove the private homes of runs that ended without cleaning up (killed); returns them."""
     gone = []
     for path in _private_base().glob(f"{PRIVATE_HOME_PREFIX}*"):
-        pid = path.name[len(PRIVATE_HOME_PREFIX) :].split("-", 1)[0]
         try:
             mine = path.is_dir() and path.lstat().st_uid == os.getuid()
         except OSError:
             continue
-        if mine and pid.isdigit() and not process_exists(int(pid)):
+        if mine and scratch_gone(path.name[len(PRIVATE_HOME_PREFIX) :], "-"):
             _stop_home(path)
             gone.append(path)
     return gone
@@ -240,7 +241,8 @@ class PrivateHome:
     def __init__(self, home: str | None):
         remove_stale_homes()
         real = Path(home) if home else Path(os.environ.get("GNUPGHOME") or Path.home() / ".gnupg")
-        self.path = Path(tempfile.mkdtemp(prefix=f"{PRIVATE_HOME_PREFIX}{os.getpid()}-", dir=_private_base()))
+        prefix = f"{PRIVATE_HOME_PREFIX}{os.getpid()}-{owner_tag()}-"
+        self.path = Path(tempfile.mkdtemp(prefix=prefix, dir=_private_base()))
         try:
             for name in _BORROWED:
                 if (real / name).exists():

@@ -29,7 +29,7 @@ from django.utils import timezone
 
 from . import hints
 from .errors import BackupAppError
-from .history import AlreadyRunning, discard_run, record_run, start_run
+from .history import AlreadyRunning, discard_run, record_run, same_pid_namespace, start_run
 from .models import BackupRun, BackupSettings
 from .progress import size_text
 from .sets import age_text
@@ -278,7 +278,7 @@ def close_stale_runs(now: datetime | None = None) -> int:
         error=f"did not finish within {duration_text(STALE_AFTER)}: the process stopped or the task timed out",
     )
     host = socket.gethostname()[:255]
-    for run in running.filter(host=host, pid__isnull=False).exclude(pid=os.getpid()):
+    for run in running.filter(same_pid_namespace(), host=host, pid__isnull=False).exclude(pid=os.getpid()):
         if not process_exists(run.pid):
             closed += running.filter(pk=run.pk).update(
                 outcome=BackupRun.FAILED,

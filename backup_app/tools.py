@@ -57,6 +57,18 @@ def boot_id() -> str:
         return ""
 
 
+def pid_namespace() -> str:
+    """This process's PID namespace (Linux: the inode of ``/proc/self/ns/pid``), or "" where it cannot be read.
+
+    Containers on one machine share its boot id, and those started with one ``--hostname`` (compose
+    ``hostname:``) its host name too; only this tells their pids apart: pid 1 of one is not pid 1 of another,
+    and a pid missing here may run there."""
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except (OSError, ValueError):
+        return ""
+
+
 def start_ticks(pid: int) -> int | None:
     """When process ``pid`` started, in clock ticks since boot (Linux), or None."""
     try:
@@ -84,15 +96,24 @@ def process_started(pid: int) -> float | None:
 
 
 def owner() -> dict:
-    """Who this process is, for a marker a later run must judge: host, pid, boot id and start time."""
+    """Who this process is, for a marker a later run must judge: host, pid, boot id, PID namespace and start
+    time."""
     pid = os.getpid()
-    return {"host": socket.gethostname(), "pid": pid, "boot_id": boot_id(), "start": start_ticks(pid)}
+    return {
+        "host": socket.gethostname(),
+        "pid": pid,
+        "boot_id": boot_id(),
+        "pid_ns": pid_namespace(),
+        "start": start_ticks(pid),
+    }
 
 
 def owner_gone(found: dict | None) -> bool | None:
-    """Whether the process a marker names has ended: True, False, or None (another host: cannot tell).
+    """Whether the process a marker names has ended: True, False, or None (cannot tell: another host, or
+    another PID namespace of this host and boot, such as a container beside this one with the same host name).
 
     The same pid after a reboot, or a pid reused by a newer process (another start time), counts as gone.
+    A marker without a namespace (earlier versions, or no ``/proc``) is judged by host, boot and pid alone.
     """
     if not found or not isinstance(found.get("pid"), int):
         return None
@@ -100,24 +121,33 @@ def owner_gone(found: dict | None) -> bool | None:
         return None
     if found.get("boot_id") and boot_id() and found["boot_id"] != boot_id():
         return True
+    if found.get("pid_ns") and pid_namespace() and found["pid_ns"] != pid_namespace():
+        return None
     if not process_exists(found["pid"]):
         return True
     start = found.get("start")
     return start is not None and start_ticks(found["pid"]) not in (None, start)
 
 
-#: A scratch name's owner (:func:`owner_tag`): ``h``, 4 hex of the host name, 3 hex of the boot id.
-OWNER_TAG = re.compile(r"h[0-9a-f]{7}")
+#: A scratch name's owner (:func:`owner_tag`): ``h``, 4 hex of the host name, 3 hex of the boot id, then (where
+#: the PID namespace can be read) ``n`` and 4 hex of it; earlier versions wrote the first 8 characters only.
+OWNER_TAG = re.compile(r"h[0-9a-f]{7}(n[0-9a-f]{4})?")
+
+
+def _short(text: str, n: int) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
 
 
 def owner_tag() -> str:
-    """Which host and boot this process runs on, short enough for a PostgreSQL name (8 characters).
+    """Which host, boot and PID namespace this process runs in, short enough for a PostgreSQL name (13
+    characters; 8 without a namespace).
 
     Scratch names carry it after their pid (``..._<pid>_<tag>_...``): containers over one database or one data
-    volume have PID namespaces of their own, so a pid alone cannot tell a running run of another host from a dead
-    one of this host (:func:`scratch_gone`)."""
-    host = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:4]
-    return f"h{host}{hashlib.sha256(boot_id().encode()).hexdigest()[:3]}"
+    volume have PID namespaces of their own, and may have one host name, so a pid alone cannot tell a running run
+    of another container from a dead one of this one (:func:`scratch_gone`)."""
+    namespace = pid_namespace()
+    tag = f"h{_short(socket.gethostname(), 4)}{_short(boot_id(), 3)}"
+    return tag + f"n{_short(namespace, 4)}" if namespace else tag
 
 
 def scratch_gone(rest: str, sep: str) -> bool:
@@ -125,16 +155,20 @@ def scratch_gone(rest: str, sep: str) -> bool:
     (``<pid><sep><tag><sep>...``, or ``<pid><sep>...`` as earlier versions named it).
 
     Another host's name (another tag's host part): False, its own host cleans it.  This host's from an older
-    boot: True.  This host and boot, or a name without a tag: whether the pid is gone from this machine."""
+    boot: True.  This boot's from another PID namespace (a container beside this one, or this container before
+    it was started again): False, that pid cannot be looked at from here; the next boot's runs clean it.  This
+    host, boot and namespace, or a name without a tag or without a namespace: whether the pid is gone here."""
     parts = rest.split(sep)
     if not parts[0].isdigit():
         return False
     if len(parts) > 1 and OWNER_TAG.fullmatch(parts[1]):
-        mine = owner_tag()
-        if parts[1][:5] != mine[:5]:
+        tag, mine = parts[1], owner_tag()
+        if tag[:5] != mine[:5]:
             return False
-        if parts[1] != mine and boot_id():
+        if tag[5:8] != mine[5:8] and boot_id():
             return True
+        if len(tag) > 8 and len(mine) > 8 and tag[8:] != mine[8:]:
+            return False
     return not process_exists(int(parts[0]))
 
 

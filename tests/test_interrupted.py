@@ -114,12 +114,12 @@ def differences(a: tuple[dict, dict], b: tuple[dict, dict]) -> list[str]:
 class Held:
     """A ``manage.py`` command held at ``step`` (several may be named, separated by commas)."""
 
-    def __init__(self, site, step: str, *args: str):
+    def __init__(self, site, step: str, *args: str, prefix: tuple[str, ...] = ()):
         self.site = site
         self.resume = site.root / f"resume-{os.getpid()}-{time.monotonic_ns()}"
         env = {**site.env, "BACKUP_APP_PAUSE_AT": step, "BACKUP_APP_RESUME_FILE": str(self.resume)}
         self.proc = subprocess.Popen(
-            [sys.executable, "manage.py", *args],
+            [*prefix, sys.executable, "manage.py", *args],  # prefix: e.g. unshare (a PID namespace of its own)
             cwd=ROOT,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -1075,14 +1075,16 @@ def test_cleanup_leaves_another_hosts_scratch_and_removes_this_hosts_dead_or_old
     dead, live = ended.pid, os.getpid()
     mine = owner_tag()
     other_host = "h" + format(int(mine[1:5], 16) ^ 0xFFFF, "04x") + mine[5:]
-    older_boot = mine[:5] + format(int(mine[5:], 16) ^ 0xFFF, "03x")
+    older_boot = mine[:5] + format(int(mine[5:8], 16) ^ 0xFFF, "03x") + mine[8:]
     prefix = ""
     if engine == "sqlite":
         name = lambda pid, tag: f".db.sqlite3.restore-{pid}-{tag}-x"  # noqa: E731
     else:
-        prefix = site.env["INVENTREE_DB_NAME"][:30]
+        prefix = site.env["INVENTREE_DB_NAME"][:25]
         name = lambda pid, tag: f"{prefix}_restore_{pid}_{tag}_1"  # noqa: E731
-    old = f".db.sqlite3.restore-{dead}-x" if engine == "sqlite" else f"{prefix}_restore_{dead}_1"  # no tag: pid only
+    # No tag: pid only (an earlier version, which also kept 30 characters of the database's name).
+    untagged = f"{site.env['INVENTREE_DB_NAME'][:30]}_restore_{dead}_1"
+    old = f".db.sqlite3.restore-{dead}-x" if engine == "sqlite" else untagged
     gone = [name(dead, mine), name(live, older_boot), old]
     kept = [name(dead, other_host), name(live, mine)]
     for scratch in gone + kept:

@@ -13,6 +13,7 @@ import json
 import re
 import shutil
 import socket
+import sys
 import tarfile
 import uuid
 
@@ -31,6 +32,7 @@ from test_incremental import (
     restores_exactly,
 )
 from test_interrupted import Held
+from test_pid_namespaces import UNSHARE, needs_namespaces
 from test_remote_storage import point_at, s3_server, workdir  # noqa: F401 - fixtures
 
 HERE = "media:packs-located"
@@ -199,3 +201,32 @@ def test_of_two_move_records_of_one_pack_readers_follow_the_one_whose_new_pack_i
     listing = list_store(FileSystemStorage(location=str(tmp_path)))
 
     assert listing.moves == {old: f"{REPACK_FOLDER}/{old}-to-{there}.moves.gz"}
+
+
+@needs_namespaces
+def test_a_prune_in_another_pid_namespace_leaves_alone_a_repack_under_way_whose_pid_it_has_too(site):
+    """Two containers of one host name: site A's prune runs as pid 1 of its PID namespace, site B's as pid 1 of
+    another.  B must not take A's marker for one of its own pid that is gone (another start time) and delete A's new
+    pack; it cannot look at A's pid, so it leaves the repack alone and says whose it is."""
+    states = churned(site)
+    pack = first_pack(site)
+    step = "prune:repack-verified"
+    held = Held(site, step, "shell", "--no-imports", "-c", PRUNE.format(keep=2), prefix=UNSHARE).paused(step)
+    [new] = [n for n in repacked_on_disk(site) if ".pack" in n]
+    marker = new.split(".", 1)[0] + ".repacking"
+    owner = json.loads((site.backups / marker).read_text())
+    assert owner["pid"] == 1
+
+    prune_b = (*UNSHARE, sys.executable, "manage.py", "shell", "--no-imports", "-c", PRUNE_SAYING)
+    result = site.run(*prune_b, extra_env=other_site(site))
+    assert new in repacked_on_disk(site), result.stdout
+    said = [line for line in result.stdout.splitlines() if "under way" in line]
+    assert said == [
+        f"Media packs left alone: a repack by pid 1 on {socket.gethostname()} (PID namespace {owner['pid_ns']}: "
+        f"another container) is under way ({marker}); if no prune runs there now, delete {marker} by hand"
+    ], result.stdout
+    code, _stdout, stderr = resumed(held)
+
+    assert code == 0, stderr
+    assert pack not in packs_on_disk(site)
+    restores_exactly(site, states)

@@ -35,7 +35,7 @@ from ..sets import BackupSet, Naming, Retention, doomed, held_back, list_sets, l
 from ..settings import app_settings
 from ..storage import backup_storage
 from ..testing import pause_at
-from ..tools import owner_gone
+from ..tools import owner_gone, pid_namespace
 from .common import index_copies, read_checked
 
 #: A pack holding less than this many bytes of blobs is *small* (a nightly backup's last pack, typically): small
@@ -286,6 +286,8 @@ def _under_way(storage, listing: Listing, needed: set[str], progress: Progress) 
         if kept - needed:
             marker = listing.markers[ident]
             who = f"pid {data['pid']} on {data.get('host', '?')}" if data.get("pid") else "a writer that may still run"
+            if data.get("pid") and data.get("pid_ns") and data["pid_ns"] != pid_namespace():
+                who += f" (PID namespace {data['pid_ns']}: another container)"
             fix = (
                 "a later prune finishes or removes it"
                 if owner_gone(data) is False

@@ -255,10 +255,10 @@ class ServerEngine(Engine):
         return self.settings["NAME"]
 
     def side_name(self, purpose: str, safety_name: str = "") -> str:
-        """``<name>_restore_<pid>_<host+boot tag>_<time, base 36>`` for a staged restore (at most 62 characters),
-        ``<name>_safety_<stamp>`` for a kept database."""
+        """``<name>_restore_<pid>_<host+boot+namespace tag>_<time, base 36>`` for a staged restore (at most 62
+        characters: the name's first 25), ``<name>_safety_<stamp>`` for a kept database (the name's first 30)."""
         if purpose == "restore":
-            return f"{self.name[:30]}_restore_{os.getpid()}_{owner_tag()}_{_base36(int(time.time()))}"
+            return f"{self.name[:25]}_restore_{os.getpid()}_{owner_tag()}_{_base36(int(time.time()))}"
         return f"{self.name[:30]}_safety_{safety_name.replace('-', '')[-20:]}"
 
     def connection_args(self) -> dict[str, str]:
@@ -279,13 +279,14 @@ class ServerEngine(Engine):
     def cleanup(self) -> list[str]:
         """Drop the staging databases of restores (and verifies) whose process is gone; a running one's stay, and
         so do another host's (:func:`~backup_app.tools.scratch_gone`: a container beside this one)."""
-        prefix = f"{self.name[:30]}_restore_"
         names = []
-        for name in self.side_databases(prefix):
-            if not scratch_gone(name[len(prefix) :], "_"):
-                continue  # a verify beside this restore, still at work, or a run of another host
-            self.drop_database(name)
-            names.append(name)
+        # Earlier versions kept 30 characters of the name (their tag had no namespace part).
+        for prefix in dict.fromkeys((f"{self.name[:25]}_restore_", f"{self.name[:30]}_restore_")):
+            for name in self.side_databases(prefix):
+                if name in names or not scratch_gone(name[len(prefix) :], "_"):
+                    continue  # a verify beside this restore, still at work, or a run of another host or container
+                self.drop_database(name)
+                names.append(name)
         return names + remove_stale_spools()
 
     # --- per vendor -----------------------------------------------------------------------------
