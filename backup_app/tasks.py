@@ -486,6 +486,7 @@ def restore(
         )
         + ("" if uncompress else " --no-uncompress")
         + ("" if safety_backup else " --no-safety-backup"),
+        alone=True,
     )
 
 

@@ -391,6 +391,35 @@ def test_sigterm_to_invoke_reaches_the_command(changed_site):
     assert sorted(p.name for p in changed_site.backups.iterdir()) == before
 
 
+def test_sigterm_to_invoke_restore_reaches_the_command_which_undoes_the_restore(changed_site):
+    # Without a terminal the restore runs in invoke's own process: the signal meets the command's own handler.
+    old = state(changed_site)
+    resume = changed_site.root / "resume"
+    step = "restore:db-swapped:default"
+    env = {**changed_site.env, "BACKUP_APP_PAUSE_AT": step, "BACKUP_APP_RESUME_FILE": str(resume)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "restore"],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in proc.stderr:
+        if f"paused at {step}" in line:
+            break
+
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stderr.read()
+    proc.wait(timeout=120)
+
+    assert proc.returncode == 128 + signal.SIGTERM, rest
+    assert "interrupted by SIGTERM" in rest and "the restore was undone (" in rest, rest
+    assert differences(state(changed_site), old) == []
+    assert leftovers(changed_site) == []
+
+
 def test_sigkill_during_a_backup_leaves_an_unfinished_set_the_next_clean_removes(changed_site):
     held = Held(changed_site, "backup:media-written", "backup_create").paused("backup:media-written")
     held.signal(signal.SIGKILL)

@@ -282,9 +282,10 @@ def test_exit_status_is_the_commands(project):
     assert "backup_list failed" in result.stderr
 
 
-def test_backup_without_a_terminal_runs_in_invokes_own_process(project):
+@pytest.mark.parametrize(("task", "command"), [("backup", "backup_create"), ("restore", "backup_restore")])
+def test_backup_and_restore_without_a_terminal_run_in_invokes_own_process(project, task, command):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "invoke", "backup"], cwd=project.root, env=project.env(), stdin=subprocess.DEVNULL,
+        [sys.executable, "-m", "invoke", task], cwd=project.root, env=project.env(), stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     out, err = proc.communicate(timeout=60)
@@ -293,12 +294,12 @@ def test_backup_without_a_terminal_runs_in_invokes_own_process(project):
     [run] = project.runs()
     assert run["pid"] == proc.pid
     assert (run["argv"], run["cwd"], run["stdin_tty"], run["invoked"]) == (
-        ["manage.py", "backup_create"],
+        ["manage.py", command],
         str(project.root.resolve()),
         False,
         "1",
     )
-    assert (out, err) == ("out of backup_create\n", "err of backup_create\n")
+    assert (out, err) == (f"out of {command}\n", f"err of {command}\n")
 
 
 def test_a_backup_run_in_invokes_process_exits_with_the_commands_status(project):
