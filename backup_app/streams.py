@@ -210,6 +210,35 @@ class RoomGuard(io.RawIOBase):
         return n
 
 
+class RoomKeeper(io.RawIOBase):
+    """Writable wrapper for a file being written into ``folder``: :class:`OutOfRoom` before a write would go
+    into the margin :func:`room_left` keeps on that file system (what was written stays, for the caller to
+    remove).  The free space is looked at again only when the bytes written pass what it was."""
+
+    def __init__(self, raw: BinaryIO, folder: str | os.PathLike):
+        self._raw = raw
+        self._folder = folder
+        self.size = 0
+        self._budget = room_left(folder)[0]
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        n = len(data)
+        if self.size + n > self._budget:
+            self._raw.flush()
+            left = room_left(self._folder)[0]
+            if left < n:
+                raise OutOfRoom(
+                    f"would fill the {self._folder} file system ({self.size:,} bytes written, a margin kept)"
+                )
+            self._budget = self.size + left
+        self._raw.write(data)
+        self.size += n
+        return n
+
+
 class PrefixedReader(io.RawIOBase):
     """A stream that gives ``head`` first, then the rest of ``stream`` (bytes already read to look at them)."""
 

@@ -710,11 +710,12 @@ def test_a_backup_to_a_folder_without_room_for_another_set_is_refused_before_any
     assert sorted(p.name for p in folder.iterdir()) == before
 
 
+@pytest.mark.parametrize("media_mode", ["archive", "incremental"])
 def test_a_restore_whose_media_cannot_fit_in_the_staging_folder_is_refused_before_anything_is_written(
-    tmp_path, small_disk
+    tmp_path, small_disk, media_mode
 ):
     media = small_disk / "media"
-    site = make_site(tmp_path / "site", INVENTREE_MEDIA_ROOT=str(media))
+    site = make_site(tmp_path / "site", INVENTREE_MEDIA_ROOT=str(media), INVENTREE_BACKUP_MEDIA_MODE=media_mode)
     media.mkdir()
     site.manage("migrate", "--noinput", "-v0")
     (media / "photo.bin").write_bytes(os.urandom(2560 * 1024))  # does not compress
@@ -880,7 +881,11 @@ def test_a_safety_copy_on_the_databases_own_file_system_costs_no_room(tmp_path, 
     assert site.query("SELECT count(*), max(quantity) FROM demo_part WHERE name = 'big'") == [[600, 600]]
 
 
-def test_a_restore_whose_safety_copy_of_media_files_cannot_fit_is_refused_before_the_swap(sqlite_site, small_disk):
+@pytest.mark.parametrize("media_mode", ["archive", "incremental"])
+def test_a_restore_whose_safety_copy_of_media_files_cannot_fit_is_refused_before_the_swap(
+    sqlite_site, small_disk, media_mode
+):
+    sqlite_site.env["INVENTREE_BACKUP_MEDIA_MODE"] = media_mode
     sqlite_site.env["INVENTREE_BACKUP_SAFETY_DIR"] = str(small_disk / "safety")
     photo = sqlite_site.media / "photo.bin"
     photo.write_bytes(os.urandom(2560 * 1024))  # does not compress
@@ -894,29 +899,110 @@ def test_a_restore_whose_safety_copy_of_media_files_cannot_fit_is_refused_before
     assert f"the safety copy of 1 media file ({needed:,} bytes, copied from another file system)" in what
 
 
-@pytest.mark.parametrize("in_place_site", ["postgres"], indirect=True)
-def test_a_restore_in_place_whose_spool_cannot_fit_in_the_safety_folder_is_refused_before_anything_is_written(
-    in_place_site, small_disk
-):
-    from test_refusals import everything, same, watch_temp
+#: The estimate of a restore in place's safety dump of the live database, in its refusal.
+SAFETY_DUMP = re.compile(r"the safety dump of the live database 'default' \(about ([\d,]+) bytes, estimated")
 
-    site = in_place_site
+
+def in_place_backed_up(site, disk: Path) -> int:
+    """Back the site up (database only) with its safety folder on ``disk``, change it; returns the dump's
+    ``source_bytes``."""
+    from test_refusals import watch_temp
+
     watch_temp(site)
-    site.env["INVENTREE_BACKUP_SAFETY_DIR"] = str(small_disk / "safety")
+    site.env["INVENTREE_BACKUP_SAFETY_DIR"] = str(disk / "safety")
     site.manage("demo_data")
     site.manage("backup_create", "--skip-media")
-    size = manifest_of(site)[1]["databases"][0]["source_bytes"]
     site.sql("DELETE FROM demo_part WHERE quantity > 20")
-    fill(small_disk, size // 2 + room_margin(shutil.disk_usage(small_disk).total))
-    before = everything(site)
+    return manifest_of(site)[1]["databases"][0]["source_bytes"]
+
+
+def refused_in_place(site, disk: Path) -> tuple[int, int, str]:
+    """A restore in place refused for lack of room on ``disk`` before anything is written: the live database,
+    the server, the temp folder and the disk unchanged; returns the bytes needed, the safety dump's estimate
+    and what for."""
+    from test_refusals import everything, same
+
+    before, listing = everything(site), sorted(p.name for p in disk.iterdir())
     result = site.manage("backup_restore", "--noinput", "--skip-media", check=False)
 
     assert result.returncode != 0
     found = ROOM_LINE.search(result.stderr.strip().splitlines()[-1])
     assert found, result.stderr
-    assert found.group(1) == str(small_disk) and int(found.group(4).replace(",", "")) == size
-    assert f"the spooled dump of database 'default' ({size:,} bytes: it is restored in place)" in found.group(5)
-    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
+    assert found.group(1) == str(disk)
+    estimate = SAFETY_DUMP.search(found.group(5))
+    assert estimate, found.group(5)
+    assert sorted(p.name for p in disk.iterdir()) == listing
+    assert same(everything(site), before)
+    return int(found.group(4).replace(",", "")), int(estimate.group(1).replace(",", "")), found.group(5)
+
+
+@pytest.mark.parametrize("in_place_site", ["postgres", "mysql"], indirect=True)
+def test_a_restore_in_place_whose_spool_cannot_fit_in_the_safety_folder_is_refused_before_anything_is_written(
+    in_place_site, small_disk
+):
+    size = in_place_backed_up(in_place_site, small_disk)
+    fill(small_disk, size // 2 + room_margin(shutil.disk_usage(small_disk).total))
+
+    needed, estimate, what = refused_in_place(in_place_site, small_disk)
+
+    assert needed == size + estimate
+    assert f"the spooled dump of database 'default' ({size:,} bytes: it is restored in place)" in what
+    assert "backup_safety_dir" in what
+
+
+@pytest.mark.parametrize("in_place_site", ["postgres", "mysql"], indirect=True)
+def test_a_restore_in_place_whose_safety_dump_of_the_live_database_cannot_fit_is_refused_before_anything_is_written(
+    in_place_site, small_disk
+):
+    # The spool fits, the spool and the safety dump of the live database do not (before: the spool was written,
+    # then the safety dump ran the disk full); with room for both the restore runs, on the same small disk, and
+    # the safety dump it keeps is within the estimate.
+    site = in_place_site
+    size = in_place_backed_up(site, small_disk)
+    margin = room_margin(shutil.disk_usage(small_disk).total)
+    fill(small_disk, 0)
+    estimate = refused_in_place(site, small_disk)[1]
+    (small_disk / "filler").unlink()
+    fill(small_disk, size + estimate // 2 + margin)
+
+    needed, again, _what = refused_in_place(site, small_disk)
+
+    assert (needed, again) == (size + estimate, estimate)
+    (small_disk / "filler").unlink()
+    fill(small_disk, size + estimate + margin + 64 * 1024)
+    site.manage("backup_restore", "--noinput", "--skip-media")
+    [kept] = (small_disk / "safety").glob("*/default.*")
+    assert 0 < kept.stat().st_size <= estimate
+    assert site.query("SELECT count(*) FROM demo_part WHERE quantity > 20") != [[0]]
+
+
+@pytest.mark.parametrize("in_place_site", ["postgres", "mysql"], indirect=True)
+def test_a_safety_dump_that_outgrows_the_room_it_was_weighed_with_stops_before_the_disk_is_full(
+    in_place_site, small_disk
+):
+    # The room is taken after the check (held before the safety dump): the dump stops at the margin, the
+    # restore is undone, nothing is left in the safety folder, and the disk keeps its margin.
+    from test_refusals import everything, same
+
+    site = in_place_site
+    in_place_backed_up(site, small_disk)
+    before = everything(site)
+    held = Held(site, "restore:in-place-dump:default", "backup_restore", "--noinput", "--skip-media")
+    held.paused("restore:in-place-dump:default")
+    margin = room_margin(shutil.disk_usage(small_disk).total)
+    fill(small_disk, margin + 4 * 1024)
+    held.go_on()
+    code, err = held.finish(timeout=120)
+    held.resume.unlink()
+
+    assert code != 0
+    last = err.strip().splitlines()[-1]
+    assert "the safety dump of database 'default' (kept to undo the restore in place) would fill the" in last, err
+    assert "the restore was undone (nothing had been changed)" in last, err
+    assert "Traceback" not in err
+    assert shutil.disk_usage(small_disk).free >= margin
+    assert sorted(p.name for p in small_disk.iterdir()) in (["filler"], ["filler", "safety"])
+    assert not (small_disk / "safety").exists() or list((small_disk / "safety").iterdir()) == []
     assert same(everything(site), before)
 
 

@@ -761,16 +761,28 @@ def staging_needs(plan: Plan, engines: dict[str, Engine]) -> list[Need]:
     safety = safety_root()
     for item in plan.databases:
         engine = engines[item.alias]
-        if item.source_bytes and engine.spools_in_place():
-            needs.append(
-                Need(
-                    safety,
-                    item.source_bytes,
-                    f"the spooled dump of database '{item.alias}' ({item.source_bytes:,} bytes: it is restored in "
-                    "place)",
-                    _safety_fix(),
+        if engine.spools_in_place():
+            if item.source_bytes:
+                needs.append(
+                    Need(
+                        safety,
+                        item.source_bytes,
+                        f"the spooled dump of database '{item.alias}' ({item.source_bytes:,} bytes: it is restored "
+                        "in place)",
+                        _safety_fix(),
+                    )
                 )
-            )
+            estimate = engine.in_place_safety_estimate(item.source_bytes or 0)
+            if estimate:
+                needs.append(
+                    Need(
+                        safety,
+                        estimate,
+                        f"the safety dump of the live database '{item.alias}' (about {estimate:,} bytes, estimated: "
+                        "the larger of the incoming dump and what its tables take on the server)",
+                        _safety_fix(),
+                    )
+                )
         folder = engine.staging_folder()
         if folder is not None and item.source_bytes:
             needs.append(

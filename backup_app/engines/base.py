@@ -155,6 +155,13 @@ class Engine:
         before it starts."""
         return False
 
+    def in_place_safety_estimate(self, incoming: int) -> int:
+        """About the bytes the safety dump of the live database takes, for a restore in place (:meth:`spools_in_place`)
+        that writes it into the safety folder before it loads; ``incoming``: the dump being restored
+        (``source_bytes``, 0 if unknown).  Its exact size is known only once written: this is an estimate, and
+        the dump is bounded again while written (0: nothing to weigh)."""
+        return 0
+
     def safety_bytes(self, safety_folder: Path) -> int:
         """Bytes :meth:`commit` surely writes into ``safety_folder`` to keep the live database (0: it keeps it
         elsewhere, or at no cost)."""

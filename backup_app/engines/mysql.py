@@ -674,6 +674,32 @@ class MysqlEngine(ServerEngine):
             )
             return [r[0] for r in cursor.fetchall()]
 
+    #: ``--hex-blob`` writes a binary column's bytes as twice as many hex digits.
+    dump_growth = 2
+
+    def live_table_bytes(self) -> int:
+        """Data and indexes of the live database's tables (InnoDB's estimate)."""
+        return self.database_bytes(self.name) or 0
+
+    def spools_in_place(self) -> bool:
+        """The site's user surely may not create the side database: no global CREATE, no CREATE on a database
+        name pattern the side database's name matches, and no role (whose grants information_schema does not
+        show) it could take."""
+        side = self.side_name("restore")
+        with connections[self.alias].cursor() as cursor:
+            cursor.execute("SELECT COUNT(*) FROM information_schema.APPLICABLE_ROLES")
+            if cursor.fetchone()[0]:
+                return False
+            cursor.execute("SELECT COUNT(*) FROM information_schema.USER_PRIVILEGES WHERE PRIVILEGE_TYPE = 'CREATE'")
+            if cursor.fetchone()[0]:
+                return False
+            cursor.execute(
+                "SELECT COUNT(*) FROM information_schema.SCHEMA_PRIVILEGES "
+                "WHERE PRIVILEGE_TYPE = 'CREATE' AND %s LIKE TABLE_SCHEMA",
+                [side],
+            )
+            return not cursor.fetchone()[0]
+
     def database_bytes(self, database: str) -> int | None:
         """Data and indexes of ``database``'s tables as information_schema gives them (InnoDB's estimate)."""
         with connections[self.alias].cursor() as cursor:

@@ -853,6 +853,20 @@ class PostgresEngine(ServerEngine):
             row = admin.execute("SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
         return row is not None and not row[0]
 
+    def live_table_bytes(self) -> int:
+        """Tables, materialized views and their indexes and TOAST in the dumped schemas (``SCHEMAS``, else every
+        schema but the system's)."""
+        schemas = list(self.connector.schemas or [])
+        with self._admin(self.name) as admin:
+            row = admin.execute(
+                "SELECT COALESCE(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'm') "
+                "AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%%' "
+                "AND (%s OR n.nspname = ANY(%s))",
+                (not schemas, schemas),
+            ).fetchone()
+        return int(row[0])
+
     def _site_role(self) -> tuple[str, bool]:
         """The site's role and whether it is a superuser."""
         with self._admin() as admin:

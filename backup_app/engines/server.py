@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, BinaryIO, ClassVar
 from ..errors import BackupAppError, NothingChanged, RestoreError
 from ..secrets import redact
 from ..settings import app_settings
-from ..streams import RoomGuard, spool
+from ..streams import OutOfRoom, RoomGuard, RoomKeeper, spool
 from ..testing import pause_at
 from ..tools import owner_tag, scratch_gone
 from .base import Engine, Staged, Strategy
@@ -209,8 +209,14 @@ class InPlace(Strategy):
         kept = safety.folder / f"{engine.alias}.{engine.extension}"
         engine.wait_for_tables([engine.name])  # before the entry: nothing to undo when they stay held
         pause_at(f"restore:in-place-dump:{engine.alias}")
-        with open(kept, "wb") as fh:
-            engine.dump(fh, compressed=False)
+        try:
+            with open(kept, "wb") as fh:
+                engine.dump(RoomKeeper(fh, safety.folder), compressed=False)  # stops before the disk is full
+        except OutOfRoom as err:
+            raise RestoreError(
+                f"the safety dump of database '{engine.alias}' (kept to undo the restore in place) {err}; free some "
+                f"room there, or set backup_safety_dir to a folder with room"
+            ) from None
         entry = {"kind": self.kinds[0], "file": kept.name}
         safety.add_database(engine.alias, entry)
         pause_at(f"restore:in-place-kept:{engine.alias}")  # the live database dumped and recorded, nothing loaded
@@ -344,6 +350,21 @@ class ServerEngine(Engine):
     def database_bytes(self, database: str) -> int | None:
         """What ``database`` takes on the server's disk (a kept safety database), or None if it is not there."""
         raise NotImplementedError
+
+    def live_table_bytes(self) -> int:
+        """What the tables a dump of the live database holds take on the server's disk (data, indexes, TOAST)."""
+        raise NotImplementedError
+
+    #: How many times the bytes of the live tables on the server's disk its dump may take (see
+    #: :meth:`in_place_safety_estimate`).
+    dump_growth: ClassVar[int] = 1
+
+    def in_place_safety_estimate(self, incoming: int) -> int:
+        """The larger of the incoming dump and :attr:`dump_growth` times what the live tables take on the server's
+        disk: a dump of the live database is about as large as one of the same site, and seldom larger than its
+        tables on disk (PostgreSQL's custom dump is compressed; MariaDB's SQL text writes a blob as hex, twice
+        its bytes)."""
+        return max(incoming, self.dump_growth * self.live_table_bytes())
 
     def server_data_folder(self) -> str | None:
         """The server's data folder, when the server says where it is and it runs on this machine (so that
