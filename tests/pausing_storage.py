@@ -5,6 +5,9 @@ With ``BACKUP_TEST_DELETE_GATE=/path/to/fifo`` in the environment, before deleti
 which waits until the test opens it for writing: the process is held at that step while the test acts.
 ``BACKUP_TEST_DELETE_GATE_SUFFIX`` names another ending to stop at (``.pack.gz``: the first media pack).
 
+With ``BACKUP_TEST_LIST_GATE=/path/to/fifo``, it does the same once the first listing of the top folder (the
+sets) has been made, before it is returned: a prune is held between that listing and whatever it does next.
+
 With ``BACKUP_TEST_SAVE_GATE=/path/to/fifo``, it does the same once the first chunk of the media archive
 (a name holding ``-media-``) is written: the backup holds the site lock, has begun its set, and a part of
 its media file is on disk, as a backup stopped half-way would leave it.  (A FIFO in the media folder no
@@ -26,6 +29,15 @@ def _hold(gate: str, name: str) -> None:
 class PausingStorage(FileSystemStorage):
     paused = False
     save_paused = False
+    list_paused = False
+
+    def listdir(self, path):
+        found = super().listdir(path)
+        gate = os.environ.get("BACKUP_TEST_LIST_GATE")
+        if gate and not PausingStorage.list_paused and path in ("", "."):
+            PausingStorage.list_paused = True
+            _hold(gate, "listdir")
+        return found
 
     def delete(self, name):
         gate = os.environ.get("BACKUP_TEST_DELETE_GATE")

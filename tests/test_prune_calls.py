@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
+import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from conftest import ROOT
 from counting_storage import read_log
+from test_incremental import PRUNE, incremental, packs_on_disk
+from test_repack_concurrent import other_site
 
 from backup_app.incremental import PACK_FOLDER, REPACK_FOLDER
 
@@ -117,3 +122,54 @@ def test_a_prune_reads_each_move_record_once_however_many_sets_name_the_moved_pa
     # One read by the backup (the set it builds on names the old pack: where are its blobs now) and one by
     # the prune (the six sets that name the old pack).  Before, the prune read it once per such set (7).
     assert len(records) <= 2 and len(set(records)) == 1, records
+
+
+def test_a_pack_another_site_stores_once_a_prune_listed_its_packs_is_kept(sqlite_site, tmp_path):
+    """The prune lists the packs before the sets and keeps both listings for the whole run: a set another site
+    (its own lock) completes in between is in the sets listing, and its new pack, stored after the packs were
+    listed, is in neither.  Listed the other way round, the pack would be seen with no set naming it, and
+    deleted."""
+    site = incremental(sqlite_site)
+    site.env.update(
+        {
+            "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
+            "INVENTREE_BACKUP_STORAGE": "pausing_storage.PausingStorage",
+            "INVENTREE_BACKUP_OPTIONS": json.dumps({"location": str(site.backups)}),
+        }
+    )
+    (site.media / "a.txt").write_text("a")
+    site.manage("backup_create", "--quiet", "--skip-db")
+    before = packs_on_disk(site)
+    [ours] = [s["name"] for s in site.sets()]
+    site_b = other_site(site)
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    pruning = subprocess.Popen(
+        [sys.executable, "manage.py", "shell", "--no-imports", "-c", PRUNE.format(keep=1)],
+        cwd=ROOT,
+        env={**site.env, "BACKUP_TEST_LIST_GATE": str(gate)},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        reached = Path(f"{gate}.reached")
+        deadline = time.monotonic() + 120
+        while not reached.exists() and pruning.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert reached.exists(), pruning.communicate(timeout=30)
+        # Held once it has listed the sets: another site backs up new media into a pack of its own.
+        (site.media / "b.bin").write_bytes(os.urandom(64 * 1024))
+        site.manage("backup_create", "--quiet", "--skip-db", extra_env=site_b)
+        new = packs_on_disk(site) - before
+        assert len(new) == 1
+    finally:
+        with open(gate, "wb"):
+            pass
+    out, err = pruning.communicate(timeout=300)
+    assert pruning.returncode == 0, err
+
+    assert new <= packs_on_disk(site), out + err
+    [theirs] = [s["name"] for s in site.sets() if s["name"] != ours]
+    assert "blobs match" in site.invoke("verify", "--read-data", "--set", theirs, extra_env=site_b).stdout
