@@ -308,8 +308,9 @@ def plan(options: BackupOptions | None = None) -> BackupPlan:
         after += [base] if base is not None else []
         listing = list_store(storage)
         gpg = prune._decryption()
-        deleted += prune.packs_to_delete(storage, listing, sets, after, gpg=gpg)
-        repack = prune.plan_repack(storage, after, gpg, listing, copies=index_copies(storage, fill=False))
+        moves: dict[str, dict] = {}  # each move record read once
+        deleted += prune.packs_to_delete(storage, listing, sets, after, gpg=gpg, moves=moves)
+        repack = prune.plan_repack(storage, after, gpg, listing, copies=index_copies(storage, fill=False), moves=moves)
         repacked = {"packs": sorted(repack.packs), "needed": repack.needed_bytes, "bytes": repack.total_bytes}
     return BackupPlan(
         storage=describe(storage),
