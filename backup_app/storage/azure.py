@@ -122,14 +122,44 @@ class AzureAdapter(Adapter):
                 files.append(name)
         return dirs, files
 
-    def open(self, backend, name: str) -> BinaryIO:
+    # A blob that is not there is BlobNotFound; a container that is not there (ContainerNotFound) is an error
+    # to fix, not "absent": the SDK's BlobClient.exists answered False for both, and a read of either said
+    # "not in the container".
+
+    @staticmethod
+    def _blob_not_found(err: BaseException) -> bool:
         from azure.core.exceptions import ResourceNotFoundError
 
+        code = getattr(err, "error_code", None) or ""
+        return isinstance(err, ResourceNotFoundError) and str(getattr(code, "value", code)) == "BlobNotFound"
+
+    def exists(self, backend, name: str) -> bool:
+        blob = backend.client.get_blob_client(backend._get_valid_path(name))
+        try:
+            blob.get_blob_properties(timeout=backend.timeout)
+        except Exception as err:
+            if self._blob_not_found(err):
+                return False
+            raise
+        return True
+
+    def size(self, backend, name: str) -> int:
+        blob = backend.client.get_blob_client(backend._get_valid_path(name))
+        try:
+            return blob.get_blob_properties(timeout=backend.timeout).size
+        except Exception as err:
+            if self._blob_not_found(err):
+                raise FileNotFoundError(f"{name} is not in the container") from None
+            raise
+
+    def open(self, backend, name: str) -> BinaryIO:
         blob = backend.client.get_blob_client(backend._get_valid_path(name))
         try:
             downloader = blob.download_blob(max_concurrency=1, decompress=False, timeout=backend.timeout)
-        except ResourceNotFoundError:
-            raise FileNotFoundError(f"{name} is not in the container") from None
+        except Exception as err:
+            if self._blob_not_found(err):
+                raise FileNotFoundError(f"{name} is not in the container") from None
+            raise
         return buffered(CallbackReader(downloader.read))
 
     def explain(self, backend, err: BaseException, action: str, name: str) -> str | None:

@@ -123,10 +123,27 @@ class GCSAdapter(Adapter):
         blob.upload_from_file(stream, content_type=content_type, predefined_acl=acl, **waits)
         return cleaned
 
+    #: The bucket answered a listing once: a 404 for an object is then an object that is not there.
+    _bucket_found = False
+
+    def _absent(self, backend, name: str) -> FileNotFoundError:
+        """After a 404 for ``name``: FileNotFoundError, once a listing shows the bucket is there.
+
+        google-cloud-storage's ``get_blob`` answers None for any 404, a bucket that does not exist too (a
+        check said "not there" and a read "not in the bucket"); a listing (storage.objects.list, which the
+        documented role has) fails with the bucket's own NotFound, which says so."""
+        if not self._bucket_found:
+            list(backend.bucket.list_blobs(max_results=1, **self._waits(backend, "list the bucket")))
+            self._bucket_found = True
+        return FileNotFoundError(f"{name} is not in the bucket")
+
     def exists(self, backend, name: str) -> bool:
         if not name:
             return backend.bucket.exists(**self._waits(backend, "read the bucket"))
-        return backend.bucket.get_blob(self._key(backend, name), **self._waits(backend, f"read {name}")) is not None
+        if backend.bucket.get_blob(self._key(backend, name), **self._waits(backend, f"read {name}")) is not None:
+            return True
+        self._absent(backend, name)
+        return False
 
     def delete(self, backend, name: str) -> None:
         from google.api_core.exceptions import NotFound
@@ -140,7 +157,7 @@ class GCSAdapter(Adapter):
         """The object's metadata (one GET), or FileNotFoundError."""
         blob = backend.bucket.get_blob(self._key(backend, name), **self._waits(backend, f"read {name}"))
         if blob is None:
-            raise FileNotFoundError(f"{name} is not in the bucket")
+            raise self._absent(backend, name)
         return blob
 
     def size(self, backend, name: str) -> int:
@@ -177,7 +194,7 @@ class GCSAdapter(Adapter):
         waits = self._waits(backend, f"read {name}")
         blob = backend.bucket.get_blob(self._key(backend, name), **waits)
         if blob is None:
-            raise FileNotFoundError(f"{name} is not in the bucket")
+            raise self._absent(backend, name)
         return blob.open("rb", chunk_size=READ_CHUNK, raw_download=True, **waits)
 
     def read_bytes(self, backend, name: str) -> bytes:
@@ -188,7 +205,7 @@ class GCSAdapter(Adapter):
         try:
             return blob.download_as_bytes(raw_download=True, **self._waits(backend, f"read {name}"))
         except NotFound:
-            raise FileNotFoundError(f"{name} is not in the bucket") from None
+            raise self._absent(backend, name) from None
 
     def explain(self, backend, err: BaseException, action: str, name: str) -> str | None:
         import requests

@@ -115,6 +115,38 @@ class S3Adapter(Adapter):
 
         client.meta.events.register_first("needs-retry.s3", note, unique_id="backup_app-retry-note")
 
+    #: The bucket answered a listing once: a bare 404 to a HEAD is then a key that is not there.
+    _bucket_found = False
+
+    def _absent(self, backend, name: str) -> FileNotFoundError:
+        """After a 404 to a HEAD for ``name``: FileNotFoundError, once a listing shows the bucket is there.
+
+        A HEAD answer has no body, so a bucket that does not exist is the same bare 404 as a key that does
+        not (S3Storage.exists answered False for it, and a read said "not in the bucket"); the listing's
+        answer (``s3:ListBucket``, which the documented policy has) says NoSuchBucket."""
+        if not self._bucket_found:
+            backend.connection.meta.client.list_objects_v2(Bucket=backend.bucket_name, MaxKeys=1)
+            self._bucket_found = True
+        return FileNotFoundError(f"{name} is not in the bucket")
+
+    def exists(self, backend, name: str) -> bool:
+        if backend.exists(name):
+            return True
+        self._absent(backend, name)
+        return False
+
+    def size(self, backend, name: str) -> int:
+        from botocore.exceptions import ClientError
+
+        try:
+            return backend.size(name)
+        except FileNotFoundError:  # S3Storage's own, for a 404
+            raise self._absent(backend, name) from None
+        except ClientError as err:
+            if err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                raise self._absent(backend, name) from None
+            raise
+
     def describe(self, backend) -> str:
         where = f"s3://{backend.bucket_name}/{backend.location}".rstrip("/")
         endpoint = getattr(backend, "endpoint_url", None)
@@ -130,7 +162,7 @@ class S3Adapter(Adapter):
             size = client.head_object(Bucket=backend.bucket_name, Key=key)["ContentLength"]
         except ClientError as err:
             if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                raise FileNotFoundError(f"{name} is not in the bucket") from None
+                raise self._absent(backend, name) from None
             raise
 
         def fetch(start: int, end: int) -> bytes:

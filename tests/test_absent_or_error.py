@@ -1,0 +1,65 @@
+"""A file that is not there, or a storage that answers an error: never the one read as the other.
+
+"Does this object exist?" answered False for a bucket or container that does not exist (S3's HEAD has no
+body: a missing bucket is a bare 404, as a missing key is; google-cloud-storage's ``get_blob`` returns None
+for either 404; the Azure SDK's ``exists`` answers False for ContainerNotFound), and a read of such a file
+was FileNotFoundError: a check that reads "absent" can make a verify pass, a prune delete or a backup
+overwrite.  Against the real test servers of ``test_remote_storage``, in process.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import django
+
+django.setup()
+
+import pytest  # noqa: E402
+from test_remote_storage import azure_server, gcs_server, s3_server, workdir  # noqa: E402, F401
+
+from backup_app.storage import build_storage  # noqa: E402
+from backup_app.storage.base import RemoteStorageError  # noqa: E402
+
+NAME = "InvenTree-db-2020-01-01-000000.sqlite3.gz"
+
+MISSING = {
+    "s3": ({"user": "admin", "bucket": "no-such-bucket"}, "bucket 'no-such-bucket' does not exist"),
+    "gcs": ({"bucket": "no-such-bucket"}, "bucket 'no-such-bucket' does not exist"),
+    "azure": ({"container_name": "no-such-container"}, "container 'no-such-container' does not exist"),
+}
+
+
+def storage_of(request, monkeypatch, backend: str, **overrides):
+    remote = request.getfixturevalue(f"{backend}_server")
+    monkeypatch.setenv("DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA", "true")
+    for key, value in remote.extra_env.items():
+        monkeypatch.setenv(key, value)
+    options, folder = remote.configure(f"absent-{uuid.uuid4().hex[:10]}", **overrides)
+    key = "location"
+    return build_storage(remote.storage, {**options, key: folder})
+
+
+@pytest.mark.parametrize("backend", MISSING)
+def test_a_file_that_is_not_there_is_absent_on_a_storage_that_is(request, monkeypatch, backend):
+    storage = storage_of(request, monkeypatch, backend)
+
+    assert storage.exists(NAME) is False
+    with pytest.raises(FileNotFoundError):
+        storage.open(NAME)
+    with pytest.raises(FileNotFoundError):
+        storage.read_bytes(NAME)
+
+
+@pytest.mark.parametrize("backend", MISSING)
+@pytest.mark.parametrize("call", ["exists", "open", "read_bytes", "size"])
+def test_a_file_in_a_bucket_or_container_that_does_not_exist_is_an_error_not_absent(
+    request, monkeypatch, backend, call
+):
+    overrides, said = MISSING[backend]
+    storage = storage_of(request, monkeypatch, backend, **overrides)
+
+    with pytest.raises(RemoteStorageError) as raised:
+        getattr(storage, call)(NAME)
+
+    assert said in str(raised.value)
