@@ -16,7 +16,7 @@ import django
 django.setup()
 
 import pytest  # noqa: E402
-from test_remote_storage import azure_server, gcs_server, s3_server, workdir  # noqa: E402, F401
+from test_remote_storage import azure_server, ftp_server, gcs_server, s3_server, workdir  # noqa: E402, F401
 
 from backup_app.storage import build_storage  # noqa: E402
 from backup_app.storage.base import RemoteStorageError  # noqa: E402
@@ -63,3 +63,43 @@ def test_a_file_in_a_bucket_or_container_that_does_not_exist_is_an_error_not_abs
         getattr(storage, call)(NAME)
 
     assert said in str(raised.value)
+
+
+# --- FTP: 550 is both "no such folder" and a refusal ----------------------------------------------
+
+
+def ftp_storage(ftp, prefix: str, user: str = "backup"):
+    options, _ = ftp.configure(prefix, user=user)
+    return build_storage(ftp.storage, options)
+
+
+def test_on_ftp_a_file_or_folder_that_is_not_there_is_absent(request):
+    ftp = request.getfixturevalue("ftp_server")
+    prefix = f"absent-{uuid.uuid4().hex[:10]}"
+    (ftp.home / prefix).mkdir()
+    storage = ftp_storage(ftp, prefix)
+
+    assert storage.exists(NAME) is False
+    assert storage.exists(f"media-packs/{NAME}") is False
+    with pytest.raises(FileNotFoundError):
+        storage.listdir("media-packs")
+
+
+@pytest.mark.parametrize("call", ["exists", "exists in a folder", "listdir", "listdir of a folder"])
+def test_on_ftp_a_user_who_may_not_list_gets_an_error_not_absent(request, call):
+    ftp = request.getfixturevalue("ftp_server")
+    prefix = f"absent-{uuid.uuid4().hex[:10]}"
+    (ftp.home / prefix / "media-packs").mkdir(parents=True)
+    (ftp.home / prefix / NAME).write_bytes(b"dump")
+    storage = ftp_storage(ftp, prefix, user="blind")
+
+    with pytest.raises(RemoteStorageError) as raised:
+        if call == "exists":
+            storage.exists(NAME)
+        elif call == "exists in a folder":
+            storage.exists(f"media-packs/{NAME}")
+        else:
+            storage.listdir("" if call == "listdir" else "media-packs")
+
+    assert "the FTP server refused to" in str(raised.value) and "550" in str(raised.value)
+    assert "blind-pw" not in str(raised.value)

@@ -355,7 +355,7 @@ FTPServer(("127.0.0.1", port), FTPHandler).serve_forever()
 @pytest.fixture(scope="session")
 def ftp_server(workdir) -> Iterator[Remote]:
     """pyftpdlib: user ``backup`` may do everything in its home, ``keeper`` all but delete, ``reader`` only list
-    and read."""
+    and read, ``blind`` all but list."""
     try:
         import pyftpdlib  # noqa: F401
     except ImportError as err:
@@ -367,6 +367,7 @@ def ftp_server(workdir) -> Iterator[Remote]:
         ("backup", "ftp-secret-pw", str(home), "elradfmw"),
         ("keeper", "keeper-pw", str(home), "elrafmw"),
         ("reader", "reader-pw", str(home), "elr"),
+        ("blind", "blind-pw", str(home), "eradfmw"),  # everything but listing
     ]
     server = start_server(
         "pyftpdlib FTP server", [sys.executable, "-c", FTP_SERVER, json.dumps([port, users])], port, workdir

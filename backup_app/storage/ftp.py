@@ -101,10 +101,26 @@ class FTPAdapter(Adapter):
         try:
             listed = backend._connection.nlst(folder) if folder else backend._connection.nlst()
         except ftplib.error_perm as err:
-            if str(err).startswith("550"):  # no such folder
+            if str(err).startswith("550") and not self._folder_there(backend, folder):
                 return False
             raise
         return name in listed or base in listed
+
+    def _folder_there(self, backend, folder: str) -> bool:
+        """After a 550 to listing ``folder``: whether its parent lists it.  FTP answers 550 both for "no such
+        folder" and for a refusal ("Not enough privileges", "Permission denied"): only a folder its parent does
+        not list is absent; the backup folder itself ('') always counts as there, so a refusal to list it is
+        said, never read as an empty folder.  A refusal to list the parent raises."""
+        if not folder:
+            return True
+        parent, base = posixpath.split(folder.rstrip("/"))
+        try:
+            listed = backend._connection.nlst(parent) if parent else backend._connection.nlst()
+        except ftplib.error_perm as err:
+            if str(err).startswith("550") and not self._folder_there(backend, parent):
+                return False
+            raise
+        return base in listed or folder in listed or f"{parent}/{base}" in listed
 
     def delete(self, backend, name: str) -> None:
         """DELE ``name`` whatever allow_overwrite says (FTPStorage.delete deletes only what its exists() finds:
@@ -156,15 +172,16 @@ class FTPAdapter(Adapter):
 
     def listdir(self, backend, path: str) -> tuple[list[str], list[str]]:
         """A folder that is not there (``media-packs`` before the first incremental set) is FileNotFoundError,
-        as on the other backends: the server's 550 for it is no refusal to fix."""
+        as on the other backends; a 550 for a folder that is there (a refusal) stays an error."""
         from storages.backends.ftp import FTPStorageException
 
         try:
             return backend.listdir(path)
         except FTPStorageException as err:
             cause = err.__context__
-            if path and isinstance(cause, ftplib.error_perm) and str(cause).startswith("550"):
-                raise FileNotFoundError(f"{path}: {cause}") from None
+            if isinstance(cause, ftplib.error_perm) and str(cause).startswith("550"):
+                if not self._folder_there(backend, path):
+                    raise FileNotFoundError(f"{path}: {cause}") from None
             raise
 
     def open(self, backend, name: str) -> BinaryIO:
