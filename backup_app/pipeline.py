@@ -527,6 +527,23 @@ def store_stream(
     return StoredFile(name=name, size=reader.size, sha256=reader.sha256)
 
 
+def _storage_failure(storage, err: BaseException, name: str) -> str | None:
+    """The remote storage's one line for ``err`` when reading ``name`` failed in the storage (a download that
+    stopped answering half way, a connection it dropped), else None.  requests' and botocore's time-outs are
+    OSErrors without an errno, which :func:`_is_decoding_error` would call damage: the file is not damaged,
+    the storage did not answer."""
+    import gzip
+    import zlib
+
+    from isal import isal_zlib
+
+    if isinstance(err, RestoreError | EOFError | gzip.BadGzipFile | zlib.error | isal_zlib.error):
+        return None
+    explain = getattr(storage, "_explanation", None)  # a RemoteStorage's adapter
+    problem = explain(err, "read", name) if callable(explain) else None
+    return None if problem is None else str(problem)
+
+
 def _is_decoding_error(err: BaseException) -> bool:
     """An error of the decompressor (bad or truncated data), as opposed to a disk or tool error."""
     import gzip
@@ -633,6 +650,9 @@ def open_stream(
                 else:
                     decryptor.abort()  # the consumer gave up on its own: gpg need not read on
                     decryptor.join()
+            problem = _storage_failure(storage, err, name)
+            if problem is not None:
+                raise RestoreError(f"reading {name} from the backup storage failed: {problem}") from None
             if _is_decoding_error(err):
                 what = compression + " " if compression else ""
                 raise RestoreError(f"{name} is damaged or not a {what}backup file ({redact(err)})") from None

@@ -9,7 +9,8 @@ restarting, a NAT or firewall cutting the connection): ``dropped`` counts them.
 With ``stall_after=N``, once N bytes in all have gone from clients to the server, nothing more is passed on
 either way, on any connection, old or new, until :meth:`close` (an endpoint that hangs mid-upload and stays
 hung): each connection stays open and nothing is read from it, so a client's writes block once the
-socket buffers are full.  ``stalled`` is set when that happens.
+socket buffers are full.  ``stalled`` is set when that happens.  ``stall_down_after=N`` does the same once N
+bytes in all have gone from the server to clients (a download that hangs half way).
 """
 
 from __future__ import annotations
@@ -22,11 +23,19 @@ from contextlib import suppress
 
 class CountingProxy:
     def __init__(
-        self, port: int, upstream: tuple[str, int], delay: float = 0.02, drop: int = 0, stall_after: int | None = None
+        self,
+        port: int,
+        upstream: tuple[str, int],
+        delay: float = 0.02,
+        drop: int = 0,
+        stall_after: int | None = None,
+        stall_down_after: int | None = None,
     ):
         self.upstream = upstream
         self.stall_after = stall_after
+        self.stall_down_after = stall_down_after
         self.sent = 0  # bytes passed from clients to the server
+        self.received = 0  # bytes passed from the server to clients
         self.stalled = threading.Event()
         self._released = threading.Event()
         self.delay = delay
@@ -79,12 +88,15 @@ class CountingProxy:
 
     def _hold(self, upstream: bool, size: int) -> bool:
         """Whether this piece is held for good (``stall_after`` reached); counts what goes to the server."""
-        if self.stall_after is None:
+        if self.stall_after is None and self.stall_down_after is None:
             return False
         with self._lock:
-            if upstream and not self.stalled.is_set():
-                if self.sent + size <= self.stall_after:
+            if not self.stalled.is_set():
+                if upstream and (self.stall_after is None or self.sent + size <= self.stall_after):
                     self.sent += size
+                    return False
+                if not upstream and (self.stall_down_after is None or self.received + size <= self.stall_down_after):
+                    self.received += size
                     return False
                 self.stalled.set()
         if not self.stalled.is_set():

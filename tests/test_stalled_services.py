@@ -477,3 +477,45 @@ def test_a_storage_that_stalls_mid_upload_fails_the_backup_within_its_timeouts_a
     [done] = sqlite_site.sets()
     assert done["complete"]
     assert set(remote.names(prefix)) == {f["name"] for f in done["files"]}
+
+
+# FTP's data connections and GCS downloads (the emulator's media links name its own port) do not pass the proxy.
+@pytest.mark.parametrize("backend", ["s3", "azure", "sftp"])
+def test_a_storage_that_stalls_mid_download_fails_the_restore_within_its_timeouts_and_changes_nothing(
+    request, sqlite_site, backend
+):
+    import os
+    import time
+
+    from conftest import free_port
+    from tcp_proxy import CountingProxy
+    from test_listing_requests import _through_proxy
+    from test_remote_storage import point_at
+
+    remote = request.getfixturevalue(f"{backend}_server")
+    prefix = f"stall-{uuid.uuid4().hex[:10]}"
+    point_at(sqlite_site, remote, prefix)
+    sqlite_site.env["DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA"] = "true"
+    (sqlite_site.media / "big.bin").write_bytes(os.urandom(12 * 1024 * 1024))
+    sqlite_site.manage("backup_create", "--quiet", "--skip-db")
+    (sqlite_site.media / "big.bin").write_bytes(b"changed")
+    before = sqlite_site.snapshot_media()
+    proxy_port = free_port()
+    upstream = _through_proxy(sqlite_site, backend, remote, prefix, proxy_port)
+    proxy = CountingProxy(proxy_port, upstream, delay=0, stall_down_after=6 * 1024 * 1024)
+    request.addfinalizer(proxy.close)
+    sqlite_site.env.update({"INVENTREE_BACKUP_STORAGE_TIMEOUT": "1", "INVENTREE_BACKUP_STORAGE_RETRIES": "1"})
+
+    started = time.monotonic()
+    result = sqlite_site.manage("backup_restore", "--noinput", "--skip-db", check=False, timeout=300)
+    seconds = time.monotonic() - started
+    print(f"{backend}: failed after {seconds:.1f} s\n{result.stderr}")
+
+    assert proxy.stalled.is_set()
+    assert result.returncode != 0 and "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("CommandError: "), lines[-1]
+    assert "did not answer within 1 s" in lines[-1], lines[-1]
+    assert seconds < 30, seconds
+    proxy.close()
+    assert sqlite_site.snapshot_media() == before
