@@ -72,6 +72,10 @@ INDEX_FORMAT = "backup_app/media-index/1"
 CHUNK_SIZE = 4 * 1024 * 1024
 #: A pack is stored once it holds this many bytes (and at the end of a backup).
 PACK_TARGET = 16 * 1024 * 1024
+#: A pack a backup wrote holding less than this many bytes of blobs is *small* (a nightly backup's last pack,
+#: typically): a prune merges such packs (``actions.prune.plan_repack``), and the last new pack of a kind a repack
+#: writes takes up to this much more than :data:`PACK_TARGET` rather than being left small.
+SMALL_PACK = PACK_TARGET // 4
 #: Most files an index may hold (a crafted index must not make a restore allocate without end).
 MAX_FILES = 10_000_000
 #: Most staged files a restore keeps open at once (a file's chunks can be spread over many packs).
@@ -1322,7 +1326,8 @@ def repack(
     """Move the blobs ``todo`` names (pack -> its blobs still needed: offset, length, SHA-256) into new packs.
 
     ``table`` gives each old pack's stored size and SHA-256.  Packs of one kind (compression, encryption) go
-    into new packs of that kind up to :data:`PACK_TARGET`; the blobs of one old pack never part.  For each
+    into new packs of that kind up to :data:`PACK_TARGET` (the last one of a kind up to :data:`SMALL_PACK` more,
+    rather than a small pack of what is left); the blobs of one old pack never part.  For each
     new pack, in this order: its old packs are read (every blob and their whole SHA-256 checked); the new
     pack is written, then read back and every blob checked; then a move record per old pack is written and
     read back; only then are the old packs deleted.  Every set finds every blob at every instant: before the
@@ -1335,16 +1340,17 @@ def repack(
     for pack in sorted(todo):
         kinds.setdefault(pack_kind(pack), []).append(pack)
     for suffix, packs in kinds.items():
-        batch: list[str] = []
-        planned = 0
+        batches: list[tuple[list[str], int]] = []
         for pack in packs:
             size = sum(length for _o, length, _s in todo[pack])
-            if batch and planned + size > PACK_TARGET:
-                _repack_into(storage, batch, todo, table, suffix, read_gpg, write_gpg, stats)
-                batch, planned = [], 0
-            batch.append(pack)
-            planned += size
-        if batch:
+            if not batches or batches[-1][1] + size > PACK_TARGET:
+                batches.append(([], 0))
+            batches[-1][0].append(pack)
+            batches[-1] = (batches[-1][0], batches[-1][1] + size)
+        if len(batches) > 1 and batches[-1][1] < SMALL_PACK:
+            rest, size = batches.pop()
+            batches[-1] = (batches[-1][0] + rest, batches[-1][1] + size)
+        for batch, _planned in batches:
             _repack_into(storage, batch, todo, table, suffix, read_gpg, write_gpg, stats)
     return stats
 

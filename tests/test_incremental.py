@@ -991,3 +991,43 @@ def test_a_running_incremental_restores_staging_folder_stays_and_a_killed_ones_g
     done = site.invoke("rollback")
     assert f"Removed {staging[0]}, left in the media folder by an interrupted restore" in done.stderr, done.output
     assert list(site.media.glob(".backup-restore-*")) == []
+
+
+def test_merging_moves_a_blob_once_even_when_a_merge_splits_at_the_pack_target(site):
+    """Five small packs of 3.5 MiB (17.5 MiB: more than one 16 MiB pack) are merged; a later prune with a new small
+    pack must not merge what the first merge wrote again (docs/incremental.md: "merging moves a blob once")."""
+    photos = site.media / "photos"
+    photos.mkdir(parents=True)
+    for night in range(5):  # each backup's one pack: a new 3.5 MiB photo (incompressible), small
+        (photos / f"n{night}.jpg").write_bytes(os.urandom(3 * 1024 * 1024 + 512 * 1024))
+        site.invoke("backup", "--skip-db")
+    written = packs_on_disk(site)
+    assert len(written) == 5
+    first = prune(site, keep=10)  # every set kept: nothing sparse, the five small packs merged
+    assert not written & packs_on_disk(site), first.stderr
+    merged = {n for n in repacked_on_disk(site) if ".pack" in n and ".moves" not in n}
+    (photos / "n5.jpg").write_bytes(os.urandom(1024 * 1024))  # one more small pack
+    site.invoke("backup", "--skip-db")
+
+    second = prune(site, keep=10)
+    assert merged <= repacked_on_disk(site), second.stdout + second.stderr  # none of them merged (moved) again
+    assert packs_on_disk(site) | repacked_on_disk(site) == needed_on_disk(site)
+    assert site.manage("backup_verify", "--read-data", check=False).returncode == 0
+
+
+def test_a_small_pack_a_repack_wrote_is_not_merged_with_later_small_packs(site):
+    """What a repack wrote is never merged, small or not (only repacked once sparse): a merged blob is never merged
+    again, whatever the batches left small (docs/incremental.md)."""
+    churned(site)
+    prune(site, keep=2)  # the first pack, mostly pruned, repacked alone into a small new pack
+    [written] = [n for n in repacked_on_disk(site) if ".pack" in n and ".moves" not in n]
+    before = packs_on_disk(site)
+    for night in range(2):  # two small packs of 2.5 MiB: together enough to merge
+        (site.media / f"new{night}.jpg").write_bytes(os.urandom(5 * 512 * 1024))
+        site.invoke("backup", "--skip-db")
+    new = packs_on_disk(site) - before
+
+    result = prune(site, keep=10)
+    assert len(new) == 2 and not new & packs_on_disk(site), result.stderr  # the two new ones merged
+    assert written in repacked_on_disk(site), result.stderr  # not moved again
+    assert packs_on_disk(site) | repacked_on_disk(site) == needed_on_disk(site)

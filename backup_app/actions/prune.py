@@ -13,8 +13,8 @@ from ..engines import SiteLock, site_lock
 from ..errors import BackupAppError, BackupError
 from ..incremental import (
     CHUNK_SIZE,
-    PACK_TARGET,
     REPACK_FOLDER,
+    SMALL_PACK,
     Listing,
     RepackStats,
     find_moves,
@@ -38,10 +38,9 @@ from ..testing import pause_at
 from ..tools import owner_gone, pid_namespace
 from .common import index_copies, read_checked
 
-#: A pack holding less than this many bytes of blobs is *small* (a nightly backup's last pack, typically): small
-#: packs of one kind are merged once, with what the sparse packs of that kind keep, they fill at least this much,
-#: so that the merged pack is not small again and merging moves a blob once.
-SMALL_PACK = PACK_TARGET // 4
+# SMALL_PACK (incremental.py): small packs of one kind that a backup wrote are merged once, with what the sparse
+# packs of that kind keep, they fill at least that much.  A pack a repack wrote (in REPACK_FOLDER) is never merged,
+# small or not (only repacked once sparse), so merging moves a blob at most once.
 
 
 @dataclass
@@ -440,7 +439,7 @@ def plan_repack(
             plan.needed_bytes += used
             plan.total_bytes += total
             moving[kind] = moving.get(kind, 0) + used
-        elif total < SMALL_PACK:
+        elif total < SMALL_PACK and not pack.startswith(f"{REPACK_FOLDER}/"):
             small.setdefault(kind, []).append((pack, used, total))
     for kind, packs in small.items():
         merged = moving.get(kind, 0) + sum(used for _p, used, _t in packs)
