@@ -699,12 +699,29 @@ def app_value(field: str, value: Any) -> Any:
             return None
         raise SettingError(f"{where}: None is no value; {_example(key)}, or leave the field out for the default")
     types, noun, _how = _APP_TYPES[key.kind]
+    value = _as_before(key, value)
     if not isinstance(value, types) or (key.kind == "int" and isinstance(value, bool)):
         raise SettingError(f"{where}: {_described(key, value)} is not {noun}; {_example(key)}")
     try:
-        coerce(key, os.fspath(value) if key.kind == "path" else value, where)
+        coerced = coerce(key, os.fspath(value) if key.kind == "path" else value, where)
     except ConfigError as err:
         raise SettingError(str(err)) from None
+    return value if key.kind == "path" else coerced
+
+
+def _as_before(key: Key, value: Any) -> Any:
+    """A direct value that was used as meant before fields were checked, in the key's type: a tuple of names
+    (``list()`` was taken of it), 0 or 1 for a bool (read by its truth), a whole float for an int (30.0), a
+    number for text (``SITE_ID = 1``, as YAML's ``backup_site_id: 1`` reads).  Text for a bool or an int stays
+    refused: ``"false"`` read as true."""
+    if key.kind == "list" and isinstance(value, tuple):
+        return list(value)
+    if key.kind == "bool" and type(value) is int and value in (0, 1):
+        return bool(value)
+    if key.kind == "int" and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if key.kind == "str" and isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
     return value
 
 

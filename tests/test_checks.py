@@ -483,3 +483,25 @@ def test_a_backup_with_a_bad_direct_backup_app_field_is_refused_on_one_line(tmp_
             "use a number of at least 0"
         )
     ), result.output
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "read"),
+    [
+        ("NOTIFY_URLS", ("json://localhost",), ["json://localhost"]),  # list() was taken of it
+        ("SAFETY", 0, False),  # read by its truth
+        ("NOTIFY_ON_SUCCESS", 1, True),
+        ("STORAGE_TIMEOUT", 30.0, 30),  # a timeout in seconds
+        ("SITE_ID", 7, "7"),  # as YAML's backup_site_id: 7 reads
+    ],
+)
+def test_a_direct_backup_app_value_that_worked_before_is_read_in_the_keys_type(field, value, read):
+    from backup_app.conf import app_value
+
+    got = app_value(field, value)
+    assert got == read and type(got) is type(read)
+
+
+def test_e023_is_quiet_for_a_tuple_of_notify_urls(tmp_path):
+    result = check(direct_site(tmp_path, "NOTIFY_URLS", "('json://localhost',)"))
+    assert "backup_app.E023" not in reported(result), result.output
