@@ -103,3 +103,61 @@ def test_on_ftp_a_user_who_may_not_list_gets_an_error_not_absent(request, call):
 
     assert "the FTP server refused to" in str(raised.value) and "550" in str(raised.value)
     assert "blind-pw" not in str(raised.value)
+
+
+#: pyftpdlib answering NLST of an empty folder "550 No files found." as some FTP servers do (IIS, wu-ftpd).
+EMPTY_550_SERVER = """
+import json, sys
+from pyftpdlib.authorizers import DummyAuthorizer
+from pyftpdlib.handlers import FTPHandler
+from pyftpdlib.servers import FTPServer
+
+class Handler(FTPHandler):
+    def ftp_NLST(self, path):
+        try:
+            empty = self.fs.isdir(path) and not self.fs.listdir(path)
+        except OSError:
+            empty = False
+        if empty:
+            self.respond("550 No files found.")
+            return
+        return super().ftp_NLST(path)
+
+port, home = json.loads(sys.argv[1])
+authorizer = DummyAuthorizer()
+authorizer.add_user("backup", "ftp-secret-pw", home, perm="elradfmw")
+Handler.authorizer = authorizer
+FTPServer(("127.0.0.1", port), Handler).serve_forever()
+"""
+
+
+@pytest.fixture(scope="module")
+def empty_550_ftp(workdir):  # noqa: F811
+    import json
+    import sys
+
+    from test_remote_storage import free_port, start_server
+
+    home = workdir / "ftp-550"
+    home.mkdir()
+    port = free_port()
+    argv = [sys.executable, "-c", EMPTY_550_SERVER, json.dumps([port, str(home)])]
+    server = start_server("pyftpdlib 550-when-empty", argv, port, workdir)
+    yield home, port
+    server.stop()
+
+
+def test_on_ftp_an_empty_folder_answered_550_no_files_found_is_empty_not_a_refusal(empty_550_ftp):
+    """A first backup into a new, empty folder (and an empty media-packs folder) on such a server."""
+    home, port = empty_550_ftp
+    prefix = f"empty-{uuid.uuid4().hex[:10]}"
+    (home / prefix).mkdir()
+    storage = build_storage(
+        "storages.backends.ftp.FTPStorage", {"location": f"ftp://backup:ftp-secret-pw@127.0.0.1:{port}/{prefix}"}
+    )
+
+    assert storage.exists(NAME) is False  # the folder of location itself is empty
+    (home / prefix / "media-packs").mkdir()
+    assert storage.exists(f"media-packs/{NAME}") is False
+    (home / prefix / NAME).write_bytes(b"dump")
+    assert storage.exists(NAME) is True

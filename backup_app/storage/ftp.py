@@ -101,7 +101,7 @@ class FTPAdapter(Adapter):
         try:
             listed = backend._connection.nlst(folder) if folder else backend._connection.nlst()
         except ftplib.error_perm as err:
-            if str(err).startswith("550") and not self._folder_there(backend, folder):
+            if str(err).startswith("550") and (_no_files(err) or not self._folder_there(backend, folder)):
                 return False
             raise
         return name in listed or base in listed
@@ -117,7 +117,7 @@ class FTPAdapter(Adapter):
         try:
             listed = backend._connection.nlst(parent) if parent else backend._connection.nlst()
         except ftplib.error_perm as err:
-            if str(err).startswith("550") and not self._folder_there(backend, parent):
+            if str(err).startswith("550") and (_no_files(err) or not self._folder_there(backend, parent)):
                 return False
             raise
         return base in listed or folder in listed or f"{parent}/{base}" in listed
@@ -182,6 +182,8 @@ class FTPAdapter(Adapter):
             if isinstance(cause, ftplib.error_perm) and str(cause).startswith("550"):
                 if not self._folder_there(backend, path):
                     raise FileNotFoundError(f"{path}: {cause}") from None
+                if _no_files(cause):
+                    return [], []
             raise
 
     def open(self, backend, name: str) -> BinaryIO:
@@ -244,3 +246,9 @@ class FTPAdapter(Adapter):
         if isinstance(err, FTPStorageException):
             return f"FTP {action} {name} failed ({text}); check location in {OPTIONS_HINT}"
         return super().explain(backend, cause, action, name)
+
+
+def _no_files(err: ftplib.error_perm) -> bool:
+    """A 550 that says a listing found nothing ("550 No files found."): some servers (IIS, wu-ftpd) answer so
+    for an empty folder, which is neither absent nor a refusal."""
+    return "no files found" in str(err).lower()
