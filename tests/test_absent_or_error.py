@@ -161,3 +161,24 @@ def test_on_ftp_an_empty_folder_answered_550_no_files_found_is_empty_not_a_refus
     assert storage.exists(f"media-packs/{NAME}") is False
     (home / prefix / NAME).write_bytes(b"dump")
     assert storage.exists(NAME) is True
+
+
+# --- the local backup folder: os.path.lexists answers False for any error ----------------------------
+
+
+def test_in_a_local_backup_folder_a_missing_file_is_absent_and_one_that_cannot_be_checked_is_an_error(tmp_path):
+    from backup_app.errors import StorageUnavailable
+    from backup_app.storage import backup_storage
+
+    (tmp_path / NAME).write_bytes(b"dump")
+    (tmp_path / "packs").symlink_to("packs")  # a loop: every lookup under it fails with ELOOP, as root too
+    storage = backup_storage(str(tmp_path))
+
+    assert storage.exists(NAME) is True
+    assert storage.exists("InvenTree-db-2020-01-02-000000.sqlite3.gz") is False
+    assert storage.exists(f"{NAME}/x") is False  # under a file: not there
+    with pytest.raises(StorageUnavailable) as raised:
+        storage.exists("packs/x")
+
+    line = str(raised.value)
+    assert "\n" not in line and "cannot check packs/x" in line and "Too many levels of symbolic links" in line

@@ -7,6 +7,7 @@ A remote backend comes wrapped in :class:`~backup_app.storage.base.RemoteStorage
 
 from __future__ import annotations
 
+import os
 from importlib import import_module
 
 from django.core.files.storage import FileSystemStorage
@@ -30,6 +31,24 @@ ADAPTERS: dict[str, tuple[str, str]] = {
 }
 
 
+class LocalStorage(FileSystemStorage):
+    """Django's FileSystemStorage whose ``exists`` tells absent from an error: the stock one is
+    ``os.path.lexists``, which answers False for any error (EIO or ESTALE of a dead network mount, ELOOP,
+    EACCES), so a check read "not there" where the folder could not be read."""
+
+    def exists(self, name: str) -> bool:
+        try:
+            os.lstat(self.path(name))
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError as err:
+            raise StorageUnavailable(
+                f"the backup folder {self.location}: cannot check {name} ({err.strerror or err}); check the folder "
+                f"({hints.setting('backup_dir')}) and the disk or mount it is on"
+            ) from None
+        return True
+
+
 def backup_storage(path: str | None = None):
     """A Django storage for backup files.
 
@@ -39,7 +58,7 @@ def backup_storage(path: str | None = None):
     the backend cannot be built from its options.
     """
     if path:
-        return FileSystemStorage(location=str(path), file_permissions_mode=0o600, directory_permissions_mode=0o700)
+        return LocalStorage(location=str(path), file_permissions_mode=0o600, directory_permissions_mode=0o700)
     return build_storage(app_settings.storage_backend, app_settings.storage_options)
 
 
@@ -48,6 +67,8 @@ def build_storage(path: str, options: dict):
     cls = import_storage_class(path)
     options = {str(k).lower(): v for k, v in options.items()}
     if path in FILESYSTEM_STORAGES or issubclass(cls, FileSystemStorage):
+        if path in FILESYSTEM_STORAGES:
+            cls = LocalStorage  # the same class, with an exists() that says an error (a subclass keeps its own)
         try:
             return cls(**options)
         except Exception as err:
@@ -85,4 +106,12 @@ def adapter_for(cls: type) -> Adapter:
     return Adapter()
 
 
-__all__ = ["RemoteStorage", "RemoteStorageError", "adapter_for", "backup_storage", "build_storage", "describe"]
+__all__ = [
+    "LocalStorage",
+    "RemoteStorage",
+    "RemoteStorageError",
+    "adapter_for",
+    "backup_storage",
+    "build_storage",
+    "describe",
+]
