@@ -678,8 +678,14 @@ class MysqlEngine(ServerEngine):
     dump_growth = 2
 
     def live_table_bytes(self) -> int:
-        """Data and indexes of the live database's tables (InnoDB's estimate)."""
-        return self.database_bytes(self.name) or 0
+        """The data of the live database's tables (InnoDB's estimate), not their indexes: a dump holds none, and
+        with them the estimate a restore in place weighed was several times its dump."""
+        with connections[self.alias].cursor() as cursor:
+            cursor.execute(
+                "SELECT COALESCE(SUM(DATA_LENGTH), 0) FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s",
+                [self.name],
+            )
+            return int(cursor.fetchone()[0])
 
     def spools_in_place(self) -> bool:
         """The site's user surely may not create the side database: no global CREATE, no CREATE on a database
