@@ -23,6 +23,7 @@ import shlex
 import signal
 import sys
 import threading
+import time
 import types
 from contextlib import suppress
 from pathlib import Path
@@ -329,6 +330,8 @@ def _run_here(project: Path, command: str) -> None:
         os.chdir(saved[2])
         os.environ.clear()
         os.environ.update(saved[3])
+        if hasattr(time, "tzset"):  # Django set TZ to TIME_ZONE and applied it: the caller's zone again
+            time.tzset()
         if stdin is not None:
             os.dup2(stdin, 0)
             os.close(stdin)

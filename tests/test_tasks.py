@@ -46,6 +46,11 @@ record = {
 }
 if os.environ.get("READ_STDIN"):
     record["stdin"] = sys.stdin.read()
+if os.environ.get("SET_TZ"):  # what Django's settings do with TIME_ZONE
+    import time
+
+    os.environ["TZ"] = os.environ["SET_TZ"]
+    time.tzset()
 with open(os.environ["RECORD"], "a") as fh:
     fh.write(json.dumps(record) + "\\n")
 print("out of", sys.argv[1])
@@ -349,6 +354,21 @@ def test_a_failed_backup_called_from_a_projects_own_task_raises_unexpected_exit_
 
     assert result.returncode == 0, result.stderr
     assert "backup failed with 3" in result.stdout
+
+
+@pytest.mark.parametrize("name", ["backup", "restore"])
+def test_a_command_run_in_invokes_process_leaves_its_time_zone_to_the_command(project, name):
+    # Django sets TZ to TIME_ZONE and calls time.tzset(): the environment is put back after the command, and a
+    # later step of the caller's task (a file named by the local date) must have the clock of the environment.
+    (project.root / "tasks.py").write_text(
+        TASKS_PY + f"import time\nfrom invoke import task\n\n\n@task\ndef nightly(c):\n    {name}(c)\n"
+        "    print('zone', time.strftime('%z'))\n"
+    )
+
+    result = project.invoke("nightly", TZ="UTC", SET_TZ="Asia/Tokyo")
+
+    assert result.returncode == 0, result.stderr
+    assert "zone +0000" in result.stdout, result.stdout
 
 
 def test_invoke_dry_shows_the_backups_command_line_and_runs_nothing(project):
