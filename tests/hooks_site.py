@@ -63,6 +63,7 @@ def _receiver(name):
                 "connector": type(kwargs["connector"]).__name__ if "connector" in kwargs else None,
                 "storage_is_stocks": isinstance(storage, Storage) if storage is not None else None,
                 "storage_lists": storage.list_directory() if storage is not None else None,
+                "storage_name": storage.name if storage is not None else None,
             }
         )
 

@@ -265,7 +265,10 @@ def test_the_age_warning_follows_its_setting(hooks_site):
 
 
 def _signature(entries: list[dict]) -> list[tuple]:
-    return [(e["signal"], tuple(e["keys"]), e["sender"], e["storage_is_stocks"], e["connector"]) for e in entries]
+    return [
+        (e["signal"], tuple(e["keys"]), e["sender"], e["storage_is_stocks"], e["storage_name"], e["connector"])
+        for e in entries
+    ]
 
 
 def test_backup_sends_stocks_signals_with_stocks_arguments(hooks_site):

@@ -207,9 +207,12 @@ class StockStorageView(StockStorage):
 
     def __init__(self, storage):  # no super().__init__(): it builds its own storage
         self.storage = storage
+        from ..storage import configured_class
+
         self.storageCls = type(storage)
-        self._storage_path = f"{type(storage).__module__}.{type(storage).__qualname__}"
-        self.name = type(storage).__name__
+        shown = configured_class(storage)  # FileSystemStorage, not the LocalStorage standing in for it
+        self._storage_path = f"{shown.__module__}.{shown.__qualname__}"
+        self.name = shown.__name__
 
 
 def _commands():

@@ -48,6 +48,16 @@ class LocalStorage(FileSystemStorage):
             ) from None
         return True
 
+    @property
+    def configured_class(self) -> type:
+        """The class the site configured (``FileSystemStorage``): what output and stock's signals name."""
+        return FileSystemStorage
+
+
+def configured_class(storage) -> type:
+    """The storage class the site configured, for names shown or handed on (LocalStorage stands in for it)."""
+    return getattr(storage, "configured_class", None) or type(storage)
+
 
 def backup_storage(path: str | None = None):
     """A Django storage for backup files.
@@ -93,7 +103,8 @@ def describe(storage) -> str:
     if isinstance(storage, RemoteStorage):
         return storage.description
     location = getattr(storage, "location", None) or getattr(storage, "bucket_name", None) or ""
-    return f"{type(storage).__name__}({location})" if location else type(storage).__name__
+    name = configured_class(storage).__name__
+    return f"{name}({location})" if location else name
 
 
 def adapter_for(cls: type) -> Adapter:
@@ -108,6 +119,7 @@ def adapter_for(cls: type) -> Adapter:
 
 __all__ = [
     "LocalStorage",
+    "configured_class",
     "RemoteStorage",
     "RemoteStorageError",
     "adapter_for",
