@@ -297,7 +297,10 @@ def test_health_ignores_partial_backups_and_restores(db):
 
 
 def test_status_says_when_the_next_backup_is_due(db):
-    BackupSettings.objects.create(enabled=True, interval_days=1, preferred_hour=2)
+    # The hour the last backup ran: the next is due a day after it, ~21 hours from now at any time of day (a fixed
+    # hour made this fail when the test ran within 3 hours after that hour of the next day).
+    hour = timezone.localtime(timezone.now() - timedelta(hours=3)).hour
+    BackupSettings.objects.create(enabled=True, interval_days=1, preferred_hour=hour)
     add_run(hours_ago=3)
 
     lines = " ".join(text for _level, text in backup_status().lines())
